@@ -1,0 +1,34 @@
+"""Base of every typed config (stages, datasets, plans).
+
+Configs are frozen pydantic models: fields are typed and validated, unknown keys
+are errors (a typo in a plan fails loudly), and the docstring under each field
+becomes its description in ``--help`` output and generated docs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+
+class FrozenConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    def normalised(self) -> dict[str, Any]:
+        """Every field, defaults included, as JSON-ready values (what fingerprints hash)."""
+        return self.model_dump(mode="json")
+
+
+def _resolve_path(value: str, info: ValidationInfo) -> str:
+    """Relative paths in a plan are relative to the plan file (``base_dir`` context)."""
+    path = Path(value).expanduser()
+    if not path.is_absolute() and "://" not in value:
+        base = (info.context or {}).get("base_dir", ".")
+        path = Path(base) / path
+    return value if "://" in value else str(path.resolve())
+
+
+LocalPath = Annotated[str, AfterValidator(_resolve_path)]
+"""A filesystem path field, resolved against the plan file's folder."""

@@ -1,0 +1,79 @@
+"""What a dataset reader hands to the ``input`` stage: one scene, frames on demand."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from ovlift.config import FrozenConfig
+
+
+@dataclass
+class Frame:
+    """One posed image. Camera convention: OpenCV (x right, y down, z forward)."""
+
+    name: str
+    color: np.ndarray
+    """(H, W, 3) uint8 RGB."""
+    depth: np.ndarray | None
+    """(H, W) float32 z-depth in metres, 0 where invalid; None for LiDAR-camera data."""
+    intrinsics: np.ndarray
+    """(3, 3) pinhole intrinsics in pixels of this image."""
+    cam_to_world: np.ndarray
+    """(4, 4) camera-to-world pose in metres; may be non-finite (invalid pose)."""
+    labels: np.ndarray | None = None
+    """(H, W) int16 ground-truth class per pixel (synthetic data only)."""
+    instances: np.ndarray | None = None
+    """(H, W) int32 ground-truth instance per pixel (synthetic data only)."""
+
+
+@dataclass
+class SceneSource:
+    """A scene as a reader found it, before validation."""
+
+    scene_id: str
+    points: np.ndarray
+    frame_names: list[str]
+    read_frame: Callable[[int], Frame]
+    """Loads frame i of ``frame_names`` (lazily, so frames stream)."""
+    class_names: tuple[str, ...] | None = None
+    """The label set that ``labels`` index into."""
+    colors: np.ndarray | None = None
+    normals: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    instances: np.ndarray | None = None
+    faces: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_names)
+
+
+ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
+
+
+class Dataset(ABC, Generic[ConfigT]):
+    """A reader of one kind of data into canonical scenes."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[FrozenConfig]]
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+
+    @abstractmethod
+    def scene_ids(self) -> list[str]:
+        """Every scene this dataset config provides."""
+
+    @abstractmethod
+    def fingerprint(self, scene_id: str) -> str:
+        """Changes whenever what ``load(scene_id)`` returns could change."""
+
+    @abstractmethod
+    def load(self, scene_id: str) -> SceneSource:
+        """The scene; frames are read on demand."""

@@ -1,0 +1,182 @@
+"""Posed RGB-D folders (dataset ``rgbd-folder``): 7-Scenes, 3DMatch, tsdf-fusion.
+
+Layout of one scene folder::
+
+    camera-intrinsics.txt              3x3 pinhole intrinsics (pixels)
+    [seq-XX/]frame-XXXXXX.color.{jpg,png}
+    [seq-XX/]frame-XXXXXX.depth.png    uint16, ``depth_scale`` units per metre, 0 invalid
+    [seq-XX/]frame-XXXXXX.pose.txt     4x4 camera-to-world (metres)
+
+Frames may sit in the folder itself or in ``seq-*`` subfolders (taken in name
+order). Such data has no point cloud: one is built by back-projecting the depth
+of every ``cloud_frame_stride``-th frame and averaging it per voxel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import Field
+
+from ovlift.config import FrozenConfig, LocalPath
+from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.kernels.geometry import backproject_depth, pose_is_valid
+from ovlift.kernels.voxel import voxel_downsample
+from ovlift.progress import progress
+
+INTRINSICS_FILE = "camera-intrinsics.txt"
+
+
+class RGBDFolderConfig(FrozenConfig):
+    paths: tuple[LocalPath, ...] = Field(min_length=1)
+    """Scene folders, or folders whose subfolders are scenes (each holding camera-intrinsics.txt)."""
+    frame_stride: int = Field(1, ge=1)
+    """Ingest every k-th frame."""
+    cloud_frame_stride: int = Field(10, ge=1)
+    """Build the point cloud from every k-th ingested frame."""
+    voxel_size_m: float = Field(0.02, gt=0)
+    """Voxel edge of the point cloud's downsampling."""
+    depth_scale: float = Field(1000.0, gt=0)
+    """Raw depth units per metre (1000: millimetres)."""
+    invalid_depth_raw: int = 65535
+    """Raw depth value that also means 'no measurement' (besides 0), as 7-Scenes writes it."""
+    min_depth_m: float = Field(0.1, ge=0)
+    """Depth below this is not used for the point cloud."""
+    max_depth_m: float = Field(4.0, gt=0)
+    """Depth beyond this is not used for the point cloud (Kinect noise grows with depth^2)."""
+
+
+class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
+    """Posed RGB-D frames in the 7-Scenes / 3DMatch layout; see the module docstring."""
+
+    name = "rgbd-folder"
+    Config = RGBDFolderConfig
+
+    def __init__(self, config: RGBDFolderConfig) -> None:
+        super().__init__(config)
+        self._folders: dict[str, Path] = {}
+        for root in map(Path, config.paths):
+            if not root.is_dir():
+                raise FileNotFoundError(f"rgbd-folder: '{root}' is not a folder")
+            candidates = [root] if (root / INTRINSICS_FILE).is_file() else sorted(p for p in root.iterdir() if (p / INTRINSICS_FILE).is_file())
+            if not candidates:
+                raise FileNotFoundError(f"rgbd-folder: no {INTRINSICS_FILE} in '{root}' or its subfolders")
+            for folder in candidates:
+                if folder.name in self._folders:
+                    raise ValueError(f"rgbd-folder: two scenes named '{folder.name}': {self._folders[folder.name]} and {folder}")
+                self._folders[folder.name] = folder
+
+    def scene_ids(self) -> list[str]:
+        return sorted(self._folders)
+
+    def _frames(self, scene_id: str) -> list[tuple[str, Path]]:
+        """(name, path prefix) of every ingested frame, e.g. ('seq-01/frame-000010', ...)."""
+        folder = self._folders[scene_id]
+        dirs = [folder] + sorted(d for d in folder.glob("seq-*") if d.is_dir())
+        frames = []
+        for d in dirs:
+            for pose in sorted(d.glob("frame-*.pose.txt")):
+                prefix = pose.with_name(pose.name.removesuffix(".pose.txt"))
+                frames.append((str(prefix.relative_to(folder)), prefix))
+        if not frames:
+            raise FileNotFoundError(f"scene '{scene_id}': no frame-*.pose.txt in {folder} or its seq-* folders")
+        return frames[:: self.config.frame_stride]
+
+    def fingerprint(self, scene_id: str) -> str:
+        """Hash of the config, every frame's file names and sizes, poses and intrinsics.
+
+        Image files are fingerprinted by name and size (not content, for speed;
+        re-encoded images almost always change size); text files by content.
+        """
+        digest = hashlib.sha256(self.config.model_dump_json(exclude={"paths"}).encode())
+        folder = self._folders[scene_id]
+        digest.update((folder / INTRINSICS_FILE).read_bytes())
+        for name, prefix in self._frames(scene_id):
+            digest.update(name.encode())
+            digest.update(prefix.with_name(prefix.name + ".pose.txt").read_bytes())
+            for path in (_color_path(prefix), prefix.with_name(prefix.name + ".depth.png")):
+                digest.update(f"{path.name}:{path.stat().st_size}".encode())
+        return digest.hexdigest()
+
+    def load(self, scene_id: str) -> SceneSource:
+        folder = self._folders[scene_id]
+        intrinsics = _read_matrix(folder / INTRINSICS_FILE, (3, 3))
+        frames = self._frames(scene_id)
+
+        def read_frame(i: int) -> Frame:
+            name, prefix = frames[i]
+            return Frame(
+                name=name,
+                color=_read_color(_color_path(prefix)),
+                depth=_read_depth(prefix.with_name(prefix.name + ".depth.png"), self.config),
+                intrinsics=intrinsics,
+                cam_to_world=_read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4)),
+            )
+
+        points, colors = self._build_cloud(scene_id, read_frame, len(frames))
+        return SceneSource(
+            scene_id=scene_id,
+            points=points,
+            colors=colors,
+            frame_names=[name for name, _ in frames],
+            read_frame=read_frame,
+        )
+
+    def cloud_frames(self, num_frames: int) -> range:
+        """Indices (into the ingested frames) that the point cloud is built from."""
+        return range(0, num_frames, self.config.cloud_frame_stride)
+
+    def _build_cloud(self, scene_id: str, read_frame, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        chunks, colors = [], []
+        for i in progress(self.cloud_frames(num_frames), f"{scene_id}: back-projecting depth", unit="frame"):
+            frame = read_frame(i)
+            pose = torch.from_numpy(frame.cam_to_world)
+            if frame.depth is None or not bool(pose_is_valid(pose[None])[0]):
+                continue
+            pts, index = backproject_depth(
+                torch.from_numpy(frame.depth), torch.from_numpy(frame.intrinsics), pose, cfg.min_depth_m, cfg.max_depth_m
+            )
+            chunks.append(pts)
+            colors.append(torch.from_numpy(frame.color.reshape(-1, 3))[index])
+        if not chunks:
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
+        points, (mean_color,), _ = voxel_downsample(torch.cat(chunks), cfg.voxel_size_m, torch.cat(colors))
+        return points.float().numpy(), mean_color.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _color_path(prefix: Path) -> Path:
+    for ext in (".color.jpg", ".color.png"):
+        path = prefix.with_name(prefix.name + ext)
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no colour image {prefix.name}.color.jpg or .color.png in {prefix.parent}")
+
+
+def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        matrix = np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read a {shape[0]}x{shape[1]} matrix ({err})") from None
+    if matrix.shape != shape:
+        raise ValueError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, found shape {matrix.shape}")
+    return matrix
+
+
+def _read_color(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
+
+
+def _read_depth(path: Path, config: RGBDFolderConfig) -> np.ndarray:
+    with Image.open(path) as image:
+        raw = np.asarray(image).astype(np.int64)
+    if raw.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel depth image, found shape {raw.shape}")
+    depth = raw.astype(np.float32) / np.float32(config.depth_scale)
+    depth[(raw == 0) | (raw == config.invalid_depth_raw)] = 0.0
+    return depth

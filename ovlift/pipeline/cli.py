@@ -1,0 +1,168 @@
+"""The ``ovlift`` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ovlift.cache_schema import Store, short
+from ovlift.pipeline.plan import PlanError, load_plan
+from ovlift.pipeline.runner import RunReport, Runner
+from ovlift.pipeline.status import StageStatus, store_status
+
+app = typer.Typer(help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+PlanArg = Annotated[Path, typer.Argument(help="Plan YAML (dataset, store, stages).", exists=True, dir_okay=False)]
+ScenesOpt = Annotated[Optional[list[str]], typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")]
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [v for value in values for v in value.split(",") if v]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def _load(plan_path: Path):
+    try:
+        return load_plan(plan_path)
+    except PlanError as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+
+
+def _finish(report: RunReport) -> None:
+    console.print(report.summary())
+    if report.failed:
+        table = Table("scene", "stage", "status", "error", title="failures")
+        for o in report.failed:
+            table.add_row(o.scene_id, o.stage, o.status, o.error or "")
+        err_console.print(table)
+        raise typer.Exit(1)
+
+
+def _run(plan_path: Path, stages, scenes, force, fail_fast: bool, log_level: str) -> RunReport:
+    _setup_logging(log_level)
+    plan = _load(plan_path)
+    runner = Runner(plan)
+    try:
+        with logging_redirect_tqdm():
+            return runner.run(stages=stages, scenes=scenes, force=force, fail_fast=fail_fast)
+    except KeyError as err:
+        err_console.print(f"[red]error:[/red] {err.args[0]}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def ingest(
+    plan: PlanArg,
+    scenes: ScenesOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-ingest even when cached.")] = False,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Read the plan's dataset into canonical scenes (the ``input`` stage)."""
+    _finish(_run(plan, ["input"], _split(scenes), ["input"] if force else [], False, log_level))
+
+
+@app.command()
+def run(
+    plan: PlanArg,
+    stages: Annotated[Optional[list[str]], typer.Option("--stages", help="Only these stages (default: all in the plan).")] = None,
+    scenes: ScenesOpt = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream even if cached.")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing scene.")] = False,
+    log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+) -> None:
+    """Run the plan's stages on its scenes, reusing every cached group."""
+    _finish(_run(plan, _split(stages), _split(scenes), _split(force) or [], fail_fast, log_level))
+
+
+@app.command()
+def status(
+    store: Annotated[str, typer.Option("--store", help="Store path or fsspec URL.")],
+    plan: Annotated[Optional[Path], typer.Option("--plan", help="Also compare against this plan.", exists=True)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Which stage is cached, stale or missing for which scene."""
+    if "://" not in store and not Path(store).exists():
+        err_console.print(f"[red]error:[/red] no store at '{store}'")
+        raise typer.Exit(2)
+    rows = store_status(Store(store), _load(plan) if plan else None)
+    if as_json:
+        for row in rows:
+            print(json.dumps(row.to_json()))
+        return
+    print_status(rows)
+
+
+def print_status(rows: list[StageStatus]) -> None:
+    colours = {"cached": "green", "stale": "yellow", "missing": "red", "incomplete": "red"}
+    table = Table("scene", "group", "state", "fingerprint", "why")
+    for r in rows:
+        table.add_row(r.scene_id, r.path, f"[{colours[r.state]}]{r.state}[/]", short(r.fingerprint), r.reason)
+    console.print(table)
+
+
+@app.command()
+def flow(
+    plan: PlanArg,
+    stages: Annotated[Optional[list[str]], typer.Option("--stages", help="Only these stages.")] = None,
+    scenes: ScenesOpt = None,
+    force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Start a local Dask cluster of this many workers.")] = 2,
+    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Join this Dask scheduler instead.")] = None,
+) -> None:
+    """Run the plan as Prefect flows, scenes mapped as tasks over Dask."""
+    from ovlift.flows import run_dataset_flow  # Prefect is imported only here
+
+    _setup_logging("info")
+    _load(plan)  # fail early, before starting Prefect, on a bad plan
+    report = run_dataset_flow(
+        str(plan), _split(stages), _split(scenes), _split(force) or [], workers=workers, dask_address=dask_address
+    )
+    _finish(report)
+
+
+@app.command()
+def schema(
+    check: Annotated[Optional[Path], typer.Option("--check", help="Exit 1 if this file differs from the specs.")] = None,
+) -> None:
+    """Print the cache layout document generated from the stage specs."""
+    from ovlift.pipeline.schema_doc import render_schema_doc
+
+    text = render_schema_doc()
+    if check is None:
+        sys.stdout.write(text)
+        return
+    if not check.is_file() or check.read_text() != text:
+        err_console.print(f"{check} is out of date; regenerate it with: ovlift schema > {check}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the plan, store and outputs go.")] = Path("work/demo"),
+) -> None:
+    """The main job on embedded toy data; a second run reuses the cache."""
+    from ovlift.demo import run_demo
+
+    _setup_logging("info")
+    with logging_redirect_tqdm():
+        run_demo(workdir, console)
+
+
+if __name__ == "__main__":
+    app()

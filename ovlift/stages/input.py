@@ -1,0 +1,253 @@
+"""``input``: a dataset's scene as canonical, validated arrays.
+
+Bad data is rejected with a message naming the scene, the frame and the array,
+and nothing is published. Frames with a non-finite or non-rigid pose are kept
+but marked (``frames/pose_valid`` false, pose NaN) with a warning, as ScanNet
+has them; the scene fails only if no frame has a valid pose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ovlift.cache_schema import IGNORE_LABEL, ArraySpec, GroupSpec, GroupWriter
+from ovlift.config import FrozenConfig
+from ovlift.datasets.base import Frame, SceneSource
+from ovlift.kernels.geometry import pose_is_valid
+from ovlift.progress import progress
+from ovlift.stages.base import Stage, StageContext, StageInputError
+
+POINT_CHUNK = 1 << 18
+
+INPUT_SPEC = GroupSpec(
+    stage="input",
+    doc="A scene in canonical form: points in metres, posed frames, optional labels and mesh.",
+    arrays=(
+        ArraySpec("points", "float32", ("N", 3), (POINT_CHUNK, None), "point positions, metres, world frame"),
+        ArraySpec("colors", "uint8", ("N", 3), (POINT_CHUNK, None), "point RGB", required=False),
+        ArraySpec("normals", "float32", ("N", 3), (POINT_CHUNK, None), "unit point normals", required=False),
+        ArraySpec(
+            "labels", "int16", ("N",), (POINT_CHUNK,),
+            f"class index into info.class_names, {IGNORE_LABEL} = ignore", required=False,
+        ),
+        ArraySpec("instances", "int32", ("N",), (POINT_CHUNK,), "ground-truth instance id", required=False),
+        ArraySpec("faces", "int32", ("F", 3), (POINT_CHUNK, None), "mesh triangles indexing points", required=False),
+        ArraySpec("frames/color", "uint8", ("T", "H", "W", 3), (1, None, None, None), "RGB image, one frame per chunk"),
+        ArraySpec(
+            "frames/depth", "float32", ("T", "H", "W"), (1, None, None),
+            "z-depth, metres, 0 = invalid; absent for LiDAR-camera data", required=False,
+        ),
+        ArraySpec("frames/intrinsics", "float32", ("T", 3, 3), (None, None, None), "pinhole intrinsics, pixels"),
+        ArraySpec(
+            "frames/cam_to_world", "float64", ("T", 4, 4), (None, None, None),
+            "camera-to-world pose (OpenCV axes), metres; NaN where invalid",
+        ),
+        ArraySpec("frames/pose_valid", "bool", ("T",), (None,), "false for frames whose source pose was unusable"),
+        ArraySpec(
+            "frames/labels", "int16", ("T", "H", "W"), (1, None, None),
+            f"ground-truth class per pixel (synthetic data), {IGNORE_LABEL} = ignore", required=False,
+        ),
+        ArraySpec(
+            "frames/instances", "int32", ("T", "H", "W"), (1, None, None),
+            "ground-truth instance per pixel (synthetic data)", required=False,
+        ),
+    ),
+    info={
+        "dataset": "name of the dataset reader",
+        "class_names": "label set that labels index into (null when unlabelled)",
+        "ignore_label": "label value meaning 'no class'",
+        "frame_names": "source name of each frame, e.g. 'seq-01/frame-000010'",
+    },
+)
+
+
+class InputConfig(FrozenConfig):
+    max_median_depth_m: float = Field(100.0, gt=0)
+    """A frame whose median valid depth exceeds this is rejected: its depth is
+    almost surely in millimetres (or another unit), not metres."""
+
+
+class InputStage(Stage[InputConfig]):
+    """Reads a scene from the dataset, validates it and writes the canonical arrays."""
+
+    name = "input"
+    implementation = "canonical"
+    version = "1"
+    Config = InputConfig
+    spec = INPUT_SPEC
+    reads_dataset = True
+
+    def run(self, ctx: StageContext, out: GroupWriter) -> None:
+        assert ctx.dataset is not None
+        source = ctx.dataset.load(ctx.scene_id)
+        arrays = check_points(source, ctx.where())
+        for name, value in arrays.items():
+            out.write(name, value)
+        self._write_frames(ctx, source, out)
+        out.set_info(
+            dataset=ctx.dataset.name,
+            class_names=list(source.class_names) if source.class_names is not None else None,
+            ignore_label=IGNORE_LABEL,
+            frame_names=list(source.frame_names),
+        )
+
+    def _write_frames(self, ctx: StageContext, source: SceneSource, out: GroupWriter) -> None:
+        num = source.num_frames
+        if num == 0:
+            raise StageInputError(f"{ctx.where()}: no frames")
+        first = source.read_frame(0)
+        height, width = first.color.shape[:2]
+        arrays = {"color": out.create("frames/color", (num, height, width, 3))}
+        if first.depth is not None:
+            arrays["depth"] = out.create("frames/depth", (num, height, width))
+        for key in ("labels", "instances"):
+            if getattr(first, key) is not None:
+                arrays[key] = out.create(f"frames/{key}", (num, height, width))
+        intrinsics = np.zeros((num, 3, 3), np.float32)
+        poses = np.zeros((num, 4, 4), np.float64)
+        for i in progress(range(num), f"{ctx.scene_id}: frames", unit="frame"):
+            frame = first if i == 0 else source.read_frame(i)
+            where = ctx.where(source.frame_names[i])
+            checked = check_frame(frame, (height, width), set(arrays), source.class_names, self.config, where)
+            for key, value in checked.items():
+                arrays[key][i] = value
+            intrinsics[i] = frame.intrinsics
+            poses[i] = frame.cam_to_world
+        valid = pose_is_valid(torch.from_numpy(poses)).numpy()
+        if not valid.any():
+            raise StageInputError(
+                f"{ctx.where()}: array 'frames/cam_to_world': none of the {num} poses is valid "
+                "(expected finite rigid 4x4 camera-to-world matrices)"
+            )
+        for i in np.flatnonzero(~valid):
+            ctx.log.warning(
+                "%s: array 'frames/cam_to_world': invalid pose (non-finite or not rigid); frame kept, marked invalid",
+                ctx.where(source.frame_names[i]),
+            )
+        poses[~valid] = np.nan
+        out.write("frames/intrinsics", intrinsics)
+        out.write("frames/cam_to_world", poses)
+        out.write("frames/pose_valid", valid)
+
+
+def check_points(source: SceneSource, where: str) -> dict[str, np.ndarray]:
+    """The per-point arrays, validated and cast to their canonical dtypes."""
+    points = np.asarray(source.points)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise StageInputError(f"{where}: array 'points' expected shape (N, 3), found {points.shape}")
+    n = points.shape[0]
+    if n == 0:
+        raise StageInputError(f"{where}: array 'points' is empty (expected at least one point)")
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        raise StageInputError(
+            f"{where}: array 'points' has {int(bad.sum())} non-finite rows (NaN/inf), first at row "
+            f"{int(np.flatnonzero(bad)[0])}; expected finite coordinates in metres"
+        )
+    out = {"points": points.astype(np.float32)}
+    for name, width, dtype in (("colors", 3, np.uint8), ("normals", 3, np.float32)):
+        value = getattr(source, name)
+        if value is None:
+            continue
+        value = np.asarray(value)
+        if value.shape != (n, width):
+            raise StageInputError(f"{where}: array '{name}' expected shape ({n}, {width}), found {value.shape}")
+        if name == "colors" and value.dtype != np.uint8:
+            raise StageInputError(f"{where}: array 'colors' expected dtype uint8 (0-255), found {value.dtype}")
+        if name == "normals" and not np.isfinite(value).all():
+            raise StageInputError(f"{where}: array 'normals' has non-finite values")
+        out[name] = value.astype(dtype)
+    if source.labels is not None:
+        out["labels"] = check_labels(np.asarray(source.labels), source.class_names, (n,), "labels", where)
+    if source.instances is not None:
+        instances = np.asarray(source.instances)
+        if instances.shape != (n,):
+            raise StageInputError(f"{where}: array 'instances' expected shape ({n},), found {instances.shape}")
+        out["instances"] = instances.astype(np.int32)
+    if source.faces is not None:
+        faces = np.asarray(source.faces)
+        if faces.ndim != 2 or faces.shape[1] != 3:
+            raise StageInputError(f"{where}: array 'faces' expected shape (F, 3), found {faces.shape}")
+        if faces.size and (faces.min() < 0 or faces.max() >= n):
+            raise StageInputError(
+                f"{where}: array 'faces' indexes vertex {int(faces.max()) if faces.max() >= n else int(faces.min())}, "
+                f"expected indices in [0, {n}) (the scene has {n} points)"
+            )
+        out["faces"] = faces.astype(np.int32)
+    return out
+
+
+def check_labels(
+    labels: np.ndarray, class_names: tuple[str, ...] | None, shape: tuple[int, ...], name: str, where: str
+) -> np.ndarray:
+    if labels.shape != shape:
+        raise StageInputError(f"{where}: array '{name}' expected shape {shape}, found {labels.shape}")
+    if class_names is None:
+        raise StageInputError(f"{where}: array '{name}' given without class_names (the label set it indexes)")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise StageInputError(f"{where}: array '{name}' expected integer class indices, found {labels.dtype}")
+    outside = (labels != IGNORE_LABEL) & ((labels < 0) | (labels >= len(class_names)))
+    if outside.any():
+        values = np.unique(labels[outside])[:10].tolist()
+        raise StageInputError(
+            f"{where}: array '{name}' has {int(outside.sum())} values outside the label set "
+            f"(found {values}; expected 0..{len(class_names) - 1} or {IGNORE_LABEL} for ignore)"
+        )
+    return labels.astype(np.int16)
+
+
+def check_frame(
+    frame: Frame,
+    size: tuple[int, int],
+    arrays: set[str],
+    class_names: tuple[str, ...] | None,
+    config: InputConfig,
+    where: str,
+) -> dict[str, np.ndarray]:
+    """One frame's images, validated; returns them keyed like ``arrays``."""
+    height, width = size
+    color = np.asarray(frame.color)
+    if color.shape != (height, width, 3) or color.dtype != np.uint8:
+        raise StageInputError(
+            f"{where}: array 'frames/color' expected ({height}, {width}, 3) uint8 (the size of the first frame), "
+            f"found {color.shape} {color.dtype}"
+        )
+    out = {"color": color}
+    if ("depth" in arrays) != (frame.depth is not None):
+        raise StageInputError(f"{where}: array 'frames/depth' present in some frames and missing in others")
+    if frame.depth is not None:
+        depth = np.asarray(frame.depth, dtype=np.float32)
+        if depth.shape != (height, width):
+            raise StageInputError(
+                f"{where}: array 'frames/depth' is {depth.shape[0]}x{depth.shape[1]} but the colour image is "
+                f"{height}x{width}; expected equal sizes (resize colour to depth when reading)"
+            )
+        depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)  # NaN/inf = no measurement
+        if (depth < 0).any():
+            raise StageInputError(f"{where}: array 'frames/depth' has negative values; expected metres >= 0")
+        valid = depth[depth > 0]
+        if valid.size and float(np.median(valid)) > config.max_median_depth_m:
+            raise StageInputError(
+                f"{where}: array 'frames/depth' has median {float(np.median(valid)):.1f} m, expected metres "
+                f"(< {config.max_median_depth_m:g}); the depth is probably in millimetres: set the reader's depth_scale"
+            )
+        out["depth"] = depth
+    intrinsics = np.asarray(frame.intrinsics, dtype=np.float64)
+    if intrinsics.shape != (3, 3) or not np.isfinite(intrinsics).all() or intrinsics[0, 0] <= 0 or intrinsics[1, 1] <= 0:
+        raise StageInputError(
+            f"{where}: array 'frames/intrinsics' expected a finite 3x3 matrix with fx, fy > 0, found {intrinsics.tolist()}"
+        )
+    pose = np.asarray(frame.cam_to_world)
+    if pose.shape != (4, 4):
+        raise StageInputError(f"{where}: array 'frames/cam_to_world' expected shape (4, 4), found {pose.shape}")
+    if "labels" in arrays:
+        if frame.labels is None:
+            raise StageInputError(f"{where}: array 'frames/labels' present in some frames and missing in others")
+        out["labels"] = check_labels(np.asarray(frame.labels), class_names, (height, width), "frames/labels", where)
+    if "instances" in arrays:
+        if frame.instances is None or np.asarray(frame.instances).shape != (height, width):
+            raise StageInputError(f"{where}: array 'frames/instances' expected shape ({height}, {width})")
+        out["instances"] = np.asarray(frame.instances).astype(np.int32)
+    return out

@@ -1,0 +1,122 @@
+"""Every kind of bad input is rejected with a message naming scene, frame and array,
+and nothing is written; invalid poses are skipped with a warning."""
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import toy_plan_dict
+from ovlift.cache_schema import Store
+from ovlift.datasets.toy import ToyDataset
+from ovlift.pipeline.plan import Plan, plan_from_dict
+from ovlift.pipeline.runner import Runner
+from ovlift.stages.base import StageInputError
+
+
+class MutatedToy(ToyDataset):
+    """Toy scenes with one defect applied by ``mutate(source) -> source``."""
+
+    def __init__(self, config, mutate):
+        super().__init__(config)
+        self.mutate = mutate
+
+    def load(self, scene_id):
+        return self.mutate(super().load(scene_id))
+
+
+def run_mutated(tmp_path, mutate, caplog=None):
+    base = plan_from_dict(toy_plan_dict(tmp_path / "s.zarr", num_scenes=1))
+    plan = Plan(
+        store=base.store,
+        dataset=MutatedToy(base.dataset.config, mutate),
+        vocabulary=base.vocabulary,
+        device="cpu",
+        stages=base.stages,
+    )
+    runner = Runner(plan)
+    runner.run(fail_fast=True)
+    return runner.store
+
+
+def assert_nothing_written(tmp_path):
+    store = Store(tmp_path / "s.zarr")
+    assert store.read("scenes/toy_0000/input") is None
+    assert store.stage_groups("toy_0000") == []
+    assert store.leftovers() == []
+
+
+def with_frame(source, index, **changes):
+    read = source.read_frame
+
+    def read_frame(i):
+        frame = read(i)
+        return replace(frame, **{k: v(frame) for k, v in changes.items()}) if i == index else frame
+
+    return replace(source, read_frame=read_frame)
+
+
+def nan_points(s):
+    points = s.points.copy()
+    points[7, 1] = np.nan
+    points[9, 0] = np.inf
+    return replace(s, points=points)
+
+
+CASES = {
+    "nan points": (nan_points, r"scene 'toy_0000': array 'points' has 2 non-finite rows \(NaN/inf\), first at row 7"),
+    "empty cloud": (
+        lambda s: replace(s, points=np.zeros((0, 3), np.float32), colors=None, normals=None, labels=None,
+                          instances=None, faces=None),
+        r"scene 'toy_0000': array 'points' is empty",
+    ),
+    "labels outside the label set": (
+        lambda s: replace(s, labels=np.where(np.arange(len(s.labels)) == 3, 20, s.labels)),
+        r"scene 'toy_0000': array 'labels' has 1 values outside the label set \(found \[20\]; expected 0..19 or -1",
+    ),
+    "faces past the points": (
+        lambda s: replace(s, faces=np.vstack([s.faces, [[0, 1, len(s.points)]]])),
+        r"scene 'toy_0000': array 'faces' indexes vertex \d+, expected indices in \[0, \d+\)",
+    ),
+    "color/depth sizes disagree": (
+        lambda s: with_frame(s, 2, depth=lambda f: f.depth[:-4]),
+        r"scene 'toy_0000', frame 'frame-000002': array 'frames/depth' is 56x80 but the colour image is 60x80",
+    ),
+    "depth in millimetres": (
+        lambda s: with_frame(s, 1, depth=lambda f: f.depth * 1000),
+        r"scene 'toy_0000', frame 'frame-000001': array 'frames/depth' has median \d+\.\d m.*millimetres",
+    ),
+    "no valid pose": (
+        lambda s: replace(s, read_frame=lambda i, r=s.read_frame: replace(r(i), cam_to_world=np.full((4, 4), -np.inf))),
+        r"scene 'toy_0000': array 'frames/cam_to_world': none of the 4 poses is valid",
+    ),
+    "frame label outside the label set": (
+        lambda s: with_frame(s, 3, labels=lambda f: np.full_like(f.labels, 99)),
+        r"scene 'toy_0000', frame 'frame-000003': array 'frames/labels' has 4800 values outside the label set",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_rejected_with_a_clear_message_and_nothing_written(tmp_path, case):
+    mutate, message = CASES[case]
+    with pytest.raises(StageInputError, match=message):
+        run_mutated(tmp_path, mutate)
+    assert_nothing_written(tmp_path)
+
+
+def test_invalid_poses_are_marked_and_warned_not_fatal(tmp_path, caplog):
+    def mutate(s):
+        s = with_frame(s, 1, cam_to_world=lambda f: np.full((4, 4), -np.inf))  # ScanNet's marker
+        return with_frame(s, 3, cam_to_world=lambda f: np.zeros((4, 4)))  # not invertible
+
+    with caplog.at_level(logging.WARNING, logger="ovlift"):
+        store = run_mutated(tmp_path, mutate)
+    group = store.read("scenes/toy_0000/input")
+    assert group.load("frames/pose_valid").tolist() == [True, False, True, False]
+    poses = group.load("frames/cam_to_world")
+    assert np.isnan(poses[[1, 3]]).all() and np.isfinite(poses[[0, 2]]).all()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("frame 'frame-000001'" in w and "invalid pose" in w for w in warned)
+    assert any("frame 'frame-000003'" in w for w in warned)

@@ -1,0 +1,188 @@
+"""Caching: unchanged plans recompute nothing; a change reruns exactly what it affects."""
+
+import time
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import toy_plan_dict
+from ovlift.cache_schema import ArraySpec, GroupSpec
+from ovlift.config import FrozenConfig
+from ovlift.pipeline.cli import app
+from ovlift.pipeline.plan import Plan, PlanError, StagePlan, plan_from_dict
+from ovlift.pipeline.runner import Runner
+from ovlift.pipeline.status import store_status
+from ovlift.stages.base import Stage
+
+
+class HeightConfig(FrozenConfig):
+    offset_m: float = 0.0
+
+
+class HeightStage(Stage[HeightConfig]):
+    """A small downstream stage: point heights above the floor (+ an offset)."""
+
+    name = "height"
+    implementation = "test"
+    version = "1"
+    Config = HeightConfig
+    reads = ("input",)
+    spec = GroupSpec("height", "test", (ArraySpec("height", "float32", ("N",), (None,), "metres"),))
+
+    def run(self, ctx, out):
+        z = ctx.inputs["input"].load("points")[:, 2]
+        out.write("height", (z - z.min() + self.config.offset_m).astype(np.float32))
+
+
+class HistogramStage(Stage[HeightConfig]):
+    """Reads ``height``: a stage two levels downstream of ``input``."""
+
+    name = "histogram"
+    implementation = "test"
+    version = "1"
+    Config = HeightConfig
+    reads = ("height",)
+    spec = GroupSpec("histogram", "test", (ArraySpec("counts", "int64", (10,), (None,), "points per bin"),))
+
+    def run(self, ctx, out):
+        out.write("counts", np.histogram(ctx.inputs["height"].load("height"), bins=10)[0].astype(np.int64))
+
+
+def make_plan(store, toy=None, offset=0.0, hist_offset=0.0):
+    base = plan_from_dict(toy_plan_dict(store, **(toy or {})))
+    stages = dict(base.stages)
+    stages["height"] = StagePlan("height", "test", HeightStage(HeightConfig(offset_m=offset)))
+    stages["histogram"] = StagePlan("histogram", "test", HistogramStage(HeightConfig(offset_m=hist_offset)))
+    return Plan(base.store, base.dataset, base.vocabulary, "cpu", stages)
+
+
+def statuses(report):
+    return {(o.scene_id, o.stage): o.status for o in report.outcomes}
+
+
+def by_stage(report):
+    out = {}
+    for o in report.outcomes:
+        out.setdefault(o.stage, set()).add(o.status)
+    return out
+
+
+def test_rerun_of_an_unchanged_plan_on_20_scenes_is_all_cache_hits_and_under_5_percent(tmp_path):
+    plan = make_plan(tmp_path / "s.zarr", toy={"num_scenes": 20})
+    first = Runner(plan).run()
+    assert first.counts() == {"ran": 60}
+    second = Runner(plan).run()
+    assert second.counts() == {"cached": 60}
+    ratio = second.seconds / first.seconds
+    print(f"20 toy scenes x 3 stages: first {first.seconds:.2f} s, rerun {second.seconds:.3f} s ({ratio:.1%})")
+    assert ratio < 0.05
+
+
+def test_config_change_reruns_that_stage_and_downstream_not_upstream(tmp_path):
+    store = tmp_path / "s.zarr"
+    Runner(make_plan(store)).run()
+    report = Runner(make_plan(store, offset=1.0)).run()
+    assert by_stage(report) == {"input": {"cached"}, "height": {"ran"}, "histogram": {"ran"}}
+    report = Runner(make_plan(store, offset=1.0, hist_offset=2.0)).run()
+    assert by_stage(report) == {"input": {"cached"}, "height": {"cached"}, "histogram": {"ran"}}
+    # an upstream change (the dataset's config) reruns everything below it
+    report = Runner(make_plan(store, toy={"seed": 5}, offset=1.0, hist_offset=2.0)).run()
+    assert by_stage(report) == {"input": {"ran"}, "height": {"ran"}, "histogram": {"ran"}}
+    # and going back to a previous config is not a hit: the store keeps one version
+    report = Runner(make_plan(store, offset=1.0, hist_offset=2.0)).run()
+    assert by_stage(report) == {"input": {"ran"}, "height": {"ran"}, "histogram": {"ran"}}
+
+
+def test_force_reruns_the_stage_and_its_downstream(tmp_path):
+    plan = make_plan(tmp_path / "s.zarr")
+    Runner(plan).run()
+    report = Runner(plan).run(force=["height"])
+    assert by_stage(report) == {"input": {"cached"}, "height": {"ran"}, "histogram": {"ran"}}
+
+
+def test_a_stage_alone_needs_its_upstream_in_the_store(tmp_path):
+    plan = make_plan(tmp_path / "s.zarr")
+    report = Runner(plan).run(stages=["height"])
+    assert by_stage(report) == {"height": {"failed"}}
+    assert "needs 'scenes/toy_0000/input', which is missing" in report.outcomes[0].error
+    Runner(plan).run(stages=["input"])
+    assert by_stage(Runner(plan).run(stages=["height"])) == {"height": {"ran"}}
+
+
+def test_a_failing_scene_skips_its_downstream_and_spares_other_scenes(tmp_path, monkeypatch):
+    plan = make_plan(tmp_path / "s.zarr")
+    original = plan.dataset.load
+
+    def load(scene_id):
+        source = original(scene_id)
+        if scene_id == "toy_0001":
+            source.points[0] = np.nan
+        return source
+
+    monkeypatch.setattr(plan.dataset, "load", load)
+    report = Runner(plan).run()
+    assert statuses(report) == {
+        ("toy_0000", "input"): "ran", ("toy_0000", "height"): "ran", ("toy_0000", "histogram"): "ran",
+        ("toy_0001", "input"): "failed", ("toy_0001", "height"): "skipped", ("toy_0001", "histogram"): "skipped",
+    }
+
+
+def test_status_reports_cached_stale_and_missing(tmp_path):
+    store = tmp_path / "s.zarr"
+    Runner(make_plan(store)).run()
+    changed = make_plan(store, offset=3.0)
+    states = {(s.scene_id, s.path.rsplit("/", 1)[1]): s.state for s in store_status(Runner(changed).store, changed)}
+    assert states[("toy_0000", "input")] == "cached"
+    assert states[("toy_0000", "height")] == "stale" and states[("toy_0000", "histogram")] == "stale"
+    # from the store alone: rerunning 'height' makes the recorded histogram stale
+    Runner(changed).run(stages=["input", "height"])
+    alone = {(s.scene_id, s.path.rsplit("/", 1)[1]): (s.state, s.reason) for s in store_status(Runner(changed).store)}
+    assert alone[("toy_0000", "height")] == ("cached", "")
+    assert alone[("toy_0000", "histogram")][0] == "stale"
+    assert "scenes/toy_0000/height changed" in alone[("toy_0000", "histogram")][1]
+    more = make_plan(store, toy={"num_scenes": 3})
+    missing = [s for s in store_status(Runner(more).store, more) if s.scene_id == "toy_0002"]
+    assert {s.state for s in missing} == {"missing"}
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p["stages"]["input"].update(max_median_depth_m="far"), r"stages\.input: max_median_depth_m: Input should be a valid number"),
+        (lambda p: p["dataset"].update(num_scenes=0), r"dataset: num_scenes: Input should be greater than or equal to 1"),
+        (lambda p: p["dataset"].update(color="red"), r"dataset: color: Extra inputs are not permitted"),
+        (lambda p: p["stages"].update(nonsense={}), r"stages: unknown stages \['nonsense'\]"),
+        (lambda p: p["dataset"].update(name="scannet9"), r"dataset: unknown dataset 'scannet9'"),
+        (lambda p: p.pop("store"), r"missing 'store'"),
+    ],
+)
+def test_bad_plans_fail_with_the_file_and_key(tmp_path, edit, message):
+    data = toy_plan_dict(tmp_path / "s.zarr")
+    edit(data)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    assert str(path) in result.output
+    import re
+
+    assert re.search(message, result.output.replace("\n", " ")), result.output
+
+
+def test_cli_ingest_run_status(tmp_path):
+    data = toy_plan_dict(tmp_path / "s.zarr")
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cli = CliRunner()
+    result = cli.invoke(app, ["ingest", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 ran" in result.output
+    result = cli.invoke(app, ["run", str(path), "--scenes", "toy_0001"])
+    assert result.exit_code == 0 and "1 cached" in result.output
+    result = cli.invoke(app, ["status", "--store", str(tmp_path / "s.zarr"), "--json"])
+    rows = [yaml.safe_load(line) for line in result.output.splitlines()]
+    assert [(r["scene_id"], r["state"]) for r in rows] == [("toy_0000", "cached"), ("toy_0001", "cached")]
+    result = cli.invoke(app, ["run", str(path), "--scenes", "toy_0009"])
+    assert result.exit_code == 2 and "toy_0009" in result.output

@@ -1,0 +1,139 @@
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from ovlift.cache_schema import ArraySpec, GroupMeta, GroupSpec, SchemaError, Store
+
+SPEC = GroupSpec(
+    stage="demo",
+    doc="test group",
+    arrays=(
+        ArraySpec("points", "float32", ("N", 3), (4, None), "xyz"),
+        ArraySpec("labels", "int16", ("N",), (4,), "class"),
+        ArraySpec("extra", "uint8", ("N",), (None,), "optional", required=False),
+    ),
+    info={"note": "a note"},
+)
+
+
+def meta(fp="f1"):
+    return GroupMeta("demo", "impl", "1", {"a": 1}, {"scenes/s/input": "up"}, fp, {})
+
+
+def write(store, path, n=10, fp="f1", value=1.0):
+    with store.writer(path, SPEC, meta(fp), "scene 's'") as out:
+        out.write("points", np.full((n, 3), value, np.float32))
+        out.write("labels", np.arange(n, dtype=np.int16))
+
+
+def test_published_group_reads_back_with_attrs(tmp_path):
+    store = Store(tmp_path / "s.zarr")
+    write(store, "scenes/s/demo")
+    group = store.read("scenes/s/demo", fingerprint="f1")
+    assert group is not None
+    assert group.attrs["complete"] is True and group.attrs["stage"] == "demo"
+    assert group.attrs["input_fingerprints"] == {"scenes/s/input": "up"}
+    assert group.dims == {"N": 10}
+    assert group.array("points").chunks == (4, 3)
+    np.testing.assert_array_equal(group.load("labels"), np.arange(10))
+    assert store.read("scenes/s/demo", fingerprint="other") is None
+    assert store.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("points", np.zeros((10, 3), np.float64), "expected dtype float32, found float64"),
+        ("points", np.zeros((10, 4), np.float32), "expected shape (N, 3), found (10, 4)"),
+        ("labels", np.zeros(9, np.int16), "has N=9 on axis 0, but another array of the group has N=10"),
+        ("nonsense", np.zeros(10, np.int16), "declares no array 'nonsense'"),
+    ],
+)
+def test_writer_rejects_arrays_that_break_the_spec_and_publishes_nothing(tmp_path, name, value, message):
+    store = Store(tmp_path / "s.zarr")
+    with pytest.raises(SchemaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with store.writer("scenes/s/demo", SPEC, meta(), "scene 's'") as out:
+            out.write("points", np.zeros((10, 3), np.float32)) if name != "points" else None
+            out.write(name, value)
+    assert store.read("scenes/s/demo") is None
+    assert store.leftovers() == []
+
+
+def test_missing_required_array_is_an_error(tmp_path):
+    store = Store(tmp_path / "s.zarr")
+    with pytest.raises(SchemaError, match=r"required arrays not written: \['labels'\]"):
+        with store.writer("scenes/s/demo", SPEC, meta(), "scene 's'") as out:
+            out.write("points", np.zeros((10, 3), np.float32))
+    assert store.read("scenes/s/demo") is None
+
+
+def test_undeclared_info_is_an_error(tmp_path):
+    store = Store(tmp_path / "s.zarr")
+    with pytest.raises(SchemaError, match="not declared"):
+        with store.writer("scenes/s/demo", SPEC, meta(), "scene 's'") as out:
+            out.set_info(surprise=1)
+
+
+def test_republish_replaces_the_old_group_whole(tmp_path):
+    store = Store(tmp_path / "s.zarr")
+    write(store, "scenes/s/demo", n=10, fp="f1")
+    write(store, "scenes/s/demo", n=6, fp="f2", value=2.0)
+    group = store.read("scenes/s/demo")
+    assert group.fingerprint == "f2" and group.load("points").shape == (6, 3)
+    assert (group.load("points") == 2.0).all()
+    assert store.leftovers() == []
+
+
+def test_fsspec_url_store_publishes_and_replaces(tmp_path):
+    store = Store("memory://ovlift-test/store.zarr")
+    write(store, "scenes/s/demo", n=10, fp="f1")
+    write(store, "scenes/s/demo", n=5, fp="f2")
+    group = store.read("scenes/s/demo", fingerprint="f2")
+    assert group is not None and group.load("labels").tolist() == [0, 1, 2, 3, 4]
+    assert store.scene_ids() == ["s"]
+
+
+def test_clean_stale_removes_only_dead_writers_leftovers(tmp_path):
+    store = Store(tmp_path / "s.zarr")
+    proc = mp.get_context("spawn").Process(target=_leave_staging, args=(str(tmp_path / "s.zarr"),))
+    proc.start()
+    proc.join()
+    assert len(store.leftovers()) == 1  # the dead process's staging group
+    live = store._new_staging()
+    store._staging_group(live)
+    removed = store.clean_stale()
+    assert len(removed) == 1 and live not in removed
+    assert store.leftovers() == [live]
+
+
+def _leave_staging(path):
+    import os
+
+    store = Store(path)
+    store._staging_group(store._new_staging())
+    os._exit(0)
+
+
+def _concurrent_writer(path, barrier, value):
+    store = Store(path)
+    barrier.wait()
+    for _ in range(5):
+        write(store, "scenes/s/demo", n=1000, fp=f"f{value}", value=float(value))
+
+
+def test_two_processes_publishing_the_same_group_leave_a_whole_one(tmp_path):
+    path = str(tmp_path / "s.zarr")
+    Store(path)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_concurrent_writer, args=(path, barrier, v)) for v in (1, 2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert [p.exitcode for p in procs] == [0, 0]
+    group = Store(path).read("scenes/s/demo")
+    value = {"f1": 1.0, "f2": 2.0}[group.fingerprint]
+    assert (group.load("points") == value).all() and group.load("labels").shape == (1000,)
+    assert Store(path).leftovers() == []
