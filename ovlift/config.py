@@ -10,15 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
 
 class FrozenConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     def normalised(self) -> dict[str, Any]:
-        """Every field, defaults included, as JSON-ready values (what fingerprints hash)."""
-        return self.model_dump(mode="json")
+        """Every result-affecting field, defaults included, as JSON-ready values.
+
+        This is what fingerprints hash. Fields declared with ``runtime_field``
+        (device, batch sizes) change how a result is computed, not what it is,
+        so they are left out: changing them is still a cache hit.
+        """
+        runtime = {name for name, f in type(self).model_fields.items() if (f.json_schema_extra or {}).get("runtime")}
+        return self.model_dump(mode="json", exclude=runtime)
+
+
+def runtime_field(default: Any, **kwargs: Any) -> Any:
+    """A config field that does not change results (left out of fingerprints)."""
+    return Field(default, json_schema_extra={"runtime": True}, **kwargs)
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:

@@ -12,9 +12,11 @@ from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.stages.base import Stage
 from ovlift.stages.input import InputStage
+from ovlift.stages.project import ProjectStage
 
 STAGES: dict[str, dict[str, type[Stage]]] = {
     "input": {"canonical": InputStage},
+    "project": {"openscene": ProjectStage},
 }
 """stage name -> implementation name -> class; the first implementation is the default."""
 

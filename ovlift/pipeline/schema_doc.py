@@ -56,7 +56,8 @@ processes are removed by the next run on the same host.
 
 Label value `{IGNORE_LABEL}` means "no class" in every label array.
 
-Dimension names: `N` points, `F` mesh faces, `T` frames, `H`/`W` image rows/columns.
+Dimension names: `N` points, `F` mesh faces, `T` frames, `H`/`W` image rows/columns,
+`M` point-frame correspondences.
 """
 
 

@@ -1,0 +1,258 @@
+"""Projection + occlusion kernels against a slow per-point loop, and against the
+toy renderer's ray-cast ground truth."""
+
+import numpy as np
+import pytest
+import torch
+
+from ovlift.datasets.toy import ToyConfig, ToyDataset
+from ovlift.kernels.fusion import FeatureFusion, FrameBatch, project_and_fuse, vote_counts
+from ovlift.kernels.projection import (
+    Correspondences,
+    VisibilityRule,
+    project_points,
+    resize_depth,
+    rigid_inverse,
+    scale_intrinsics,
+    visible_correspondences,
+)
+
+
+def reference_visibility(points, world_to_cam, intrinsics, hw, rule, depth=None, pose_valid=None):
+    """The obvious loop: every frame, every point, the rules written out in Python floats."""
+    height, width = hw
+    found = []
+    for f in range(len(world_to_cam)):
+        if pose_valid is not None and not pose_valid[f]:
+            continue
+        m, k = world_to_cam[f].tolist(), intrinsics[f].tolist()
+        for i, (px, py, pz) in enumerate(points.tolist()):
+            cx = m[0][0] * px + m[0][1] * py + m[0][2] * pz + m[0][3]
+            cy = m[1][0] * px + m[1][1] * py + m[1][2] * pz + m[1][3]
+            z = m[2][0] * px + m[2][1] * py + m[2][2] * pz + m[2][3]
+            if not z > 0:
+                continue
+            col = round(k[0][0] * cx / z + k[0][2])  # Python rounds half to even, like torch
+            row = round(k[1][1] * cy / z + k[1][2])
+            cut = rule.cut_bound
+            if not (cut <= col < width - cut and cut <= row < height - cut):
+                continue
+            if depth is not None:
+                d = float(depth[f, row, col])
+                tol = rule.depth_tolerance * d if rule.tolerance_kind == "relative" else rule.depth_tolerance
+                if not (d > 0 and abs(d - z) <= tol):
+                    continue
+            found.append((i, f, row, col))
+    return sorted(found)
+
+
+def as_tuples(c: Correspondences):
+    return sorted(zip(c.point_index.tolist(), c.frame_index.tolist(), c.pixel[:, 0].tolist(), c.pixel[:, 1].tolist()))
+
+
+def look_at(eye, target):
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0, 0, 1.0])
+    right /= np.linalg.norm(right)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, np.cross(forward, right), forward, eye
+    return pose
+
+
+def random_scene(seed, frames=6, n=400, hw=(24, 32)):
+    """Points in a box, cameras around it (some inside the cloud: points behind them),
+    depth from a z-buffer with noise, holes (0) and clutter in front, two invalid poses."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(-1, 1, size=(n, 3))
+    poses = np.stack([look_at(rng.uniform(-2.5, 2.5, 3) * [1, 1, 0.4], rng.uniform(-0.3, 0.3, 3)) for _ in range(frames)])
+    poses[1] = look_at(np.array([0.1, 0.0, 0.0]), np.array([1.0, 0.3, 0.1]))  # inside the cloud
+    pose_valid = np.ones(frames, bool)
+    poses[2], pose_valid[2] = np.nan, False
+    poses[4, :3, :3] = 0.0  # finite but not invertible
+    pose_valid[4] = False
+    k = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
+    intrinsics = np.repeat(k[None], frames, 0)
+    w2c = rigid_inverse(torch.from_numpy(np.where(pose_valid[:, None, None], poses, np.eye(4))))
+    z, x, y = project_points(torch.from_numpy(points), w2c, torch.from_numpy(intrinsics))
+    depth = np.zeros((frames, *hw))
+    for f in range(frames):
+        zbuf = np.full(hw, np.inf)
+        for zi, xi, yi in zip(z[f].numpy(), x[f].numpy(), y[f].numpy()):
+            r, c = int(np.round(yi)), int(np.round(xi))
+            if zi > 0 and 0 <= r < hw[0] and 0 <= c < hw[1]:
+                zbuf[r, c] = min(zbuf[r, c], zi)
+        filled = np.isfinite(zbuf)
+        depth[f][filled] = zbuf[filled] * rng.uniform(0.9, 1.1, filled.sum())
+        depth[f][~filled] = rng.uniform(0.5, 4, (~filled).sum())
+        depth[f][rng.uniform(size=hw) < 0.15] = 0.0  # invalid depth
+    return points, w2c, intrinsics, depth, pose_valid, hw
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        VisibilityRule(0.25, "relative", 2),
+        VisibilityRule(0.05, "relative", 0),
+        VisibilityRule(0.2, "absolute", 3),
+        VisibilityRule(0.02, "absolute", 0),
+    ],
+)
+def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule):
+    points, w2c, k, depth, pose_valid, hw = random_scene(seed)
+    args = (torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule)
+    got = visible_correspondences(*args, depth=torch.from_numpy(depth), pose_valid=torch.from_numpy(pose_valid))
+    expected = reference_visibility(points, w2c.numpy(), k, hw, rule, depth, pose_valid)
+    assert len(expected) > 50  # the scene really exercises visibility
+    assert as_tuples(got) == expected
+    assert not set(got.frame_index.tolist()) & {2, 4}  # invalid poses skipped
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_kernel_matches_the_reference_loop_exactly_without_depth(seed):
+    points, w2c, k, _, pose_valid, hw = random_scene(seed)
+    rule = VisibilityRule(cut_bound=1)
+    got = visible_correspondences(torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule, None, torch.from_numpy(pose_valid))
+    expected = reference_visibility(points, w2c.numpy(), k, hw, rule, None, pose_valid)
+    assert len(expected) > 50
+    assert as_tuples(got) == expected
+
+
+def test_float32_points_give_the_same_correspondences_as_float64():
+    points, w2c, k, depth, pose_valid, hw = random_scene(5)
+    points32 = points.astype(np.float32)
+    rule = VisibilityRule(0.25, "relative", 1)
+    got = visible_correspondences(torch.from_numpy(points32), w2c, torch.from_numpy(k), hw, rule, torch.from_numpy(depth))
+    assert as_tuples(got) == reference_visibility(points32.astype(np.float64), w2c.numpy(), k, hw, rule, depth)
+
+
+def test_scaled_intrinsics_follow_the_half_pixel_convention():
+    k = torch.tensor([[585.0, 0, 320.0], [0, 585.0, 240.0], [0, 0, 1]], dtype=torch.float64)
+    small = scale_intrinsics(k, (480, 640), (240, 320))
+    assert small[0, 0] == 292.5 and small[1, 1] == 292.5
+    assert small[0, 2] == (320 + 0.5) / 2 - 0.5 and small[1, 2] == (240 + 0.5) / 2 - 0.5
+    # a point projects to x in the big image and to (x + 0.5) s - 0.5 in the small one
+    p = torch.tensor([[0.3, -0.2, 2.0]], dtype=torch.float64)
+    eye = torch.eye(4, dtype=torch.float64)[None]
+    _, xb, yb = project_points(p, eye, k[None])
+    _, xs, ys = project_points(p, eye, small[None])
+    assert torch.allclose(xs, (xb + 0.5) / 2 - 0.5) and torch.allclose(ys, (yb + 0.5) / 2 - 0.5)
+    # and the pixel centres of a 2x area-downsampled image line up with it
+    image = torch.arange(480 * 640, dtype=torch.float64).reshape(1, 1, 480, 640)
+    pooled = torch.nn.functional.interpolate(image, size=(240, 320), mode="area")
+    assert pooled[0, 0, 10, 20] == image[0, 0, 20:22, 40:42].mean()  # centre (10, 20) <-> (20.5, 40.5)
+    assert scale_intrinsics(k, (480, 640), (480, 640)).equal(k)
+
+
+def test_depth_resize_takes_the_nearest_pixel_centre():
+    depth = torch.arange(16.0).reshape(1, 4, 4)
+    small = resize_depth(depth, (2, 2))
+    # pixel centre 0 of the small image is at 0.5 of the big one: rows/cols 1 and 3
+    assert small[0].tolist() == [[5.0, 7.0], [13.0, 15.0]]
+
+
+def reference_fusion(num_points, corr, features, reduce):
+    out = np.zeros((num_points, features.shape[-1]), np.float64)
+    count = np.zeros(num_points, np.int64)
+    for p, f, (r, c) in zip(corr.point_index.tolist(), corr.frame_index.tolist(), corr.pixel.tolist()):
+        value = features[f, r, c].astype(np.float64)
+        if reduce == "mean":
+            out[p] += value
+        else:
+            out[p] = value if count[p] == 0 else np.maximum(out[p], value)
+        count[p] += 1
+    if reduce == "mean":
+        out = out / np.maximum(count, 1)[:, None]
+    return out, count
+
+
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_streamed_fusion_matches_a_loop_over_correspondences(reduce):
+    points, w2c, k, depth, pose_valid, hw = random_scene(6)
+    valid = np.flatnonzero(pose_valid)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(len(w2c), *hw, 7)).astype(np.float16)
+    rule = VisibilityRule(0.25, "relative", 0)
+    fusion = FeatureFusion(len(points), 7, reduce)
+    batches = [  # two batches of the valid frames
+        FrameBatch(torch.from_numpy(sel), w2c[sel], torch.from_numpy(k[sel]), torch.from_numpy(depth[sel]),
+                   torch.from_numpy(features[sel]))
+        for sel in np.array_split(valid, 2)
+    ]
+    corr, views = project_and_fuse(torch.from_numpy(points), batches, hw, rule, fusion)
+    assert as_tuples(corr) == reference_visibility(points, w2c.numpy(), k, hw, rule, depth, pose_valid)
+    assert corr.point_index.tolist() == sorted(corr.point_index.tolist())
+    fused, count = fusion.result()
+    assert views.equal(count)
+    expected, expected_count = reference_fusion(len(points), corr, features, reduce)
+    assert (expected_count > 0).sum() > 50
+    np.testing.assert_array_equal(count.numpy(), expected_count)
+    np.testing.assert_allclose(fused.numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_vote_counts_match_a_loop():
+    rng = np.random.default_rng(1)
+    point_index = torch.from_numpy(rng.integers(0, 30, 500))
+    labels = torch.from_numpy(rng.integers(-1, 5, 500))
+    votes = vote_counts(point_index, labels, 30, 5)
+    expected = np.zeros((30, 5), np.int32)
+    for p, lab in zip(point_index.tolist(), labels.tolist()):
+        if lab >= 0:
+            expected[p, lab] += 1
+    np.testing.assert_array_equal(votes.numpy(), expected)
+
+
+def test_merge_by_point_equals_a_stable_sort_of_the_concatenation():
+    rng = np.random.default_rng(2)
+    parts, frame = [], 0
+    for size in (0, 50, 200, 1, 120):  # frame-ordered parts, as batches produce them
+        frames = np.sort(rng.integers(frame, frame + 4, size))
+        frame += 4
+        parts.append(Correspondences(torch.from_numpy(rng.integers(0, 40, size).astype(np.int32)),
+                                     torch.from_numpy(frames.astype(np.int32)),
+                                     torch.from_numpy(rng.integers(0, 99, (size, 2)).astype(np.int16))))
+    point = np.concatenate([p.point_index.numpy() for p in parts])
+    frames = np.concatenate([p.frame_index.numpy() for p in parts])
+    pixel = np.concatenate([p.pixel.numpy() for p in parts])
+    order = np.argsort(point, kind="stable")
+    merged, counts = Correspondences.merge_by_point(parts, 45)
+    assert parts == []  # consumed as placed
+    np.testing.assert_array_equal(merged.point_index.numpy(), point[order])
+    np.testing.assert_array_equal(merged.frame_index.numpy(), frames[order])
+    np.testing.assert_array_equal(merged.pixel.numpy(), pixel[order])
+    np.testing.assert_array_equal(counts.numpy(), np.bincount(point, minlength=45))
+    assert merged.frame_index.dtype == torch.int32 and merged.pixel.dtype == torch.int16
+
+
+@pytest.mark.slow
+def test_visibility_agrees_with_ray_cast_ground_truth_on_toy_scenes():
+    """A point is visible exactly when the ray from the camera reaches it. The kernel's
+    rule (nearest pixel, depth within 2 cm) agrees on >= 99% of point-frame pairs."""
+    ds = ToyDataset(ToyConfig(num_frames=8, image_height=480, image_width=640))
+    agree_all, agree_frustum, total, in_frustum = 0, 0, 0, 0
+    for scene_id in ("toy_0000", "toy_0001"):
+        scene = ds.build(scene_id)
+        frames = [scene.render(i) for i in range(len(scene.cam_to_world))]
+        points = torch.from_numpy(scene.points)
+        w2c = rigid_inverse(torch.from_numpy(scene.cam_to_world))
+        k = torch.from_numpy(np.stack([f.intrinsics for f in frames]))
+        depth = torch.from_numpy(np.stack([f.depth for f in frames]))
+        hw = (480, 640)
+        z, x, y = project_points(points, w2c, k)
+        frustum = (z > 0) & (torch.round(x) >= 0) & (torch.round(y) >= 0) & (torch.round(x) < hw[1]) & (torch.round(y) < hw[0])
+        truth = torch.zeros_like(frustum)
+        for f in range(len(frames)):
+            idx = torch.nonzero(frustum[f], as_tuple=True)[0]
+            t = scene.first_hit_distance(scene.cam_to_world[f, :3, 3], scene.points[idx.numpy()].astype(np.float64))
+            truth[f, idx] = torch.from_numpy(t >= 1 - 1e-6)
+        c = visible_correspondences(points, w2c, k, hw, VisibilityRule(0.02, "absolute", 0), depth)
+        seen = torch.zeros_like(frustum)
+        seen[c.frame_index, c.point_index] = True
+        agree_all += int((seen == truth).sum())
+        agree_frustum += int((seen == truth)[frustum].sum())
+        total += truth.numel()
+        in_frustum += int(frustum.sum())
+    print(f"toy visibility vs ray cast: {agree_all / total:.2%} of all point-frame pairs, "
+          f"{agree_frustum / in_frustum:.2%} of pairs inside the image")
+    assert agree_all / total >= 0.99
+    assert agree_frustum / in_frustum >= 0.96
