@@ -47,7 +47,7 @@ CUT_BOUND, TOLERANCE = 10, 0.25
 
 
 def run_kernel(inputs: dict, channels: int, pool: int, device: str) -> dict:
-    from ovlift.kernels.fusion import FeatureFusion, FrameBatch, project_and_fuse
+    from ovlift.kernels.fusion import DenseFeatures, FeatureFusion, FrameBatch, TeacherBatch, project_and_fuse
     from ovlift.kernels.projection import VisibilityRule
 
     dev = torch.device(device)
@@ -66,9 +66,11 @@ def run_kernel(inputs: dict, channels: int, pool: int, device: str) -> dict:
     def batches():  # frame i uses pool[i % pool]: a batch of `pool` frames is the pool itself, no copy
         for s in range(0, num_frames, pool):
             frames = torch.arange(s, min(s + pool, num_frames), device=dev)
-            yield FrameBatch(frames, w2c[frames], k[frames], depth[frames], features[: len(frames)])
+            teacher = TeacherBatch(DenseFeatures(features[: len(frames)]), torch.arange(len(frames), device=dev))
+            yield FrameBatch(frames, w2c[frames], k[frames], depth[frames], {"bench": teacher})
 
-    corr, _ = project_and_fuse(points, batches(), inputs["hw"], VisibilityRule(TOLERANCE, "relative", CUT_BOUND), fusion)
+    rule = VisibilityRule(TOLERANCE, "relative", CUT_BOUND)
+    corr, _ = project_and_fuse(points, batches(), inputs["hw"], rule, {"bench": fusion})
     fused, count = fusion.result()
     if dev.type == "cuda":
         torch.cuda.synchronize()

@@ -22,7 +22,7 @@ from ovlift.pipeline.runner import Outcome, RunReport, Runner
 def scene_task(plan_path: str, scene_id: str, stages: list[str] | None, force: list[str]) -> list[dict]:
     runner = Runner(load_plan(plan_path))
     selected = runner.select_stages(stages)
-    forced = runner.plan.downstream(set(force)) if force else set()
+    forced = runner.plan.downstream(list(force)) if force else set()
     return [asdict(o) for o in runner.run_scene(scene_id, selected, forced)]
 
 

@@ -35,7 +35,7 @@ def plan_with(store, **project):
     data["stages"]["project"] = {"cut_bound": 2, **project}
     base = plan_from_dict(data)
     stages = dict(base.stages)
-    stages["seen"] = StagePlan("seen", "test", SeenStage(SeenConfig()))
+    stages["seen"] = StagePlan("seen", SeenStage(SeenConfig()))
     return Plan(base.store, base.dataset, base.vocabulary, "cpu", stages)
 
 
@@ -63,7 +63,7 @@ def test_project_stage_equals_the_reference_loop_on_stored_arrays(tmp_path):
     got = list(zip(group.load("point_index").tolist(), group.load("frame_index").tolist(),
                    *group.load("pixel").T.tolist()))
     assert got == sorted(expected)  # sorted by point, then frame
-    assert group.info == {"feature_size": [24, 32], "frames": frames}
+    assert group.info == {"feature_size": [24, 32], "frames": frames, "teachers": {}}
     np.testing.assert_array_equal(group.load("view_count"), np.bincount(group.load("point_index"), minlength=scene.dims["N"]))
 
 

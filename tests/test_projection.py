@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from ovlift.datasets.toy import ToyConfig, ToyDataset
-from ovlift.kernels.fusion import FeatureFusion, FrameBatch, project_and_fuse, vote_counts
+from ovlift.kernels.fusion import (
+    DenseFeatures,
+    FeatureFusion,
+    FrameBatch,
+    MaskFeatures,
+    TeacherBatch,
+    project_and_fuse,
+    vote_counts,
+)
 from ovlift.kernels.projection import (
     Correspondences,
     VisibilityRule,
@@ -176,10 +184,10 @@ def test_streamed_fusion_matches_a_loop_over_correspondences(reduce):
     fusion = FeatureFusion(len(points), 7, reduce)
     batches = [  # two batches of the valid frames
         FrameBatch(torch.from_numpy(sel), w2c[sel], torch.from_numpy(k[sel]), torch.from_numpy(depth[sel]),
-                   torch.from_numpy(features[sel]))
+                   {"t": TeacherBatch(DenseFeatures(torch.from_numpy(features[sel])), torch.arange(len(sel)))})
         for sel in np.array_split(valid, 2)
     ]
-    corr, views = project_and_fuse(torch.from_numpy(points), batches, hw, rule, fusion)
+    corr, views = project_and_fuse(torch.from_numpy(points), batches, hw, rule, {"t": fusion})
     assert as_tuples(corr) == reference_visibility(points, w2c.numpy(), k, hw, rule, depth, pose_valid)
     assert corr.point_index.tolist() == sorted(corr.point_index.tolist())
     fused, count = fusion.result()
@@ -256,3 +264,48 @@ def test_visibility_agrees_with_ray_cast_ground_truth_on_toy_scenes():
           f"{agree_frustum / in_frustum:.2%} of pairs inside the image")
     assert agree_all / total >= 0.99
     assert agree_frustum / in_frustum >= 0.96
+
+
+def random_masks(rng, b, h, w, k, q, c):
+    ids = rng.integers(-1, q, (b, h, w, k))
+    weights = rng.uniform(0, 1, (b, h, w, k)).astype(np.float16)
+    emb = rng.normal(size=(q, c)).astype(np.float16)
+    return MaskFeatures(torch.from_numpy(ids.astype(np.int32)), torch.from_numpy(weights), torch.from_numpy(emb))
+
+
+def test_mask_features_decode_to_the_weighted_sum_of_their_masks():
+    rng = np.random.default_rng(3)
+    masks = random_masks(rng, 2, 5, 6, 3, 7, 4)
+    dense = masks.decode().numpy()
+    ids, weights, emb = masks.ids.numpy(), masks.weights.numpy().astype(np.float64), masks.embeddings.numpy()
+    for b, r, c in [(0, 0, 0), (1, 4, 5), (0, 2, 3), (1, 1, 1)]:
+        expected = sum(weights[b, r, c, j] * emb[ids[b, r, c, j]].astype(np.float64)
+                       for j in range(3) if ids[b, r, c, j] >= 0)
+        np.testing.assert_allclose(dense[b, r, c], expected if np.ndim(expected) else np.zeros(4), rtol=1e-5, atol=1e-5)
+
+
+def test_fusing_masks_equals_fusing_their_decoded_maps_and_skips_frames_a_teacher_lacks():
+    points, w2c, k, depth, pose_valid, hw = random_scene(7)
+    valid = np.flatnonzero(pose_valid)
+    rng = np.random.default_rng(4)
+    rule = VisibilityRule(0.25, "relative", 0)
+    masks = random_masks(rng, len(valid), *hw, 2, 11, 5)
+    dense = DenseFeatures(masks.decode())
+    has = np.array([0, 2, 3])  # the teacher has features for 3 of the 4 valid frames
+    results = []
+    for source in (masks, dense):
+        sub = (MaskFeatures(source.ids[has], source.weights[has], source.embeddings) if isinstance(source, MaskFeatures)
+               else DenseFeatures(source.images[has]))
+        fusion = FeatureFusion(len(points), 5)
+        batch = FrameBatch(torch.from_numpy(valid), w2c[valid], torch.from_numpy(k[valid]), torch.from_numpy(depth[valid]),
+                           {"t": TeacherBatch(sub, torch.from_numpy(has))})
+        corr, views = project_and_fuse(torch.from_numpy(points), [batch], hw, rule, {"t": fusion})
+        results.append(fusion.result())
+    (fm, cm), (fd, cd) = results
+    np.testing.assert_allclose(fm.numpy(), fd.numpy(), rtol=1e-5, atol=1e-5)
+    assert cm.equal(cd)
+    frames = corr.frame_index.numpy()
+    lacking = valid[1]
+    assert (frames == lacking).any()  # the projection saw that frame ...
+    expected = np.bincount(corr.point_index.numpy()[frames != lacking], minlength=len(points))
+    np.testing.assert_array_equal(cm.numpy(), expected)  # ... the teacher's fusion did not

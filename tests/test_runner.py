@@ -53,8 +53,8 @@ class HistogramStage(Stage[HeightConfig]):
 def make_plan(store, toy=None, offset=0.0, hist_offset=0.0):
     base = plan_from_dict(toy_plan_dict(store, **(toy or {})))
     stages = dict(base.stages)
-    stages["height"] = StagePlan("height", "test", HeightStage(HeightConfig(offset_m=offset)))
-    stages["histogram"] = StagePlan("histogram", "test", HistogramStage(HeightConfig(offset_m=hist_offset)))
+    stages["height"] = StagePlan("height", HeightStage(HeightConfig(offset_m=offset)))
+    stages["histogram"] = StagePlan("histogram", HistogramStage(HeightConfig(offset_m=hist_offset)))
     return Plan(base.store, base.dataset, base.vocabulary, "cpu", stages)
 
 

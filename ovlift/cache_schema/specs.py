@@ -7,7 +7,8 @@ one group; integer dimensions are fixed sizes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -62,6 +63,23 @@ class ArraySpec:
                     f"but another array of the group has {dim}={dims[dim]}"
                 )
 
+    @property
+    def is_pattern(self) -> bool:
+        """Whether the name holds placeholders, e.g. ``fused/{teacher}/features``."""
+        return "{" in self.name
+
+    def match(self, name: str) -> "ArraySpec | None":
+        """This spec made concrete for ``name`` (placeholders filled in dims too), or None."""
+        if not self.is_pattern:
+            return self if name == self.name else None
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[A-Za-z0-9_.-]+)", re.escape(self.name))
+        found = re.fullmatch(regex, name)
+        if found is None:
+            return None
+        values = found.groupdict()
+        dims = tuple(d.format(**values) if isinstance(d, str) else d for d in self.dims)
+        return replace(self, name=name, dims=dims)
+
     def chunk_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(max(1, min(s, c)) if c is not None else max(1, s) for s, c in zip(shape, self.chunks))
 
@@ -88,13 +106,14 @@ class GroupSpec:
 
     def array(self, name: str) -> ArraySpec:
         for spec in self.arrays:
-            if spec.name == name:
-                return spec
+            concrete = spec.match(name)
+            if concrete is not None:
+                return concrete
         raise SchemaError(
             f"stage '{self.stage}' declares no array '{name}'; it declares {[a.name for a in self.arrays]}"
         )
 
     def check_complete(self, written: set[str], where: str) -> None:
-        missing = [a.name for a in self.arrays if a.required and a.name not in written]
+        missing = [a.name for a in self.arrays if a.required and not a.is_pattern and a.name not in written]
         if missing:
             raise SchemaError(f"{where}: required arrays not written: {missing}")

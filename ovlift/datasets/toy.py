@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ovlift.cache_schema import IGNORE_LABEL, canonical_json
 from ovlift.config import FrozenConfig
@@ -37,6 +37,8 @@ class ToyConfig(FrozenConfig):
     """Base seed; scene i is generated from (seed, i)."""
     num_floor_objects: int = Field(6, ge=0)
     """Furniture standing on the floor (fewer if the room runs out of space)."""
+    floor_classes: tuple[str, ...] | None = None
+    """Classes the floor objects are drawn from (None: every floor template)."""
     num_wall_objects: int = Field(3, ge=0)
     """Doors, windows, pictures and curtains on the walls."""
     num_frames: int = Field(12, ge=1)
@@ -55,6 +57,14 @@ class ToyConfig(FrozenConfig):
     """Range the room's y extent is drawn from."""
     room_height_m: tuple[float, float] = (2.6, 3.0)
     """Range the room's height is drawn from."""
+
+    @field_validator("floor_classes")
+    @classmethod
+    def _known_classes(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = sorted(set(value or ()) - set(FLOOR_TEMPLATES))
+        if unknown or value == ():
+            raise ValueError(f"floor_classes {unknown or '()'} must be non-empty, from {sorted(FLOOR_TEMPLATES)}")
+        return value
 
 
 @dataclass
@@ -174,7 +184,7 @@ def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
     parts: list[tuple[Part, int]] = []  # (world-frame part, instance)
 
     footprints: list[np.ndarray] = []  # (2, 2) lo/hi in xy, floor objects
-    floor_names = list(FLOOR_TEMPLATES)
+    floor_names = list(config.floor_classes or FLOOR_TEMPLATES)
     for _ in range(config.num_floor_objects):
         name = floor_names[rng.integers(len(floor_names))]
         local = FLOOR_TEMPLATES[name](rng)

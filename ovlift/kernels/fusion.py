@@ -1,13 +1,15 @@
 """Per-point reductions of what the points see, streamed frame batch by frame batch.
 
 Memory is bounded by one batch of 2D features plus the (N, C) accumulator, never
-by all frames' features at once.
+by all frames' features at once. 2D features come in one of two encodings
+(see ``DenseFeatures`` and ``MaskFeatures``); both are read only at the pixels
+that points see.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -16,6 +18,75 @@ from torch_scatter import scatter_add, scatter_max
 from ovlift.kernels.projection import Correspondences, VisibilityRule, visible_correspondences
 
 Reduce = Literal["mean", "max"]
+
+
+@dataclass
+class DenseFeatures:
+    """(B, h, w, C) feature maps (any float dtype)."""
+
+    images: torch.Tensor
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
+    def rows(self, linear: torch.Tensor, buffers: "_Buffers") -> torch.Tensor:
+        """(n, C) float32 features at flat pixel indices ``linear`` (b * h * w + row * w + col)."""
+        flat = self.images.reshape(-1, self.channels)
+        gathered = torch.index_select(flat, 0, linear, out=buffers.get(flat.dtype, len(linear)))
+        if gathered.dtype != torch.float32:
+            gathered = buffers.get(torch.float32, len(linear)).copy_(gathered)
+        return gathered
+
+
+@dataclass
+class MaskFeatures:
+    """Mask-based teachers' encoding: per pixel the ids and weights of its top-k masks,
+    one embedding per mask. A pixel's feature is sum_k weight_k * embedding[id_k]
+    (id -1 = no mask)."""
+
+    ids: torch.Tensor
+    """(B, h, w, K) integer mask ids into ``embeddings``, -1 for none."""
+    weights: torch.Tensor
+    """(B, h, w, K) float weights."""
+    embeddings: torch.Tensor
+    """(Q, C) one feature per mask."""
+
+    @property
+    def channels(self) -> int:
+        return int(self.embeddings.shape[-1])
+
+    def rows(self, linear: torch.Tensor, buffers: "_Buffers") -> torch.Tensor:
+        k = self.ids.shape[-1]
+        ids = self.ids.reshape(-1, k)[linear].to(torch.int64)
+        weights = self.weights.reshape(-1, k)[linear].to(torch.float32) * (ids >= 0)
+        emb = self.embeddings.to(torch.float32)
+        out = buffers.get(torch.float32, len(linear)).zero_()
+        for j in range(k):
+            out.addcmul_(emb[ids[:, j].clamp(min=0)], weights[:, j : j + 1])
+        return out
+
+    def decode(self) -> torch.Tensor:
+        """The (B, h, w, C) dense maps (for inspection and tests; fusion never needs them)."""
+        b, h, w, _ = self.ids.shape
+        linear = torch.arange(b * h * w, device=self.ids.device)
+        return self.rows(linear, _Buffers(self.channels, b * h * w, self.ids.device)).reshape(b, h, w, -1).clone()
+
+
+FeatureSource = DenseFeatures | MaskFeatures
+
+
+class _Buffers:
+    """Reused (chunk, C) buffers per dtype (allocating per batch costs page faults)."""
+
+    def __init__(self, channels: int, chunk: int, device: torch.device) -> None:
+        self.channels, self.chunk, self.device = channels, chunk, device
+        self._by_dtype: dict[torch.dtype, torch.Tensor] = {}
+
+    def get(self, dtype: torch.dtype, n: int) -> torch.Tensor:
+        if dtype not in self._by_dtype:
+            self._by_dtype[dtype] = torch.empty(self.chunk, self.channels, dtype=dtype, device=self.device)
+        return self._by_dtype[dtype][:n]
 
 
 class FeatureFusion:
@@ -39,46 +110,36 @@ class FeatureFusion:
         fill = 0.0 if reduce == "mean" else float("-inf")
         self.accumulator = torch.full((num_points, channels), fill, dtype=torch.float32, device=device)
         self.count = torch.zeros(num_points, dtype=torch.int64, device=device)
-        self.chunk = chunk or (4096 if device.type == "cpu" else 1 << 18)
-        self._buffers: dict[torch.dtype, torch.Tensor] = {}
+        self._buffers = _Buffers(channels, chunk or (4096 if device.type == "cpu" else 1 << 18), device)
 
-    def _buffer(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self._buffers:
-            shape = (self.chunk, self.accumulator.shape[1])
-            self._buffers[dtype] = torch.empty(shape, dtype=dtype, device=self.accumulator.device)
-        return self._buffers[dtype]
-
-    def add_pixels(
-        self, images: torch.Tensor, frame: torch.Tensor, pixel: torch.Tensor, point_index: torch.Tensor
-    ) -> None:
-        """Fold in the values of (B, h, w, C) ``images`` at (frame, row, col) for each point."""
-        _, height, width, channels = images.shape
-        flat = images.reshape(-1, channels)
+    def add(self, source: FeatureSource, frame: torch.Tensor, pixel: torch.Tensor, point_index: torch.Tensor) -> None:
+        """Fold in the features of ``source`` at (frame, row, col) for each point."""
+        if source.channels != self.accumulator.shape[1]:
+            raise ValueError(f"features have {source.channels} channels, the fusion expects {self.accumulator.shape[1]}")
+        shape = source.images.shape if isinstance(source, DenseFeatures) else source.ids.shape
+        height, width = shape[1], shape[2]
         linear = (frame * height + pixel[:, 0]) * width + pixel[:, 1]
-        for start in range(0, linear.shape[0], self.chunk):
-            rows = linear[start : start + self.chunk]
-            n = rows.shape[0]
-            gathered = torch.index_select(flat, 0, rows, out=self._buffer(flat.dtype)[:n])
-            if gathered.dtype != torch.float32:
-                gathered = self._buffer(torch.float32)[:n].copy_(gathered)
-            index = point_index[start : start + n]
+        chunk = self._buffers.chunk
+        for start in range(0, linear.shape[0], chunk):
+            rows = source.rows(linear[start : start + chunk], self._buffers)
+            index = point_index[start : start + rows.shape[0]]
             if self.reduce == "mean":
-                scatter_add(gathered, index, dim=0, out=self.accumulator)
+                scatter_add(rows, index, dim=0, out=self.accumulator)
             else:
-                scatter_max(gathered, index, dim=0, out=self.accumulator)
+                scatter_max(rows, index, dim=0, out=self.accumulator)
         self.count += torch.bincount(point_index, minlength=self.count.shape[0])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C) fused features (zeros where unseen) and (N,) number of views.
 
         Finalises the accumulator in place (no second (N, C) buffer): call once,
-        after the last ``add_pixels``.
+        after the last ``add``.
         """
         if self.reduce == "mean":
             self.accumulator /= self.count.clamp(min=1)[:, None].to(torch.float32)
         else:
             self.accumulator[self.count == 0] = 0.0
-        self._buffers.clear()
+        self._buffers = _Buffers(0, 0, self.accumulator.device)
         return self.accumulator, self.count
 
 
@@ -94,6 +155,15 @@ def vote_counts(
 
 
 @dataclass
+class TeacherBatch:
+    """One teacher's features for some of a batch's frames."""
+
+    source: FeatureSource
+    positions: torch.Tensor
+    """(B_t,) positions in the batch of the frames ``source`` holds, in its order."""
+
+
+@dataclass
 class FrameBatch:
     """A few frames, everything at the feature grid's size."""
 
@@ -103,8 +173,8 @@ class FrameBatch:
     intrinsics: torch.Tensor
     depth: torch.Tensor | None = None
     """(B, h, w) metres, or None (no depth)."""
-    features: torch.Tensor | None = None
-    """(B, h, w, C) 2D features to fuse, or None."""
+    teachers: dict[str, TeacherBatch] = field(default_factory=dict)
+    """2D features to fuse, by teacher."""
 
 
 def project_and_fuse(
@@ -112,20 +182,28 @@ def project_and_fuse(
     batches: Iterable[FrameBatch],
     feature_hw: tuple[int, int],
     rule: VisibilityRule,
-    fusion: FeatureFusion | None = None,
+    fusions: dict[str, FeatureFusion] | None = None,
 ) -> tuple[Correspondences, torch.Tensor]:
-    """Stream frame batches through projection and (if ``fusion`` is given) fusion.
+    """Stream frame batches through projection and the fusion of each teacher's features.
 
     Returns the visible correspondences (compact dtypes, on the CPU, sorted by
     point, frames ascending within a point) and each point's number of views.
+    A teacher's fusion sees only the frames it has features for.
     """
+    fusions = fusions or {}
     parts = []
     for batch in batches:
-        corr = visible_correspondences(
-            points, batch.world_to_cam, batch.intrinsics, feature_hw, rule, batch.depth
-        )
-        if fusion is not None and batch.features is not None:
-            fusion.add_pixels(batch.features, corr.frame_index, corr.pixel, corr.point_index)
+        corr = visible_correspondences(points, batch.world_to_cam, batch.intrinsics, feature_hw, rule, batch.depth)
+        for name, teacher in batch.teachers.items():
+            positions = teacher.positions.to(corr.frame_index.device)
+            if torch.equal(positions, torch.arange(len(batch.frames), device=positions.device)):
+                fusions[name].add(teacher.source, corr.frame_index, corr.pixel, corr.point_index)
+                continue
+            local = torch.full((len(batch.frames),), -1, dtype=torch.int64, device=positions.device)
+            local[positions] = torch.arange(len(positions), device=positions.device)
+            frame = local[corr.frame_index]
+            keep = frame >= 0
+            fusions[name].add(teacher.source, frame[keep], corr.pixel[keep], corr.point_index[keep])
         frames = batch.frames.to(corr.frame_index.device)[corr.frame_index]
         parts.append(  # compact dtypes: correspondences can number tens of millions
             Correspondences(

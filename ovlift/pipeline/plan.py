@@ -6,20 +6,25 @@ A plan is a YAML file::
     dataset:
       name: toy                     # a key of registry.DATASETS
       num_scenes: 4                 # ... that dataset's Config fields
-    vocabulary: scannet20
+    vocabulary: scannet20           # for evaluation and queries
     device: cpu
     stages:
       input: {}                     # stage name -> its Config fields
+      extract2d:                    # a stage with variants: variant name -> config
+        teacher_a: {implementation: synthetic, noise_std: 0.1}
+        teacher_b: {implementation: synthetic, bleed_px: 3}
       project:
         implementation: openscene   # optional; the first registered one by default
         depth_tolerance: 0.25
 
 Every section is validated against the registered class's typed Config; an
-unknown key or a wrong type fails with the file and the key path.
+unknown key or a wrong type fails with the file and the key path. Each
+configured stage (variant) gets a *key*: its name, or ``name/variant``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +33,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ovlift.cache_schema import fingerprint, scene_group_path
+from ovlift.cache_schema import StageGroup, fingerprint, scene_group_path
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.pipeline.registry import dataset_class, stage_class, stage_order
 from ovlift.stages.base import Stage
 from ovlift.vocabularies import get_vocabulary
+
+VARIANT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
 class PlanError(ValueError):
@@ -42,17 +49,21 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class StagePlan:
-    name: str
-    implementation: str
+    key: str
+    """``name`` or ``name/variant``: how the plan, the CLI and ``ctx.inputs`` refer to it."""
     stage: Stage
     """The configured stage object."""
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
 
     @property
     def config(self) -> FrozenConfig:
         return self.stage.config
 
     def group_path(self, scene_id: str) -> str:
-        return scene_group_path(scene_id, self.name, self.stage.variant())
+        return scene_group_path(scene_id, self.name, self.stage.variant)
 
     def fingerprint(self, inputs: Mapping[str, str]) -> str:
         """The group's fingerprint given the fingerprints of what it reads."""
@@ -67,23 +78,45 @@ class Plan:
     vocabulary: str
     device: str
     stages: dict[str, StagePlan]
-    """Configured stages, upstream first."""
+    """Configured stages by key, upstream first."""
     source: str = "<dict>"
 
     def dataset_input(self, scene_id: str) -> tuple[str, str]:
         """(key, fingerprint) of a scene's source data, as ``input_fingerprints`` records it."""
         return f"dataset:{self.dataset.name}/{scene_id}", self.dataset.fingerprint(scene_id)
 
-    def upstream(self, name: str) -> list[str]:
-        return list(self.stages[name].stage.reads)
+    def upstream(self, key: str) -> list[str]:
+        """Keys of the configured stages that ``key`` reads."""
+        stage = self.stages[key].stage
+        found = []
+        for name in stage.reads + stage.optional_reads:
+            variants = [k for k, sp in self.stages.items() if sp.name == name]
+            found += stage.select_inputs(name, variants)
+        return found
 
-    def downstream(self, names: set[str]) -> set[str]:
-        """The named stages and everything in the plan that (transitively) reads them."""
-        result = set(names)
-        for name in self.stages:  # upstream-first order: one pass suffices
-            if any(r in result for r in self.upstream(name)):
-                result.add(name)
+    def keys_for(self, names: set[str] | list[str]) -> list[str]:
+        """Plan keys named by stage names or keys (a name covers all its variants)."""
+        wanted = set(names)
+        unknown = [n for n in wanted if n not in self.stages and n not in {sp.name for sp in self.stages.values()}]
+        if unknown:
+            raise KeyError(f"stages {sorted(unknown)} are not in the plan {self.source}; it has {list(self.stages)}")
+        return [k for k, sp in self.stages.items() if k in wanted or sp.name in wanted]
+
+    def downstream(self, names: set[str] | list[str]) -> set[str]:
+        """Keys of the named stages and everything that (transitively) reads them."""
+        result = set(self.keys_for(names))
+        for key in self.stages:  # upstream-first order: one pass suffices
+            if any(r in result for r in self.upstream(key)):
+                result.add(key)
         return result
+
+
+def external_inputs(plan: Plan, key: str, scene_id: str, groups: Mapping[str, StageGroup]) -> dict[str, str]:
+    """Every input fingerprint of a stage group but those of upstream groups."""
+    stage = plan.stages[key].stage
+    found = dict([plan.dataset_input(scene_id)]) if stage.reads_dataset else {}
+    found.update(stage.external_inputs(scene_id, groups))
+    return found
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -129,39 +162,68 @@ def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>"
     vocabulary = str(data.get("vocabulary", "scannet20"))
     try:
         get_vocabulary(vocabulary)
-    except KeyError as err:
+    except (KeyError, FileNotFoundError, ValueError) as err:
         raise PlanError(f"{source}: vocabulary: {err.args[0]}") from None
 
     stage_data = data["stages"] or {}
     if not isinstance(stage_data, dict):
         raise PlanError(f"{source}: stages: expected a mapping of stage name to config")
+    unknown_stages = set(stage_data) - set(stage_order())
+    if unknown_stages:
+        raise PlanError(f"{source}: stages: unknown stages {sorted(unknown_stages)}; known: {stage_order()}")
     stages: dict[str, StagePlan] = {}
     for name in stage_order():
         if name not in stage_data:
             continue
-        entry = dict(stage_data[name] or {})
-        implementation = entry.pop("implementation", None)
-        try:
-            cls = stage_class(name, implementation)
-        except KeyError as err:
-            raise PlanError(f"{source}: stages.{name}: {err.args[0]}") from None
-        config = _validate(cls.Config, entry, context, f"{source}: stages.{name}")
-        stages[name] = StagePlan(name, cls.implementation, cls(config))
-    unknown_stages = set(stage_data) - set(stages)
-    if unknown_stages:
-        raise PlanError(f"{source}: stages: unknown stages {sorted(unknown_stages)}; known: {stage_order()}")
-    for name, stage in stages.items():
-        for upstream in stage.stage.reads:
-            if upstream not in stages:
-                raise PlanError(f"{source}: stages.{name} reads '{upstream}', which the plan does not configure")
-    return Plan(
-        store=store,
-        dataset=dataset,
-        vocabulary=vocabulary,
-        device=str(data.get("device", "cpu")),
-        stages=stages,
-        source=source,
+        entry = stage_data[name] or {}
+        if _has_variants(name):
+            if not isinstance(entry, dict) or not entry:
+                raise PlanError(f"{source}: stages.{name}: expected a mapping of variant name to config")
+            for variant, config in entry.items():
+                if not isinstance(variant, str) or not re.match(VARIANT_NAME, variant):
+                    raise PlanError(f"{source}: stages.{name}: variant name '{variant}' must match {VARIANT_NAME}")
+                plan = _stage_plan(name, dict(config or {}), context, f"{source}: stages.{name}.{variant}", variant)
+                stages[plan.key] = plan
+        else:
+            plan = _stage_plan(name, dict(entry), context, f"{source}: stages.{name}", None)
+            stages[plan.key] = plan
+    result = Plan(
+        store=store, dataset=dataset, vocabulary=vocabulary, device=str(data.get("device", "cpu")),
+        stages=stages, source=source,
     )
+    for key, stage_plan in stages.items():
+        for upstream in stage_plan.stage.reads:
+            if not any(sp.name == upstream for sp in stages.values()):
+                raise PlanError(f"{source}: stages.{key} reads '{upstream}', which the plan does not configure")
+        try:
+            stage_plan.stage.check_inputs(result.upstream(key))
+        except ValueError as err:
+            raise PlanError(f"{source}: stages.{key}: {err}") from None
+    return result
+
+
+def _has_variants(name: str) -> bool:
+    return any(cls.has_variants for cls in _implementations(name))
+
+
+def _implementations(name: str) -> list[type[Stage]]:
+    from ovlift.pipeline.registry import STAGES
+
+    return list(STAGES[name].values())
+
+
+def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str | None) -> StagePlan:
+    implementation = entry.pop("implementation", None)
+    try:
+        cls = stage_class(name, implementation)
+    except KeyError as err:
+        raise PlanError(f"{where}: {err.args[0]}") from None
+    config = _validate(cls.Config, entry, context, where)
+    key = name if variant is None else f"{name}/{variant}"
+    try:
+        return StagePlan(key, cls(config, variant=variant))
+    except ValueError as err:
+        raise PlanError(f"{where}: {err}") from None
 
 
 def _validate(cls: type[FrozenConfig], data: dict, context: dict, where: str) -> FrozenConfig:

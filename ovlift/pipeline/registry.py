@@ -11,11 +11,25 @@ from ovlift.datasets.base import Dataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.stages.base import Stage
+from ovlift.stages.extract2d import (
+    CachedExtract,
+    CaptionAlignedExtract,
+    MaskClipCropExtract,
+    MaskCLIPExtract,
+    SyntheticExtract,
+)
 from ovlift.stages.input import InputStage
 from ovlift.stages.project import ProjectStage
 
 STAGES: dict[str, dict[str, type[Stage]]] = {
     "input": {"canonical": InputStage},
+    "extract2d": {
+        "synthetic": SyntheticExtract,
+        "maskclip": MaskCLIPExtract,
+        "mask-clip": MaskClipCropExtract,
+        "caption-aligned": CaptionAlignedExtract,
+        "cached": CachedExtract,
+    },
     "project": {"openscene": ProjectStage},
 }
 """stage name -> implementation name -> class; the first implementation is the default."""
@@ -52,7 +66,7 @@ def stage_order() -> list[str]:
             return
         if name in path:
             raise ValueError(f"stage dependency cycle: {' -> '.join(path + (name,))}")
-        for upstream in {r for cls in STAGES[name].values() for r in cls.reads}:
+        for upstream in {r for cls in STAGES[name].values() for r in cls.reads + cls.optional_reads}:
             visit(upstream, path + (name,))
         order.append(name)
 

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ovlift.cache_schema import GroupMeta, StageGroup, Store, short
-from ovlift.pipeline.plan import Plan, StagePlan
+from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
+from ovlift.pipeline.text_cache import TextCache
 from ovlift.progress import progress
 from ovlift.stages.base import StageContext
 
@@ -66,14 +67,11 @@ class Runner:
     def __init__(self, plan: Plan, store: Store | None = None) -> None:
         self.plan = plan
         self.store = store or Store(plan.store)
+        self.text = TextCache(self.store, plan.device)
 
     def select_stages(self, stages: Sequence[str] | None) -> list[str]:
-        if not stages:
-            return list(self.plan.stages)
-        unknown = [s for s in stages if s not in self.plan.stages]
-        if unknown:
-            raise KeyError(f"stages {unknown} are not in the plan {self.plan.source}; it has {list(self.plan.stages)}")
-        return [s for s in self.plan.stages if s in stages]
+        """Plan keys to run, upstream first; a stage name selects all its variants."""
+        return list(self.plan.stages) if not stages else self.plan.keys_for(list(stages))
 
     def select_scenes(self, scenes: Sequence[str] | None) -> list[str]:
         available = self.plan.dataset.scene_ids()
@@ -99,7 +97,7 @@ class Runner:
         """
         start = time.perf_counter()
         selected = self.select_stages(stages)
-        forced = self.plan.downstream(set(force)) if force else set()
+        forced = self.plan.downstream(list(force)) if force else set()
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
         report = RunReport()
@@ -114,42 +112,39 @@ class Runner:
     ) -> list[Outcome]:
         outcomes: list[Outcome] = []
         failed: set[str] = set()
-        for name in stages:
-            stage_plan = self.plan.stages[name]
-            blocked = [u for u in stage_plan.stage.reads if u in failed]
+        for key in stages:
+            stage_plan = self.plan.stages[key]
+            blocked = [u for u in self.plan.upstream(key) if u in failed]
             if blocked:
-                failed.add(name)
-                outcomes.append(Outcome(scene_id, name, "skipped", error=f"upstream {blocked} failed"))
+                failed.add(key)
+                outcomes.append(Outcome(scene_id, key, "skipped", error=f"upstream {blocked} failed"))
                 continue
             try:
-                outcomes.append(self.run_stage(scene_id, stage_plan, force=name in forced))
+                outcomes.append(self.run_stage(scene_id, stage_plan, force=key in forced))
             except Exception as err:  # noqa: BLE001 - reported per scene-stage
                 if fail_fast:
                     raise
-                failed.add(name)
+                failed.add(key)
                 log.error("%s", err)
                 log.debug("%s", traceback.format_exc())
-                outcomes.append(Outcome(scene_id, name, "failed", error=str(err)))
+                outcomes.append(Outcome(scene_id, key, "failed", error=str(err)))
         return outcomes
 
     def input_fingerprints(self, scene_id: str, stage_plan: StagePlan) -> tuple[dict[str, str], dict[str, StageGroup]]:
         """Fingerprints of what the stage reads, and the upstream groups themselves."""
         fps: dict[str, str] = {}
         groups: dict[str, StageGroup] = {}
-        stage = stage_plan.stage
-        if stage.reads_dataset:
-            key, fp = self.plan.dataset_input(scene_id)
-            fps[key] = fp
-        for upstream in stage.reads:
+        for upstream in self.plan.upstream(stage_plan.key):
             path = self.plan.stages[upstream].group_path(scene_id)
             group = self.store.read(path)
             if group is None:
                 raise StageFailed(
-                    f"scene '{scene_id}': stage '{stage_plan.name}' needs '{path}', which is missing or incomplete; "
+                    f"scene '{scene_id}': stage '{stage_plan.key}' needs '{path}', which is missing or incomplete; "
                     f"run stage '{upstream}' first"
                 )
             fps[path] = group.fingerprint
             groups[upstream] = group
+        fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
         return fps, groups
 
     def run_stage(self, scene_id: str, stage_plan: StagePlan, force: bool = False) -> Outcome:
@@ -159,7 +154,7 @@ class Runner:
         fp = stage_plan.fingerprint(inputs)
         if not force and self.store.read(path, fingerprint=fp) is not None:
             log.debug("%s: cached (%s)", path, short(fp))
-            return Outcome(scene_id, stage_plan.name, "cached", fingerprint=fp)
+            return Outcome(scene_id, stage_plan.key, "cached", fingerprint=fp)
         start = time.perf_counter()
         meta = GroupMeta(
             stage=stage.name,
@@ -176,10 +171,11 @@ class Runner:
             dataset=self.plan.dataset if stage.reads_dataset else None,
             device=self.plan.device,
             log=log,
+            text=self.text,
         )
-        where = f"scene '{scene_id}', stage '{stage_plan.name}'"
+        where = f"scene '{scene_id}', stage '{stage_plan.key}'"
         with self.store.writer(path, stage.spec, meta, where) as out:
             stage.run(ctx, out)
         seconds = time.perf_counter() - start
         log.info("%s: ran in %.2f s (%s)", path, seconds, short(fp))
-        return Outcome(scene_id, stage_plan.name, "ran", seconds, fp)
+        return Outcome(scene_id, stage_plan.key, "ran", seconds, fp)

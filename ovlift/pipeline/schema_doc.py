@@ -9,6 +9,7 @@ from __future__ import annotations
 from ovlift.cache_schema import IGNORE_LABEL, GroupSpec
 from ovlift.cache_schema.store import STAGING, STORE_FORMAT, TRASH
 from ovlift.pipeline.registry import STAGES, stage_order
+from ovlift.pipeline.text_cache import TEXT_SPEC
 
 HEADER = f"""# Cache schema
 
@@ -57,18 +58,21 @@ processes are removed by the next run on the same host.
 Label value `{IGNORE_LABEL}` means "no class" in every label array.
 
 Dimension names: `N` points, `F` mesh faces, `T` frames, `H`/`W` image rows/columns,
-`M` point-frame correspondences.
+`M` point-frame correspondences, `h`/`w` feature-map rows/columns, `C` feature
+channels, `K` masks kept per pixel, `Q` masks, `D` text-embedding channels.
+Array names with `{{teacher}}` occur once per fused teacher.
 """
 
 
-def render_group(spec: GroupSpec, implementations: list[str]) -> str:
-    path = f"scenes/<scene_id>/{spec.stage}" + (f"/<{spec.variant}>" if spec.variant else "")
+def render_group(spec: GroupSpec, implementations: list[str], path: str | None = None) -> str:
+    path = path or f"scenes/<scene_id>/{spec.stage}" + (f"/<{spec.variant}>" if spec.variant else "")
+    made_by = f" Implementations: {', '.join(f'`{i}`' for i in implementations)}." if implementations else ""
     lines = [
         f"## `{spec.stage}`",
         "",
         spec.doc,
         "",
-        f"Path: `{path}`. Implementations: {', '.join(f'`{i}`' for i in implementations)}.",
+        f"Path: `{path}`.{made_by}",
         "",
         "| array | dtype | shape | chunks | required | meaning |",
         "|---|---|---|---|---|---|",
@@ -91,4 +95,5 @@ def render_schema_doc() -> str:
         for impl, cls in STAGES[stage].items():
             specs.setdefault(id(cls.spec), (cls.spec, []))[1].append(impl)
         sections += [render_group(spec, impls) for spec, impls in specs.values()]
+    sections.append(render_group(TEXT_SPEC, [], "global/text/<key>"))
     return "\n".join(sections)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ovlift.cache_schema import GroupState, Store
-from ovlift.pipeline.plan import Plan
+from ovlift.pipeline.plan import Plan, external_inputs
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
     result: list[StageStatus] = []
     for scene_id in sorted(scenes):
         recorded: dict[str, tuple[GroupState, dict]] = {p: store.inspect(p) for p in store.stage_groups(scene_id)}
-        expected = _expected(plan, scene_id) if plan else {}
+        expected = _expected(plan, store, scene_id) if plan else {}
         for path in sorted(set(recorded) | set(expected)):
             state, attrs = recorded.get(path, (GroupState.MISSING, {}))
             fp = attrs.get("fingerprint")
@@ -61,13 +61,16 @@ def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) 
     return ""
 
 
-def _expected(plan: Plan, scene_id: str) -> dict[str, str]:
+def _expected(plan: Plan, store: Store, scene_id: str) -> dict[str, str]:
     """Fingerprint each planned stage group would have if the plan ran now."""
     expected: dict[str, str] = {}
-    for name, stage_plan in plan.stages.items():
-        inputs = dict([plan.dataset_input(scene_id)]) if stage_plan.stage.reads_dataset else {}
-        for upstream in stage_plan.stage.reads:
+    for key, stage_plan in plan.stages.items():
+        inputs, groups = {}, {}
+        for upstream in plan.upstream(key):
             up_path = plan.stages[upstream].group_path(scene_id)
             inputs[up_path] = expected[up_path]
+            groups[upstream] = store.read(up_path)
+        if all(g is not None for g in groups.values()):  # external inputs may need them
+            inputs.update(external_inputs(plan, key, scene_id, groups))
         expected[stage_plan.group_path(scene_id)] = stage_plan.fingerprint(inputs)
     return expected

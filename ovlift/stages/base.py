@@ -16,6 +16,7 @@ from typing import ClassVar, Generic, TypeVar
 from ovlift.cache_schema import GroupSpec, GroupWriter, StageGroup
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
+from ovlift.models.text import TextEmbedder
 
 
 class StageInputError(ValueError):
@@ -26,11 +27,13 @@ class StageInputError(ValueError):
 class StageContext:
     scene_id: str
     inputs: Mapping[str, StageGroup]
-    """Complete groups of the stages named in ``reads``, by stage name."""
+    """Complete groups of what the stage reads, by plan key (``input``, ``extract2d/<teacher>``)."""
     dataset: Dataset | None
     """The dataset reader, for stages that read source data (``reads_dataset``)."""
     device: str
     log: logging.Logger
+    text: TextEmbedder | None = None
+    """Class-name embeddings, cached in the store (for teachers and queries)."""
 
     def where(self, frame: str | None = None) -> str:
         return f"scene '{self.scene_id}'" + (f", frame '{frame}'" if frame is not None else "")
@@ -50,15 +53,30 @@ class Stage(ABC, Generic[ConfigT]):
     spec: ClassVar[GroupSpec]
     reads: ClassVar[tuple[str, ...]] = ()
     """Stages whose groups (same scene) this stage reads."""
+    optional_reads: ClassVar[tuple[str, ...]] = ()
+    """Stages it reads when the plan configures them (e.g. teachers for ``project``)."""
     reads_dataset: ClassVar[bool] = False
     """Whether it reads the dataset's source files (the ``input`` stage)."""
+    has_variants: ClassVar[bool] = False
+    """Whether a plan configures it several times under names (``extract2d/<teacher>``)."""
 
-    def __init__(self, config: ConfigT) -> None:
+    def __init__(self, config: ConfigT, variant: str | None = None) -> None:
+        if self.has_variants and variant is None:
+            raise ValueError(f"stage '{self.name}' is configured per variant: give it a variant name")
         self.config = config
-
-    def variant(self) -> str | None:
+        self.variant = variant
         """The ``<variant>`` path level, for stages written once per variant."""
-        return None
+
+    def select_inputs(self, name: str, keys: list[str]) -> list[str]:
+        """Which configured keys of the read stage ``name`` this stage reads (default: all)."""
+        return keys
+
+    def check_inputs(self, keys: list[str]) -> None:
+        """Raise ValueError if the plan's upstream keys cannot serve this stage."""
+
+    def external_inputs(self, scene_id: str, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
+        """Fingerprints of files it reads outside the store (e.g. cached features)."""
+        return {}
 
     @abstractmethod
     def run(self, ctx: StageContext, out: GroupWriter) -> None:

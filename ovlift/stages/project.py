@@ -1,10 +1,11 @@
-"""``project``: which point sees which pixel of which frame (occlusion-tested).
+"""``project``: which point sees which pixel of which frame, and what the teachers saw there.
 
 Streams the scene's frames in batches through the projection kernel and writes
 the visible correspondences sorted by point (frames ascending within a point),
-plus each point's number of views. Pixels are expressed at the 2D feature size
-(intrinsics rescaled, depth resized to it), so they index teacher feature maps
-directly.
+plus each point's number of views, and per teacher the per-point reduction (mean
+or max) of its features over the views that have them. Pixels are expressed at
+the 2D feature size (intrinsics rescaled, depth resized to it), so they index
+teacher feature maps directly.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from pydantic import Field, model_validator
 
 from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter
 from ovlift.config import FrozenConfig, runtime_field
-from ovlift.kernels.fusion import FrameBatch, project_and_fuse
+from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, project_and_fuse
 from ovlift.kernels.projection import VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.progress import progress
-from ovlift.stages.base import Stage, StageContext
+from ovlift.stages.base import Stage, StageContext, StageInputError
+from ovlift.stages.extract2d import TeacherFeatures, teachers_in
 
 CORR_CHUNK = 1 << 20
 
@@ -32,10 +34,15 @@ PROJECT_SPEC = GroupSpec(
         ArraySpec("frame_index", "int32", ("M",), (CORR_CHUNK,), "frame (index into input frames), ascending per point"),
         ArraySpec("pixel", "int16", ("M", 2), (CORR_CHUNK, None), "(row, col) at info.feature_size"),
         ArraySpec("view_count", "int32", ("N",), (1 << 18,), "number of frames that see each point"),
+        ArraySpec("fused/{teacher}/features", "float16", ("N", "C_{teacher}"), (1 << 16, None),
+                  "a teacher's features reduced over the views of each point (0 where unseen)", required=False),
+        ArraySpec("fused/{teacher}/seen", "bool", ("N",), (1 << 18,),
+                  "whether any view with that teacher's features sees the point", required=False),
     ),
     info={
         "feature_size": "[rows, cols] of the image grid that pixel indexes",
         "frames": "input frame indices that were projected (after frame_stride, valid poses only)",
+        "teachers": "teacher -> {channels, text_encoder} of each fused teacher",
     },
 )
 
@@ -52,9 +59,13 @@ class ProjectConfig(FrozenConfig):
     frame_stride: int = Field(1, ge=1)
     """Project every k-th frame (SAS and OpenScene on ScanNet: 20)."""
     feature_height: int | None = Field(None, ge=1)
-    """Rows of the 2D feature maps the pixels index (None: the image's)."""
+    """Rows of the pixel grid (None: the teachers' feature size, else the image's)."""
     feature_width: int | None = Field(None, ge=1)
-    """Columns of the 2D feature maps the pixels index (None: the image's)."""
+    """Columns of the pixel grid (None: the teachers' feature size, else the image's)."""
+    teachers: tuple[str, ...] | None = None
+    """extract2d teachers to fuse (None: every one the plan configures)."""
+    reduce: Literal["mean", "max"] = "mean"
+    """Reduction of a point's views (OpenScene: plain mean of unnormalised features)."""
     frames_per_batch: int = runtime_field(8, ge=1)
     """Frames projected at once; bounds memory, does not change results."""
     device: str | None = runtime_field(None)
@@ -79,12 +90,41 @@ class ProjectStage(Stage[ProjectConfig]):
     Config = ProjectConfig
     spec = PROJECT_SPEC
     reads = ("input",)
+    optional_reads = ("extract2d",)
+
+    def select_inputs(self, name: str, keys: list[str]) -> list[str]:
+        if name != "extract2d" or self.config.teachers is None:
+            return keys
+        return [k for k in keys if k.split("/", 1)[1] in self.config.teachers]
+
+    def check_inputs(self, keys: list[str]) -> None:
+        have = {k.split("/", 1)[1] for k in keys if k.startswith("extract2d/")}
+        missing = sorted(set(self.config.teachers or ()) - have)
+        if missing:
+            raise ValueError(f"teachers {missing} are not configured under stages.extract2d")
+
+    def feature_hw(self, ctx: StageContext, teachers: dict[str, TeacherFeatures]) -> tuple[int, int]:
+        """The pixel grid: the teachers' feature size (they must agree), else the config's or the image's."""
+        sizes = {name: t.feature_hw for name, t in teachers.items()}
+        scene = ctx.inputs["input"]
+        configured = (self.config.feature_height, self.config.feature_width)
+        if len(set(sizes.values())) > 1:
+            raise StageInputError(f"{ctx.where()}: teachers have different feature sizes {sizes}; project needs one grid")
+        if sizes:
+            size = next(iter(sizes.values()))
+            if configured[0] is not None and configured != size:
+                raise StageInputError(
+                    f"{ctx.where()}: project feature size {configured} differs from the teachers' {size}"
+                )
+            return size
+        return (configured[0] or scene.dims["H"], configured[1] or scene.dims["W"])
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         scene = ctx.inputs["input"]
         device = torch.device(self.config.device or ctx.device)
+        teachers = {name: TeacherFeatures(group) for name, group in teachers_in(ctx.inputs).items()}
         image_hw = (scene.dims["H"], scene.dims["W"])
-        feature_hw = (self.config.feature_height or image_hw[0], self.config.feature_width or image_hw[1])
+        feature_hw = self.feature_hw(ctx, teachers)
         points = torch.from_numpy(scene.load("points")).to(device)
         pose_valid = torch.from_numpy(scene.load("frames/pose_valid"))
         frames = torch.arange(0, len(pose_valid), self.config.frame_stride)
@@ -103,11 +143,32 @@ class ProjectStage(Stage[ProjectConfig]):
                 depth = None
                 if depth_array is not None:
                     depth = resize_depth(torch.from_numpy(depth_array.oindex[sel.numpy()]), feature_hw).to(device)
-                yield FrameBatch(sel, world_to_cam[start : start + batch], intrinsics[start : start + batch], depth)
+                batch_teachers = {}
+                for name, features in teachers.items():
+                    positions, local = features.positions(sel.numpy())
+                    if len(positions):
+                        batch_teachers[name] = TeacherBatch(features.read(local, device), torch.from_numpy(positions))
+                yield FrameBatch(
+                    sel, world_to_cam[start : start + batch], intrinsics[start : start + batch], depth, batch_teachers
+                )
 
-        corr, view_count = project_and_fuse(points, batches(), feature_hw, self.config.rule())
+        fusions = {
+            name: FeatureFusion(len(points), t.channels, self.config.reduce, device) for name, t in teachers.items()
+        }
+        corr, view_count = project_and_fuse(points, batches(), feature_hw, self.config.rule(), fusions)
         out.write("point_index", corr.point_index.numpy())
         out.write("frame_index", corr.frame_index.numpy())
         out.write("pixel", corr.pixel.numpy())
         out.write("view_count", view_count.to(torch.int32).numpy())
-        out.set_info(feature_size=list(feature_hw), frames=frames.tolist())
+        for name, fusion in fusions.items():
+            fused, count = fusion.result()
+            out.write(f"fused/{name}/features", fused.to(torch.float16).cpu().numpy())
+            out.write(f"fused/{name}/seen", (count > 0).cpu().numpy())
+        out.set_info(
+            feature_size=list(feature_hw),
+            frames=frames.tolist(),
+            teachers={
+                name: {"channels": t.channels, "text_encoder": t.group.info["text_encoder"]}
+                for name, t in teachers.items()
+            },
+        )

@@ -1,0 +1,69 @@
+"""Loading models from local directories only, with one clear error when it fails.
+
+Every model here loads from a folder in Hugging Face layout (``config.json`` +
+weights, as ``save_pretrained`` writes) or a checkpoint file; nothing is
+downloaded at run time (``HF_HUB_OFFLINE`` is forced on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+class ModelLoadError(ValueError):
+    """A model directory is missing or malformed; names the path and what was expected."""
+
+
+def require_model_dir(path: str | os.PathLike[str], what: str, expected: str, weights: bool = True) -> Path:
+    """The directory, after checking it holds a config and weights.
+
+    ``what`` says who needs it (e.g. "teacher 'clip-a'"), ``expected`` what kind of
+    model (e.g. "a Hugging Face CLIP model saved with save_pretrained").
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelLoadError(f"{what}: model directory '{folder}' does not exist (expected {expected})")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{what}: '{folder}' has no config.json (expected {expected})")
+    if weights and not any((folder / w).is_file() for w in WEIGHT_FILES):
+        raise ModelLoadError(
+            f"{what}: '{folder}' has no weights ({' or '.join(WEIGHT_FILES[:2])}) (expected {expected})"
+        )
+    return folder
+
+
+def load_pretrained(cls: Any, path: str | os.PathLike[str], what: str, expected: str, model_type: str | None = None, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` on a checked local folder, errors rewritten to name it."""
+    folder = require_model_dir(path, what, expected, weights=hasattr(cls, "base_model_prefix"))
+    if model_type is not None:
+        import json
+
+        try:
+            found = json.loads((folder / "config.json").read_text()).get("model_type")
+        except ValueError as err:
+            raise ModelLoadError(f"{what}: '{folder}/config.json' is not valid JSON ({err})") from None
+        if found != model_type:
+            raise ModelLoadError(
+                f"{what}: '{folder}' holds a '{found}' model, expected model_type '{model_type}' ({expected})"
+            )
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
+    except Exception as err:  # noqa: BLE001 - safetensors, tokenizers and torch raise their own types
+        raise ModelLoadError(f"{what}: cannot load '{folder}' as {expected}: {type(err).__name__}: {err}") from None
+
+
+def dir_fingerprint(path: str | os.PathLike[str]) -> str:
+    """Hash of a model folder's file names and sizes (identity for caches)."""
+    folder = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(folder)}:{file.stat().st_size};".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,108 @@
+"""What a 2D teacher is: frames in, per-pixel features in a text-embedding space out.
+
+A teacher returns either dense maps (``DenseFeatures``) or, for mask-based
+teachers, per-pixel mask ids and weights plus one embedding per mask
+(``MaskFeatures``), which is what they really produce and far smaller to store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ovlift.config import FrozenConfig, runtime_field
+from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
+from ovlift.models.text import TextEmbedder, TextEncoderConfig
+
+
+class TeacherConfig(FrozenConfig):
+    """Fields every teacher has (the ``extract2d`` stage's own)."""
+
+    feature_height: int = Field(240, ge=1)
+    """Rows of the stored feature maps (OpenScene: 240 of ScanNet's 480)."""
+    feature_width: int = Field(320, ge=1)
+    """Columns of the stored feature maps."""
+    frame_stride: int = Field(1, ge=1)
+    """Extract every k-th frame (the others get no features from this teacher)."""
+    encoding: Literal["dense", "masks"] = "dense"
+    """Storage: ``dense`` (T, h, w, C) float16, or ``masks`` (top-k mask ids and
+    weights per pixel + one embedding per mask; mask-based teachers only)."""
+    top_k: int = Field(4, ge=1)
+    """Masks kept per pixel in the ``masks`` encoding."""
+    frames_per_batch: int = runtime_field(4, ge=1)
+    """Frames sent through the model at once."""
+    device: str | None = runtime_field(None)
+    """Torch device; None: the plan's."""
+
+
+@dataclass
+class TeacherInput:
+    scene_id: str
+    frame_index: np.ndarray
+    """(B,) indices of the frames in the scene's input."""
+    color: torch.Tensor
+    """(B, H, W, 3) uint8."""
+    feature_hw: tuple[int, int]
+    depth: torch.Tensor | None = None
+    """(B, H, W) metres, if the scene has depth."""
+    labels: torch.Tensor | None = None
+    """(B, H, W) ground-truth classes (synthetic data only)."""
+    instances: torch.Tensor | None = None
+    """(B, H, W) ground-truth instances (synthetic data only)."""
+    class_names: tuple[str, ...] | None = None
+    """The scene's label set (what ``labels`` index)."""
+    frame_names: tuple[str, ...] = ()
+    """Source name of each frame (e.g. ``seq-01/frame-000010``)."""
+
+
+class Teacher(ABC):
+    """A loaded 2D model (or simulation) for one config."""
+
+    produces_masks: ClassVar[bool] = False
+
+    def __init__(self, config: TeacherConfig, device: torch.device, text: TextEmbedder, what: str) -> None:
+        self.config = config
+        self.device = device
+        self.text = text
+        self.what = what
+        """Who this is, for messages: "teacher 'name'"."""
+
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Feature channels C."""
+
+    @property
+    @abstractmethod
+    def text_encoder(self) -> TextEncoderConfig:
+        """The text encoder whose space the features live in (to embed queries)."""
+
+    @abstractmethod
+    def __call__(self, batch: TeacherInput) -> DenseFeatures | MaskFeatures:
+        """Features at ``batch.feature_hw``; mask ids local to this batch."""
+
+
+def resize_nearest(maps: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(B, H, W) integer or float maps resized to nearest pixel centres."""
+    if tuple(maps.shape[-2:]) == tuple(hw):
+        return maps
+    return F.interpolate(maps[:, None].float(), size=hw, mode="nearest-exact")[:, 0].to(maps.dtype)
+
+
+def top_k_masks(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel of (Q, h, w) mask ``weights``, the k masks of largest weight (> 0):
+    ids (h, w, k) with -1 for none, and their weights renormalised to sum to 1
+    where any is kept (so the decoded feature is their weighted average)."""
+    q = weights.shape[0]
+    if q < k:
+        weights = torch.cat([weights, weights.new_zeros((k - q, *weights.shape[1:]))])
+    values, ids = weights.permute(1, 2, 0).topk(k, dim=-1)
+    keep = values > 0
+    total = (values * keep).sum(-1, keepdim=True).clamp(min=1e-12)
+    return torch.where(keep, ids, -1).to(torch.int32), (values * keep / total).to(torch.float16)

@@ -1,0 +1,181 @@
+"""``synthetic``: a controllable teacher for toy scenes.
+
+Its feature at a pixel is the text embedding of the rendered ground-truth class,
+corrupted by seeded, controllable noise:
+
+* **confusion**: a per-class table, applied per object instance per view (a
+  picture seen as a wall in some views). Which views confuse is drawn from a
+  golden-ratio sequence over frames with a seeded offset per instance, so the
+  realised rates follow the table closely even over few views;
+* **boundary bleeding**: object labels spread ``bleed_px`` pixels across their
+  edges onto the background behind them (the nearer surface wins), the
+  segmentation noise CUS3D's filters target;
+* **feature noise**: Gaussian noise per region (instance and view), relative to
+  the unit embedding (``noise_std`` 1 gives noise as large as the signal).
+
+Output is mask-structured (one mask per region and view), so both encodings
+work. Pixels without a class (the ceiling in ScanNet-20) get no feature.
+Two teachers with different weaknesses differ only in their ``confusion`` (and
+``seed``), e.g. ``{sofa: {chair: 0.5}}`` versus ``{chair: {sofa: 0.5}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from ovlift.kernels.fusion import MaskFeatures
+from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput, resize_nearest
+from ovlift.models.text import TextEncoderConfig, encoder_dim
+from ovlift.stages.base import StageInputError
+
+GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+class SyntheticConfig(TeacherConfig):
+    text: TextEncoderConfig = TextEncoderConfig()
+    """The text space the features live in (the class names are embedded by it)."""
+    confusion: dict[str, dict[str, float]] = {}
+    """true class -> {perceived class: probability}; the rest stays correct."""
+    bleed_px: int = Field(0, ge=0)
+    """Pixels that object labels spread across their edges onto the background."""
+    bleed_onto: tuple[str, ...] = ("wall", "floor")
+    """Background classes that objects bleed onto (unlabelled pixels always count)."""
+    noise_std: float = Field(0.0, ge=0)
+    """Gaussian noise per region and view, relative to the unit embedding."""
+    seed: int = 0
+    """Seeds the confusion offsets and the noise."""
+
+    @field_validator("confusion")
+    @classmethod
+    def _probabilities(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for true, row in value.items():
+            if any(not 0 <= p <= 1 for p in row.values()):
+                raise ValueError(f"confusion[{true!r}]: probabilities must lie in [0, 1], found {row}")
+            if sum(row.values()) > 1 + 1e-9:
+                raise ValueError(f"confusion[{true!r}]: probabilities sum to {sum(row.values()):.3f} > 1")
+        return value
+
+
+class SyntheticTeacher(Teacher):
+    produces_masks = True
+    config: SyntheticConfig
+
+    @property
+    def dim(self) -> int:
+        return encoder_dim(self.config.text)
+
+    @property
+    def text_encoder(self) -> TextEncoderConfig:
+        return self.config.text
+
+    def confusion_matrix(self, class_names: tuple[str, ...], where: str) -> torch.Tensor:
+        """(K, K) row-stochastic: row c = probabilities of perceiving each class."""
+        k = len(class_names)
+        matrix = torch.eye(k, dtype=torch.float64)
+        for true, row in self.config.confusion.items():
+            for name in (true, *row):
+                if name not in class_names:
+                    raise StageInputError(
+                        f"{where}: {self.what}: confusion names class '{name}', which the scene's label set "
+                        f"{list(class_names)} does not have"
+                    )
+            c = class_names.index(true)
+            for other, p in row.items():
+                matrix[c, class_names.index(other)] += p
+            matrix[c, c] -= sum(row.values())
+        return matrix
+
+    def __call__(self, batch: TeacherInput) -> MaskFeatures:
+        where = f"scene '{batch.scene_id}'"
+        if batch.labels is None or batch.instances is None or batch.class_names is None:
+            raise StageInputError(
+                f"{where}: {self.what} needs ground-truth label and instance images (frames/labels, frames/instances), "
+                "which only synthetic datasets such as 'toy' provide"
+            )
+        hw = batch.feature_hw
+        labels = resize_nearest(batch.labels.to(torch.int64), hw)
+        instances = resize_nearest(batch.instances.to(torch.int64), hw)
+        depth = resize_nearest(batch.depth.float(), hw) if batch.depth is not None else torch.zeros(labels.shape)
+        class_emb = self.text(self.config.text, list(batch.class_names)).to(torch.float32)
+        confusion = self.confusion_matrix(batch.class_names, where)
+        background = {batch.class_names.index(n) for n in self.config.bleed_onto if n in batch.class_names}
+        scene_salt = _salt(self.config.seed, batch.scene_id)
+        ids, embeddings = [], []
+        for b in range(labels.shape[0]):
+            frame = int(batch.frame_index[b])
+            region = _bleed(labels[b], instances[b], depth[b], background, self.config.bleed_px)
+            frame_ids, frame_emb = self._regions(labels[b], instances[b], region, frame, confusion, class_emb, scene_salt)
+            ids.append(frame_ids + sum(len(e) for e in embeddings) * (frame_ids >= 0))
+            embeddings.append(frame_emb)
+        ids_t = torch.stack(ids)[..., None].to(torch.int32)
+        return MaskFeatures(ids_t, (ids_t >= 0).to(torch.float16), torch.cat(embeddings).to(torch.float16))
+
+    def perceived_class(self, true_class: int, instance: int, frame: int, confusion: torch.Tensor, salt: int) -> int:
+        """The class a view perceives an instance as (stratified over frames)."""
+        offset = _unit(salt, instance)
+        u = (offset + frame * GOLDEN) % 1.0
+        cumulative = torch.cumsum(confusion[true_class], 0)
+        return int(min(torch.searchsorted(cumulative, torch.tensor(u, dtype=torch.float64), right=True), len(cumulative) - 1))
+
+    def _regions(
+        self,
+        labels: torch.Tensor,
+        instances: torch.Tensor,
+        region: torch.Tensor,
+        frame: int,
+        confusion: torch.Tensor,
+        class_emb: torch.Tensor,
+        salt: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, w) frame-local mask ids (-1: no feature) and one embedding per mask."""
+        inst_label = torch.full((int(instances.max()) + 1,), -1, dtype=torch.int64)
+        inst_label[instances.reshape(-1)] = labels.reshape(-1)
+        present = torch.unique(region)
+        present = present[inst_label[present] >= 0]  # unlabelled regions carry no feature
+        mask_id = torch.full_like(inst_label, -1)
+        mask_id[present] = torch.arange(len(present))
+        perceived = torch.tensor(
+            [self.perceived_class(int(inst_label[i]), int(i), frame, confusion, salt) for i in present.tolist()],
+            dtype=torch.int64,
+        )
+        emb = class_emb[perceived] if len(present) else class_emb[:0]
+        if self.config.noise_std > 0 and len(present):
+            gen = torch.Generator().manual_seed(_salt(salt, frame))
+            noise = torch.randn(int(instances.max()) + 1, emb.shape[1], generator=gen)[present]
+            emb = F.normalize(emb + self.config.noise_std * noise / math.sqrt(emb.shape[1]), dim=-1)
+        return mask_id[region], emb
+
+
+def _bleed(
+    labels: torch.Tensor, instances: torch.Tensor, depth: torch.Tensor, background: set[int], steps: int
+) -> torch.Tensor:
+    """Region (instance) map after object labels spread ``steps`` pixels onto the
+    background: each step, a background pixel takes the nearest-in-depth object
+    among its 3x3 neighbours."""
+    region = instances.clone()
+    is_object = ~(labels < 0)
+    for c in background:
+        is_object &= labels != c
+    priority = torch.where(is_object, -depth, torch.full_like(depth, -float("inf")))
+    for _ in range(steps):
+        pooled, index = F.max_pool2d(priority[None, None], 3, stride=1, padding=1, return_indices=True)
+        pooled, index = pooled[0, 0], index[0, 0]
+        take = ~is_object & torch.isfinite(pooled)
+        region = torch.where(take, region.reshape(-1)[index], region)
+        priority = torch.where(take, pooled, priority)
+        is_object = is_object | take
+    return region
+
+
+def _salt(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def _unit(salt: int, instance: int) -> float:
+    return (_salt(salt, instance) % 1_000_003) / 1_000_003
+

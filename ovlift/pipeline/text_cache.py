@@ -1,0 +1,49 @@
+"""Class-name embeddings, cached in the store under ``global/text/<key>``.
+
+The key hashes the encoder's identity (kind, model files, templates) and the
+names, so a changed model or template set is a miss, never a stale hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ovlift.cache_schema import ArraySpec, GroupMeta, GroupSpec, Store, canonical_json, global_group_path
+from ovlift.models.text import TextEncoderConfig, encoder_identity, load_text_encoder
+
+TEXT_SPEC = GroupSpec(
+    stage="text",
+    doc="Embeddings of class names (each through its templates, averaged, unit length).",
+    arrays=(ArraySpec("embeddings", "float32", ("K", "D"), (None, None), "one unit vector per name"),),
+    info={"encoder": "text encoder identity (kind:model-files:templates)", "names": "the embedded names, in order"},
+)
+
+
+class TextCache:
+    def __init__(self, store: Store, device: str = "cpu") -> None:
+        self.store = store
+        self.device = device
+        self._memory: dict[str, torch.Tensor] = {}
+
+    def __call__(self, config: TextEncoderConfig, names: Sequence[str]) -> torch.Tensor:
+        """(len(names), D) float32 embeddings, from the store when cached."""
+        identity = encoder_identity(config)
+        key = hashlib.sha256(canonical_json({"encoder": identity, "names": list(names)}).encode()).hexdigest()
+        if key in self._memory:
+            return self._memory[key]
+        path = global_group_path(f"text/{key[:16]}")
+        group = self.store.read(path, fingerprint=key)
+        if group is not None:
+            emb = torch.from_numpy(group.load("embeddings"))
+        else:
+            emb = load_text_encoder(config, self.device).embed_names(list(names))
+            meta = GroupMeta("text", config.kind, "1", config.normalised(), {}, key, {})
+            with self.store.writer(path, TEXT_SPEC, meta, f"text embeddings {identity}") as out:
+                out.write("embeddings", emb.numpy().astype(np.float32))
+                out.set_info(encoder=identity, names=list(names))
+        self._memory[key] = emb
+        return emb

@@ -1,0 +1,183 @@
+"""Every teacher kind: a tiny random-weight model saved to a folder, loaded through
+the real path, run by the extract2d stage on a toy scene, fused by project."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import toy_plan_dict
+from ovlift.pipeline.plan import PlanError, plan_from_dict
+from ovlift.pipeline.runner import Runner, StageFailed
+from ovlift.models.tiny import blip_folder, clip_folder, mask2former_folder, maskformer_folder
+
+HW = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "clip": str(clip_folder(root / "clip")),
+        "mask2former": str(mask2former_folder(root / "mask2former")),
+        "maskformer": str(maskformer_folder(root / "maskformer")),
+        "blip": str(blip_folder(root / "blip")),
+    }
+
+
+def cached_files(root, scene_ids, frames=3, channels=6, layout="hwc"):
+    rng = np.random.default_rng(0)
+    for scene in scene_ids:
+        for i in range(frames):
+            shape = (12, 16, channels) if layout == "hwc" else (channels, 12, 16)
+            path = root / scene / f"frame-{i:06d}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, rng.normal(size=shape).astype(np.float32))
+    return str(root)
+
+
+def teacher_configs(models, tmp_path):
+    size = {"feature_height": HW[0], "feature_width": HW[1]}
+    return {
+        "synthetic-dense": ({"implementation": "synthetic", **size}, 384, "dense"),
+        "synthetic-masks": ({"implementation": "synthetic", "encoding": "masks", "bleed_px": 2, **size}, 384, "masks"),
+        "maskclip": ({"implementation": "maskclip", "clip_path": models["clip"], **size}, 24, "dense"),
+        "mask-clip-m2f-vote": ({"implementation": "mask-clip", "segmenter_path": models["mask2former"],
+                                "clip_path": models["clip"], "encoding": "masks", "mask_threshold": 0.3,
+                                "segmenter_short_side": 64, **size}, 24, "masks"),
+        "mask-clip-mf-largest": ({"implementation": "mask-clip", "segmenter_path": models["maskformer"],
+                                  "clip_path": models["clip"], "overlap": "largest", "mask_threshold": 0.3,
+                                  "segmenter_short_side": 64, **size}, 24, "dense"),
+        "caption-aligned": ({"implementation": "caption-aligned", "segmenter_path": models["mask2former"],
+                             "captioner_path": models["blip"], "encoding": "masks", "mask_threshold": 0.3,
+                             "caption_tokens": 4, "segmenter_short_side": 64, **size}, 384, "masks"),
+        "cached": ({"implementation": "cached", "path": cached_files(tmp_path / "feats", ["toy_0000"]),
+                    "channels": 6, **size}, 6, "dense"),
+    }
+
+
+@pytest.mark.parametrize("kind", ["synthetic-dense", "synthetic-masks", "maskclip", "mask-clip-m2f-vote",
+                                  "mask-clip-mf-largest", "caption-aligned", "cached"])
+def test_every_teacher_runs_through_the_stage_and_project_fuses_it(models, tmp_path, kind):
+    config, channels, encoding = teacher_configs(models, tmp_path)[kind]
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=3, image_height=48, image_width=64)
+    data["stages"]["extract2d"] = {"t": config}
+    data["stages"]["project"] = {"cut_bound": 1}
+    runner = Runner(plan_from_dict(data))
+    report = runner.run(fail_fast=True)
+    assert report.counts() == {"ran": 3}
+    group = runner.store.read("scenes/toy_0000/extract2d/t")
+    assert group.info["encoding"] == encoding and group.info["channels"] == channels
+    assert group.load("frames").tolist() == [0, 1, 2]
+    if encoding == "dense":
+        features = group.array("features")
+        assert features.shape == (3, *HW, channels) and features.dtype == np.float16
+        assert features.chunks == (1, *HW, channels)
+        assert np.isfinite(features[...]).all()
+    else:
+        ids, weights, emb = group.load("mask_ids"), group.load("mask_weights"), group.load("mask_embeddings")
+        assert ids.shape == weights.shape and ids.shape[:3] == (3, *HW) and ids.dtype == np.int32
+        assert emb.dtype == np.float16 and emb.shape[1] == channels
+        assert ids.max() < len(emb) and ids.min() >= -1
+        used = ids >= 0
+        assert np.allclose((weights * used).sum(-1)[used.any(-1)], 1, atol=1e-2)  # weights average the kept masks
+    project = runner.store.read("scenes/toy_0000/project")
+    fused = project.array("fused/t/features")
+    assert fused.shape == (project.dims["N"], channels) and fused.dtype == np.float16
+    assert project.load("fused/t/seen").any()
+    assert project.info["teachers"]["t"]["channels"] == channels
+    assert Runner(plan_from_dict(data)).run().counts() == {"cached": 3}
+
+
+def test_maskclip_is_the_value_path_of_the_last_block(models):
+    """Direct computation on a tiny CLIP, and a uniform image: with position embeddings
+    zeroed every patch token is the same, so the dense map is constant and equals the
+    patch-independent value-path output of that one token."""
+    from transformers import CLIPModel
+
+    from ovlift.models.clip import maskclip_dense
+
+    model = CLIPModel.from_pretrained(models["clip"]).eval()
+    pixels = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        dense = maskclip_dense(model, pixels)
+        vision = model.vision_model
+        hidden = vision(pixel_values=pixels, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states[-2]
+        block = vision.encoder.layers[-1]
+        expected = []
+        for token in hidden[0, 1:]:  # one patch at a time, attention bypassed by hand
+            y = block.layer_norm1(token)
+            v = y @ block.self_attn.v_proj.weight.T + block.self_attn.v_proj.bias
+            v = v @ block.self_attn.out_proj.weight.T + block.self_attn.out_proj.bias + token
+            v = v + block.mlp(block.layer_norm2(v))
+            expected.append(model.visual_projection(vision.post_layernorm(v)))
+    assert dense.shape == (2, model.config.projection_dim, 4, 6)
+    torch.testing.assert_close(dense[0].flatten(1).T, torch.stack(expected), rtol=1e-4, atol=1e-5)
+
+    with torch.no_grad():
+        vision.embeddings.position_embedding.weight.zero_()
+        uniform = torch.full((1, 3, 32, 32), 0.3)
+        dense = maskclip_dense(model, uniform)[0].flatten(1).T  # (patches, C)
+        token = vision(pixel_values=uniform, output_hidden_states=True).hidden_states[-2][0, 1]
+        y = block.layer_norm1(token)
+        v = block.self_attn.out_proj(block.self_attn.v_proj(y)) + token
+        v = v + block.mlp(block.layer_norm2(v))
+        single = model.visual_projection(vision.post_layernorm(v))
+    torch.testing.assert_close(dense, single.expand_as(dense), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda root, m: str(root / "nowhere"), "model directory '.*nowhere' does not exist \\(expected a Hugging Face CLIP"),
+        (lambda root, m: str((root / "empty").mkdir() or root / "empty"), "'.*empty' has no config.json \\(expected a Hugging Face CLIP"),
+        (lambda root, m: m["mask2former"], "holds a 'mask2former' model, expected model_type 'clip'"),
+        (lambda root, m: _broken_weights(root, m), "cannot load '.*broken' as a Hugging Face CLIP"),
+    ],
+)
+def test_a_missing_or_malformed_model_folder_gives_one_clear_error(models, tmp_path, make, message):
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2, image_height=48, image_width=64)
+    data["stages"]["extract2d"] = {"t": {"implementation": "maskclip", "clip_path": make(tmp_path, models),
+                                         "feature_height": 24, "feature_width": 32}}
+    report = Runner(plan_from_dict(data)).run()
+    failed = [o for o in report.outcomes if o.status == "failed"]
+    assert len(failed) == 1 and failed[0].stage == "extract2d/t"
+    assert "teacher 't'" in failed[0].error
+    import re
+
+    assert re.search(message, failed[0].error), failed[0].error
+
+
+def _broken_weights(root, models):
+    import shutil
+
+    broken = root / "broken"
+    shutil.copytree(models["clip"], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    return str(broken)
+
+
+def test_masks_encoding_only_for_mask_teachers(models, tmp_path):
+    data = toy_plan_dict(tmp_path / "s.zarr")
+    data["stages"]["extract2d"] = {"t": {"implementation": "maskclip", "clip_path": models["clip"], "encoding": "masks"}}
+    with pytest.raises(PlanError, match="produces dense features; encoding 'masks' needs a mask-based teacher"):
+        plan_from_dict(data)
+
+
+def test_cached_features_missing_file_names_scene_frame_and_path(tmp_path):
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=3)
+    root = cached_files(tmp_path / "feats", ["toy_0000"], frames=2)  # frame 2 missing
+    data["stages"]["extract2d"] = {"t": {"implementation": "cached", "path": root, "channels": 6}}
+    report = Runner(plan_from_dict(data)).run()
+    error = next(o.error for o in report.outcomes if o.status == "failed")
+    assert "scene 'toy_0000', frame 'frame-000002'" in error and "frame-000002.npy' not found" in error
+
+
+def test_cached_features_rerun_when_a_file_changes(tmp_path):
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2)
+    root = cached_files(tmp_path / "feats", ["toy_0000"], frames=2, layout="chw")
+    data["stages"]["extract2d"] = {"t": {"implementation": "cached", "path": root, "channels": 6, "layout": "chw"}}
+    assert Runner(plan_from_dict(data)).run().counts()["ran"] == 2
+    assert Runner(plan_from_dict(data)).run().counts() == {"cached": 2}
+    np.save(tmp_path / "feats" / "toy_0000" / "frame-000001.npy", np.zeros((6, 12, 20), np.float32))
+    counts = Runner(plan_from_dict(data)).run().counts()
+    assert counts == {"cached": 1, "ran": 1}
