@@ -1,47 +1,70 @@
-"""Prefect flows over the plain runner: per scene, and per dataset (scenes as tasks on Dask).
+"""Prefect flows over the plain runner: per scene, and per dataset.
 
-Each scene task loads the plan from its path and runs the runner for that one
-scene, so tasks carry only strings and any Dask worker that sees the same paths
-can run them. Offline, Prefect starts its temporary local server by itself.
+The dataset flow walks the plan's phases (``Runner.phases``): a run of per-scene
+stages is mapped over the scenes as Prefect tasks on the flow's task runner (a
+Dask cluster through prefect-dask), a global stage (distillation, evaluation)
+runs as one task once its upstream scenes are done. Tasks carry only strings,
+so any Dask worker that sees the same paths can run them. Offline, Prefect
+starts its temporary local server by itself.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from prefect import flow, task, unmapped
-from prefect_dask import DaskTaskRunner
+# Every Dask worker process starts its own temporary server; on a loaded 2-core
+# machine that can take longer than Prefect's 20 s default.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+from prefect import flow, task, unmapped  # noqa: E402
+from prefect_dask import DaskTaskRunner  # noqa: E402
 
 from ovlift.pipeline.plan import load_plan
 from ovlift.pipeline.runner import Outcome, RunReport, Runner
 
 
 @task(name="ovlift-scene", task_run_name="{scene_id}")
-def scene_task(plan_path: str, scene_id: str, stages: list[str] | None, force: list[str]) -> list[dict]:
+def scene_task(plan_path: str, scene_id: str, keys: list[str], forced: list[str]) -> list[dict]:
     runner = Runner(load_plan(plan_path))
-    selected = runner.select_stages(stages)
-    forced = runner.plan.downstream(list(force)) if force else set()
-    return [asdict(o) for o in runner.run_scene(scene_id, selected, forced)]
+    return [asdict(o) for o in runner.run_scene(scene_id, keys, set(forced))]
+
+
+@task(name="ovlift-global", task_run_name="{key}")
+def global_task(plan_path: str, key: str, forced: list[str], failed: list[tuple[str, str]]) -> dict:
+    runner = Runner(load_plan(plan_path))
+    return asdict(runner.run_global(key, set(forced), {tuple(f) for f in failed}))
 
 
 @flow(name="ovlift-scene")
 def scene_flow(plan_path: str, scene_id: str, stages: list[str] | None = None, force: Sequence[str] = ()) -> list[dict]:
-    """Every stage of the plan for one scene."""
-    return scene_task(plan_path, scene_id, stages, list(force))
+    """The per-scene stages of the plan for one scene."""
+    runner = Runner(load_plan(plan_path))
+    keys = [k for k in runner.select_stages(stages) if not runner.plan.stages[k].is_global]
+    forced = sorted(runner.plan.downstream(list(force))) if force else []
+    return scene_task(plan_path, scene_id, keys, forced)
 
 
 @flow(name="ovlift-dataset")
 def dataset_flow(
     plan_path: str, stages: list[str] | None = None, scenes: list[str] | None = None, force: Sequence[str] = ()
 ) -> list[dict]:
-    """Every scene of the plan's dataset, one task per scene, on the flow's task runner."""
+    """Every stage of the plan: per-scene phases as mapped tasks, global stages as single tasks."""
     runner = Runner(load_plan(plan_path))
     runner.store.clean_stale()
     scene_ids = runner.select_scenes(scenes)
-    futures = scene_task.map(unmapped(plan_path), scene_ids, unmapped(stages), unmapped(list(force)))
-    return [o for outcomes in futures.result() for o in outcomes]
+    forced = sorted(runner.plan.downstream(list(force))) if force else []
+    outcomes: list[dict] = []
+    for kind, keys in runner.phases(runner.select_stages(stages)):
+        failed = [(o["scene_id"], o["stage"]) for o in outcomes if o["status"] in ("failed", "skipped")]
+        if kind == "global":
+            outcomes.append(global_task.submit(plan_path, keys[0], forced, failed).result())
+            continue
+        futures = scene_task.map(unmapped(plan_path), scene_ids, unmapped(keys), unmapped(forced))
+        outcomes += [o for per_scene in futures.result() for o in per_scene]
+    return outcomes
 
 
 def run_dataset_flow(
@@ -55,9 +78,9 @@ def run_dataset_flow(
     """Run ``dataset_flow`` on a local Dask cluster of ``workers`` processes, or on
     the scheduler at ``dask_address``."""
     if dask_address:
-        runner = DaskTaskRunner(address=dask_address)
+        task_runner = DaskTaskRunner(address=dask_address)
     else:
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        task_runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
     start = time.perf_counter()
-    outcomes = dataset_flow.with_options(task_runner=runner)(plan_path, stages, scenes, list(force))
+    outcomes = dataset_flow.with_options(task_runner=task_runner)(plan_path, stages, scenes, list(force))
     return RunReport(outcomes=[Outcome(**o) for o in outcomes], seconds=time.perf_counter() - start)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ovlift.cache_schema import Store, scene_group_path
-from ovlift.models.text import TextEncoderConfig, load_text_encoder
+from ovlift.models.text import TextEncoderConfig
+from ovlift.pipeline.text_cache import TextCache
 
 
 class QueryError(ValueError):
@@ -32,24 +35,69 @@ class QueryResult:
 
 
 def query_scene(
-    store: Store, scene_id: str, text: str, teacher: str | None = None, templates: str = "single", device: str = "cpu"
+    store: Store,
+    scene_id: str,
+    text: str,
+    source: Literal["fused", "student"] = "fused",
+    teacher: str | None = None,
+    templates: str = "single",
+    device: str = "cpu",
 ) -> QueryResult:
-    group = store.read(scene_group_path(scene_id, "project"))
-    if group is None:
-        raise QueryError(f"scene '{scene_id}': no complete 'project' group in {store.url}; run the plan first")
-    teachers = group.info.get("teachers", {})
-    if not teachers:
-        raise QueryError(f"scene '{scene_id}': the project group fused no teacher features")
-    if teacher is None:
-        if len(teachers) > 1:
-            raise QueryError(f"scene '{scene_id}': several teachers {sorted(teachers)}; choose one")
-        teacher = next(iter(teachers))
-    if teacher not in teachers:
-        raise QueryError(f"scene '{scene_id}': no teacher '{teacher}'; fused teachers: {sorted(teachers)}")
-    encoder_config = TextEncoderConfig(**{**teachers[teacher]["text_encoder"], "templates": templates})
+    """Similarity of each point to ``text``: from a fused teacher's features
+    (``project``), or from the distilled student's (``predict``)."""
+    if source == "student":
+        group = store.read(scene_group_path(scene_id, "predict"))
+        if group is None:
+            raise QueryError(f"scene '{scene_id}': no complete 'predict' group in {store.url}; run the plan first")
+        features, seen = group.load("features_3d"), None
+        encoder, label = group.info["text_encoder"], "student"
+    else:
+        group = store.read(scene_group_path(scene_id, "project"))
+        if group is None:
+            raise QueryError(f"scene '{scene_id}': no complete 'project' group in {store.url}; run the plan first")
+        teachers = group.info.get("teachers", {})
+        if not teachers:
+            raise QueryError(f"scene '{scene_id}': the project group fused no teacher features")
+        if teacher is None:
+            if len(teachers) > 1:
+                raise QueryError(f"scene '{scene_id}': several teachers {sorted(teachers)}; choose one")
+            teacher = next(iter(teachers))
+        if teacher not in teachers:
+            raise QueryError(f"scene '{scene_id}': no teacher '{teacher}'; fused teachers: {sorted(teachers)}")
+        features, seen = group.load(f"fused/{teacher}/features"), group.load(f"fused/{teacher}/seen")
+        encoder, label = teachers[teacher]["text_encoder"], f"fused/{teacher}"
+    encoder_config = TextEncoderConfig(**{**encoder, "templates": templates})
     name = re.sub(r"^(a|an|the)\s+", "", text.strip(), flags=re.IGNORECASE)
-    query = load_text_encoder(encoder_config, device).embed_names([name])[0]
-    features = torch.from_numpy(group.load(f"fused/{teacher}/features").astype(np.float32))
-    similarity = F.normalize(features, dim=-1) @ query
-    seen = group.load(f"fused/{teacher}/seen")
-    return QueryResult(np.where(seen, similarity.numpy(), np.nan), f"fused/{teacher}")
+    query = TextCache(store, device)(encoder_config, [name])[0]  # cached: repeated queries skip the model
+    similarity = (F.normalize(torch.from_numpy(features.astype(np.float32)), dim=-1) @ query).numpy()
+    if seen is not None:
+        similarity = np.where(seen, similarity, np.nan)
+    return QueryResult(similarity, label)
+
+
+def write_query_outputs(
+    store: Store, scene_id: str, text: str, source: str, teacher: str | None, templates: str, out: Path
+) -> tuple[tuple[Path, Path], list[tuple[str, int]]]:
+    """The PLY and PNG of a query, and the ground-truth classes of its 100 best points (if labelled)."""
+    from ovlift.plots import colormap, query_views, write_ply
+
+    result = query_scene(store, scene_id, text, source, teacher, templates)  # type: ignore[arg-type]
+    scene = store.read(scene_group_path(scene_id, "input"))
+    points = scene.load("points")
+    out.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "query"
+    ply = write_ply(out / f"{scene_id}_{slug}_{source}.ply", points, colormap(result.similarity), result.similarity)
+    camera = None
+    valid = np.flatnonzero(scene.load("frames/pose_valid"))
+    if len(valid):
+        camera = (scene.array("frames/cam_to_world")[valid[0]], scene.array("frames/intrinsics")[valid[0]])
+    png = query_views(points, result.similarity, out / f"{scene_id}_{slug}_{source}.png",
+                      f"{scene_id}: '{text}' ({result.source})", camera)
+    top: list[tuple[str, int]] = []
+    names = scene.info.get("class_names")
+    if "labels" in scene and names:
+        best = np.argsort(-np.nan_to_num(result.similarity, nan=-2))[:100]
+        labels = scene.load("labels")[best]
+        values, counts = np.unique(labels[labels >= 0], return_counts=True)
+        top = sorted(((names[v], int(c)) for v, c in zip(values, counts)), key=lambda x: -x[1])
+    return (ply, png), top

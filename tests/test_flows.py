@@ -1,9 +1,8 @@
 """Prefect flows over the runner, on a local Dask cluster, with Prefect's temporary server."""
 
 import pytest
-import yaml
 
-from conftest import toy_plan_dict
+from conftest import tiny_pipeline_plan
 
 
 @pytest.fixture(autouse=True)
@@ -23,12 +22,15 @@ def test_dataset_flow_on_two_dask_workers_then_all_cache_hits(tmp_path, monkeypa
     monkeypatch.setenv("PREFECT_LOGGING_TO_API_ENABLED", "false")  # no log shipping after the server stops
     from ovlift.flows import run_dataset_flow, scene_flow
 
-    path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(toy_plan_dict(tmp_path / "s.zarr", num_scenes=4)))
+    path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=1, num_scenes=4)
     first = run_dataset_flow(str(path), workers=2)
-    assert first.counts() == {"ran": 4}
-    assert sorted(o.scene_id for o in first.outcomes) == [f"toy_{i:04d}" for i in range(4)]
+    per_scene = ["input", "extract2d/t", "project", "predict"]
+    assert first.counts() == {"ran": 4 * len(per_scene) + 2}  # + distill and evaluate, once each
+    assert {(o.scene_id, o.stage) for o in first.outcomes if o.scene_id == "global"} == {
+        ("global", "distill"), ("global", "evaluate")}
+    assert sorted({o.scene_id for o in first.outcomes} - {"global"}) == [f"toy_{i:04d}" for i in range(4)]
     second = run_dataset_flow(str(path), workers=2)
-    assert second.counts() == {"cached": 4}
-    outcomes = scene_flow(str(path), "toy_0002", force=["input"])
-    assert [(o["stage"], o["status"]) for o in outcomes] == [("input", "ran")]
+    assert second.counts() == {"cached": 4 * len(per_scene) + 2}
+    outcomes = scene_flow(str(path), "toy_0002", force=["project"])
+    assert [(o["stage"], o["status"]) for o in outcomes] == [
+        ("input", "cached"), ("extract2d/t", "cached"), ("project", "ran"), ("predict", "ran")]

@@ -199,6 +199,13 @@ class Store:
 
     def stage_groups(self, scene_id: str) -> list[str]:
         """Paths of every stage group (variants included) under a scene."""
+        return self._stage_groups_under(f"scenes/{scene_id}")
+
+    def global_groups(self) -> list[str]:
+        """Paths of the global stage groups (cached text embeddings excluded)."""
+        return [p for p in self._stage_groups_under("global") if not p.startswith("global/text/")]
+
+    def _stage_groups_under(self, root: str) -> list[str]:
         found: list[str] = []
 
         def walk(path: str) -> None:
@@ -211,7 +218,7 @@ class Store:
                 else:
                     walk(f"{path}/{name}")
 
-        walk(f"scenes/{scene_id}")
+        walk(root)
         return sorted(found)
 
     # -- writing -------------------------------------------------------------------

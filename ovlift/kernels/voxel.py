@@ -37,3 +37,15 @@ def voxel_downsample(
         return summed / counts.reshape(shape)
 
     return mean(points).to(points.dtype), [mean(f) for f in features], counts
+
+
+def voxelize(points: torch.Tensor, voxel_size: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Occupied voxels of (N, 3) points: integer coordinates (V, 3), shifted to start
+    at 0, in ascending key order, and the (N,) point-to-voxel map (the voxel-to-point
+    map is gathering with it: ``voxel_values[point_to_voxel]``)."""
+    coords, key = voxel_keys(points, voxel_size)
+    unique_key, point_to_voxel = torch.unique(key, return_inverse=True)
+    first = torch.full((len(unique_key),), len(key), dtype=torch.int64, device=points.device)
+    first.scatter_reduce_(0, point_to_voxel, torch.arange(len(key), device=points.device), reduce="amin")
+    voxel_coords = coords[first]
+    return voxel_coords - voxel_coords.min(dim=0).values, point_to_voxel

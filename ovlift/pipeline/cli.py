@@ -137,6 +137,29 @@ def flow(
 
 
 @app.command()
+def query(
+    text: Annotated[str, typer.Argument(help='What to look for, e.g. "a soft chair".')],
+    store: Annotated[str, typer.Option("--store", help="Store path or fsspec URL.")],
+    scene: Annotated[str, typer.Option("--scene", help="Scene id.")],
+    source: Annotated[str, typer.Option(help="'student' (distilled 3D) or 'fused' (2D features).")] = "student",
+    teacher: Annotated[Optional[str], typer.Option(help="Fused teacher (source fused).")] = None,
+    templates: Annotated[str, typer.Option(help="'single' or 'ensemble' prompt templates.")] = "single",
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PLY and PNG.")] = Path("queries"),
+) -> None:
+    """Colour a scene by similarity to a text: a PLY (MeshLab, CloudCompare) and a PNG."""
+    from ovlift.query import QueryError, write_query_outputs
+
+    try:
+        paths, top = write_query_outputs(Store(store), scene, text, source, teacher, templates, out)
+    except (QueryError, KeyError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {paths[0]} and {paths[1]}")
+    if top:
+        console.print("classes of the 100 most similar points: " + ", ".join(f"{c} {n}" for c, n in top))
+
+
+@app.command()
 def schema(
     check: Annotated[Optional[Path], typer.Option("--check", help="Exit 1 if this file differs from the specs.")] = None,
 ) -> None:
@@ -155,13 +178,14 @@ def schema(
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the plan, store and outputs go.")] = Path("work/demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="A seconds-long version (3 scenes, 2 epochs).")] = False,
 ) -> None:
-    """The main job on embedded toy data; a second run reuses the cache."""
+    """The main job on embedded toy data, end to end; a second run reuses the cache."""
     from ovlift.demo import run_demo
 
     _setup_logging("info")
     with logging_redirect_tqdm():
-        run_demo(workdir, console)
+        run_demo(workdir, console, quick)
 
 
 if __name__ == "__main__":

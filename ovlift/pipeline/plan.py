@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from ovlift.cache_schema import StageGroup, fingerprint, scene_group_path
+from ovlift.cache_schema import StageGroup, fingerprint, global_group_path, scene_group_path
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.pipeline.registry import dataset_class, stage_class, stage_order
@@ -62,7 +62,15 @@ class StagePlan:
     def config(self) -> FrozenConfig:
         return self.stage.config
 
-    def group_path(self, scene_id: str) -> str:
+    @property
+    def is_global(self) -> bool:
+        return self.stage.scope == "global"
+
+    def group_path(self, scene_id: str | None) -> str:
+        """Its group for a scene (global stages: the one global group)."""
+        if self.is_global:
+            return global_group_path(self.name + (f"/{self.stage.variant}" if self.stage.variant else ""))
+        assert scene_id is not None
         return scene_group_path(scene_id, self.name, self.stage.variant)
 
     def fingerprint(self, inputs: Mapping[str, str]) -> str:
@@ -80,6 +88,15 @@ class Plan:
     stages: dict[str, StagePlan]
     """Configured stages by key, upstream first."""
     source: str = "<dict>"
+    splits: Mapping[str, list[str]] = field(default_factory=dict)
+    """Named lists of scene ids (e.g. train, val)."""
+
+    def scenes_for(self, key: str) -> list[str]:
+        """The scenes a stage covers: its split's, or every scene."""
+        split = self.stages[key].stage.split
+        if split is None or split == "all":
+            return self.dataset.scene_ids()
+        return list(self.splits[split])
 
     def dataset_input(self, scene_id: str) -> tuple[str, str]:
         """(key, fingerprint) of a scene's source data, as ``input_fingerprints`` records it."""
@@ -133,7 +150,7 @@ def load_plan(path: str | Path) -> Plan:
 def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>") -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a mapping with keys store, dataset, stages")
-    unknown = set(data) - {"store", "dataset", "vocabulary", "device", "stages"}
+    unknown = set(data) - {"store", "dataset", "vocabulary", "device", "stages", "splits"}
     if unknown:
         raise PlanError(f"{source}: unknown top-level keys {sorted(unknown)}")
     for key in ("store", "dataset", "stages"):
@@ -187,9 +204,10 @@ def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>"
         else:
             plan = _stage_plan(name, dict(entry), context, f"{source}: stages.{name}", None)
             stages[plan.key] = plan
+    splits = _splits(data.get("splits") or {}, dataset, source)
     result = Plan(
         store=store, dataset=dataset, vocabulary=vocabulary, device=str(data.get("device", "cpu")),
-        stages=stages, source=source,
+        stages=stages, source=source, splits=splits,
     )
     for key, stage_plan in stages.items():
         for upstream in stage_plan.stage.reads:
@@ -199,7 +217,28 @@ def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>"
             stage_plan.stage.check_inputs(result.upstream(key))
         except ValueError as err:
             raise PlanError(f"{source}: stages.{key}: {err}") from None
+        split = stage_plan.stage.split
+        if split not in (None, "all") and split not in splits:
+            raise PlanError(
+                f"{source}: stages.{key} uses split '{split}', which the plan does not define "
+                f"(add splits: {{{split}: [scene ids]}}, or set split: all)"
+            )
     return result
+
+
+def _splits(data: Any, dataset: Dataset, source: str) -> dict[str, list[str]]:
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: splits: expected a mapping of split name to a list of scene ids")
+    known = set(dataset.scene_ids())
+    splits = {}
+    for name, scenes in data.items():
+        if not isinstance(scenes, list) or not scenes:
+            raise PlanError(f"{source}: splits.{name}: expected a non-empty list of scene ids")
+        unknown = [s for s in scenes if s not in known]
+        if unknown:
+            raise PlanError(f"{source}: splits.{name}: scenes {unknown} are not in dataset '{dataset.name}'")
+        splits[str(name)] = [str(s) for s in scenes]
+    return splits
 
 
 def _has_variants(name: str) -> bool:

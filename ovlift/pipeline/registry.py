@@ -18,7 +18,10 @@ from ovlift.stages.extract2d import (
     MaskCLIPExtract,
     SyntheticExtract,
 )
+from ovlift.stages.distill import DistillStage
+from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.input import InputStage
+from ovlift.stages.predict import PredictStage
 from ovlift.stages.project import ProjectStage
 
 STAGES: dict[str, dict[str, type[Stage]]] = {
@@ -31,6 +34,9 @@ STAGES: dict[str, dict[str, type[Stage]]] = {
         "cached": CachedExtract,
     },
     "project": {"openscene": ProjectStage},
+    "distill": {"openscene": DistillStage},
+    "predict": {"openscene": PredictStage},
+    "evaluate": {"scannet": EvaluateStage},
 }
 """stage name -> implementation name -> class; the first implementation is the default."""
 

@@ -13,6 +13,7 @@ No Prefect here: ``ovlift.flows`` wraps this runner.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 import time
 import traceback
 from collections import Counter
@@ -59,6 +60,10 @@ class RunReport:
         )
 
 
+GLOBAL = "global"
+"""The scene_id of outcomes of global stages."""
+
+
 class StageFailed(RuntimeError):
     pass
 
@@ -82,6 +87,18 @@ class Runner:
             raise KeyError(f"scenes {unknown} are not in dataset '{self.plan.dataset.name}' ({len(available)} scenes)")
         return list(scenes)
 
+    def phases(self, keys: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """Consecutive per-scene stages run scene by scene; each global stage alone:
+        [("scene", [input, extract2d/a, project]), ("global", [distill]), ...]."""
+        result: list[tuple[str, list[str]]] = []
+        for key in keys:
+            kind = "global" if self.plan.stages[key].is_global else "scene"
+            if kind == "scene" and result and result[-1][0] == "scene":
+                result[-1][1].append(key)
+            else:
+                result.append((kind, [key]))
+        return result
+
     def run(
         self,
         stages: Sequence[str] | None = None,
@@ -89,8 +106,10 @@ class Runner:
         force: Iterable[str] = (),
         fail_fast: bool = False,
     ) -> RunReport:
-        """Bring the selected stages of the selected scenes up to date.
+        """Bring the selected stages up to date.
 
+        Per-scene stages run on the selected scenes (within each stage's split);
+        a global stage runs once over its split, whatever ``scenes`` says.
         ``force`` reruns the named stages and everything downstream of them even
         on a cache hit. A failing scene does not stop the others (unless
         ``fail_fast``); its downstream stages are skipped and reported.
@@ -101,60 +120,117 @@ class Runner:
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
         report = RunReport()
-        for scene_id in progress(self.select_scenes(scenes), "scenes", unit="scene"):
-            report.outcomes += self.run_scene(scene_id, selected, forced, fail_fast)
+        failed: set[tuple[str, str]] = set()
+        for kind, keys in self.phases(selected):
+            if kind == "global":
+                outcome = self.run_global(keys[0], forced, failed, fail_fast)
+                report.outcomes.append(outcome)
+                continue
+            for scene_id in progress(self.select_scenes(scenes), "scenes", unit="scene"):
+                outcomes = self.run_scene(scene_id, keys, forced, fail_fast, failed)
+                report.outcomes += outcomes
         report.seconds = time.perf_counter() - start
         log.info(report.summary())
         return report
 
     def run_scene(
-        self, scene_id: str, stages: Sequence[str], forced: set[str] = frozenset(), fail_fast: bool = False
+        self,
+        scene_id: str,
+        stages: Sequence[str],
+        forced: set[str] = frozenset(),
+        fail_fast: bool = False,
+        failed: set[tuple[str, str]] | None = None,
     ) -> list[Outcome]:
+        """The per-scene stages ``stages`` for one scene (those whose split has it).
+
+        ``failed`` holds the (scene or ``"global"``, key) pairs that failed so far; it is
+        updated in place so later scenes skip stages whose upstream failed.
+        """
         outcomes: list[Outcome] = []
-        failed: set[str] = set()
+        failed = set() if failed is None else failed
         for key in stages:
-            stage_plan = self.plan.stages[key]
-            blocked = [u for u in self.plan.upstream(key) if u in failed]
+            if scene_id not in self.plan.scenes_for(key):
+                continue
+            blocked = [u for u in self.plan.upstream(key) if (scene_id, u) in failed or (GLOBAL, u) in failed]
             if blocked:
-                failed.add(key)
+                failed.add((scene_id, key))
                 outcomes.append(Outcome(scene_id, key, "skipped", error=f"upstream {blocked} failed"))
                 continue
-            try:
-                outcomes.append(self.run_stage(scene_id, stage_plan, force=key in forced))
-            except Exception as err:  # noqa: BLE001 - reported per scene-stage
-                if fail_fast:
-                    raise
-                failed.add(key)
-                log.error("%s", err)
-                log.debug("%s", traceback.format_exc())
-                outcomes.append(Outcome(scene_id, key, "failed", error=str(err)))
+            outcomes.append(self._attempt(scene_id, key, forced, fail_fast, failed))
         return outcomes
 
-    def input_fingerprints(self, scene_id: str, stage_plan: StagePlan) -> tuple[dict[str, str], dict[str, StageGroup]]:
-        """Fingerprints of what the stage reads, and the upstream groups themselves."""
+    def run_global(
+        self, key: str, forced: set[str] = frozenset(), failed: set[tuple[str, str]] | None = None, fail_fast: bool = False
+    ) -> Outcome:
+        """A global stage, unless an upstream stage failed for one of its scenes."""
+        failed = set() if failed is None else failed
+        scenes = set(self.plan.scenes_for(key)) | {GLOBAL}
+        blocked = sorted({u for (s, u) in failed if u in self.plan.upstream(key) and s in scenes})
+        if blocked:
+            failed.add((GLOBAL, key))
+            return Outcome(GLOBAL, key, "skipped", error=f"upstream {blocked} failed for some scenes")
+        return self._attempt(None, key, forced, fail_fast, failed)
+
+    def _attempt(
+        self, scene_id: str | None, key: str, forced: set[str], fail_fast: bool, failed: set[tuple[str, str]]
+    ) -> Outcome:
+        try:
+            return self.run_stage(scene_id, self.plan.stages[key], force=key in forced)
+        except Exception as err:  # noqa: BLE001 - reported per scene-stage
+            if fail_fast:
+                raise
+            failed.add((scene_id or GLOBAL, key))
+            log.error("%s", err)
+            log.debug("%s", traceback.format_exc())
+            return Outcome(scene_id or GLOBAL, key, "failed", error=str(err))
+
+    def _upstream_group(self, scene_id: str | None, key: str, upstream: str) -> tuple[str, StageGroup]:
+        path = self.plan.stages[upstream].group_path(scene_id)
+        group = self.store.read(path)
+        if group is None:
+            where = f"scene '{scene_id}'" if scene_id else "global stage"
+            raise StageFailed(
+                f"{where}: stage '{key}' needs '{path}', which is missing or incomplete; run stage '{upstream}' first"
+            )
+        return path, group
+
+    def input_fingerprints(
+        self, scene_id: str | None, stage_plan: StagePlan
+    ) -> tuple[dict[str, str], dict[str, StageGroup], dict[str, dict[str, StageGroup]]]:
+        """Fingerprints of what the stage reads, its global/own-scene input groups,
+        and (global stages) the per-scene groups of each scene of its split."""
         fps: dict[str, str] = {}
         groups: dict[str, StageGroup] = {}
+        per_scene: dict[str, dict[str, StageGroup]] = {}
         for upstream in self.plan.upstream(stage_plan.key):
-            path = self.plan.stages[upstream].group_path(scene_id)
-            group = self.store.read(path)
-            if group is None:
-                raise StageFailed(
-                    f"scene '{scene_id}': stage '{stage_plan.key}' needs '{path}', which is missing or incomplete; "
-                    f"run stage '{upstream}' first"
-                )
+            if stage_plan.is_global and not self.plan.stages[upstream].is_global:
+                for scene in self.plan.scenes_for(stage_plan.key):
+                    path, group = self._upstream_group(scene, stage_plan.key, upstream)
+                    fps[path] = group.fingerprint
+                    per_scene.setdefault(scene, {})[upstream] = group
+                continue
+            path, group = self._upstream_group(scene_id, stage_plan.key, upstream)
             fps[path] = group.fingerprint
             groups[upstream] = group
-        fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
-        return fps, groups
+        if scene_id is not None:
+            fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
+        return fps, groups, per_scene
 
-    def run_stage(self, scene_id: str, stage_plan: StagePlan, force: bool = False) -> Outcome:
+    def files_dir(self, stage_plan: StagePlan, scene_id: str | None, fp: str) -> Path:
+        """Plain files of a group (checkpoints, reports) live beside the store."""
+        if self.store.local_root is None:
+            raise StageFailed(f"stage '{stage_plan.key}' writes files beside the store, which needs a local store")
+        root = self.store.local_root.with_name(self.store.local_root.name + ".files")
+        return root / stage_plan.group_path(scene_id) / short(fp)
+
+    def run_stage(self, scene_id: str | None, stage_plan: StagePlan, force: bool = False) -> Outcome:
         stage = stage_plan.stage
         path = stage_plan.group_path(scene_id)
-        inputs, groups = self.input_fingerprints(scene_id, stage_plan)
+        inputs, groups, per_scene = self.input_fingerprints(scene_id, stage_plan)
         fp = stage_plan.fingerprint(inputs)
         if not force and self.store.read(path, fingerprint=fp) is not None:
             log.debug("%s: cached (%s)", path, short(fp))
-            return Outcome(scene_id, stage_plan.key, "cached", fingerprint=fp)
+            return Outcome(scene_id or GLOBAL, stage_plan.key, "cached", fingerprint=fp)
         start = time.perf_counter()
         meta = GroupMeta(
             stage=stage.name,
@@ -172,10 +248,12 @@ class Runner:
             device=self.plan.device,
             log=log,
             text=self.text,
+            scene_inputs=per_scene,
+            files=self.files_dir(stage_plan, scene_id, fp) if stage.writes_files else None,
         )
-        where = f"scene '{scene_id}', stage '{stage_plan.key}'"
+        where = f"scene '{scene_id}', stage '{stage_plan.key}'" if scene_id else f"global stage '{stage_plan.key}'"
         with self.store.writer(path, stage.spec, meta, where) as out:
             stage.run(ctx, out)
         seconds = time.perf_counter() - start
         log.info("%s: ran in %.2f s (%s)", path, seconds, short(fp))
-        return Outcome(scene_id, stage_plan.key, "ran", seconds, fp)
+        return Outcome(scene_id or GLOBAL, stage_plan.key, "ran", seconds, fp)

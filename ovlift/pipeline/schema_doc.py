@@ -26,7 +26,10 @@ One Zarr v3 store per workspace, at a local path or an fsspec URL
   {TRASH}/<host>-<pid>-<token>              replaced groups being deleted
 ```
 
-Checkpoints are plain `torch.save` files beside the store.
+Plain files of a group (distillation checkpoints, training logs, evaluation
+reports and plots) live beside the store, in
+`<store>.files/<group path>/<first 12 hex of its fingerprint>/`; they are never
+read to decide a cache hit.
 
 ## Attributes of every stage group
 

@@ -1,4 +1,4 @@
-"""Which stage is cached, stale or missing for which scene.
+"""Which stage is cached, stale or missing for which scene (and which global group).
 
 From the store alone, a group is *stale* when an upstream group it read has
 since been replaced (its recorded input fingerprints no longer match). Given the
@@ -14,10 +14,13 @@ from dataclasses import asdict, dataclass
 from ovlift.cache_schema import GroupState, Store
 from ovlift.pipeline.plan import Plan, external_inputs
 
+GLOBAL = "global"
+
 
 @dataclass(frozen=True)
 class StageStatus:
     scene_id: str
+    """The scene, or ``global``."""
     path: str
     state: str
     """``cached``, ``stale``, ``missing`` or ``incomplete``."""
@@ -29,29 +32,36 @@ class StageStatus:
 
 
 def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
-    scenes = set(store.scene_ids()) | (set(plan.dataset.scene_ids()) if plan else set())
+    recorded: dict[str, tuple[GroupState, dict]] = {}
+    owner: dict[str, str] = {}
+    for scene_id in store.scene_ids():
+        for path in store.stage_groups(scene_id):
+            recorded[path], owner[path] = store.inspect(path), scene_id
+    for path in store.global_groups():
+        recorded[path], owner[path] = store.inspect(path), GLOBAL
+    expected = _expected(plan, store) if plan else {}
+    for path, (_, scene) in expected.items():
+        owner.setdefault(path, scene)
     result: list[StageStatus] = []
-    for scene_id in sorted(scenes):
-        recorded: dict[str, tuple[GroupState, dict]] = {p: store.inspect(p) for p in store.stage_groups(scene_id)}
-        expected = _expected(plan, store, scene_id) if plan else {}
-        for path in sorted(set(recorded) | set(expected)):
-            state, attrs = recorded.get(path, (GroupState.MISSING, {}))
-            fp = attrs.get("fingerprint")
-            if state is GroupState.MISSING:
-                result.append(StageStatus(scene_id, path, "missing", None, "not in the store"))
-            elif state is GroupState.INCOMPLETE:
-                result.append(StageStatus(scene_id, path, "incomplete", fp, "not published whole"))
-            elif path in expected and expected[path] != fp:
-                result.append(StageStatus(scene_id, path, "stale", fp, "the plan now gives another fingerprint"))
-            else:
-                reason = _upstream_change(recorded, attrs)
-                result.append(StageStatus(scene_id, path, "stale" if reason else "cached", fp, reason))
+    for path in sorted(set(recorded) | set(expected), key=lambda p: (owner[p] == GLOBAL, owner[p], p)):
+        state, attrs = recorded.get(path, (GroupState.MISSING, {}))
+        fp = attrs.get("fingerprint")
+        scene = owner[path]
+        if state is GroupState.MISSING:
+            result.append(StageStatus(scene, path, "missing", None, "not in the store"))
+        elif state is GroupState.INCOMPLETE:
+            result.append(StageStatus(scene, path, "incomplete", fp, "not published whole"))
+        elif path in expected and expected[path][0] != fp:
+            result.append(StageStatus(scene, path, "stale", fp, "the plan now gives another fingerprint"))
+        else:
+            reason = _upstream_change(recorded, attrs)
+            result.append(StageStatus(scene, path, "stale" if reason else "cached", fp, reason))
     return result
 
 
 def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) -> str:
     for upstream, fp in attrs.get("input_fingerprints", {}).items():
-        if upstream.startswith("dataset:"):
+        if ":" in upstream.split("/", 1)[0]:  # dataset:, files: ... are not groups
             continue
         state, up_attrs = recorded.get(upstream, (GroupState.MISSING, {}))
         if state is not GroupState.COMPLETE:
@@ -61,16 +71,26 @@ def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) 
     return ""
 
 
-def _expected(plan: Plan, store: Store, scene_id: str) -> dict[str, str]:
-    """Fingerprint each planned stage group would have if the plan ran now."""
-    expected: dict[str, str] = {}
+def _expected(plan: Plan, store: Store) -> dict[str, tuple[str, str]]:
+    """path -> (fingerprint, owner) of each group the plan would write now."""
+    fps: dict[str, str] = {}
+    owners: dict[str, str] = {}
     for key, stage_plan in plan.stages.items():
-        inputs, groups = {}, {}
-        for upstream in plan.upstream(key):
-            up_path = plan.stages[upstream].group_path(scene_id)
-            inputs[up_path] = expected[up_path]
-            groups[upstream] = store.read(up_path)
-        if all(g is not None for g in groups.values()):  # external inputs may need them
-            inputs.update(external_inputs(plan, key, scene_id, groups))
-        expected[stage_plan.group_path(scene_id)] = stage_plan.fingerprint(inputs)
-    return expected
+        owners_of_key = [None] if stage_plan.is_global else plan.scenes_for(key)
+        for scene in owners_of_key:
+            inputs, groups = {}, {}
+            for upstream in plan.upstream(key):
+                up = plan.stages[upstream]
+                scenes = plan.scenes_for(key) if stage_plan.is_global and not up.is_global else [scene]
+                for s in scenes:
+                    up_path = up.group_path(s)
+                    if up_path not in fps:
+                        continue
+                    inputs[up_path] = fps[up_path]
+                    groups[upstream] = store.read(up_path)
+            if scene is not None and all(g is not None for g in groups.values()):
+                inputs.update(external_inputs(plan, key, scene, groups))
+            path = stage_plan.group_path(scene)
+            fps[path] = stage_plan.fingerprint(inputs)
+            owners[path] = scene or GLOBAL
+    return {path: (fp, owners[path]) for path, fp in fps.items()}

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
 from ovlift.cache_schema import GroupSpec, GroupWriter, StageGroup
@@ -25,17 +26,25 @@ class StageInputError(ValueError):
 
 @dataclass
 class StageContext:
-    scene_id: str
+    scene_id: str | None
+    """The scene, or None for a global stage."""
     inputs: Mapping[str, StageGroup]
-    """Complete groups of what the stage reads, by plan key (``input``, ``extract2d/<teacher>``)."""
+    """Complete groups of what the stage reads, by plan key (``input``, ``extract2d/<teacher>``);
+    for a global stage only its global inputs."""
     dataset: Dataset | None
     """The dataset reader, for stages that read source data (``reads_dataset``)."""
     device: str
     log: logging.Logger
     text: TextEmbedder | None = None
     """Class-name embeddings, cached in the store (for teachers and queries)."""
+    scene_inputs: Mapping[str, Mapping[str, StageGroup]] = field(default_factory=dict)
+    """Global stages: per scene of their split, the per-scene groups they read."""
+    files: Path | None = None
+    """A folder beside the store for this group's plain files (checkpoints, reports, plots)."""
 
     def where(self, frame: str | None = None) -> str:
+        if self.scene_id is None:
+            return "global stage"
         return f"scene '{self.scene_id}'" + (f", frame '{frame}'" if frame is not None else "")
 
 
@@ -59,6 +68,11 @@ class Stage(ABC, Generic[ConfigT]):
     """Whether it reads the dataset's source files (the ``input`` stage)."""
     has_variants: ClassVar[bool] = False
     """Whether a plan configures it several times under names (``extract2d/<teacher>``)."""
+    writes_files: ClassVar[bool] = False
+    """Whether it writes plain files beside the store (``ctx.files``)."""
+    scope: ClassVar[str] = "scene"
+    """``scene``: one group per scene (``scenes/<id>/<stage>``); ``global``: one group
+    over the scenes of a split (``global/<stage>``)."""
 
     def __init__(self, config: ConfigT, variant: str | None = None) -> None:
         if self.has_variants and variant is None:
@@ -66,6 +80,11 @@ class Stage(ABC, Generic[ConfigT]):
         self.config = config
         self.variant = variant
         """The ``<variant>`` path level, for stages written once per variant."""
+
+    @property
+    def split(self) -> str | None:
+        """The plan split whose scenes this stage covers (None: every scene)."""
+        return getattr(self.config, "split", None)
 
     def select_inputs(self, name: str, keys: list[str]) -> list[str]:
         """Which configured keys of the read stage ``name`` this stage reads (default: all)."""

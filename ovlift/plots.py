@@ -1,0 +1,118 @@
+"""Pictures people would rather look at than read: training curves, confusion
+matrices, point clouds coloured by a query (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def training_curves(rows: list[dict], path: Path) -> Path:
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [r["step"] for r in rows]
+    ax_loss.plot(steps, [r["loss"] for r in rows], label="total")
+    ax_loss.plot(steps, [r["cosine_loss"] for r in rows], label="1 - cos", alpha=0.7)
+    if any(r["label_loss"] for r in rows):
+        ax_loss.plot(steps, [r["label_loss"] for r in rows], label="label CE", alpha=0.7)
+    ax_loss.set(xlabel="step", ylabel="loss", title="distillation loss")
+    ax_loss.legend()
+    ax_lr.plot(steps, [r["lr"] for r in rows])
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="schedule")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    """Row-normalised confusion (rows: truth) of the classes present in the truth."""
+    k = len(classes)
+    rows = np.flatnonzero(matrix.sum(1) > 0)
+    cols = sorted(set(rows) | set(np.flatnonzero(matrix[:, :k].sum(0) > 0)))
+    sub = matrix[np.ix_(rows, cols)].astype(np.float64)
+    norm = sub / np.maximum(matrix[rows].sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(cols) + 2)
+    fig, ax = plt.subplots(figsize=(size, max(3.5, 0.45 * len(rows) + 1.5)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(cols)), [classes[c] for c in cols], rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), [classes[r] for r in rows], fontsize=8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if norm[i, j] >= 0.005:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def query_views(
+    points: np.ndarray, values: np.ndarray, path: Path, title: str, camera: tuple[np.ndarray, np.ndarray] | None = None
+) -> Path:
+    """A top view (a section below the ceiling) and, given (cam_to_world, intrinsics),
+    the first camera's view of points coloured by ``values`` (NaN at the minimum)."""
+    panels = 2 if camera is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5))
+    axes = np.atleast_1d(axes)
+    finite = np.isfinite(values)
+    shown = np.where(finite, values, values[finite].min() if finite.any() else 0.0)
+    below = points[:, 2] < points[:, 2].max() - 0.3  # cut the ceiling off to see inside
+    order = np.flatnonzero(below)[np.argsort(points[below, 2])]  # higher points drawn last
+    sc = axes[0].scatter(points[order, 0], points[order, 1], c=shown[order], s=2, cmap="viridis",
+                         vmin=shown.min(), vmax=shown.max())
+    axes[0].set(aspect="equal", title="top view (section below the ceiling)", xlabel="x (m)", ylabel="y (m)")
+    if camera is not None:
+        cam_to_world, k = camera
+        world_to_cam = np.linalg.inv(cam_to_world)
+        cam = points @ world_to_cam[:3, :3].T + world_to_cam[:3, 3]
+        front = np.flatnonzero(cam[:, 2] > 0.05)
+        front = front[np.argsort(-cam[front, 2])]  # far first: near points overdraw them
+        z = cam[front, 2]
+        u = k[0, 0] * cam[front, 0] / z + k[0, 2]
+        v = k[1, 1] * cam[front, 1] / z + k[1, 2]
+        axes[1].scatter(u, v, c=shown[front], s=np.clip((12 / z) ** 2, 1, 60), cmap="viridis",
+                        vmin=shown.min(), vmax=shown.max())
+        axes[1].set(xlim=(0, 2 * k[0, 2]), ylim=(2 * k[1, 2], 0), aspect="equal", title="first camera")
+    fig.colorbar(sc, ax=axes.tolist(), fraction=0.03, label="similarity")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_ply(path: Path, points: np.ndarray, colors: np.ndarray, scalar: np.ndarray | None = None) -> Path:
+    """Binary little-endian PLY with x, y, z, red, green, blue (and an optional float 'similarity')."""
+    n = len(points)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    if scalar is not None:
+        fields.append(("similarity", "<f4"))
+    data = np.empty(n, dtype=fields)
+    data["x"], data["y"], data["z"] = points[:, 0], points[:, 1], points[:, 2]
+    data["red"], data["green"], data["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
+    if scalar is not None:
+        data["similarity"] = scalar
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    header += [f"property {'float' if t == '<f4' else 'uchar'} {name}" for name, t in fields]
+    header.append("end_header")
+    with open(path, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode())
+        f.write(data.tobytes())
+    return path
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 viridis colours of values scaled to [0, 1] over their finite range; NaN grey."""
+    finite = np.isfinite(values)
+    lo, hi = (values[finite].min(), values[finite].max()) if finite.any() else (0.0, 1.0)
+    scaled = np.clip((np.nan_to_num(values, nan=lo) - lo) / max(hi - lo, 1e-9), 0, 1)
+    colors = (matplotlib.colormaps["viridis"](scaled)[:, :3] * 255).round().astype(np.uint8)
+    colors[~finite] = 128
+    return colors

@@ -1,0 +1,162 @@
+"""``distill`` (global): train the 3D student on the training scenes' fused features.
+
+Reads every scene of its split (``input`` points, ``project``'s fused features of
+one teacher), trains the sparse U-Net with the cosine loss on points that have
+teacher features (OpenScene) and optionally CUS3D's label loss, checkpoints
+every epoch beside the store (a killed run resumes there) and publishes the
+final weights, the loss curve and the training log.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter
+from ovlift.config import FrozenConfig, runtime_field
+from ovlift.models.student_config import StudentConfig
+from ovlift.models.text import TextEncoderConfig
+from ovlift.stages.base import Stage, StageContext, StageInputError
+from ovlift.vocabularies import get_vocabulary
+
+DISTILL_SPEC = GroupSpec(
+    stage="distill",
+    doc="The distilled 3D student: final weights and its training curve.",
+    arrays=(
+        ArraySpec("weights", "uint8", ("B",), (1 << 22,), "torch.save bytes of the student's state_dict"),
+        ArraySpec("epoch_loss", "float32", ("E",), (None,), "mean training loss of each epoch"),
+        ArraySpec("epoch_lr", "float32", ("E",), (None,), "learning rate at the end of each epoch"),
+    ),
+    info={
+        "teacher": "the fused teacher distilled",
+        "channels": "output channels (the teacher's)",
+        "text_encoder": "text encoder of the teacher's space",
+        "student": "the student's config",
+        "train_scenes": "scenes trained on",
+        "checkpoints": "folder of the per-epoch checkpoints, the training log CSV and curve PNG",
+    },
+)
+
+
+def one_teacher(teachers: dict, wanted: str | None, where: str) -> str:
+    """The fused teacher to use: ``wanted``, or the only one."""
+    if wanted is not None:
+        if wanted not in teachers:
+            raise StageInputError(f"{where}: no fused teacher '{wanted}'; project fused {sorted(teachers)}")
+        return wanted
+    if len(teachers) != 1:
+        raise StageInputError(f"{where}: project fused teachers {sorted(teachers)}; set 'teacher' to pick one")
+    return next(iter(teachers))
+
+
+class DistillConfig(FrozenConfig):
+    split: str = "train"
+    """Plan split of the training scenes (``all``: every scene)."""
+    teacher: str | None = None
+    """Fused teacher to distil (None: the only one)."""
+    student: StudentConfig = StudentConfig()
+    """The 3D network."""
+    optimizer: Literal["adam", "adamw"] = "adam"
+    """Optimiser (OpenScene: Adam)."""
+    lr: float = Field(1e-4, gt=0)
+    """Initial learning rate (OpenScene, SAS: 1e-4)."""
+    final_lr: float = Field(1e-5, ge=0)
+    """Learning rate at the last step (SAS: linear 1e-4 -> 1e-5)."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Decay from lr to final_lr."""
+    weight_decay: float = Field(0.0, ge=0)
+    """Weight decay."""
+    epochs: int = Field(100, ge=1)
+    """Passes over the training scenes."""
+    batch_size: int = Field(2, ge=1)
+    """Scenes per step (over all processes)."""
+    rotate_z: bool = True
+    """Augment: rotation about z by up to +-pi."""
+    flip: bool = True
+    """Augment: random flips of x and y."""
+    scale: tuple[float, float] = (0.9, 1.1)
+    """Augment: uniform scaling range."""
+    cosine_weight: float = Field(1.0, ge=0)
+    """Weight of the cosine feature loss (1 - cos)."""
+    label_weight: float = Field(0.0, ge=0)
+    """Weight of CUS3D's label loss (student vs teacher classification over the vocabulary)."""
+    label_temperature: float = Field(0.07, gt=0)
+    """Temperature of the label loss's cosine logits."""
+    vocabulary: str = "scannet20"
+    """Vocabulary of the label loss."""
+    templates: Literal["single", "ensemble"] = "single"
+    """Templates of the label loss's class embeddings."""
+    seed: int = 0
+    """Seeds initialisation, scene order and augmentation."""
+    device: str | None = runtime_field(None)
+    """Torch device; None: the plan's."""
+
+
+class DistillStage(Stage[DistillConfig]):
+    name = "distill"
+    implementation = "openscene"
+    version = "1"
+    Config = DistillConfig
+    spec = DISTILL_SPEC
+    reads = ("input", "project")
+    scope = "global"
+    writes_files = True
+
+    def run(self, ctx: StageContext, out: GroupWriter) -> None:
+        from ovlift.models.training import Augment, Losses, SceneData, Schedule, train, write_log
+
+        cfg = self.config
+        device = torch.device(cfg.device or ctx.device)
+        scenes, teacher, text_encoder = [], None, None
+        for scene_id, groups in ctx.scene_inputs.items():
+            teachers = groups["project"].info["teachers"]
+            teacher = one_teacher(teachers, cfg.teacher, f"scene '{scene_id}'")
+            text_encoder = teachers[teacher]["text_encoder"]
+            points = groups["input"]
+            scenes.append(
+                SceneData(
+                    scene_id=scene_id,
+                    points=torch.from_numpy(points.load("points")),
+                    colors=torch.from_numpy(points.load("colors")) if "colors" in points else None,
+                    targets=torch.from_numpy(groups["project"].load(f"fused/{teacher}/features")),
+                    seen=torch.from_numpy(groups["project"].load(f"fused/{teacher}/seen")),
+                )
+            )
+        if not scenes:
+            raise StageInputError(f"{ctx.where()}: split '{cfg.split}' has no scenes to train on")
+        if cfg.student.use_color and any(s.colors is None for s in scenes):
+            raise StageInputError(f"{ctx.where()}: student.use_color needs point colours, which some scenes lack")
+        text = None
+        if cfg.label_weight > 0:
+            vocab = get_vocabulary(cfg.vocabulary)
+            text = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
+            for s in scenes:
+                s.labels = (torch.nn.functional.normalize(s.targets.float(), dim=1) @ text.T).argmax(1)
+        channels = int(scenes[0].targets.shape[1])
+        assert ctx.files is not None
+        model, rows = train(
+            scenes, cfg.student, channels,
+            Schedule(cfg.optimizer, cfg.lr, cfg.final_lr, cfg.schedule, cfg.weight_decay),
+            Augment(cfg.rotate_z, cfg.flip, cfg.scale),
+            Losses(cfg.cosine_weight, cfg.label_weight, cfg.label_temperature),
+            cfg.epochs, cfg.batch_size, cfg.seed, device, ctx.files, text,
+        )
+        write_log(rows, ctx.files)
+        buffer = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+        out.write("weights", np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+        epochs = sorted({r["epoch"] for r in rows})
+        out.write("epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32))
+        out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
+        out.set_info(
+            teacher=teacher,
+            channels=channels,
+            text_encoder=text_encoder,
+            student=cfg.student.normalised(),
+            train_scenes=[s.scene_id for s in scenes],
+            checkpoints=str(ctx.files),
+        )

@@ -1,0 +1,127 @@
+"""``predict``: per scene, the student's features and labels, the fused 2D labels,
+and OpenScene's 2D-3D ensemble.
+
+A label is the vocabulary class whose prompted text embedding is most similar
+(cosine) to the point's feature. The ensemble takes, per point, the label of the
+source (fused 2D or distilled 3D) with the higher maximum similarity; points no
+view saw use the 3D prediction.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ovlift.cache_schema import IGNORE_LABEL, ArraySpec, GroupSpec, GroupWriter, StageGroup
+from ovlift.config import FrozenConfig, runtime_field
+from ovlift.models.student_config import StudentConfig
+from ovlift.models.text import TextEncoderConfig
+from ovlift.stages.base import Stage, StageContext
+from ovlift.vocabularies import get_vocabulary
+
+PREDICT_SPEC = GroupSpec(
+    stage="predict",
+    doc="Per-point predictions of the distilled student, the fused 2D features and their ensemble.",
+    arrays=(
+        ArraySpec("features_3d", "float16", ("N", "D"), (1 << 16, None), "the student's per-point features"),
+        ArraySpec("similarity_3d", "float16", ("N",), (1 << 18,), "max cosine of the student feature to the vocabulary"),
+        ArraySpec("labels_3d", "int16", ("N",), (1 << 18,), "the student's class (index into info.classes)"),
+        ArraySpec("similarity_2d", "float16", ("N",), (1 << 18,), "max cosine of the fused 2D feature; -inf unseen"),
+        ArraySpec("labels_2d", "int16", ("N",), (1 << 18,), f"the fused 2D features' class, {IGNORE_LABEL} unseen"),
+        ArraySpec("labels_ensemble", "int16", ("N",), (1 << 18,), "the 2D-3D ensemble's class"),
+        ArraySpec("ensemble_from_2d", "bool", ("N",), (1 << 18,), "whether the ensemble took the 2D label"),
+    ),
+    info={
+        "classes": "the vocabulary's classes that labels index",
+        "teacher": "the fused teacher used for 2D",
+        "text_encoder": "text encoder of the features' space (to embed queries)",
+    },
+)
+
+
+class PredictConfig(FrozenConfig):
+    split: str | None = None
+    """Plan split to predict (None: every scene)."""
+    vocabulary: str = "scannet20"
+    """Classes to label with."""
+    templates: Literal["single", "ensemble"] = "single"
+    """Prompt templates of the class embeddings (OpenScene: "a {} in a scene")."""
+    device: str | None = runtime_field(None)
+    """Torch device; None: the plan's."""
+
+
+_MODELS: dict[tuple[str, str], torch.nn.Module] = {}
+
+
+def load_student(distill: StageGroup, device: torch.device) -> torch.nn.Module:
+    """The distilled student, once per (distill fingerprint, device) per process."""
+    from ovlift.models.student import MinkUNet  # spconv: imported only when needed
+
+    key = (distill.fingerprint, str(device))
+    if key not in _MODELS:
+        config = StudentConfig(**distill.info["student"])
+        model = MinkUNet(config, int(distill.info["channels"]), device)
+        state = torch.load(io.BytesIO(distill.load("weights").tobytes()), map_location=device, weights_only=True)
+        model.load_state_dict(state)
+        _MODELS.clear()
+        _MODELS[key] = model.to(device).eval()
+    return _MODELS[key]
+
+
+@torch.no_grad()
+def student_features(
+    model: torch.nn.Module, points: torch.Tensor, colors: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    from ovlift.models.student import sparse_input
+
+    x, (point_map,) = sparse_input([(points, colors)], model.config, device)
+    return model(x)[point_map].cpu()
+
+
+def classify(features: torch.Tensor, prompts: torch.Tensor, prompt_class: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max cosine similarity, class) of each feature against prompt embeddings."""
+    similarity, best = (F.normalize(features.float(), dim=1) @ prompts.T).max(dim=1)
+    return similarity, prompt_class[best]
+
+
+class PredictStage(Stage[PredictConfig]):
+    name = "predict"
+    implementation = "openscene"
+    version = "1"
+    Config = PredictConfig
+    spec = PREDICT_SPEC
+    reads = ("input", "project", "distill")
+
+    def run(self, ctx: StageContext, out: GroupWriter) -> None:
+        cfg = self.config
+        device = torch.device(cfg.device or ctx.device)
+        distill, scene, project = ctx.inputs["distill"], ctx.inputs["input"], ctx.inputs["project"]
+        vocab = get_vocabulary(cfg.vocabulary)
+        encoder = TextEncoderConfig(**{**distill.info["text_encoder"], "templates": cfg.templates})
+        prompts = ctx.text(encoder, list(vocab.prompts))
+        prompt_class = torch.tensor(vocab.prompt_class, dtype=torch.int64)
+
+        colors = torch.from_numpy(scene.load("colors")) if "colors" in scene else None
+        features = student_features(load_student(distill, device), torch.from_numpy(scene.load("points")), colors, device)
+        sim_3d, labels_3d = classify(features, prompts, prompt_class)
+
+        teacher = distill.info["teacher"]
+        fused = torch.from_numpy(project.load(f"fused/{teacher}/features"))
+        seen = torch.from_numpy(project.load(f"fused/{teacher}/seen"))
+        sim_2d, labels_2d = classify(fused, prompts, prompt_class)
+        sim_2d = torch.where(seen, sim_2d, torch.full_like(sim_2d, -float("inf")))
+        labels_2d = torch.where(seen, labels_2d, torch.full_like(labels_2d, IGNORE_LABEL))
+        from_2d = sim_2d > sim_3d
+
+        out.write("features_3d", features.to(torch.float16).numpy())
+        out.write("similarity_3d", sim_3d.to(torch.float16).numpy())
+        out.write("labels_3d", labels_3d.to(torch.int16).numpy())
+        out.write("similarity_2d", sim_2d.to(torch.float16).numpy())
+        out.write("labels_2d", labels_2d.to(torch.int16).numpy())
+        out.write("labels_ensemble", torch.where(from_2d, labels_2d, labels_3d).to(torch.int16).numpy())
+        out.write("ensemble_from_2d", from_2d.numpy())
+        out.set_info(classes=list(vocab.classes), teacher=teacher, text_encoder=distill.info["text_encoder"])
+

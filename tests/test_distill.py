@@ -1,0 +1,122 @@
+"""Distillation end to end on tiny toy scenes: checkpoints, resume, predict, evaluate."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import tiny_pipeline_plan
+from ovlift.pipeline.plan import PlanError, load_plan, plan_from_dict
+from ovlift.pipeline.runner import Runner
+
+def distill_group(plan_path: Path):
+    plan = load_plan(plan_path)
+    return Runner(plan).store.read("global/distill")
+
+
+@pytest.mark.slow
+def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
+    reference = tiny_pipeline_plan(tmp_path / "reference.yaml")
+    assert Runner(load_plan(reference)).run(fail_fast=True).counts()["ran"] == 3 * 3 + 1 + 3 + 1
+
+    killed = tiny_pipeline_plan(tmp_path / "killed.yaml")
+    Runner(load_plan(killed)).run(stages=["input", "extract2d", "project"], fail_fast=True)
+    env = dict(os.environ, OVLIFT_PROGRESS="0")
+    proc = subprocess.Popen([sys.executable, "-m", "ovlift.pipeline.cli", "run", str(killed), "--stages", "distill"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pattern = str(tmp_path / "killed.zarr.files" / "global" / "distill" / "*" / "epoch_*.pt")
+    deadline = time.time() + 120
+    while not glob.glob(pattern) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(glob.glob(pattern))
+    assert 1 <= done_before < 6, "the kill should land after the first checkpoint and before the last"
+    assert distill_group(killed) is None  # nothing published by the killed run
+
+    report = Runner(load_plan(killed)).run(fail_fast=True)
+    assert report.counts() == {"cached": 3 * 3, "ran": 1 + 3 + 1}
+    a, b = distill_group(reference), distill_group(killed)
+    np.testing.assert_array_equal(a.load("epoch_loss"), b.load("epoch_loss"))
+    assert a.load("weights").tobytes() == b.load("weights").tobytes()  # bit-identical weights
+    ref_metrics = Runner(load_plan(reference)).store.read("global/evaluate").info["metrics"]
+    assert Runner(load_plan(killed)).store.read("global/evaluate").info["metrics"] == ref_metrics
+
+
+def test_end_to_end_outputs_report_and_reruns_cached(tmp_path):
+    plan_path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=2)
+    runner = Runner(load_plan(plan_path))
+    runner.run(fail_fast=True)
+    distill = runner.store.read("global/distill")
+    assert distill.info["train_scenes"] == ["toy_0000", "toy_0001"] and distill.load("epoch_loss").shape == (2,)
+    files = Path(distill.info["checkpoints"])
+    assert (files / "training_log.csv").read_text().startswith("epoch,step,loss,cosine_loss,label_loss,lr")
+    assert (files / "training_curves.png").stat().st_size > 1000
+    predict = runner.store.read("scenes/toy_0002/predict")
+    n = runner.store.read("scenes/toy_0002/input").dims["N"]
+    assert predict.array("features_3d").shape == (n, 384)
+    labels_2d, from_2d = predict.load("labels_2d"), predict.load("ensemble_from_2d")
+    ensemble = predict.load("labels_ensemble")
+    np.testing.assert_array_equal(ensemble[from_2d], labels_2d[from_2d])
+    np.testing.assert_array_equal(ensemble[~from_2d], predict.load("labels_3d")[~from_2d])
+    assert not from_2d[labels_2d < 0].any()  # unseen points fall back to 3D
+    evaluate = runner.store.read("global/evaluate")
+    assert evaluate.info["scenes"] == ["toy_0002"]
+    report = Path(evaluate.info["report"])
+    metrics = json.loads((report / "report.json").read_text())["metrics"]
+    assert set(metrics) == {"2d", "3d", "ensemble"} and metrics["2d"]["hiou"] is not None
+    assert "| fused 2D |" in (report / "metrics.md").read_text()
+    assert (report / "confusion_3d.png").stat().st_size > 1000
+    assert Runner(load_plan(plan_path)).run().counts() == {"cached": 3 * 3 + 1 + 3 + 1}
+
+    from typer.testing import CliRunner
+
+    from ovlift.pipeline.cli import app
+
+    store = str(tmp_path / "plan.zarr")
+    result = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0002", "a table", "--out", str(tmp_path / "q")])
+    assert result.exit_code == 0, result.output
+    ply = (tmp_path / "q" / "toy_0002_a_table_student.ply").read_bytes()
+    assert ply.startswith(b"ply\nformat binary_little_endian 1.0\nelement vertex %d\n" % n)
+    assert b"property float similarity" in ply and (tmp_path / "q" / "toy_0002_a_table_student.png").exists()
+    result = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0099", "a table"])
+    assert result.exit_code == 2 and "no complete 'predict' group" in result.output
+    status = CliRunner().invoke(app, ["status", "--store", store, "--plan", str(plan_path), "--json"])
+    rows = [json.loads(line) for line in status.output.splitlines()]
+    assert {(r["scene_id"], r["path"], r["state"]) for r in rows if r["scene_id"] == "global"} == {
+        ("global", "global/distill", "cached"), ("global", "global/evaluate", "cached")}
+    assert {r["state"] for r in rows} == {"cached"}
+
+
+def test_a_stage_needing_an_undefined_split_is_a_plan_error(tmp_path):
+    data = yaml.safe_load(tiny_pipeline_plan(tmp_path / "plan.yaml").read_text())
+    del data["splits"]
+    with pytest.raises(PlanError, match="stages.distill uses split 'train', which the plan does not define"):
+        plan_from_dict(data)
+
+
+@pytest.mark.slow
+def test_distillation_runs_under_torchrun_with_two_cpu_processes(tmp_path):
+    """DDP (Gloo on the CPU): both ranks train in step and publish the same group."""
+    plan_path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=2)
+    plan_path.write_text(plan_path.read_text().replace("batch_size: 1", "batch_size: 2"))
+    Runner(load_plan(plan_path)).run(stages=["input", "extract2d", "project"], fail_fast=True)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    done = subprocess.run(
+        [str(torchrun), "--nproc_per_node=2", "-m", "ovlift.pipeline.cli", "run", str(plan_path), "--stages", "distill"],
+        env=dict(os.environ, OVLIFT_PROGRESS="0"), capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    group = distill_group(plan_path)
+    assert group is not None and group.load("epoch_loss").shape == (2,)
+    files = Path(group.info["checkpoints"])
+    assert sorted(p.name for p in files.glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt"]
+    assert Runner(load_plan(plan_path)).run().counts() == {"cached": 3 * 3 + 1, "ran": 3 + 1}
