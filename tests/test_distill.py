@@ -17,6 +17,35 @@ from conftest import tiny_pipeline_plan
 from ovlift.pipeline.plan import PlanError, load_plan, plan_from_dict
 from ovlift.pipeline.runner import Runner
 
+
+def test_voxel_regrouped_losses_equal_the_per_point_losses_and_their_gradients():
+    import torch
+    import torch.nn.functional as F
+
+    from ovlift.models.training import Losses
+
+    g = torch.Generator().manual_seed(3)
+    voxels, text = torch.randn(60, 16, generator=g, dtype=torch.float64), torch.randn(7, 16, generator=g, dtype=torch.float64)
+    point_voxel = torch.randint(0, 50, (500,), generator=g)  # voxels 50..59 hold no point
+    targets, labels = torch.randn(500, 16, generator=g).half(), torch.randint(0, 7, (500,), generator=g)
+    losses = Losses(cosine_weight=0.7, label_weight=0.3, label_temperature=0.1)
+
+    def per_point(v):  # the obvious form: gather voxel features to points
+        f = v[point_voxel]
+        cos = (1 - F.cosine_similarity(f, targets.double(), dim=1)).mean()
+        ce = F.cross_entropy(F.normalize(f, dim=1) @ text.T / 0.1, labels)
+        return 0.7 * cos + 0.3 * ce, cos, ce
+
+    fast_in, slow_in = voxels.clone().requires_grad_(), voxels.clone().requires_grad_()
+    fast, slow = losses(fast_in, point_voxel, targets, labels, text), per_point(slow_in)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b)
+    fast[0].backward()
+    slow[0].backward()
+    torch.testing.assert_close(fast_in.grad, slow_in.grad)
+    assert fast_in.grad[50:].abs().max() == 0
+
+
 def distill_group(plan_path: Path):
     plan = load_plan(plan_path)
     return Runner(plan).store.read("global/distill")

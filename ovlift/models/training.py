@@ -94,14 +94,33 @@ class Losses:
     label_temperature: float = 0.07
 
     def __call__(
-        self, student: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None, text: torch.Tensor | None
+        self,
+        voxels: torch.Tensor,
+        point_voxel: torch.Tensor,
+        targets: torch.Tensor,
+        labels: torch.Tensor | None,
+        text: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, cosine, label) on points with teacher features."""
-        cos_loss = (1 - F.cosine_similarity(student, target.to(student.dtype), dim=1)).mean()
-        label_loss = torch.zeros((), device=student.device)
+        """(total, cosine, label): means over the points with teacher features.
+
+        ``voxels`` (V, D) are the student's voxel features, ``point_voxel`` (P,) each
+        point's voxel, ``targets`` (P, D) and ``labels`` (P,) its teacher feature and
+        class. All points of a voxel share its prediction, so the point sums regroup
+        per voxel: sum_p (1 - f_v(p).t_p) = P - sum_v f_v.(sum_{p in v} t_p) with unit
+        f and t, and the cross-entropy from per-voxel label counts. The value is the
+        per-point loss's (tests/test_distill.py), but autograd never touches a (P, D)
+        tensor, which dominated the backward of the per-point form.
+        """
+        n = max(len(point_voxel), 1)
+        student = F.normalize(voxels, dim=1)
+        summed = torch.zeros_like(student).index_add_(0, point_voxel, F.normalize(targets.to(student.dtype), dim=1))
+        cos_loss = 1 - (student * summed).sum() / n
+        label_loss = torch.zeros((), device=voxels.device)
         if self.label_weight > 0 and labels is not None and text is not None:
-            logits = F.normalize(student, dim=1) @ text.T / self.label_temperature
-            label_loss = F.cross_entropy(logits, labels)
+            logits = student @ text.T / self.label_temperature
+            k = logits.shape[1]
+            counts = torch.bincount(point_voxel * k + labels, minlength=logits.numel()).view_as(logits).to(logits.dtype)
+            label_loss = ((counts.sum(1) * torch.logsumexp(logits, 1)).sum() - (counts * logits).sum()) / n
         return self.cosine_weight * cos_loss + self.label_weight * label_loss, cos_loss, label_loss
 
 
@@ -131,8 +150,9 @@ def save_atomically(obj: object, path: Path) -> None:
 
 @contextmanager
 def deterministic_algorithms():
-    """Backward of the point-to-voxel gather accumulates with index_put; its parallel
-    CPU kernel adds in a varying order, which would make a resumed run drift."""
+    """Kernels that add in a varying order would make a resumed run drift from an
+    uninterrupted one (the CPU backward of a point-to-voxel gather did, before the
+    losses were regrouped per voxel); warn-only, as not every op has such a mode."""
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
@@ -189,16 +209,15 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x, maps = sparse_input([(augmented[i], scenes[i].colors) for i in batch], student, device)
-                voxel_features = ddp(x)
-                student_pts, target, labels = [], [], []
+                point_voxel, target, labels = [], [], []
                 for i, point_map in zip(batch, maps):
                     seen = scenes[i].seen.to(device)
-                    student_pts.append(voxel_features[point_map[seen]])
+                    point_voxel.append(point_map[seen])
                     target.append(scenes[i].targets.to(device)[seen])
                     if scenes[i].labels is not None:
                         labels.append(scenes[i].labels.to(device)[seen])
                 loss, cos_loss, label_loss = losses(
-                    torch.cat(student_pts), torch.cat(target), torch.cat(labels) if labels else None, text_dev
+                    ddp(x), torch.cat(point_voxel), torch.cat(target), torch.cat(labels) if labels else None, text_dev
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

@@ -99,7 +99,7 @@ class DistillConfig(FrozenConfig):
 class DistillStage(Stage[DistillConfig]):
     name = "distill"
     implementation = "openscene"
-    version = "1"
+    version = "2"  # 2: losses regrouped per voxel (same value, other rounding)
     Config = DistillConfig
     spec = DISTILL_SPEC
     reads = ("input", "project")
