@@ -122,6 +122,37 @@ def _concurrent_writer(path, barrier, value):
         write(store, "scenes/s/demo", n=1000, fp=f"f{value}", value=float(value))
 
 
+def _first_writer_of_scenes(paths, barrier, index):
+    for path in paths:
+        store = Store(path)
+        publish = store._publish
+
+        def in_step(staging, target, publish=publish):  # line the processes up at the racy moment
+            barrier.wait()
+            publish(staging, target)
+
+        store._publish = in_step
+        write(store, f"scenes/new/stage{index}", n=10)
+
+
+def test_processes_publishing_the_first_groups_of_a_scene_at_once_all_succeed(tmp_path):
+    """Each must create the missing ``scenes/new`` parent; zarr checks and then creates,
+    so all but one may lose that race and must then find it made."""
+    paths = [str(tmp_path / f"s{trial}.zarr") for trial in range(10)]
+    for path in paths:
+        Store(path)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4, timeout=60)  # a writer that died breaks it: the others fail, not hang
+    procs = [ctx.Process(target=_first_writer_of_scenes, args=(paths, barrier, i)) for i in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    for path in paths:
+        assert sorted(Store(path).stage_groups("new")) == [f"scenes/new/stage{i}" for i in range(4)], path
+
+
 def test_two_processes_publishing_the_same_group_leave_a_whole_one(tmp_path):
     path = str(tmp_path / "s.zarr")
     Store(path)

@@ -152,7 +152,7 @@ class Store:
         else:
             self._zstore = FsspecStore.from_url(url)
             self._fs, self._fs_root = fsspec.core.url_to_fs(url)
-        root = zarr.open_group(self._zstore, mode="a")
+        root = self._require_group("")
         if "ovlift_store_format" not in root.attrs:
             root.attrs["ovlift_store_format"] = STORE_FORMAT
         self._token = f"{socket.gethostname()}-{os.getpid()}"
@@ -233,8 +233,19 @@ class Store:
     def _staging_group(self, staging: str) -> zarr.Group:
         return zarr.open_group(self._zstore, path=staging, mode="w")
 
+    def _require_group(self, path: str) -> zarr.Group:
+        """The group at ``path``, created with its parents if missing. zarr checks, then
+        creates, so a process racing another to create a level loses with
+        ContainsGroupError; each lost race leaves one more level made, so retry."""
+        for _ in range(path.count("/") + 1):
+            try:
+                return zarr.open_group(self._zstore, path=path, mode="a")
+            except zarr.errors.ContainsGroupError:
+                pass
+        return zarr.open_group(self._zstore, path=path, mode="a")
+
     def _publish(self, staging: str, target: str) -> None:
-        zarr.open_group(self._zstore, path=target.rsplit("/", 1)[0], mode="a")  # parents exist
+        self._require_group(target.rsplit("/", 1)[0])  # parents exist
         if self.local_root is not None:
             self._publish_local(self.local_root / staging, self.local_root / target)
         else:

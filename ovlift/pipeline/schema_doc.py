@@ -55,7 +55,8 @@ spec (dtypes, shapes, named dimensions agreeing, required arrays present), sets
 so a reader sees the old complete group, the new complete group, or none, never
 part of one, whenever the writer is killed. On other fsspec stores the target's
 group metadata is deleted first and written last. Two processes writing the
-same group each publish a whole group; the last one wins. Leftovers of killed
+same group each publish a whole group; the last one wins; a missing parent
+(`scenes/<scene_id>`) is made by whichever gets there first. Leftovers of killed
 processes are removed by the next run on the same host.
 
 Label value `{IGNORE_LABEL}` means "no class" in every label array.
