@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from ovlift.cache_schema import StageGroup
 from ovlift.datasets.furniture import CLASS_COLORS
 from ovlift.kernels.metrics import scores
 from ovlift.pipeline.plan import load_plan
@@ -103,12 +104,12 @@ def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
         for o in report.failed:
             console.print(f"[red]{o.scene_id} {o.stage}: {o.status}[/red] {o.error}")
         raise SystemExit(1)
-    evaluate = runner.store.read("global/evaluate")
+    evaluate = runner.store.read(runner.plan.stages["evaluate"].group_path(None))
     metrics, classes = evaluate.info["metrics"], evaluate.info["classes"]
     chance = scores(_uniform_confusion(evaluate.load("confusion_3d"))).miou
     held_out = runner.plan.splits["val"]
     print_metrics(console, metrics, chance, held_out)
-    outputs = write_outputs(runner, workdir / "outputs", classes, held_out)
+    outputs = write_outputs(runner, workdir / "outputs", evaluate, held_out)
     console.print(f"outputs: {outputs}  (plan {plan_path}, store {runner.store.url})")
     return metrics
 
@@ -133,18 +134,19 @@ def print_metrics(console: Console, metrics: dict, chance: float, held_out: list
     console.print(f"distilled 3D reaches {ratio:.0%} of the fused-2D mIoU without seeing any image at test time")
 
 
-def write_outputs(runner: Runner, folder: Path, classes: list[str], held_out: list[str]) -> Path:
+def write_outputs(runner: Runner, folder: Path, evaluate: StageGroup, held_out: list[str]) -> Path:
+    """The evaluation report and plots, the training log, and per held-out scene the
+    student's labels and a query, in one folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    evaluate = runner.store.read("global/evaluate")
     for file in Path(evaluate.info["report"]).iterdir():
         shutil.copy(file, folder / file.name)
-    distill = runner.store.read("global/distill")
+    distill = runner.store.read(runner.plan.stages["distill"].group_path(None))
     for name in ("training_curves.png", "training_log.csv"):
         shutil.copy(Path(distill.info["checkpoints"]) / name, folder / name)
-    palette = np.array([CLASS_COLORS.get(c, (128, 128, 128)) for c in classes], dtype=np.uint8)
+    palette = np.array([CLASS_COLORS.get(c, (128, 128, 128)) for c in evaluate.info["classes"]], dtype=np.uint8)
     for scene in held_out:
-        points = runner.store.read(f"scenes/{scene}/input").load("points")
-        labels = runner.store.read(f"scenes/{scene}/predict").load("labels_3d")
+        points = runner.store.read(runner.plan.stages["input"].group_path(scene)).load("points")
+        labels = runner.store.read(runner.plan.stages["predict"].group_path(scene)).load("labels_3d")
         write_ply(folder / f"{scene}_student_labels.ply", points, palette[labels])
         write_query_outputs(runner.store, scene, "a sofa", "student", None, "single", folder)
     return folder

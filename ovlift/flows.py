@@ -27,9 +27,11 @@ from ovlift.pipeline.runner import Outcome, RunReport, Runner
 
 
 @task(name="ovlift-scene", task_run_name="{scene_id}")
-def scene_task(plan_path: str, scene_id: str, keys: list[str], forced: list[str]) -> list[dict]:
+def scene_task(
+    plan_path: str, scene_id: str, keys: list[str], forced: list[str], failed: list[tuple[str, str]]
+) -> list[dict]:
     runner = Runner(load_plan(plan_path))
-    return [asdict(o) for o in runner.run_scene(scene_id, keys, set(forced))]
+    return [asdict(o) for o in runner.run_scene(scene_id, keys, set(forced), failed={tuple(f) for f in failed})]
 
 
 @task(name="ovlift-global", task_run_name="{key}")
@@ -43,8 +45,7 @@ def scene_flow(plan_path: str, scene_id: str, stages: list[str] | None = None, f
     """The per-scene stages of the plan for one scene."""
     runner = Runner(load_plan(plan_path))
     keys = [k for k in runner.select_stages(stages) if not runner.plan.stages[k].is_global]
-    forced = sorted(runner.plan.downstream(list(force))) if force else []
-    return scene_task(plan_path, scene_id, keys, forced)
+    return scene_task(plan_path, scene_id, keys, sorted(runner.plan.downstream(list(force))), [])
 
 
 @flow(name="ovlift-dataset")
@@ -55,14 +56,14 @@ def dataset_flow(
     runner = Runner(load_plan(plan_path))
     runner.store.clean_stale()
     scene_ids = runner.select_scenes(scenes)
-    forced = sorted(runner.plan.downstream(list(force))) if force else []
+    forced = sorted(runner.plan.downstream(list(force)))
     outcomes: list[dict] = []
     for kind, keys in runner.phases(runner.select_stages(stages)):
         failed = [(o["scene_id"], o["stage"]) for o in outcomes if o["status"] in ("failed", "skipped")]
         if kind == "global":
             outcomes.append(global_task.submit(plan_path, keys[0], forced, failed).result())
             continue
-        futures = scene_task.map(unmapped(plan_path), scene_ids, unmapped(keys), unmapped(forced))
+        futures = scene_task.map(unmapped(plan_path), scene_ids, unmapped(keys), unmapped(forced), unmapped(failed))
         outcomes += [o for per_scene in futures.result() for o in per_scene]
     return outcomes
 

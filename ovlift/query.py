@@ -1,4 +1,5 @@
-"""Text queries against a scene's per-point features (fused 2D teacher features).
+"""Text queries against a scene's per-point features: a fused 2D teacher's
+(``project``) or the distilled student's (``predict``).
 
 The query names a thing ("a soft chair"); a leading article is dropped and the
 rest goes through the same templates as class names, so queries and classes are
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from ovlift.cache_schema import Store, scene_group_path
 from ovlift.models.text import TextEncoderConfig
 from ovlift.pipeline.text_cache import TextCache
+from ovlift.stages.base import StageInputError
+from ovlift.stages.project import fused_teacher
 
 
 class QueryError(ValueError):
@@ -55,17 +58,12 @@ def query_scene(
         group = store.read(scene_group_path(scene_id, "project"))
         if group is None:
             raise QueryError(f"scene '{scene_id}': no complete 'project' group in {store.url}; run the plan first")
-        teachers = group.info.get("teachers", {})
-        if not teachers:
-            raise QueryError(f"scene '{scene_id}': the project group fused no teacher features")
-        if teacher is None:
-            if len(teachers) > 1:
-                raise QueryError(f"scene '{scene_id}': several teachers {sorted(teachers)}; choose one")
-            teacher = next(iter(teachers))
-        if teacher not in teachers:
-            raise QueryError(f"scene '{scene_id}': no teacher '{teacher}'; fused teachers: {sorted(teachers)}")
+        try:
+            teacher = fused_teacher(group, teacher, f"scene '{scene_id}'")
+        except StageInputError as err:
+            raise QueryError(str(err)) from None
         features, seen = group.load(f"fused/{teacher}/features"), group.load(f"fused/{teacher}/seen")
-        encoder, label = teachers[teacher]["text_encoder"], f"fused/{teacher}"
+        encoder, label = group.info["teachers"][teacher]["text_encoder"], f"fused/{teacher}"
     encoder_config = TextEncoderConfig(**{**encoder, "templates": templates})
     name = re.sub(r"^(a|an|the)\s+", "", text.strip(), flags=re.IGNORECASE)
     query = TextCache(store, device)(encoder_config, [name])[0]  # cached: repeated queries skip the model

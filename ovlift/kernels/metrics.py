@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +47,6 @@ class Scores:
     seen_miou: float = float("nan")
     unseen_miou: float = float("nan")
     hiou: float = float("nan")
-    extra: dict = field(default_factory=dict)
 
 
 def scores(confusion: np.ndarray, valid: np.ndarray | None = None, unseen: np.ndarray | None = None) -> Scores:

@@ -7,13 +7,13 @@ from torch_scatter import scatter_add
 
 
 def voxel_keys(points: torch.Tensor, voxel_size: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integer voxel coordinates (N, 3) and one int64 key per point (equal key = same voxel)."""
+    """Integer voxel coordinates (N, 3), shifted to start at 0, and one int64 key per
+    point (equal key = same voxel; key order = lexicographic order of the coordinates)."""
     coords = torch.floor(points / voxel_size).to(torch.int64)
-    lo = coords.min(dim=0).values
-    span = coords.max(dim=0).values - lo + 1
-    shifted = coords - lo
+    shifted = coords - coords.min(dim=0).values
+    span = shifted.max(dim=0).values + 1
     key = (shifted[:, 0] * span[1] + shifted[:, 1]) * span[2] + shifted[:, 2]
-    return coords, key
+    return shifted, key
 
 
 def voxel_downsample(
@@ -47,5 +47,4 @@ def voxelize(points: torch.Tensor, voxel_size: float) -> tuple[torch.Tensor, tor
     unique_key, point_to_voxel = torch.unique(key, return_inverse=True)
     first = torch.full((len(unique_key),), len(key), dtype=torch.int64, device=points.device)
     first.scatter_reduce_(0, point_to_voxel, torch.arange(len(key), device=points.device), reduce="amin")
-    voxel_coords = coords[first]
-    return voxel_coords - voxel_coords.min(dim=0).values, point_to_voxel
+    return coords[first], point_to_voxel

@@ -20,8 +20,8 @@ import torch  # noqa: E402
 from spconv.core import ConvAlgo  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ovlift.models.student_config import StudentConfig  # noqa: E402
 from ovlift.kernels.voxel import voxelize  # noqa: E402
+from ovlift.models.student_config import StudentConfig  # noqa: E402
 
 
 def _algo(device: torch.device) -> ConvAlgo | None:
@@ -32,7 +32,8 @@ class _Conv:
     """Factory of spconv layers with the algorithm the device needs."""
 
     def __init__(self, device: torch.device) -> None:
-        self.kw = {"algo": _algo(device)} if _algo(device) is not None else {}
+        algo = _algo(device)
+        self.kw = {"algo": algo} if algo is not None else {}
 
     def subm(self, cin: int, cout: int, k: int, key: str) -> nn.Module:
         return spconv.SubMConv3d(cin, cout, k, padding=k // 2, bias=False, indice_key=key, **self.kw)

@@ -47,6 +47,10 @@ class PlanError(ValueError):
     """The plan file is malformed; the message names the file and the key."""
 
 
+GLOBAL = "global"
+"""Stands for the scene of a global stage: in run outcomes, status rows and failure sets."""
+
+
 @dataclass(frozen=True)
 class StagePlan:
     key: str

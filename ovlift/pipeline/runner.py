@@ -13,15 +13,15 @@ No Prefect here: ``ovlift.flows`` wraps this runner.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 import time
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ovlift.cache_schema import GroupMeta, StageGroup, Store, short
-from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
+from ovlift.pipeline.plan import GLOBAL, Plan, StagePlan, external_inputs
 from ovlift.pipeline.text_cache import TextCache
 from ovlift.progress import progress
 from ovlift.stages.base import StageContext
@@ -58,10 +58,6 @@ class RunReport:
             f"{len(self.outcomes)} scene-stages in {self.seconds:.1f} s: {c['ran']} ran, {c['cached']} cached, "
             f"{c['failed']} failed, {c['skipped']} skipped"
         )
-
-
-GLOBAL = "global"
-"""The scene_id of outcomes of global stages."""
 
 
 class StageFailed(RuntimeError):
@@ -116,7 +112,7 @@ class Runner:
         """
         start = time.perf_counter()
         selected = self.select_stages(stages)
-        forced = self.plan.downstream(list(force)) if force else set()
+        forced = self.plan.downstream(list(force))
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
         report = RunReport()

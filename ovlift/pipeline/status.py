@@ -12,9 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ovlift.cache_schema import GroupState, Store
-from ovlift.pipeline.plan import Plan, external_inputs
-
-GLOBAL = "global"
+from ovlift.pipeline.plan import GLOBAL, Plan, external_inputs
 
 
 @dataclass(frozen=True)

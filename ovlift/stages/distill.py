@@ -21,6 +21,7 @@ from ovlift.config import FrozenConfig, runtime_field
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEncoderConfig
 from ovlift.stages.base import Stage, StageContext, StageInputError
+from ovlift.stages.project import fused_teacher
 from ovlift.vocabularies import get_vocabulary
 
 DISTILL_SPEC = GroupSpec(
@@ -40,17 +41,6 @@ DISTILL_SPEC = GroupSpec(
         "checkpoints": "folder of the per-epoch checkpoints, the training log CSV and curve PNG",
     },
 )
-
-
-def one_teacher(teachers: dict, wanted: str | None, where: str) -> str:
-    """The fused teacher to use: ``wanted``, or the only one."""
-    if wanted is not None:
-        if wanted not in teachers:
-            raise StageInputError(f"{where}: no fused teacher '{wanted}'; project fused {sorted(teachers)}")
-        return wanted
-    if len(teachers) != 1:
-        raise StageInputError(f"{where}: project fused teachers {sorted(teachers)}; set 'teacher' to pick one")
-    return next(iter(teachers))
 
 
 class DistillConfig(FrozenConfig):
@@ -113,9 +103,8 @@ class DistillStage(Stage[DistillConfig]):
         device = torch.device(cfg.device or ctx.device)
         scenes, teacher, text_encoder = [], None, None
         for scene_id, groups in ctx.scene_inputs.items():
-            teachers = groups["project"].info["teachers"]
-            teacher = one_teacher(teachers, cfg.teacher, f"scene '{scene_id}'")
-            text_encoder = teachers[teacher]["text_encoder"]
+            teacher = fused_teacher(groups["project"], cfg.teacher, f"scene '{scene_id}'")
+            text_encoder = groups["project"].info["teachers"][teacher]["text_encoder"]
             points = groups["input"]
             scenes.append(
                 SceneData(

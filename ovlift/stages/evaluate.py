@@ -86,24 +86,23 @@ class EvaluateStage(Stage[EvaluateConfig]):
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         cfg = self.config
-        classes: list[str] | None = None
+        if not ctx.scene_inputs:
+            raise StageInputError(f"{ctx.where()}: split '{cfg.split}' has no scenes to evaluate")
+        classes = ctx.scene_inputs[min(ctx.scene_inputs)]["predict"].info["classes"]  # one plan, one vocabulary
+        valid = self.valid_mask(classes)
         matrices: dict[str, np.ndarray] = {}
         for scene_id, groups in sorted(ctx.scene_inputs.items()):
             predict, scene = groups["predict"], groups["input"]
-            classes = classes or predict.info["classes"]
             names = scene.info.get("class_names")
             if "labels" not in scene or names is None:
                 raise StageInputError(f"scene '{scene_id}': array 'labels': evaluation needs ground-truth labels")
             to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
             truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
-            valid = self.valid_mask(classes)
             for p in PREDICTORS:
                 m = confusion_matrix(truth, predict.load(f"labels_{p}"), len(classes), valid=valid)
                 matrices[p] = matrices.get(p, 0) + m
-        if classes is None:
-            raise StageInputError(f"{ctx.where()}: split '{cfg.split}' has no scenes to evaluate")
         unseen = np.array([c in cfg.unseen_classes for c in classes])
-        metrics = {p: scores_json(scores(m, self.valid_mask(classes), unseen), classes) for p, m in matrices.items()}
+        metrics = {p: scores_json(scores(m, valid, unseen), classes) for p, m in matrices.items()}
         assert ctx.files is not None
         ctx.files.mkdir(parents=True, exist_ok=True)
         report = {"scenes": sorted(ctx.scene_inputs), "classes": classes, "metrics": metrics}

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter
+from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter, StageGroup
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, project_and_fuse
 from ovlift.kernels.projection import VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
@@ -45,6 +45,20 @@ PROJECT_SPEC = GroupSpec(
         "teachers": "teacher -> {channels, text_encoder} of each fused teacher",
     },
 )
+
+
+def fused_teacher(project: StageGroup, wanted: str | None, where: str) -> str:
+    """The fused teacher to read from a ``project`` group: ``wanted``, or its only one."""
+    teachers = project.info.get("teachers", {})
+    if not teachers:
+        raise StageInputError(f"{where}: the project group fused no teacher features")
+    if wanted is None:
+        if len(teachers) > 1:
+            raise StageInputError(f"{where}: project fused several teachers {sorted(teachers)}; choose one")
+        return next(iter(teachers))
+    if wanted not in teachers:
+        raise StageInputError(f"{where}: no fused teacher '{wanted}'; project fused {sorted(teachers)}")
+    return wanted
 
 
 class ProjectConfig(FrozenConfig):
