@@ -41,8 +41,11 @@ def per_frame(runner: Runner, scene: str, teacher: str) -> tuple[int, int, int]:
 def report(runner: Runner, scene: str, label: str, teachers: tuple[str, ...] = ("dense", "masks")) -> None:
     for teacher in teachers:
         raw, stored, frames = per_frame(runner, scene, teacher)
-        print(f"{label:<36} {teacher:<8} {frames:>3} frames  raw {raw / 2**10:10.1f} KiB/frame  "
-              f"stored {stored / 2**10:10.1f} KiB/frame", flush=True)
+        print(
+            f"{label:<36} {teacher:<8} {frames:>3} frames  raw {raw / 2**10:10.1f} KiB/frame  "
+            f"stored {stored / 2**10:10.1f} KiB/frame",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -50,14 +53,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SEVEN_SCENES)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        toy = plan_from_dict({
-            "store": f"{tmp}/toy.zarr",
-            "dataset": {"name": "toy", "num_scenes": 1, "image_height": 240, "image_width": 320},
-            "stages": {"input": {}, "extract2d": {
-                "dense": {"implementation": "synthetic", "bleed_px": 2, **SIZE},
-                "masks": {"implementation": "synthetic", "bleed_px": 2, "encoding": "masks", "top_k": 1, **SIZE},
-            }},
-        })
+        toy = plan_from_dict(
+            {
+                "store": f"{tmp}/toy.zarr",
+                "dataset": {"name": "toy", "num_scenes": 1, "image_height": 240, "image_width": 320},
+                "stages": {
+                    "input": {},
+                    "extract2d": {
+                        "dense": {"implementation": "synthetic", "bleed_px": 2, **SIZE},
+                        "masks": {
+                            "implementation": "synthetic",
+                            "bleed_px": 2,
+                            "encoding": "masks",
+                            "top_k": 1,
+                            **SIZE,
+                        },
+                    },
+                },
+            }
+        )
         runner = Runner(toy)
         runner.run(fail_fast=True)
         report(runner, "toy_0000", "toy scene, synthetic (C=384, k=1)")
@@ -66,17 +80,30 @@ def main() -> None:
             return
         clip = clip_folder(Path(tmp) / "clip", projection_dim=512)
         segmenter = mask2former_folder(Path(tmp) / "m2f", num_queries=100)
-        teacher = {"implementation": "mask-clip", "segmenter_path": str(segmenter), "clip_path": str(clip),
-                   "max_masks": 32, "mask_threshold": 0.5, "top_k": 4, "segmenter_short_side": 240, **SIZE}
-        real = plan_from_dict({
-            "store": f"{tmp}/real.zarr",
-            "dataset": {"name": "rgbd-folder", "paths": [str(args.data)], "frame_stride": 50},
-            "stages": {"input": {}, "extract2d": {
-                "dense": teacher,
-                "masks": {**teacher, "encoding": "masks"},
-                "maskclip": {"implementation": "maskclip", "clip_path": str(clip), **SIZE},
-            }},
-        })
+        teacher = {
+            "implementation": "mask-clip",
+            "segmenter_path": str(segmenter),
+            "clip_path": str(clip),
+            "max_masks": 32,
+            "mask_threshold": 0.5,
+            "top_k": 4,
+            "segmenter_short_side": 240,
+            **SIZE,
+        }
+        real = plan_from_dict(
+            {
+                "store": f"{tmp}/real.zarr",
+                "dataset": {"name": "rgbd-folder", "paths": [str(args.data)], "frame_stride": 50},
+                "stages": {
+                    "input": {},
+                    "extract2d": {
+                        "dense": teacher,
+                        "masks": {**teacher, "encoding": "masks"},
+                        "maskclip": {"implementation": "maskclip", "clip_path": str(clip), **SIZE},
+                    },
+                },
+            }
+        )
         runner = Runner(real)
         runner.run(fail_fast=True)
         scene = runner.plan.dataset.scene_ids()[0]

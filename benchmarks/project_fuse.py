@@ -102,7 +102,9 @@ def run_baseline(inputs: dict, channels: int, pool: int) -> dict:
         p[0] = (p[0] * k[i, 0, 0]) / p[2] + k[i, 0, 2]
         p[1] = (p[1] * k[i, 1, 1]) / p[2] + k[i, 1, 2]
         pi = np.round(p).astype(int)
-        inside = (pi[0] >= CUT_BOUND) & (pi[1] >= CUT_BOUND) & (pi[0] < width - CUT_BOUND) & (pi[1] < height - CUT_BOUND)
+        inside = (
+            (pi[0] >= CUT_BOUND) & (pi[1] >= CUT_BOUND) & (pi[0] < width - CUT_BOUND) & (pi[1] < height - CUT_BOUND)
+        )
         d = depth[i][pi[1][inside], pi[0][inside]]
         inside[inside] = np.abs(d - p[2][inside]) <= TOLERANCE * d
         mapping = np.zeros((n, 3), dtype=int)
@@ -168,8 +170,22 @@ def status_mb(field: str) -> float:
 
 
 def measure(method: str, inputs_path: str, args: argparse.Namespace, repeat: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--inputs", inputs_path, "--channels", str(args.channels),
-           "--pool", str(args.pool), "--device", args.device if method == "kernel" else "cpu", "--repeat", str(repeat)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        method,
+        "--inputs",
+        inputs_path,
+        "--channels",
+        str(args.channels),
+        "--pool",
+        str(args.pool),
+        "--device",
+        args.device if method == "kernel" else "cpu",
+        "--repeat",
+        str(repeat),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OVLIFT_PROGRESS="0"))
     if done.returncode != 0:
         raise RuntimeError(f"{method} worker failed:\n{done.stderr[-3000:]}")
@@ -191,22 +207,36 @@ def compare(name: str, inputs: dict, inputs_path: str, args: argparse.Namespace,
     }
     if baseline is not None:
         assert kernel["count"] == baseline["count"], f"{name}: view counts differ between kernel and baseline"
-        assert np.allclose(kernel["fused_sample"], baseline["fused_sample"], atol=1e-3), f"{name}: fused features differ"
-        row.update(baseline_s=baseline["seconds"], baseline_peak_mb=baseline["peak_rss_mb"],
-                   baseline_setup_mb=baseline["setup_rss_mb"],
-                   speedup=baseline["seconds"] / kernel["seconds"])
+        assert np.allclose(kernel["fused_sample"], baseline["fused_sample"], atol=1e-3), (
+            f"{name}: fused features differ"
+        )
+        row.update(
+            baseline_s=baseline["seconds"],
+            baseline_peak_mb=baseline["peak_rss_mb"],
+            baseline_setup_mb=baseline["setup_rss_mb"],
+            speedup=baseline["seconds"] / kernel["seconds"],
+        )
     rows.append(row)
     print_row(row)
 
 
 def print_row(r: dict) -> None:
-    base = (f"baseline {r['baseline_s']:8.2f} s  peak {r['baseline_peak_mb']:6.0f} MB  ratio {r['speedup']:5.1f}x"
-            if "speedup" in r else "baseline skipped")
+    base = (
+        f"baseline {r['baseline_s']:8.2f} s  peak {r['baseline_peak_mb']:6.0f} MB  ratio {r['speedup']:5.1f}x"
+        if "speedup" in r
+        else "baseline skipped"
+    )
     gpu = f" (GPU peak {r['kernel_gpu_peak_mb']:.0f} MB)" if r.get("kernel_gpu_peak_mb") else ""
-    print(f"{r['workload']:<26} points {r['points']:>8,}  frames {r['frames']:>4}  corr {r['correspondences']:>11,}  "
-          f"kernel {r['kernel_s']:7.2f} s  peak {r['kernel_peak_mb']:6.0f} MB{gpu}  |  {base}", flush=True)
-    print(f"{'':<26} (peak = resident memory during the timed part, including the process's "
-          f"{r['kernel_setup_mb']:.0f} MB of libraries, inputs and feature maps held before it)", flush=True)
+    print(
+        f"{r['workload']:<26} points {r['points']:>8,}  frames {r['frames']:>4}  corr {r['correspondences']:>11,}  "
+        f"kernel {r['kernel_s']:7.2f} s  peak {r['kernel_peak_mb']:6.0f} MB{gpu}  |  {base}",
+        flush=True,
+    )
+    print(
+        f"{'':<26} (peak = resident memory during the timed part, including the process's "
+        f"{r['kernel_setup_mb']:.0f} MB of libraries, inputs and feature maps held before it)",
+        flush=True,
+    )
 
 
 def seven_scenes_inputs(args: argparse.Namespace) -> dict:
@@ -214,11 +244,13 @@ def seven_scenes_inputs(args: argparse.Namespace) -> dict:
     from ovlift.pipeline.plan import plan_from_dict
     from ovlift.pipeline.runner import Runner
 
-    plan = plan_from_dict({
-        "store": str(args.workdir / "store.zarr"),
-        "dataset": {"name": "rgbd-folder", "paths": [str(args.data)]},
-        "stages": {"input": {}},
-    })
+    plan = plan_from_dict(
+        {
+            "store": str(args.workdir / "store.zarr"),
+            "dataset": {"name": "rgbd-folder", "paths": [str(args.data)]},
+            "stages": {"input": {}},
+        }
+    )
     runner = Runner(plan)
     print("ingesting 7-Scenes (cached after the first run) ...", flush=True)
     runner.run(fail_fast=True)
@@ -229,7 +261,9 @@ def seven_scenes_inputs(args: argparse.Namespace) -> dict:
     return {
         "points": torch.from_numpy(group.load("points")),
         "world_to_cam": rigid_inverse(torch.from_numpy(group.load("frames/cam_to_world")[frames])),
-        "intrinsics": scale_intrinsics(torch.from_numpy(group.load("frames/intrinsics")[frames]).double(), image_hw, hw),
+        "intrinsics": scale_intrinsics(
+            torch.from_numpy(group.load("frames/intrinsics")[frames]).double(), image_hw, hw
+        ),
         "depth": resize_depth(torch.from_numpy(group.array("frames/depth").oindex[frames]), hw),
         "hw": hw,
     }
@@ -282,10 +316,13 @@ def main() -> None:
         worker(args)
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, C={args.channels}, "
-          f"features {args.feature_size[0]}x{args.feature_size[1]} float16")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, C={args.channels}, "
+        f"features {args.feature_size[0]}x{args.feature_size[1]} float16"
+    )
     rows: list = []
     with tempfile.TemporaryDirectory() as tmp:
+
         def run(name: str, inputs: dict, repeat: int) -> None:
             path = os.path.join(tmp, "inputs.pt")
             torch.save(inputs, path)

@@ -27,8 +27,9 @@ from ovlift.models.training import Augment, Losses, deterministic_algorithms, ep
 CONFIGS = {
     "MinkUNet18A, 2 cm": StudentConfig(),
     "MinkUNet18A, 5 cm": StudentConfig(voxel_size_m=0.05),
-    "demo student, 8 cm": StudentConfig(planes=(16, 32, 64, 128, 64, 64, 48, 48), layers=(1,) * 8, init_dim=16,
-                                         stem_kernel=3, voxel_size_m=0.08),
+    "demo student, 8 cm": StudentConfig(
+        planes=(16, 32, 64, 128, 64, 64, 48, 48), layers=(1,) * 8, init_dim=16, stem_kernel=3, voxel_size_m=0.08
+    ),
 }
 
 
@@ -42,16 +43,21 @@ def main() -> None:
     dataset = ToyDataset(ToyConfig(num_frames=1, vertex_spacing_m=args.vertex_spacing))
     scenes = [torch.from_numpy(dataset.load(f"toy_000{i}").points) for i in range(2)]
     points = sum(len(p) for p in scenes)
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
-          f"batch of 2 toy scenes, {points:,} points")
+    print(
+        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; "
+        f"batch of 2 toy scenes, {points:,} points"
+    )
     print(f"{'student':<20} {'params':>8} {'voxels':>8}  {'loss':<9} {'s/step':>7} {'points/s':>10}  ratio")
     for name, config in CONFIGS.items():
         per_step = {}
         for form, loss_fn in LOSS_FORMS.items():
             per_step[form], voxels, params = time_steps(config, scenes, loss_fn, args.steps, device)
             ratio = f"{per_step['per-point'] / per_step[form]:.2f}x" if form == "voxel" else "1.00x"
-            print(f"{name:<20} {params / 1e6:6.1f} M {voxels:>8,}  {form:<9} {per_step[form]:7.3f} "
-                  f"{points / per_step[form]:>10,.0f}  {ratio}", flush=True)
+            print(
+                f"{name:<20} {params / 1e6:6.1f} M {voxels:>8,}  {form:<9} {per_step[form]:7.3f} "
+                f"{points / per_step[form]:>10,.0f}  {ratio}",
+                flush=True,
+            )
 
 
 def per_point_loss(features, maps, targets):
@@ -89,6 +95,7 @@ def time_steps(config, scenes, loss_fn, steps, device) -> tuple[float, int, int]
                 times.append(time.perf_counter() - start)
             voxels = x.features.shape[0]
     return sum(times) / len(times), voxels, sum(p.numel() for p in model.parameters())
+
 
 if __name__ == "__main__":
     main()

@@ -51,8 +51,12 @@ DEMO_PLAN = {
                 "implementation": "synthetic",
                 **FEATURES,
                 "confusion": {
-                    "chair": {"sofa": 0.2}, "table": {"desk": 0.2}, "cabinet": {"counter": 0.15},
-                    "picture": {"wall": 0.3}, "curtain": {"window": 0.2}, "bookshelf": {"cabinet": 0.15},
+                    "chair": {"sofa": 0.2},
+                    "table": {"desk": 0.2},
+                    "cabinet": {"counter": 0.15},
+                    "picture": {"wall": 0.3},
+                    "curtain": {"window": 0.2},
+                    "bookshelf": {"cabinet": 0.15},
                 },
                 "bleed_px": 2,
                 "noise_std": 0.3,
@@ -62,8 +66,12 @@ DEMO_PLAN = {
         "project": {"cut_bound": 2},
         "distill": {
             "student": {
-                "planes": [16, 32, 64, 128, 64, 64, 48, 48], "layers": [1, 1, 1, 1, 1, 1, 1, 1],
-                "init_dim": 16, "stem_kernel": 3, "voxel_size_m": 0.08, "use_color": True,
+                "planes": [16, 32, 64, 128, 64, 64, 48, 48],
+                "layers": [1, 1, 1, 1, 1, 1, 1, 1],
+                "init_dim": 16,
+                "stem_kernel": 3,
+                "voxel_size_m": 0.08,
+                "use_color": True,
             },
             "lr": 0.003,
             "final_lr": 0.0003,
@@ -77,8 +85,13 @@ DEMO_PLAN = {
 }
 
 
-QUICK = {"num_scenes": 3, "train": ["toy_0000", "toy_0001"], "val": ["toy_0002"], "epochs": 2,
-         "student": {"planes": [8, 16, 16, 16, 16, 16, 8, 8], "init_dim": 8, "voxel_size_m": 0.1}}
+QUICK = {
+    "num_scenes": 3,
+    "train": ["toy_0000", "toy_0001"],
+    "val": ["toy_0002"],
+    "epochs": 2,
+    "student": {"planes": [8, 16, 16, 16, 16, 16, 8, 8], "init_dim": 8, "voxel_size_m": 0.1},
+}
 
 
 def demo_plan(quick: bool = False) -> dict:

@@ -44,8 +44,15 @@ def confusion(matrix: np.ndarray, classes: list[str], path: Path, title: str) ->
     for i in range(len(rows)):
         for j in range(len(cols)):
             if norm[i, j] >= 0.005:
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
@@ -66,8 +73,9 @@ def query_views(
     shown = np.where(finite, values, values[finite].min() if finite.any() else 0.0)
     below = points[:, 2] < points[:, 2].max() - 0.3  # cut the ceiling off to see inside
     order = np.flatnonzero(below)[np.argsort(points[below, 2])]  # higher points drawn last
-    sc = axes[0].scatter(points[order, 0], points[order, 1], c=shown[order], s=2, cmap="viridis",
-                         vmin=shown.min(), vmax=shown.max())
+    sc = axes[0].scatter(
+        points[order, 0], points[order, 1], c=shown[order], s=2, cmap="viridis", vmin=shown.min(), vmax=shown.max()
+    )
     axes[0].set(aspect="equal", title="top view (section below the ceiling)", xlabel="x (m)", ylabel="y (m)")
     if camera is not None:
         cam_to_world, k = camera
@@ -78,8 +86,9 @@ def query_views(
         z = cam[front, 2]
         u = k[0, 0] * cam[front, 0] / z + k[0, 2]
         v = k[1, 1] * cam[front, 1] / z + k[1, 2]
-        axes[1].scatter(u, v, c=shown[front], s=np.clip((12 / z) ** 2, 1, 60), cmap="viridis",
-                        vmin=shown.min(), vmax=shown.max())
+        axes[1].scatter(
+            u, v, c=shown[front], s=np.clip((12 / z) ** 2, 1, 60), cmap="viridis", vmin=shown.min(), vmax=shown.max()
+        )
         axes[1].set(xlim=(0, 2 * k[0, 2]), ylim=(2 * k[1, 2], 0), aspect="equal", title="first camera")
     fig.colorbar(sc, ax=axes.tolist(), fraction=0.03, label="similarity")
     fig.suptitle(title)

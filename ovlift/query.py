@@ -89,8 +89,13 @@ def write_query_outputs(
     valid = np.flatnonzero(scene.load("frames/pose_valid"))
     if len(valid):
         camera = (scene.array("frames/cam_to_world")[valid[0]], scene.array("frames/intrinsics")[valid[0]])
-    png = query_views(points, result.similarity, out / f"{scene_id}_{slug}_{source}.png",
-                      f"{scene_id}: '{text}' ({result.source})", camera)
+    png = query_views(
+        points,
+        result.similarity,
+        out / f"{scene_id}_{slug}_{source}.png",
+        f"{scene_id}: '{text}' ({result.source})",
+        camera,
+    )
     top: list[tuple[str, int]] = []
     names = scene.info.get("class_names")
     if "labels" in scene and names:

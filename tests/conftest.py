@@ -30,24 +30,39 @@ def _prefect_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path_factory.getbasetemp() / "prefect"))
 
 
-TINY_STUDENT = {"planes": [8, 16, 16, 16, 16, 16, 8, 8], "layers": [1] * 8, "init_dim": 8, "stem_kernel": 3,
-                "voxel_size_m": 0.1}
+TINY_STUDENT = {
+    "planes": [8, 16, 16, 16, 16, 16, 8, 8],
+    "layers": [1] * 8,
+    "init_dim": 8,
+    "stem_kernel": 3,
+    "voxel_size_m": 0.1,
+}
 
 
 def tiny_pipeline_plan(path: Path, epochs: int = 6, num_scenes: int = 3) -> Path:
     """A whole plan (teacher to evaluation) on tiny toy scenes; the last scene is held out."""
     import yaml
 
-    data = toy_plan_dict(path.parent / f"{path.stem}.zarr", num_scenes=num_scenes, num_frames=4, image_height=48,
-                         image_width=64, vertex_spacing_m=0.1)
+    data = toy_plan_dict(
+        path.parent / f"{path.stem}.zarr",
+        num_scenes=num_scenes,
+        num_frames=4,
+        image_height=48,
+        image_width=64,
+        vertex_spacing_m=0.1,
+    )
     scenes = [f"toy_{i:04d}" for i in range(num_scenes)]
     data["splits"] = {"train": scenes[:-1], "val": scenes[-1:]}
-    data["stages"].update({
-        "extract2d": {"t": {"implementation": "synthetic", "feature_height": 48, "feature_width": 64, "noise_std": 0.2}},
-        "project": {"cut_bound": 1},
-        "distill": {"student": TINY_STUDENT, "epochs": epochs, "batch_size": 1, "lr": 0.003, "label_weight": 0.5},
-        "predict": {},
-        "evaluate": {"unseen_classes": ["table", "chair"]},
-    })
+    data["stages"].update(
+        {
+            "extract2d": {
+                "t": {"implementation": "synthetic", "feature_height": 48, "feature_width": 64, "noise_std": 0.2}
+            },
+            "project": {"cut_bound": 1},
+            "distill": {"student": TINY_STUDENT, "epochs": epochs, "batch_size": 1, "lr": 0.003, "label_weight": 0.5},
+            "predict": {},
+            "evaluate": {"unseen_classes": ["table", "chair"]},
+        }
+    )
     path.write_text(yaml.safe_dump(data))
     return path

@@ -60,8 +60,12 @@ def assert_accepted_groups_are_whole(store: Store, reference: dict) -> int:
 
 def cli(plan_path, *args):
     env = dict(os.environ, OVLIFT_PROGRESS="0")
-    return subprocess.Popen([sys.executable, "-m", "ovlift.pipeline.cli", "run", str(plan_path), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ovlift.pipeline.cli", "run", str(plan_path), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):

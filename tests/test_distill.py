@@ -25,7 +25,10 @@ def test_voxel_regrouped_losses_equal_the_per_point_losses_and_their_gradients()
     from ovlift.models.training import Losses
 
     g = torch.Generator().manual_seed(3)
-    voxels, text = torch.randn(60, 16, generator=g, dtype=torch.float64), torch.randn(7, 16, generator=g, dtype=torch.float64)
+    voxels, text = (
+        torch.randn(60, 16, generator=g, dtype=torch.float64),
+        torch.randn(7, 16, generator=g, dtype=torch.float64),
+    )
     point_voxel = torch.randint(0, 50, (500,), generator=g)  # voxels 50..59 hold no point
     targets, labels = torch.randn(500, 16, generator=g).half(), torch.randint(0, 7, (500,), generator=g)
     losses = Losses(cosine_weight=0.7, label_weight=0.3, label_temperature=0.1)
@@ -59,8 +62,12 @@ def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     killed = tiny_pipeline_plan(tmp_path / "killed.yaml")
     Runner(load_plan(killed)).run(stages=["input", "extract2d", "project"], fail_fast=True)
     env = dict(os.environ, OVLIFT_PROGRESS="0")
-    proc = subprocess.Popen([sys.executable, "-m", "ovlift.pipeline.cli", "run", str(killed), "--stages", "distill"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ovlift.pipeline.cli", "run", str(killed), "--stages", "distill"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     pattern = str(tmp_path / "killed.zarr.files" / "global" / "distill" / "*" / "epoch_*.pt")
     deadline = time.time() + 120
     while not glob.glob(pattern) and time.time() < deadline and proc.poll() is None:
@@ -111,7 +118,9 @@ def test_end_to_end_outputs_report_and_reruns_cached(tmp_path):
     from ovlift.pipeline.cli import app
 
     store = str(tmp_path / "plan.zarr")
-    result = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0002", "a table", "--out", str(tmp_path / "q")])
+    result = CliRunner().invoke(
+        app, ["query", "--store", store, "--scene", "toy_0002", "a table", "--out", str(tmp_path / "q")]
+    )
     assert result.exit_code == 0, result.output
     ply = (tmp_path / "q" / "toy_0002_a_table_student.ply").read_bytes()
     assert ply.startswith(b"ply\nformat binary_little_endian 1.0\nelement vertex %d\n" % n)
@@ -121,7 +130,9 @@ def test_end_to_end_outputs_report_and_reruns_cached(tmp_path):
     status = CliRunner().invoke(app, ["status", "--store", store, "--plan", str(plan_path), "--json"])
     rows = [json.loads(line) for line in status.output.splitlines()]
     assert {(r["scene_id"], r["path"], r["state"]) for r in rows if r["scene_id"] == "global"} == {
-        ("global", "global/distill", "cached"), ("global", "global/evaluate", "cached")}
+        ("global", "global/distill", "cached"),
+        ("global", "global/evaluate", "cached"),
+    }
     assert {r["state"] for r in rows} == {"cached"}
 
 
@@ -140,8 +151,20 @@ def test_distillation_runs_under_torchrun_with_two_cpu_processes(tmp_path):
     Runner(load_plan(plan_path)).run(stages=["input", "extract2d", "project"], fail_fast=True)
     torchrun = Path(sys.executable).with_name("torchrun")
     done = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "-m", "ovlift.pipeline.cli", "run", str(plan_path), "--stages", "distill"],
-        env=dict(os.environ, OVLIFT_PROGRESS="0"), capture_output=True, text=True, timeout=600,
+        [
+            str(torchrun),
+            "--nproc_per_node=2",
+            "-m",
+            "ovlift.pipeline.cli",
+            "run",
+            str(plan_path),
+            "--stages",
+            "distill",
+        ],
+        env=dict(os.environ, OVLIFT_PROGRESS="0"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     group = distill_group(plan_path)

@@ -27,10 +27,16 @@ def test_dataset_flow_on_two_dask_workers_then_all_cache_hits(tmp_path, monkeypa
     per_scene = ["input", "extract2d/t", "project", "predict"]
     assert first.counts() == {"ran": 4 * len(per_scene) + 2}  # + distill and evaluate, once each
     assert {(o.scene_id, o.stage) for o in first.outcomes if o.scene_id == "global"} == {
-        ("global", "distill"), ("global", "evaluate")}
+        ("global", "distill"),
+        ("global", "evaluate"),
+    }
     assert sorted({o.scene_id for o in first.outcomes} - {"global"}) == [f"toy_{i:04d}" for i in range(4)]
     second = run_dataset_flow(str(path), workers=2)
     assert second.counts() == {"cached": 4 * len(per_scene) + 2}
     outcomes = scene_flow(str(path), "toy_0002", force=["project"])
     assert [(o["stage"], o["status"]) for o in outcomes] == [
-        ("input", "cached"), ("extract2d/t", "cached"), ("project", "ran"), ("predict", "ran")]
+        ("input", "cached"),
+        ("extract2d/t", "cached"),
+        ("project", "ran"),
+        ("predict", "ran"),
+    ]

@@ -67,8 +67,9 @@ def nan_points(s):
 CASES = {
     "nan points": (nan_points, r"scene 'toy_0000': array 'points' has 2 non-finite rows \(NaN/inf\), first at row 7"),
     "empty cloud": (
-        lambda s: replace(s, points=np.zeros((0, 3), np.float32), colors=None, normals=None, labels=None,
-                          instances=None, faces=None),
+        lambda s: replace(
+            s, points=np.zeros((0, 3), np.float32), colors=None, normals=None, labels=None, instances=None, faces=None
+        ),
         r"scene 'toy_0000': array 'points' is empty",
     ),
     "labels outside the label set": (

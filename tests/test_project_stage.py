@@ -58,13 +58,18 @@ def test_project_stage_equals_the_reference_loop_on_stored_arrays(tmp_path):
     w2c = rigid_inverse(torch.from_numpy(scene.load("frames/cam_to_world")))[frames]
     depth = resize_depth(torch.from_numpy(scene.load("frames/depth")), (24, 32))[frames]
     rule = VisibilityRule(0.25, "relative", 2)
-    expected = reference_visibility(scene.load("points").astype(np.float64), w2c.numpy(), k.numpy(), (24, 32), rule, depth.numpy())
+    expected = reference_visibility(
+        scene.load("points").astype(np.float64), w2c.numpy(), k.numpy(), (24, 32), rule, depth.numpy()
+    )
     expected = [(p, frames[f], r, c) for p, f, r, c in expected]
-    got = list(zip(group.load("point_index").tolist(), group.load("frame_index").tolist(),
-                   *group.load("pixel").T.tolist()))
+    got = list(
+        zip(group.load("point_index").tolist(), group.load("frame_index").tolist(), *group.load("pixel").T.tolist())
+    )
     assert got == sorted(expected)  # sorted by point, then frame
     assert group.info == {"feature_size": [24, 32], "frames": frames, "teachers": {}}
-    np.testing.assert_array_equal(group.load("view_count"), np.bincount(group.load("point_index"), minlength=scene.dims["N"]))
+    np.testing.assert_array_equal(
+        group.load("view_count"), np.bincount(group.load("point_index"), minlength=scene.dims["N"])
+    )
 
 
 def test_rerun_is_a_hit_and_a_tolerance_change_reruns_project_and_downstream(tmp_path):

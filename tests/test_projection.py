@@ -72,7 +72,9 @@ def random_scene(seed, frames=6, n=400, hw=(24, 32)):
     depth from a z-buffer with noise, holes (0) and clutter in front, two invalid poses."""
     rng = np.random.default_rng(seed)
     points = rng.uniform(-1, 1, size=(n, 3))
-    poses = np.stack([look_at(rng.uniform(-2.5, 2.5, 3) * [1, 1, 0.4], rng.uniform(-0.3, 0.3, 3)) for _ in range(frames)])
+    poses = np.stack(
+        [look_at(rng.uniform(-2.5, 2.5, 3) * [1, 1, 0.4], rng.uniform(-0.3, 0.3, 3)) for _ in range(frames)]
+    )
     poses[1] = look_at(np.array([0.1, 0.0, 0.0]), np.array([1.0, 0.3, 0.1]))  # inside the cloud
     pose_valid = np.ones(frames, bool)
     poses[2], pose_valid[2] = np.nan, False
@@ -120,7 +122,9 @@ def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule):
 def test_kernel_matches_the_reference_loop_exactly_without_depth(seed):
     points, w2c, k, _, pose_valid, hw = random_scene(seed)
     rule = VisibilityRule(cut_bound=1)
-    got = visible_correspondences(torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule, None, torch.from_numpy(pose_valid))
+    got = visible_correspondences(
+        torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule, None, torch.from_numpy(pose_valid)
+    )
     expected = reference_visibility(points, w2c.numpy(), k, hw, rule, None, pose_valid)
     assert len(expected) > 50
     assert as_tuples(got) == expected
@@ -130,7 +134,9 @@ def test_float32_points_give_the_same_correspondences_as_float64():
     points, w2c, k, depth, pose_valid, hw = random_scene(5)
     points32 = points.astype(np.float32)
     rule = VisibilityRule(0.25, "relative", 1)
-    got = visible_correspondences(torch.from_numpy(points32), w2c, torch.from_numpy(k), hw, rule, torch.from_numpy(depth))
+    got = visible_correspondences(
+        torch.from_numpy(points32), w2c, torch.from_numpy(k), hw, rule, torch.from_numpy(depth)
+    )
     assert as_tuples(got) == reference_visibility(points32.astype(np.float64), w2c.numpy(), k, hw, rule, depth)
 
 
@@ -183,8 +189,13 @@ def test_streamed_fusion_matches_a_loop_over_correspondences(reduce):
     rule = VisibilityRule(0.25, "relative", 0)
     fusion = FeatureFusion(len(points), 7, reduce)
     batches = [  # two batches of the valid frames
-        FrameBatch(torch.from_numpy(sel), w2c[sel], torch.from_numpy(k[sel]), torch.from_numpy(depth[sel]),
-                   {"t": TeacherBatch(DenseFeatures(torch.from_numpy(features[sel])), torch.arange(len(sel)))})
+        FrameBatch(
+            torch.from_numpy(sel),
+            w2c[sel],
+            torch.from_numpy(k[sel]),
+            torch.from_numpy(depth[sel]),
+            {"t": TeacherBatch(DenseFeatures(torch.from_numpy(features[sel])), torch.arange(len(sel)))},
+        )
         for sel in np.array_split(valid, 2)
     ]
     corr, views = project_and_fuse(torch.from_numpy(points), batches, hw, rule, {"t": fusion})
@@ -216,9 +227,13 @@ def test_merge_by_point_equals_a_stable_sort_of_the_concatenation():
     for size in (0, 50, 200, 1, 120):  # frame-ordered parts, as batches produce them
         frames = np.sort(rng.integers(frame, frame + 4, size))
         frame += 4
-        parts.append(Correspondences(torch.from_numpy(rng.integers(0, 40, size).astype(np.int32)),
-                                     torch.from_numpy(frames.astype(np.int32)),
-                                     torch.from_numpy(rng.integers(0, 99, (size, 2)).astype(np.int16))))
+        parts.append(
+            Correspondences(
+                torch.from_numpy(rng.integers(0, 40, size).astype(np.int32)),
+                torch.from_numpy(frames.astype(np.int32)),
+                torch.from_numpy(rng.integers(0, 99, (size, 2)).astype(np.int16)),
+            )
+        )
     point = np.concatenate([p.point_index.numpy() for p in parts])
     frames = np.concatenate([p.frame_index.numpy() for p in parts])
     pixel = np.concatenate([p.pixel.numpy() for p in parts])
@@ -247,7 +262,13 @@ def test_visibility_agrees_with_ray_cast_ground_truth_on_toy_scenes():
         depth = torch.from_numpy(np.stack([f.depth for f in frames]))
         hw = (480, 640)
         z, x, y = project_points(points, w2c, k)
-        frustum = (z > 0) & (torch.round(x) >= 0) & (torch.round(y) >= 0) & (torch.round(x) < hw[1]) & (torch.round(y) < hw[0])
+        frustum = (
+            (z > 0)
+            & (torch.round(x) >= 0)
+            & (torch.round(y) >= 0)
+            & (torch.round(x) < hw[1])
+            & (torch.round(y) < hw[0])
+        )
         truth = torch.zeros_like(frustum)
         for f in range(len(frames)):
             idx = torch.nonzero(frustum[f], as_tuple=True)[0]
@@ -260,8 +281,10 @@ def test_visibility_agrees_with_ray_cast_ground_truth_on_toy_scenes():
         agree_frustum += int((seen == truth)[frustum].sum())
         total += truth.numel()
         in_frustum += int(frustum.sum())
-    print(f"toy visibility vs ray cast: {agree_all / total:.2%} of all point-frame pairs, "
-          f"{agree_frustum / in_frustum:.2%} of pairs inside the image")
+    print(
+        f"toy visibility vs ray cast: {agree_all / total:.2%} of all point-frame pairs, "
+        f"{agree_frustum / in_frustum:.2%} of pairs inside the image"
+    )
     assert agree_all / total >= 0.99
     assert agree_frustum / in_frustum >= 0.96
 
@@ -279,8 +302,9 @@ def test_mask_features_decode_to_the_weighted_sum_of_their_masks():
     dense = masks.decode().numpy()
     ids, weights, emb = masks.ids.numpy(), masks.weights.numpy().astype(np.float64), masks.embeddings.numpy()
     for b, r, c in [(0, 0, 0), (1, 4, 5), (0, 2, 3), (1, 1, 1)]:
-        expected = sum(weights[b, r, c, j] * emb[ids[b, r, c, j]].astype(np.float64)
-                       for j in range(3) if ids[b, r, c, j] >= 0)
+        expected = sum(
+            weights[b, r, c, j] * emb[ids[b, r, c, j]].astype(np.float64) for j in range(3) if ids[b, r, c, j] >= 0
+        )
         np.testing.assert_allclose(dense[b, r, c], expected if np.ndim(expected) else np.zeros(4), rtol=1e-5, atol=1e-5)
 
 
@@ -294,11 +318,19 @@ def test_fusing_masks_equals_fusing_their_decoded_maps_and_skips_frames_a_teache
     has = np.array([0, 2, 3])  # the teacher has features for 3 of the 4 valid frames
     results = []
     for source in (masks, dense):
-        sub = (MaskFeatures(source.ids[has], source.weights[has], source.embeddings) if isinstance(source, MaskFeatures)
-               else DenseFeatures(source.images[has]))
+        sub = (
+            MaskFeatures(source.ids[has], source.weights[has], source.embeddings)
+            if isinstance(source, MaskFeatures)
+            else DenseFeatures(source.images[has])
+        )
         fusion = FeatureFusion(len(points), 5)
-        batch = FrameBatch(torch.from_numpy(valid), w2c[valid], torch.from_numpy(k[valid]), torch.from_numpy(depth[valid]),
-                           {"t": TeacherBatch(sub, torch.from_numpy(has))})
+        batch = FrameBatch(
+            torch.from_numpy(valid),
+            w2c[valid],
+            torch.from_numpy(k[valid]),
+            torch.from_numpy(depth[valid]),
+            {"t": TeacherBatch(sub, torch.from_numpy(has))},
+        )
         corr, views = project_and_fuse(torch.from_numpy(points), [batch], hw, rule, {"t": fusion})
         results.append(fusion.result())
     (fm, cm), (fd, cd) = results

@@ -124,8 +124,12 @@ def test_a_failing_scene_skips_its_downstream_and_spares_other_scenes(tmp_path, 
     monkeypatch.setattr(plan.dataset, "load", load)
     report = Runner(plan).run()
     assert statuses(report) == {
-        ("toy_0000", "input"): "ran", ("toy_0000", "height"): "ran", ("toy_0000", "histogram"): "ran",
-        ("toy_0001", "input"): "failed", ("toy_0001", "height"): "skipped", ("toy_0001", "histogram"): "skipped",
+        ("toy_0000", "input"): "ran",
+        ("toy_0000", "height"): "ran",
+        ("toy_0000", "histogram"): "ran",
+        ("toy_0001", "input"): "failed",
+        ("toy_0001", "height"): "skipped",
+        ("toy_0001", "histogram"): "skipped",
     }
 
 
@@ -150,8 +154,14 @@ def test_status_reports_cached_stale_and_missing(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda p: p["stages"]["input"].update(max_median_depth_m="far"), r"stages\.input: max_median_depth_m: Input should be a valid number"),
-        (lambda p: p["dataset"].update(num_scenes=0), r"dataset: num_scenes: Input should be greater than or equal to 1"),
+        (
+            lambda p: p["stages"]["input"].update(max_median_depth_m="far"),
+            r"stages\.input: max_median_depth_m: Input should be a valid number",
+        ),
+        (
+            lambda p: p["dataset"].update(num_scenes=0),
+            r"dataset: num_scenes: Input should be greater than or equal to 1",
+        ),
         (lambda p: p["dataset"].update(color="red"), r"dataset: color: Extra inputs are not permitted"),
         (lambda p: p["stages"].update(nonsense={}), r"stages: unknown stages \['nonsense'\]"),
         (lambda p: p["dataset"].update(name="scannet9"), r"dataset: unknown dataset 'scannet9'"),

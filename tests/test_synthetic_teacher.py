@@ -27,10 +27,26 @@ def teacher_labels(runner, scene, teacher):
 @pytest.mark.slow
 def test_measured_confusion_matches_the_configured_table_within_two_points(tmp_path):
     classes = ["chair", "table", "cabinet"]
-    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=3, num_frames=240, image_height=30, image_width=40,
-                         floor_classes=classes, num_floor_objects=6, num_wall_objects=0)
-    data["stages"]["extract2d"] = {"t": {"implementation": "synthetic", "encoding": "masks", "confusion": CONFUSION,
-                                         "seed": 3, "feature_height": 30, "feature_width": 40}}
+    data = toy_plan_dict(
+        tmp_path / "s.zarr",
+        num_scenes=3,
+        num_frames=240,
+        image_height=30,
+        image_width=40,
+        floor_classes=classes,
+        num_floor_objects=6,
+        num_wall_objects=0,
+    )
+    data["stages"]["extract2d"] = {
+        "t": {
+            "implementation": "synthetic",
+            "encoding": "masks",
+            "confusion": CONFUSION,
+            "seed": 3,
+            "feature_height": 30,
+            "feature_width": 40,
+        }
+    }
     runner = Runner(plan_from_dict(data))
     runner.run(stages=["input", "extract2d"], fail_fast=True)
     counts = {c: np.zeros(len(SCANNET20.classes)) for c in classes}
@@ -58,8 +74,10 @@ def test_measured_confusion_matches_the_configured_table_within_two_points(tmp_p
 def test_bleeding_spreads_object_labels_onto_the_background_only(tmp_path):
     data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=4, image_height=60, image_width=80)
     size = {"feature_height": 60, "feature_width": 80, "encoding": "masks"}
-    data["stages"]["extract2d"] = {"clean": {"implementation": "synthetic", **size},
-                                   "bled": {"implementation": "synthetic", "bleed_px": 3, **size}}
+    data["stages"]["extract2d"] = {
+        "clean": {"implementation": "synthetic", **size},
+        "bled": {"implementation": "synthetic", "bleed_px": 3, **size},
+    }
     runner = Runner(plan_from_dict(data))
     runner.run(stages=["input", "extract2d"], fail_fast=True)
     clean = teacher_labels(runner, "toy_0000", "clean")
@@ -74,14 +92,20 @@ def test_bleeding_spreads_object_labels_onto_the_background_only(tmp_path):
     # ... and only near object edges: every changed pixel is within 3 px of an unchanged object pixel
     rows, cols = np.nonzero(changed[0])
     objects = ~background[0]
-    assert all(objects[max(r - 3, 0): r + 4, max(c - 3, 0): c + 4].any() for r, c in zip(rows, cols))
+    assert all(objects[max(r - 3, 0) : r + 4, max(c - 3, 0) : c + 4].any() for r, c in zip(rows, cols))
 
 
 def test_text_query_finds_the_sofa_and_a_couch_too(tmp_path):
     """Zero-noise synthetic teacher, MiniLM text space: the points most similar to
     'a sofa' are sofa points, and so are those most similar to 'couch'."""
-    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=12, image_height=120, image_width=160,
-                         floor_classes=["sofa", "table", "chair", "bed", "cabinet", "bookshelf"])
+    data = toy_plan_dict(
+        tmp_path / "s.zarr",
+        num_scenes=1,
+        num_frames=12,
+        image_height=120,
+        image_width=160,
+        floor_classes=["sofa", "table", "chair", "bed", "cabinet", "bookshelf"],
+    )
     data["stages"]["extract2d"] = {"t": {"implementation": "synthetic", "feature_height": 120, "feature_width": 160}}
     # CUS3D's absolute 5 cm test: OpenScene's loose 25 % mixes floor features into sofa edges
     data["stages"]["project"] = {"cut_bound": 2, "tolerance_kind": "absolute", "depth_tolerance": 0.05}

@@ -41,22 +41,66 @@ def teacher_configs(models, tmp_path):
         "synthetic-dense": ({"implementation": "synthetic", **size}, 384, "dense"),
         "synthetic-masks": ({"implementation": "synthetic", "encoding": "masks", "bleed_px": 2, **size}, 384, "masks"),
         "maskclip": ({"implementation": "maskclip", "clip_path": models["clip"], **size}, 24, "dense"),
-        "mask-clip-m2f-vote": ({"implementation": "mask-clip", "segmenter_path": models["mask2former"],
-                                "clip_path": models["clip"], "encoding": "masks", "mask_threshold": 0.3,
-                                "segmenter_short_side": 64, **size}, 24, "masks"),
-        "mask-clip-mf-largest": ({"implementation": "mask-clip", "segmenter_path": models["maskformer"],
-                                  "clip_path": models["clip"], "overlap": "largest", "mask_threshold": 0.3,
-                                  "segmenter_short_side": 64, **size}, 24, "dense"),
-        "caption-aligned": ({"implementation": "caption-aligned", "segmenter_path": models["mask2former"],
-                             "captioner_path": models["blip"], "encoding": "masks", "mask_threshold": 0.3,
-                             "caption_tokens": 4, "segmenter_short_side": 64, **size}, 384, "masks"),
-        "cached": ({"implementation": "cached", "path": cached_files(tmp_path / "feats", ["toy_0000"]),
-                    "channels": 6, **size}, 6, "dense"),
+        "mask-clip-m2f-vote": (
+            {
+                "implementation": "mask-clip",
+                "segmenter_path": models["mask2former"],
+                "clip_path": models["clip"],
+                "encoding": "masks",
+                "mask_threshold": 0.3,
+                "segmenter_short_side": 64,
+                **size,
+            },
+            24,
+            "masks",
+        ),
+        "mask-clip-mf-largest": (
+            {
+                "implementation": "mask-clip",
+                "segmenter_path": models["maskformer"],
+                "clip_path": models["clip"],
+                "overlap": "largest",
+                "mask_threshold": 0.3,
+                "segmenter_short_side": 64,
+                **size,
+            },
+            24,
+            "dense",
+        ),
+        "caption-aligned": (
+            {
+                "implementation": "caption-aligned",
+                "segmenter_path": models["mask2former"],
+                "captioner_path": models["blip"],
+                "encoding": "masks",
+                "mask_threshold": 0.3,
+                "caption_tokens": 4,
+                "segmenter_short_side": 64,
+                **size,
+            },
+            384,
+            "masks",
+        ),
+        "cached": (
+            {"implementation": "cached", "path": cached_files(tmp_path / "feats", ["toy_0000"]), "channels": 6, **size},
+            6,
+            "dense",
+        ),
     }
 
 
-@pytest.mark.parametrize("kind", ["synthetic-dense", "synthetic-masks", "maskclip", "mask-clip-m2f-vote",
-                                  "mask-clip-mf-largest", "caption-aligned", "cached"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "synthetic-dense",
+        "synthetic-masks",
+        "maskclip",
+        "mask-clip-m2f-vote",
+        "mask-clip-mf-largest",
+        "caption-aligned",
+        "cached",
+    ],
+)
 def test_every_teacher_runs_through_the_stage_and_project_fuses_it(models, tmp_path, kind):
     config, channels, encoding = teacher_configs(models, tmp_path)[kind]
     data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=3, image_height=48, image_width=64)
@@ -128,16 +172,28 @@ def test_maskclip_is_the_value_path_of_the_last_block(models):
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda root, m: str(root / "nowhere"), "model directory '.*nowhere' does not exist \\(expected a Hugging Face CLIP"),
-        (lambda root, m: str((root / "empty").mkdir() or root / "empty"), "'.*empty' has no config.json \\(expected a Hugging Face CLIP"),
+        (
+            lambda root, m: str(root / "nowhere"),
+            "model directory '.*nowhere' does not exist \\(expected a Hugging Face CLIP",
+        ),
+        (
+            lambda root, m: str((root / "empty").mkdir() or root / "empty"),
+            "'.*empty' has no config.json \\(expected a Hugging Face CLIP",
+        ),
         (lambda root, m: m["mask2former"], "holds a 'mask2former' model, expected model_type 'clip'"),
         (lambda root, m: _broken_weights(root, m), "cannot load '.*broken' as a Hugging Face CLIP"),
     ],
 )
 def test_a_missing_or_malformed_model_folder_gives_one_clear_error(models, tmp_path, make, message):
     data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2, image_height=48, image_width=64)
-    data["stages"]["extract2d"] = {"t": {"implementation": "maskclip", "clip_path": make(tmp_path, models),
-                                         "feature_height": 24, "feature_width": 32}}
+    data["stages"]["extract2d"] = {
+        "t": {
+            "implementation": "maskclip",
+            "clip_path": make(tmp_path, models),
+            "feature_height": 24,
+            "feature_width": 32,
+        }
+    }
     report = Runner(plan_from_dict(data)).run()
     failed = [o for o in report.outcomes if o.status == "failed"]
     assert len(failed) == 1 and failed[0].stage == "extract2d/t"
@@ -158,7 +214,9 @@ def _broken_weights(root, models):
 
 def test_masks_encoding_only_for_mask_teachers(models, tmp_path):
     data = toy_plan_dict(tmp_path / "s.zarr")
-    data["stages"]["extract2d"] = {"t": {"implementation": "maskclip", "clip_path": models["clip"], "encoding": "masks"}}
+    data["stages"]["extract2d"] = {
+        "t": {"implementation": "maskclip", "clip_path": models["clip"], "encoding": "masks"}
+    }
     with pytest.raises(PlanError, match="produces dense features; encoding 'masks' needs a mask-based teacher"):
         plan_from_dict(data)
 

@@ -6,7 +6,10 @@ from ovlift.vocabularies import NUSCENES16, SCANNET20, get_vocabulary, load_voca
 
 def test_builtin_label_sets():
     assert len(SCANNET20.classes) == 20 and SCANNET20.prompts == SCANNET20.classes
-    sizes = {name: len(get_vocabulary(name).classes) for name in ("matterport21", "matterport40", "matterport80", "matterport160")}
+    sizes = {
+        name: len(get_vocabulary(name).classes)
+        for name in ("matterport21", "matterport40", "matterport80", "matterport160")
+    }
     assert sizes == {"matterport21": 21, "matterport40": 40, "matterport80": 80, "matterport160": 160}
     assert get_vocabulary("matterport160").classes[:40] == get_vocabulary("matterport40").classes
 

@@ -47,9 +47,7 @@ class ArraySpec:
         if np.dtype(dtype) != np.dtype(self.dtype):
             raise SchemaError(f"{where}: array '{self.name}' expected dtype {self.dtype}, found {np.dtype(dtype)}")
         if len(shape) != len(self.dims):
-            raise SchemaError(
-                f"{where}: array '{self.name}' expected shape {self.shape_text()}, found {tuple(shape)}"
-            )
+            raise SchemaError(f"{where}: array '{self.name}' expected shape {self.shape_text()}, found {tuple(shape)}")
         for axis, (dim, size) in enumerate(zip(self.dims, shape)):
             if isinstance(dim, int):
                 if size != dim:

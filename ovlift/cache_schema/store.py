@@ -277,7 +277,7 @@ class Store:
         files = sorted(fs.find(src))
         last = f"{src}/{GROUP_META}"
         for f in [f for f in files if f != last] + [last]:
-            fs.mv(f, dst + f[len(src):])
+            fs.mv(f, dst + f[len(src) :])
         if fs.exists(src):
             fs.rm(src, recursive=True)
 

@@ -57,10 +57,7 @@ def sofa(r: np.random.Generator) -> list[Part]:
     sx, sy = r.uniform(1.6, 2.2), r.uniform(0.85, 0.95)
     base = _box(-sx / 2, -sy / 2, 0, sx / 2, sy / 2 - 0.2, 0.42, "-z")
     back = _box(-sx / 2, sy / 2 - 0.2, 0, sx / 2, sy / 2, 0.85, "-z")
-    arms = [
-        _box(x0, -sy / 2, 0.42, x0 + 0.18, sy / 2 - 0.2, 0.62, "-z +y")
-        for x0 in (-sx / 2, sx / 2 - 0.18)
-    ]
+    arms = [_box(x0, -sy / 2, 0.42, x0 + 0.18, sy / 2 - 0.2, 0.62, "-z +y") for x0 in (-sx / 2, sx / 2 - 0.18)]
     return [base, back, *arms]
 
 

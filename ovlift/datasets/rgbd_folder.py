@@ -62,12 +62,18 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
         for root in map(Path, config.paths):
             if not root.is_dir():
                 raise FileNotFoundError(f"rgbd-folder: '{root}' is not a folder")
-            candidates = [root] if (root / INTRINSICS_FILE).is_file() else sorted(p for p in root.iterdir() if (p / INTRINSICS_FILE).is_file())
+            candidates = (
+                [root]
+                if (root / INTRINSICS_FILE).is_file()
+                else sorted(p for p in root.iterdir() if (p / INTRINSICS_FILE).is_file())
+            )
             if not candidates:
                 raise FileNotFoundError(f"rgbd-folder: no {INTRINSICS_FILE} in '{root}' or its subfolders")
             for folder in candidates:
                 if folder.name in self._folders:
-                    raise ValueError(f"rgbd-folder: two scenes named '{folder.name}': {self._folders[folder.name]} and {folder}")
+                    raise ValueError(
+                        f"rgbd-folder: two scenes named '{folder.name}': {self._folders[folder.name]} and {folder}"
+                    )
                 self._folders[folder.name] = folder
 
     def scene_ids(self) -> list[str]:
@@ -139,7 +145,11 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
             if frame.depth is None or not bool(pose_is_valid(pose[None])[0]):
                 continue
             pts, index = backproject_depth(
-                torch.from_numpy(frame.depth), torch.from_numpy(frame.intrinsics), pose, cfg.min_depth_m, cfg.max_depth_m
+                torch.from_numpy(frame.depth),
+                torch.from_numpy(frame.intrinsics),
+                pose,
+                cfg.min_depth_m,
+                cfg.max_depth_m,
             )
             chunks.append(pts)
             colors.append(torch.from_numpy(frame.color.reshape(-1, 3))[index])

@@ -115,7 +115,9 @@ class FeatureFusion:
     def add(self, source: FeatureSource, frame: torch.Tensor, pixel: torch.Tensor, point_index: torch.Tensor) -> None:
         """Fold in the features of ``source`` at (frame, row, col) for each point."""
         if source.channels != self.accumulator.shape[1]:
-            raise ValueError(f"features have {source.channels} channels, the fusion expects {self.accumulator.shape[1]}")
+            raise ValueError(
+                f"features have {source.channels} channels, the fusion expects {self.accumulator.shape[1]}"
+            )
         shape = source.images.shape if isinstance(source, DenseFeatures) else source.ids.shape
         height, width = shape[1], shape[2]
         linear = (frame * height + pixel[:, 0]) * width + pixel[:, 1]
@@ -143,9 +145,7 @@ class FeatureFusion:
         return self.accumulator, self.count
 
 
-def vote_counts(
-    point_index: torch.Tensor, labels: torch.Tensor, num_points: int, num_classes: int
-) -> torch.Tensor:
+def vote_counts(point_index: torch.Tensor, labels: torch.Tensor, num_points: int, num_classes: int) -> torch.Tensor:
     """(N, K) int32: how many views saw each point as each class (negative labels ignored)."""
     keep = labels >= 0
     flat = point_index[keep] * num_classes + labels[keep].to(torch.int64)

@@ -15,7 +15,12 @@ from typing import Any
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 class ModelLoadError(ValueError):
@@ -40,7 +45,9 @@ def require_model_dir(path: str | os.PathLike[str], what: str, expected: str, we
     return folder
 
 
-def load_pretrained(cls: Any, path: str | os.PathLike[str], what: str, expected: str, model_type: str | None = None, **kwargs: Any) -> Any:
+def load_pretrained(
+    cls: Any, path: str | os.PathLike[str], what: str, expected: str, model_type: str | None = None, **kwargs: Any
+) -> Any:
     """``cls.from_pretrained`` on a checked local folder, errors rewritten to name it."""
     folder = require_model_dir(path, what, expected, weights=hasattr(cls, "base_model_prefix"))
     if model_type is not None:

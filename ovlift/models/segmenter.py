@@ -82,9 +82,7 @@ def load_segmenter(path: str, what: str, device: torch.device | str = "cpu") -> 
     return _load(str(path), what, str(device))
 
 
-def mask_crops(
-    color: torch.Tensor, masks: torch.Tensor, size: int, margin: float = 0.1
-) -> torch.Tensor:
+def mask_crops(color: torch.Tensor, masks: torch.Tensor, size: int, margin: float = 0.1) -> torch.Tensor:
     """(Q, 3, size, size) crops of an (H, W, 3) image around each (Q, h, w) boolean mask's
     bounding box (on the feature grid, scaled to the image, widened by ``margin``)."""
     height, width = color.shape[:2]
@@ -101,6 +99,6 @@ def mask_crops(
         pad_y, pad_x = (bottom - top) * margin, (right - left) * margin
         t, b = max(0, int(top - pad_y)), min(height, int(bottom + pad_y + 0.999))
         l, r = max(0, int(left - pad_x)), min(width, int(right + pad_x + 0.999))
-        crop = image[:, t:max(b, t + 1), l:max(r, l + 1)]
+        crop = image[:, t : max(b, t + 1), l : max(r, l + 1)]
         crops.append(F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0])
     return torch.stack(crops) if crops else torch.zeros(0, 3, size, size)

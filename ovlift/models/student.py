@@ -72,7 +72,9 @@ class MinkUNet(nn.Module):
         conv = _Conv(torch.device(device))
         p, n = config.planes, config.layers
         self.config = config
-        self.stem = _norm_relu(conv.subm(config.in_channels, config.init_dim, config.stem_kernel, "stem"), config.init_dim)
+        self.stem = _norm_relu(
+            conv.subm(config.in_channels, config.init_dim, config.stem_kernel, "stem"), config.init_dim
+        )
         self.downs, self.down_blocks = nn.ModuleList(), nn.ModuleList()
         skips, channels = [config.init_dim], config.init_dim
         for i in range(4):
@@ -93,8 +95,12 @@ class MinkUNet(nn.Module):
             self.head = nn.Linear(channels, out_channels)
         else:
             self.head = nn.Sequential(
-                nn.Linear(channels, channels), nn.BatchNorm1d(channels), nn.ReLU(),
-                nn.Linear(channels, channels), nn.BatchNorm1d(channels), nn.ReLU(),
+                nn.Linear(channels, channels),
+                nn.BatchNorm1d(channels),
+                nn.ReLU(),
+                nn.Linear(channels, channels),
+                nn.BatchNorm1d(channels),
+                nn.ReLU(),
                 nn.Linear(channels, out_channels),
             )
 

@@ -226,11 +226,21 @@ def train(
                 if size > 1:  # every rank logs (and publishes) the same numbers: the mean over ranks
                     dist.all_reduce(logged)
                     logged /= size
-                rows.append({"epoch": epoch, "step": epoch * steps_per_epoch + step, "loss": logged[0].item(),
-                             "cosine_loss": logged[1].item(), "label_loss": logged[2].item(), "lr": lr})
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "step": epoch * steps_per_epoch + step,
+                        "loss": logged[0].item(),
+                        "cosine_loss": logged[1].item(),
+                        "label_loss": logged[2].item(),
+                        "lr": lr,
+                    }
+                )
             if rank == 0:
-                save_atomically({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                                 "rows": rows}, checkpoints / f"epoch_{epoch:04d}.pt")
+                save_atomically(
+                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "rows": rows},
+                    checkpoints / f"epoch_{epoch:04d}.pt",
+                )
             if size > 1:
                 dist.barrier()
         return model, rows

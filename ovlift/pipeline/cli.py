@@ -23,7 +23,9 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 PlanArg = Annotated[Path, typer.Argument(help="Plan YAML (dataset, store, stages).", exists=True, dir_okay=False)]
-ScenesOpt = Annotated[Optional[list[str]], typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")]
+ScenesOpt = Annotated[
+    Optional[list[str]], typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")
+]
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -80,9 +82,13 @@ def ingest(
 @app.command()
 def run(
     plan: PlanArg,
-    stages: Annotated[Optional[list[str]], typer.Option("--stages", help="Only these stages (default: all in the plan).")] = None,
+    stages: Annotated[
+        Optional[list[str]], typer.Option("--stages", help="Only these stages (default: all in the plan).")
+    ] = None,
     scenes: ScenesOpt = None,
-    force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream even if cached.")] = None,
+    force: Annotated[
+        Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream even if cached.")
+    ] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing scene.")] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
@@ -123,7 +129,9 @@ def flow(
     scenes: ScenesOpt = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Start a local Dask cluster of this many workers.")] = 2,
-    dask_address: Annotated[Optional[str], typer.Option("--dask-address", help="Join this Dask scheduler instead.")] = None,
+    dask_address: Annotated[
+        Optional[str], typer.Option("--dask-address", help="Join this Dask scheduler instead.")
+    ] = None,
 ) -> None:
     """Run the plan as Prefect flows, scenes mapped as tasks over Dask."""
     from ovlift.flows import run_dataset_flow  # Prefect is imported only here
@@ -161,7 +169,9 @@ def query(
 
 @app.command()
 def schema(
-    check: Annotated[Optional[Path], typer.Option("--check", help="Exit 1 if this file differs from the specs.")] = None,
+    check: Annotated[
+        Optional[Path], typer.Option("--check", help="Exit 1 if this file differs from the specs.")
+    ] = None,
 ) -> None:
     """Print the cache layout document generated from the stage specs."""
     from ovlift.pipeline.schema_doc import render_schema_doc
@@ -177,7 +187,9 @@ def schema(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the plan, store and outputs go.")] = Path("work/demo"),
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the plan, store and outputs go.")] = Path(
+        "work/demo"
+    ),
     quick: Annotated[bool, typer.Option("--quick", help="A seconds-long version (3 scenes, 2 epochs).")] = False,
 ) -> None:
     """The main job on embedded toy data, end to end; a second run reuses the cache."""

@@ -210,8 +210,13 @@ def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>"
             stages[plan.key] = plan
     splits = _splits(data.get("splits") or {}, dataset, source)
     result = Plan(
-        store=store, dataset=dataset, vocabulary=vocabulary, device=str(data.get("device", "cpu")),
-        stages=stages, source=source, splits=splits,
+        store=store,
+        dataset=dataset,
+        vocabulary=vocabulary,
+        device=str(data.get("device", "cpu")),
+        stages=stages,
+        source=source,
+        splits=splits,
     )
     for key, stage_plan in stages.items():
         for upstream in stage_plan.stage.reads:
@@ -273,7 +278,5 @@ def _validate(cls: type[FrozenConfig], data: dict, context: dict, where: str) ->
     try:
         return cls.model_validate(data, context=context)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
         raise PlanError(f"{where}: {problems}") from None

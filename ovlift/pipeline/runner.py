@@ -156,7 +156,11 @@ class Runner:
         return outcomes
 
     def run_global(
-        self, key: str, forced: set[str] = frozenset(), failed: set[tuple[str, str]] | None = None, fail_fast: bool = False
+        self,
+        key: str,
+        forced: set[str] = frozenset(),
+        failed: set[tuple[str, str]] | None = None,
+        fail_fast: bool = False,
     ) -> Outcome:
         """A global stage, unless an upstream stage failed for one of its scenes."""
         failed = set() if failed is None else failed

@@ -128,18 +128,27 @@ class DistillStage(Stage[DistillConfig]):
         channels = int(scenes[0].targets.shape[1])
         assert ctx.files is not None
         model, rows = train(
-            scenes, cfg.student, channels,
+            scenes,
+            cfg.student,
+            channels,
             Schedule(cfg.optimizer, cfg.lr, cfg.final_lr, cfg.schedule, cfg.weight_decay),
             Augment(cfg.rotate_z, cfg.flip, cfg.scale),
             Losses(cfg.cosine_weight, cfg.label_weight, cfg.label_temperature),
-            cfg.epochs, cfg.batch_size, cfg.seed, device, ctx.files, text,
+            cfg.epochs,
+            cfg.batch_size,
+            cfg.seed,
+            device,
+            ctx.files,
+            text,
         )
         write_log(rows, ctx.files)
         buffer = io.BytesIO()
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
         out.write("weights", np.frombuffer(buffer.getvalue(), dtype=np.uint8))
         epochs = sorted({r["epoch"] for r in rows})
-        out.write("epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32))
+        out.write(
+            "epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32)
+        )
         out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
         out.set_info(
             teacher=teacher,

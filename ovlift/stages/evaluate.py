@@ -25,8 +25,13 @@ EVALUATE_SPEC = GroupSpec(
     stage="evaluate",
     doc="Confusion matrices and metrics of each predictor over the evaluated scenes.",
     arrays=tuple(
-        ArraySpec(f"confusion_{p}", "int64", ("K", "K1"), (None, None),
-                  f"{name}: rows truth, columns prediction, last column predictions outside the valid classes")
+        ArraySpec(
+            f"confusion_{p}",
+            "int64",
+            ("K", "K1"),
+            (None, None),
+            f"{name}: rows truth, columns prediction, last column predictions outside the valid classes",
+        )
         for p, name in PREDICTORS.items()
     ),
     info={
@@ -66,11 +71,14 @@ def markdown_table(metrics: dict, classes: list[str]) -> str:
     present = [c for c in classes if any(c in m["per_class_iou"] for m in metrics.values())]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
     lines = ["| predictor | mIoU | mAcc | OA | hIoU |", "|---|---|---|---|---|"]
-    lines += [f"| {PREDICTORS[p]} | {pct(m['miou'])} | {pct(m['macc'])} | {pct(m['overall_accuracy'])} | {pct(m['hiou'])} |"
-              for p, m in metrics.items()]
-    lines += ["", "| class | " + " | ".join(PREDICTORS[p] for p in metrics) + " |",
-              "|---|" + "---|" * len(metrics)]
-    lines += [f"| {c} | " + " | ".join(pct(m["per_class_iou"].get(c)) for m in metrics.values()) + " |" for c in present]
+    lines += [
+        f"| {PREDICTORS[p]} | {pct(m['miou'])} | {pct(m['macc'])} | {pct(m['overall_accuracy'])} | {pct(m['hiou'])} |"
+        for p, m in metrics.items()
+    ]
+    lines += ["", "| class | " + " | ".join(PREDICTORS[p] for p in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [
+        f"| {c} | " + " | ".join(pct(m["per_class_iou"].get(c)) for m in metrics.values()) + " |" for c in present
+    ]
     return "\n".join(lines) + "\n"
 
 

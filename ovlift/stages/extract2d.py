@@ -35,14 +35,38 @@ EXTRACT2D_SPEC = GroupSpec(
     variant="teacher",
     arrays=(
         ArraySpec("frames", "int32", ("T",), (None,), "input frame index of each extracted frame"),
-        ArraySpec("features", "float16", ("T", "h", "w", "C"), (1, None, None, None),
-                  "dense encoding: per-pixel features", required=False),
-        ArraySpec("mask_ids", "int32", ("T", "h", "w", "K"), (1, None, None, None),
-                  "masks encoding: ids into mask_embeddings of each pixel's top-k masks, -1 = none", required=False),
-        ArraySpec("mask_weights", "float16", ("T", "h", "w", "K"), (1, None, None, None),
-                  "masks encoding: weight of each of those masks", required=False),
-        ArraySpec("mask_embeddings", "float16", ("Q", "C"), (4096, None),
-                  "masks encoding: one feature per mask", required=False),
+        ArraySpec(
+            "features",
+            "float16",
+            ("T", "h", "w", "C"),
+            (1, None, None, None),
+            "dense encoding: per-pixel features",
+            required=False,
+        ),
+        ArraySpec(
+            "mask_ids",
+            "int32",
+            ("T", "h", "w", "K"),
+            (1, None, None, None),
+            "masks encoding: ids into mask_embeddings of each pixel's top-k masks, -1 = none",
+            required=False,
+        ),
+        ArraySpec(
+            "mask_weights",
+            "float16",
+            ("T", "h", "w", "K"),
+            (1, None, None, None),
+            "masks encoding: weight of each of those masks",
+            required=False,
+        ),
+        ArraySpec(
+            "mask_embeddings",
+            "float16",
+            ("Q", "C"),
+            (4096, None),
+            "masks encoding: one feature per mask",
+            required=False,
+        ),
     ),
     info={
         "teacher": "implementation that produced it",
@@ -89,7 +113,9 @@ class Extract2DStage(Stage[TeacherConfig]):
         hw = (cfg.feature_height, cfg.feature_width)
         frames = np.arange(0, scene.dims["T"], cfg.frame_stride, dtype=np.int32)
         names = scene.info.get("class_names")
-        optional = {key: scene.array(f"frames/{key}") for key in ("depth", "labels", "instances") if f"frames/{key}" in scene}
+        optional = {
+            key: scene.array(f"frames/{key}") for key in ("depth", "labels", "instances") if f"frames/{key}" in scene
+        }
         if cfg.encoding == "dense":
             features = out.create("features", (len(frames), *hw, teacher.dim))
         else:
@@ -164,9 +190,7 @@ class TeacherFeatures:
         self.channels = int(group.info["channels"])
         self.feature_hw = tuple(group.info["feature_size"])
         self._local = {int(f): i for i, f in enumerate(self.frames)}
-        self._embeddings = (
-            torch.from_numpy(group.load("mask_embeddings")) if self.encoding == "masks" else None
-        )
+        self._embeddings = torch.from_numpy(group.load("mask_embeddings")) if self.encoding == "masks" else None
 
     def positions(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For input frame indices, (positions among them that this teacher has, its local indices)."""

@@ -29,29 +29,48 @@ INPUT_SPEC = GroupSpec(
         ArraySpec("colors", "uint8", ("N", 3), (POINT_CHUNK, None), "point RGB", required=False),
         ArraySpec("normals", "float32", ("N", 3), (POINT_CHUNK, None), "unit point normals", required=False),
         ArraySpec(
-            "labels", "int16", ("N",), (POINT_CHUNK,),
-            f"class index into info.class_names, {IGNORE_LABEL} = ignore", required=False,
+            "labels",
+            "int16",
+            ("N",),
+            (POINT_CHUNK,),
+            f"class index into info.class_names, {IGNORE_LABEL} = ignore",
+            required=False,
         ),
         ArraySpec("instances", "int32", ("N",), (POINT_CHUNK,), "ground-truth instance id", required=False),
         ArraySpec("faces", "int32", ("F", 3), (POINT_CHUNK, None), "mesh triangles indexing points", required=False),
         ArraySpec("frames/color", "uint8", ("T", "H", "W", 3), (1, None, None, None), "RGB image, one frame per chunk"),
         ArraySpec(
-            "frames/depth", "float32", ("T", "H", "W"), (1, None, None),
-            "z-depth, metres, 0 = invalid; absent for LiDAR-camera data", required=False,
+            "frames/depth",
+            "float32",
+            ("T", "H", "W"),
+            (1, None, None),
+            "z-depth, metres, 0 = invalid; absent for LiDAR-camera data",
+            required=False,
         ),
         ArraySpec("frames/intrinsics", "float32", ("T", 3, 3), (None, None, None), "pinhole intrinsics, pixels"),
         ArraySpec(
-            "frames/cam_to_world", "float64", ("T", 4, 4), (None, None, None),
+            "frames/cam_to_world",
+            "float64",
+            ("T", 4, 4),
+            (None, None, None),
             "camera-to-world pose (OpenCV axes), metres; NaN where invalid",
         ),
         ArraySpec("frames/pose_valid", "bool", ("T",), (None,), "false for frames whose source pose was unusable"),
         ArraySpec(
-            "frames/labels", "int16", ("T", "H", "W"), (1, None, None),
-            f"ground-truth class per pixel (synthetic data), {IGNORE_LABEL} = ignore", required=False,
+            "frames/labels",
+            "int16",
+            ("T", "H", "W"),
+            (1, None, None),
+            f"ground-truth class per pixel (synthetic data), {IGNORE_LABEL} = ignore",
+            required=False,
         ),
         ArraySpec(
-            "frames/instances", "int32", ("T", "H", "W"), (1, None, None),
-            "ground-truth instance per pixel (synthetic data)", required=False,
+            "frames/instances",
+            "int32",
+            ("T", "H", "W"),
+            (1, None, None),
+            "ground-truth instance per pixel (synthetic data)",
+            required=False,
         ),
     ),
     info={
@@ -235,7 +254,12 @@ def check_frame(
             )
         out["depth"] = depth
     intrinsics = np.asarray(frame.intrinsics, dtype=np.float64)
-    if intrinsics.shape != (3, 3) or not np.isfinite(intrinsics).all() or intrinsics[0, 0] <= 0 or intrinsics[1, 1] <= 0:
+    if (
+        intrinsics.shape != (3, 3)
+        or not np.isfinite(intrinsics).all()
+        or intrinsics[0, 0] <= 0
+        or intrinsics[1, 1] <= 0
+    ):
         raise StageInputError(
             f"{where}: array 'frames/intrinsics' expected a finite 3x3 matrix with fx, fy > 0, found {intrinsics.tolist()}"
         )

@@ -27,7 +27,9 @@ PREDICT_SPEC = GroupSpec(
     doc="Per-point predictions of the distilled student, the fused 2D features and their ensemble.",
     arrays=(
         ArraySpec("features_3d", "float16", ("N", "D"), (1 << 16, None), "the student's per-point features"),
-        ArraySpec("similarity_3d", "float16", ("N",), (1 << 18,), "max cosine of the student feature to the vocabulary"),
+        ArraySpec(
+            "similarity_3d", "float16", ("N",), (1 << 18,), "max cosine of the student feature to the vocabulary"
+        ),
         ArraySpec("labels_3d", "int16", ("N",), (1 << 18,), "the student's class (index into info.classes)"),
         ArraySpec("similarity_2d", "float16", ("N",), (1 << 18,), "max cosine of the fused 2D feature; -inf unseen"),
         ArraySpec("labels_2d", "int16", ("N",), (1 << 18,), f"the fused 2D features' class, {IGNORE_LABEL} unseen"),
@@ -81,7 +83,9 @@ def student_features(
     return model(x)[point_map].cpu()
 
 
-def classify(features: torch.Tensor, prompts: torch.Tensor, prompt_class: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(
+    features: torch.Tensor, prompts: torch.Tensor, prompt_class: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(max cosine similarity, class) of each feature against prompt embeddings."""
     similarity, best = (F.normalize(features.float(), dim=1) @ prompts.T).max(dim=1)
     return similarity, prompt_class[best]
@@ -105,7 +109,9 @@ class PredictStage(Stage[PredictConfig]):
         prompt_class = torch.tensor(vocab.prompt_class, dtype=torch.int64)
 
         colors = torch.from_numpy(scene.load("colors")) if "colors" in scene else None
-        features = student_features(load_student(distill, device), torch.from_numpy(scene.load("points")), colors, device)
+        features = student_features(
+            load_student(distill, device), torch.from_numpy(scene.load("points")), colors, device
+        )
         sim_3d, labels_3d = classify(features, prompts, prompt_class)
 
         teacher = distill.info["teacher"]
@@ -124,4 +130,3 @@ class PredictStage(Stage[PredictConfig]):
         out.write("labels_ensemble", torch.where(from_2d, labels_2d, labels_3d).to(torch.int16).numpy())
         out.write("ensemble_from_2d", from_2d.numpy())
         out.set_info(classes=list(vocab.classes), teacher=teacher, text_encoder=distill.info["text_encoder"])
-

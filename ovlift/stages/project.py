@@ -31,13 +31,27 @@ PROJECT_SPEC = GroupSpec(
     doc="Visible point-frame-pixel correspondences (occlusion-tested), sorted by point.",
     arrays=(
         ArraySpec("point_index", "int32", ("M",), (CORR_CHUNK,), "point of each correspondence (ascending)"),
-        ArraySpec("frame_index", "int32", ("M",), (CORR_CHUNK,), "frame (index into input frames), ascending per point"),
+        ArraySpec(
+            "frame_index", "int32", ("M",), (CORR_CHUNK,), "frame (index into input frames), ascending per point"
+        ),
         ArraySpec("pixel", "int16", ("M", 2), (CORR_CHUNK, None), "(row, col) at info.feature_size"),
         ArraySpec("view_count", "int32", ("N",), (1 << 18,), "number of frames that see each point"),
-        ArraySpec("fused/{teacher}/features", "float16", ("N", "C_{teacher}"), (1 << 16, None),
-                  "a teacher's features reduced over the views of each point (0 where unseen)", required=False),
-        ArraySpec("fused/{teacher}/seen", "bool", ("N",), (1 << 18,),
-                  "whether any view with that teacher's features sees the point", required=False),
+        ArraySpec(
+            "fused/{teacher}/features",
+            "float16",
+            ("N", "C_{teacher}"),
+            (1 << 16, None),
+            "a teacher's features reduced over the views of each point (0 where unseen)",
+            required=False,
+        ),
+        ArraySpec(
+            "fused/{teacher}/seen",
+            "bool",
+            ("N",),
+            (1 << 18,),
+            "whether any view with that teacher's features sees the point",
+            required=False,
+        ),
     ),
     info={
         "feature_size": "[rows, cols] of the image grid that pixel indexes",
@@ -123,7 +137,9 @@ class ProjectStage(Stage[ProjectConfig]):
         scene = ctx.inputs["input"]
         configured = (self.config.feature_height, self.config.feature_width)
         if len(set(sizes.values())) > 1:
-            raise StageInputError(f"{ctx.where()}: teachers have different feature sizes {sizes}; project needs one grid")
+            raise StageInputError(
+                f"{ctx.where()}: teachers have different feature sizes {sizes}; project needs one grid"
+            )
         if sizes:
             size = next(iter(sizes.values()))
             if configured[0] is not None and configured != size:

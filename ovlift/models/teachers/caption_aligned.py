@@ -30,8 +30,32 @@ from ovlift.models.text import TextEncoderConfig, load_text_encoder
 CAPTIONER_EXPECTED = "a Hugging Face BLIP captioning model with its processor, saved with save_pretrained"
 ARTICLES = {"a", "an", "the"}
 PHRASE_END = {
-    "on", "in", "with", "next", "near", "at", "of", "and", "or", "is", "are", "sitting", "standing", "lying",
-    "hanging", "that", "which", "by", "under", "over", "behind", "beside", "against", "inside", "from", "to",
+    "on",
+    "in",
+    "with",
+    "next",
+    "near",
+    "at",
+    "of",
+    "and",
+    "or",
+    "is",
+    "are",
+    "sitting",
+    "standing",
+    "lying",
+    "hanging",
+    "that",
+    "which",
+    "by",
+    "under",
+    "over",
+    "behind",
+    "beside",
+    "against",
+    "inside",
+    "from",
+    "to",
 }
 
 

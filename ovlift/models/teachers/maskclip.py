@@ -54,8 +54,9 @@ class MaskCLIPTeacher(Teacher):
 
     def __call__(self, batch: TeacherInput) -> DenseFeatures:
         images = batch.color.permute(0, 3, 1, 2).float()
-        images = F.interpolate(images, size=self.input_size(*images.shape[2:]), mode="bilinear",
-                               align_corners=False, antialias=True)
+        images = F.interpolate(
+            images, size=self.input_size(*images.shape[2:]), mode="bilinear", align_corners=False, antialias=True
+        )
         dense = self.clip.dense_features(images)
         dense = F.interpolate(dense, size=batch.feature_hw, mode="bilinear", align_corners=False)
         return DenseFeatures(dense.permute(0, 2, 3, 1).to(torch.float16).cpu())

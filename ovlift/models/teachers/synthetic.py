@@ -109,7 +109,9 @@ class SyntheticTeacher(Teacher):
         for b in range(labels.shape[0]):
             frame = int(batch.frame_index[b])
             region = _bleed(labels[b], instances[b], depth[b], background, self.config.bleed_px)
-            frame_ids, frame_emb = self._regions(labels[b], instances[b], region, frame, confusion, class_emb, scene_salt)
+            frame_ids, frame_emb = self._regions(
+                labels[b], instances[b], region, frame, confusion, class_emb, scene_salt
+            )
             ids.append(frame_ids + sum(len(e) for e in embeddings) * (frame_ids >= 0))
             embeddings.append(frame_emb)
         ids_t = torch.stack(ids)[..., None].to(torch.int32)
@@ -120,7 +122,9 @@ class SyntheticTeacher(Teacher):
         offset = _unit(salt, instance)
         u = (offset + frame * GOLDEN) % 1.0
         cumulative = torch.cumsum(confusion[true_class], 0)
-        return int(min(torch.searchsorted(cumulative, torch.tensor(u, dtype=torch.float64), right=True), len(cumulative) - 1))
+        return int(
+            min(torch.searchsorted(cumulative, torch.tensor(u, dtype=torch.float64), right=True), len(cumulative) - 1)
+        )
 
     def _regions(
         self,
@@ -178,4 +182,3 @@ def _salt(*parts: object) -> int:
 
 def _unit(salt: int, instance: int) -> float:
     return (_salt(salt, instance) % 1_000_003) / 1_000_003
-
