@@ -30,6 +30,8 @@ demo: setup
 	$(VENV)/bin/ovlift demo --workdir work/demo
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 
 docs: setup

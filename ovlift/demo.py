@@ -118,7 +118,7 @@ def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
             console.print(f"[red]{o.scene_id} {o.stage}: {o.status}[/red] {o.error}")
         raise SystemExit(1)
     evaluate = runner.store.read(runner.plan.stages["evaluate"].group_path(None))
-    metrics, classes = evaluate.info["metrics"], evaluate.info["classes"]
+    metrics = evaluate.info["metrics"]
     chance = scores(_uniform_confusion(evaluate.load("confusion_3d"))).miou
     held_out = runner.plan.splits["val"]
     print_metrics(console, metrics, chance, held_out)

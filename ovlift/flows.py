@@ -19,11 +19,11 @@ from dataclasses import asdict
 # machine that can take longer than Prefect's 20 s default.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from prefect import flow, task, unmapped  # noqa: E402
-from prefect_dask import DaskTaskRunner  # noqa: E402
+from prefect import flow, task, unmapped
+from prefect_dask import DaskTaskRunner
 
 from ovlift.pipeline.plan import load_plan
-from ovlift.pipeline.runner import Outcome, RunReport, Runner
+from ovlift.pipeline.runner import Outcome, Runner, RunReport
 
 
 @task(name="ovlift-scene", task_run_name="{scene_id}")

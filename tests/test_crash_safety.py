@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import yaml
-
 from conftest import toy_plan_dict
+
 from ovlift.cache_schema import Store, iter_arrays
 from ovlift.pipeline.plan import load_plan
 from ovlift.pipeline.runner import Runner

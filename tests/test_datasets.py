@@ -3,9 +3,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data
 from scipy.spatial import cKDTree
 
-from conftest import shared_data, toy_plan_dict
 from ovlift.datasets.rgbd_folder import RGBDFolderConfig, RGBDFolderDataset
 from ovlift.datasets.toy import ToyConfig, ToyDataset
 from ovlift.kernels.geometry import backproject_depth

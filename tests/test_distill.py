@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import tiny_pipeline_plan
+
 from ovlift.pipeline.plan import PlanError, load_plan, plan_from_dict
 from ovlift.pipeline.runner import Runner
 

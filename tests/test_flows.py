@@ -1,7 +1,6 @@
 """Prefect flows over the runner, on a local Dask cluster, with Prefect's temporary server."""
 
 import pytest
-
 from conftest import tiny_pipeline_plan
 
 

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import toy_plan_dict
+
 from ovlift.cache_schema import Store
 from ovlift.datasets.toy import ToyDataset
 from ovlift.pipeline.plan import Plan, plan_from_dict

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import toy_plan_dict
+from test_projection import reference_visibility
+
 from ovlift.cache_schema import ArraySpec, GroupSpec
 from ovlift.config import FrozenConfig
 from ovlift.kernels.projection import VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.pipeline.plan import Plan, PlanError, StagePlan, plan_from_dict
 from ovlift.pipeline.runner import Runner
 from ovlift.stages.base import Stage
-from test_projection import reference_visibility
 
 
 class SeenConfig(FrozenConfig):

@@ -1,17 +1,15 @@
 """Caching: unchanged plans recompute nothing; a change reruns exactly what it affects."""
 
-import time
-
 import numpy as np
 import pytest
 import yaml
+from conftest import toy_plan_dict
 from typer.testing import CliRunner
 
-from conftest import toy_plan_dict
 from ovlift.cache_schema import ArraySpec, GroupSpec
 from ovlift.config import FrozenConfig
 from ovlift.pipeline.cli import app
-from ovlift.pipeline.plan import Plan, PlanError, StagePlan, plan_from_dict
+from ovlift.pipeline.plan import Plan, StagePlan, plan_from_dict
 from ovlift.pipeline.runner import Runner
 from ovlift.pipeline.status import store_status
 from ovlift.stages.base import Stage

@@ -1,4 +1,5 @@
 from conftest import REPO
+
 from ovlift.pipeline.registry import STAGES
 from ovlift.pipeline.schema_doc import render_schema_doc
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import toy_plan_dict
+
 from ovlift.models.text import TextEncoderConfig
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner

@@ -4,11 +4,11 @@ the real path, run by the extract2d stage on a toy scene, fused by project."""
 import numpy as np
 import pytest
 import torch
-
 from conftest import toy_plan_dict
-from ovlift.pipeline.plan import PlanError, plan_from_dict
-from ovlift.pipeline.runner import Runner, StageFailed
+
 from ovlift.models.tiny import blip_folder, clip_folder, mask2former_folder, maskformer_folder
+from ovlift.pipeline.plan import PlanError, plan_from_dict
+from ovlift.pipeline.runner import Runner
 
 HW = (24, 32)
 

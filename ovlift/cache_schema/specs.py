@@ -66,7 +66,7 @@ class ArraySpec:
         """Whether the name holds placeholders, e.g. ``fused/{teacher}/features``."""
         return "{" in self.name
 
-    def match(self, name: str) -> "ArraySpec | None":
+    def match(self, name: str) -> ArraySpec | None:
         """This spec made concrete for ``name`` (placeholders filled in dims too), or None."""
         if not self.is_pattern:
             return self if name == self.name else None

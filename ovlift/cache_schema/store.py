@@ -39,8 +39,8 @@ import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def global_group_path(name: str) -> str:
     return f"global/{name}"
 
 
-class GroupState(str, Enum):
+class GroupState(StrEnum):
     MISSING = "missing"
     INCOMPLETE = "incomplete"
     COMPLETE = "complete"
@@ -93,7 +93,7 @@ class GroupMeta:
             "fingerprint": self.fingerprint,
             "info": dict(self.info),
             "dims": dict(dims),
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "complete": complete,
         }
 
@@ -223,7 +223,7 @@ class Store:
 
     # -- writing -------------------------------------------------------------------
 
-    def writer(self, path: str, spec: GroupSpec, meta: GroupMeta, where: str) -> "GroupWriter":
+    def writer(self, path: str, spec: GroupSpec, meta: GroupMeta, where: str) -> GroupWriter:
         """A writer for the group at ``path``; use as a context manager."""
         return GroupWriter(self, path, spec, meta, where)
 
@@ -354,7 +354,7 @@ class GroupWriter:
         self._staging: str | None = None
         self._group: zarr.Group | None = None
 
-    def __enter__(self) -> "GroupWriter":
+    def __enter__(self) -> GroupWriter:
         self._staging = self.store._new_staging()
         self._group = self.store._staging_group(self._staging)
         self._group.attrs.update(self.meta.attrs(self.dims, complete=False))

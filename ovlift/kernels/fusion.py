@@ -30,7 +30,7 @@ class DenseFeatures:
     def channels(self) -> int:
         return int(self.images.shape[-1])
 
-    def rows(self, linear: torch.Tensor, buffers: "_Buffers") -> torch.Tensor:
+    def rows(self, linear: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
         """(n, C) float32 features at flat pixel indices ``linear`` (b * h * w + row * w + col)."""
         flat = self.images.reshape(-1, self.channels)
         gathered = torch.index_select(flat, 0, linear, out=buffers.get(flat.dtype, len(linear)))
@@ -56,7 +56,7 @@ class MaskFeatures:
     def channels(self) -> int:
         return int(self.embeddings.shape[-1])
 
-    def rows(self, linear: torch.Tensor, buffers: "_Buffers") -> torch.Tensor:
+    def rows(self, linear: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
         k = self.ids.shape[-1]
         ids = self.ids.reshape(-1, k)[linear].to(torch.int64)
         weights = self.weights.reshape(-1, k)[linear].to(torch.float32) * (ids >= 0)

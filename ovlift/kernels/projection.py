@@ -51,7 +51,7 @@ class Correspondences:
     """(M, 2) (row, col)."""
 
     @staticmethod
-    def empty(device: torch.device | str = "cpu") -> "Correspondences":
+    def empty(device: torch.device | str = "cpu") -> Correspondences:
         z = torch.zeros(0, dtype=torch.int64, device=device)
         return Correspondences(z, z.clone(), torch.zeros(0, 2, dtype=torch.int64, device=device))
 
@@ -59,7 +59,7 @@ class Correspondences:
         return int(self.point_index.shape[0])
 
     @staticmethod
-    def merge_by_point(parts: list["Correspondences"], num_points: int) -> tuple["Correspondences", torch.Tensor]:
+    def merge_by_point(parts: list[Correspondences], num_points: int) -> tuple[Correspondences, torch.Tensor]:
         """Merge frame-ordered parts into one array sorted by point, frames
         ascending within a point, and return it with the per-point counts.
 

@@ -98,7 +98,7 @@ def mask_crops(color: torch.Tensor, masks: torch.Tensor, size: int, margin: floa
         left, right = cols.min().item() / mw * width, (cols.max().item() + 1) / mw * width
         pad_y, pad_x = (bottom - top) * margin, (right - left) * margin
         t, b = max(0, int(top - pad_y)), min(height, int(bottom + pad_y + 0.999))
-        l, r = max(0, int(left - pad_x)), min(width, int(right + pad_x + 0.999))
-        crop = image[:, t : max(b, t + 1), l : max(r, l + 1)]
+        lo, r = max(0, int(left - pad_x)), min(width, int(right + pad_x + 0.999))
+        crop = image[:, t : max(b, t + 1), lo : max(r, lo + 1)]
         crops.append(F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0])
     return torch.stack(crops) if crops else torch.zeros(0, 3, size, size)

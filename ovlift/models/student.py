@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 import warnings
 
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")  # its torch.cuda.amp decorators
+import torch
+from torch import nn
+
+from ovlift.kernels.voxel import voxelize
+from ovlift.models.student_config import StudentConfig
+
+# Before spconv's import: its torch.cuda.amp decorators warn when it is imported.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
 logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)  # spconv probes is_fx_tracing
 import spconv.pytorch as spconv  # noqa: E402
-import torch  # noqa: E402
 from spconv.core import ConvAlgo  # noqa: E402
-from torch import nn  # noqa: E402
-
-from ovlift.kernels.voxel import voxelize  # noqa: E402
-from ovlift.models.student_config import StudentConfig  # noqa: E402
 
 
 def _algo(device: torch.device) -> ConvAlgo | None:

@@ -26,7 +26,7 @@ class StudentConfig(FrozenConfig):
     """Input colour (RGB) besides geometry; default geometry only (constant ones), as SAS."""
 
     @model_validator(mode="after")
-    def _eight_levels(self) -> "StudentConfig":
+    def _eight_levels(self) -> StudentConfig:
         if len(self.planes) != 8 or len(self.layers) != 8:
             raise ValueError("planes and layers need 8 entries (4 encoder, 4 decoder levels)")
         return self

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -15,7 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ovlift.cache_schema import Store, short
 from ovlift.pipeline.plan import PlanError, load_plan
-from ovlift.pipeline.runner import RunReport, Runner
+from ovlift.pipeline.runner import Runner, RunReport
 from ovlift.pipeline.status import StageStatus, store_status
 
 app = typer.Typer(help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True)
@@ -23,9 +23,7 @@ console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 PlanArg = Annotated[Path, typer.Argument(help="Plan YAML (dataset, store, stages).", exists=True, dir_okay=False)]
-ScenesOpt = Annotated[
-    Optional[list[str]], typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")
-]
+ScenesOpt = Annotated[list[str] | None, typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")]
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -83,11 +81,11 @@ def ingest(
 def run(
     plan: PlanArg,
     stages: Annotated[
-        Optional[list[str]], typer.Option("--stages", help="Only these stages (default: all in the plan).")
+        list[str] | None, typer.Option("--stages", help="Only these stages (default: all in the plan).")
     ] = None,
     scenes: ScenesOpt = None,
     force: Annotated[
-        Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream even if cached.")
+        list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream even if cached.")
     ] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing scene.")] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
@@ -99,7 +97,7 @@ def run(
 @app.command()
 def status(
     store: Annotated[str, typer.Option("--store", help="Store path or fsspec URL.")],
-    plan: Annotated[Optional[Path], typer.Option("--plan", help="Also compare against this plan.", exists=True)] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="Also compare against this plan.", exists=True)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Which stage is cached, stale or missing for which scene."""
@@ -125,12 +123,12 @@ def print_status(rows: list[StageStatus]) -> None:
 @app.command()
 def flow(
     plan: PlanArg,
-    stages: Annotated[Optional[list[str]], typer.Option("--stages", help="Only these stages.")] = None,
+    stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these stages.")] = None,
     scenes: ScenesOpt = None,
-    force: Annotated[Optional[list[str]], typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Start a local Dask cluster of this many workers.")] = 2,
     dask_address: Annotated[
-        Optional[str], typer.Option("--dask-address", help="Join this Dask scheduler instead.")
+        str | None, typer.Option("--dask-address", help="Join this Dask scheduler instead.")
     ] = None,
 ) -> None:
     """Run the plan as Prefect flows, scenes mapped as tasks over Dask."""
@@ -150,7 +148,7 @@ def query(
     store: Annotated[str, typer.Option("--store", help="Store path or fsspec URL.")],
     scene: Annotated[str, typer.Option("--scene", help="Scene id.")],
     source: Annotated[str, typer.Option(help="'student' (distilled 3D) or 'fused' (2D features).")] = "student",
-    teacher: Annotated[Optional[str], typer.Option(help="Fused teacher (source fused).")] = None,
+    teacher: Annotated[str | None, typer.Option(help="Fused teacher (source fused).")] = None,
     templates: Annotated[str, typer.Option(help="'single' or 'ensemble' prompt templates.")] = "single",
     out: Annotated[Path, typer.Option("--out", help="Folder for the PLY and PNG.")] = Path("queries"),
 ) -> None:
@@ -169,9 +167,7 @@ def query(
 
 @app.command()
 def schema(
-    check: Annotated[
-        Optional[Path], typer.Option("--check", help="Exit 1 if this file differs from the specs.")
-    ] = None,
+    check: Annotated[Path | None, typer.Option("--check", help="Exit 1 if this file differs from the specs.")] = None,
 ) -> None:
     """Print the cache layout document generated from the stage specs."""
     from ovlift.pipeline.schema_doc import render_schema_doc

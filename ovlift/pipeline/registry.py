@@ -11,6 +11,8 @@ from ovlift.datasets.base import Dataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.stages.base import Stage
+from ovlift.stages.distill import DistillStage
+from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.extract2d import (
     CachedExtract,
     CaptionAlignedExtract,
@@ -18,8 +20,6 @@ from ovlift.stages.extract2d import (
     MaskCLIPExtract,
     SyntheticExtract,
 )
-from ovlift.stages.distill import DistillStage
-from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.input import InputStage
 from ovlift.stages.predict import PredictStage
 from ovlift.stages.project import ProjectStage

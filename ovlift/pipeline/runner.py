@@ -176,7 +176,7 @@ class Runner:
     ) -> Outcome:
         try:
             return self.run_stage(scene_id, self.plan.stages[key], force=key in forced)
-        except Exception as err:  # noqa: BLE001 - reported per scene-stage
+        except Exception as err:
             if fail_fast:
                 raise
             failed.add((scene_id or GLOBAL, key))

@@ -39,7 +39,8 @@ read to decide a cache hit.
 | `implementation` | which implementation of the stage wrote it |
 | `stage_version` | bumped when outputs change for the same config |
 | `config` | the stage's normalised config (every field, defaults included) |
-| `input_fingerprints` | what it read -> that thing's fingerprint (`scenes/<id>/<stage>` groups, or `dataset:<name>/<scene>` for source data) |
+| `input_fingerprints` | what it read -> that thing's fingerprint (`scenes/<id>/<stage>` groups, \
+or `dataset:<name>/<scene>` for source data) |
 | `fingerprint` | sha256 of stage, implementation, version, config and input fingerprints |
 | `info` | stage-specific attrs, listed per stage below |
 | `dims` | sizes of the named dimensions of its arrays |

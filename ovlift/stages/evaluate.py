@@ -67,17 +67,20 @@ def scores_json(result: Scores, classes: list[str]) -> dict:
     }
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
 def markdown_table(metrics: dict, classes: list[str]) -> str:
     present = [c for c in classes if any(c in m["per_class_iou"] for m in metrics.values())]
-    pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
     lines = ["| predictor | mIoU | mAcc | OA | hIoU |", "|---|---|---|---|---|"]
     lines += [
-        f"| {PREDICTORS[p]} | {pct(m['miou'])} | {pct(m['macc'])} | {pct(m['overall_accuracy'])} | {pct(m['hiou'])} |"
+        f"| {PREDICTORS[p]} | " + " | ".join(_pct(m[k]) for k in ("miou", "macc", "overall_accuracy", "hiou")) + " |"
         for p, m in metrics.items()
     ]
     lines += ["", "| class | " + " | ".join(PREDICTORS[p] for p in metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [
-        f"| {c} | " + " | ".join(pct(m["per_class_iou"].get(c)) for m in metrics.values()) + " |" for c in present
+        f"| {c} | " + " | ".join(_pct(m["per_class_iou"].get(c)) for m in metrics.values()) + " |" for c in present
     ]
     return "\n".join(lines) + "\n"
 

@@ -261,7 +261,8 @@ def check_frame(
         or intrinsics[1, 1] <= 0
     ):
         raise StageInputError(
-            f"{where}: array 'frames/intrinsics' expected a finite 3x3 matrix with fx, fy > 0, found {intrinsics.tolist()}"
+            f"{where}: array 'frames/intrinsics' expected a finite 3x3 matrix with fx, fy > 0, "
+            f"found {intrinsics.tolist()}"
         )
     pose = np.asarray(frame.cam_to_world)
     if pose.shape != (4, 4):

@@ -100,7 +100,7 @@ class ProjectConfig(FrozenConfig):
     """Torch device; None: the plan's device. Does not change results."""
 
     @model_validator(mode="after")
-    def _both_or_neither(self) -> "ProjectConfig":
+    def _both_or_neither(self) -> ProjectConfig:
         if (self.feature_height is None) != (self.feature_width is None):
             raise ValueError("set both feature_height and feature_width, or neither")
         return self
