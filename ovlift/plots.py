@@ -97,26 +97,6 @@ def query_views(
     return path
 
 
-def write_ply(path: Path, points: np.ndarray, colors: np.ndarray, scalar: np.ndarray | None = None) -> Path:
-    """Binary little-endian PLY with x, y, z, red, green, blue (and an optional float 'similarity')."""
-    n = len(points)
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    if scalar is not None:
-        fields.append(("similarity", "<f4"))
-    data = np.empty(n, dtype=fields)
-    data["x"], data["y"], data["z"] = points[:, 0], points[:, 1], points[:, 2]
-    data["red"], data["green"], data["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    if scalar is not None:
-        data["similarity"] = scalar
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
-    header += [f"property {'float' if t == '<f4' else 'uchar'} {name}" for name, t in fields]
-    header.append("end_header")
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode())
-        f.write(data.tobytes())
-    return path
-
-
 def colormap(values: np.ndarray) -> np.ndarray:
     """(N, 3) uint8 viridis colours of values scaled to [0, 1] over their finite range; NaN grey."""
     finite = np.isfinite(values)

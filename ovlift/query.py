@@ -18,11 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovlift.cache_schema import Store, scene_group_path
+from ovlift.cache_schema import Store
+from ovlift.cache_schema.groups.input import INPUT_SPEC
+from ovlift.cache_schema.groups.predict import PREDICT_SPEC
+from ovlift.cache_schema.groups.project import PROJECT_SPEC, fused_teacher
+from ovlift.errors import StageInputError
 from ovlift.models.text import TextEncoderConfig
 from ovlift.pipeline.text_cache import TextCache
-from ovlift.stages.base import StageInputError
-from ovlift.stages.project import fused_teacher
 
 
 class QueryError(ValueError):
@@ -49,13 +51,13 @@ def query_scene(
     """Similarity of each point to ``text``: from a fused teacher's features
     (``project``), or from the distilled student's (``predict``)."""
     if source == "student":
-        group = store.read(scene_group_path(scene_id, "predict"))
+        group = store.read(PREDICT_SPEC.path(scene_id))
         if group is None:
             raise QueryError(f"scene '{scene_id}': no complete 'predict' group in {store.url}; run the plan first")
         features, seen = group.load("features_3d"), None
         encoder, label = group.info["text_encoder"], "student"
     else:
-        group = store.read(scene_group_path(scene_id, "project"))
+        group = store.read(PROJECT_SPEC.path(scene_id))
         if group is None:
             raise QueryError(f"scene '{scene_id}': no complete 'project' group in {store.url}; run the plan first")
         try:
@@ -77,14 +79,15 @@ def write_query_outputs(
     store: Store, scene_id: str, text: str, source: str, teacher: str | None, templates: str, out: Path
 ) -> tuple[tuple[Path, Path], list[tuple[str, int]]]:
     """The PLY and PNG of a query, and the ground-truth classes of its 100 best points (if labelled)."""
-    from ovlift.plots import colormap, query_views, write_ply
+    from ovlift.plots import colormap, query_views
+    from ovlift.ply import write_ply
 
     result = query_scene(store, scene_id, text, source, teacher, templates)  # type: ignore[arg-type]
-    scene = store.read(scene_group_path(scene_id, "input"))
+    scene = store.read(INPUT_SPEC.path(scene_id))
     points = scene.load("points")
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "query"
-    ply = write_ply(out / f"{scene_id}_{slug}_{source}.ply", points, colormap(result.similarity), result.similarity)
+    ply = write_ply(out / f"{scene_id}_{slug}_{source}.ply", points, colormap(result.similarity), similarity=result.similarity)
     camera = None
     valid = np.flatnonzero(scene.load("frames/pose_valid"))
     if len(valid):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import tiny_pipeline_plan
 
+from ovlift.ply import read_ply
 from ovlift.pipeline.plan import PlanError, load_plan, plan_from_dict
 from ovlift.pipeline.runner import Runner
 
@@ -122,9 +123,10 @@ def test_end_to_end_outputs_report_and_reruns_cached(tmp_path):
         app, ["query", "--store", store, "--scene", "toy_0002", "a table", "--out", str(tmp_path / "q")]
     )
     assert result.exit_code == 0, result.output
-    ply = (tmp_path / "q" / "toy_0002_a_table_student.ply").read_bytes()
-    assert ply.startswith(b"ply\nformat binary_little_endian 1.0\nelement vertex %d\n" % n)
-    assert b"property float similarity" in ply and (tmp_path / "q" / "toy_0002_a_table_student.png").exists()
+    ply = read_ply(tmp_path / "q" / "toy_0002_a_table_student.ply")
+    assert len(ply.points) == n and ply.colors is not None
+    assert ply.vertex_properties["similarity"].max() <= 1.0 + 1e-6
+    assert (tmp_path / "q" / "toy_0002_a_table_student.png").exists()
     result = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0099", "a table"])
     assert result.exit_code == 2 and "no complete 'predict' group" in result.output
     status = CliRunner().invoke(app, ["status", "--store", store, "--plan", str(plan_path), "--json"])
