@@ -23,21 +23,34 @@ from prefect import flow, task, unmapped
 from prefect_dask import DaskTaskRunner
 
 from ovlift.pipeline.plan import load_plan
-from ovlift.pipeline.runner import Outcome, Runner, RunReport
+from ovlift.pipeline.runner import Outcome, Runner, RunOptions, RunReport, Status, failures
+
+
+def _options(force: list[str]) -> RunOptions:
+    return RunOptions(frozenset(force))
+
+
+def _failures(failed: list[list[str]]) -> frozenset[tuple[str, str]]:
+    return frozenset((scene, key) for scene, key in failed)
 
 
 @task(name="ovlift-scene", task_run_name="{scene_id}")
 def scene_task(
-    plan_path: str, scene_id: str, keys: list[str], forced: list[str], failed: list[tuple[str, str]]
+    plan_path: str, scene_id: str, keys: list[str], forced: list[str], failed: list[list[str]]
 ) -> list[dict]:
     runner = Runner(load_plan(plan_path))
-    return [asdict(o) for o in runner.run_scene(scene_id, keys, set(forced), failed={tuple(f) for f in failed})]
+    return [asdict(o) for o in runner.run_scene(scene_id, keys, _options(forced), _failures(failed))]
 
 
 @task(name="ovlift-global", task_run_name="{key}")
-def global_task(plan_path: str, key: str, forced: list[str], failed: list[tuple[str, str]]) -> dict:
+def global_task(plan_path: str, key: str, forced: list[str], failed: list[list[str]]) -> dict:
     runner = Runner(load_plan(plan_path))
-    return asdict(runner.run_global(key, set(forced), {tuple(f) for f in failed}))
+    return asdict(runner.run_global(key, _options(forced), _failures(failed)))
+
+
+def outcome(data: dict) -> Outcome:
+    """An outcome back from a task (tasks carry plain dicts and strings)."""
+    return Outcome(**{**data, "status": Status(data["status"])})
 
 
 @flow(name="ovlift-scene")
@@ -59,7 +72,7 @@ def dataset_flow(
     forced = sorted(runner.plan.downstream(list(force)))
     outcomes: list[dict] = []
     for kind, keys in runner.phases(runner.select_stages(stages)):
-        failed = [(o["scene_id"], o["stage"]) for o in outcomes if o["status"] in ("failed", "skipped")]
+        failed = [list(pair) for pair in sorted(failures(outcome(o) for o in outcomes))]
         if kind == "global":
             outcomes.append(global_task.submit(plan_path, keys[0], forced, failed).result())
             continue
@@ -84,4 +97,4 @@ def run_dataset_flow(
         task_runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
     start = time.perf_counter()
     outcomes = dataset_flow.with_options(task_runner=task_runner)(plan_path, stages, scenes, list(force))
-    return RunReport(outcomes=[Outcome(**o) for o in outcomes], seconds=time.perf_counter() - start)
+    return RunReport(outcomes=[outcome(o) for o in outcomes], seconds=time.perf_counter() - start)

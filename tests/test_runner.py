@@ -22,10 +22,8 @@ class HeightConfig(FrozenConfig):
 class HeightStage(Stage[HeightConfig]):
     """A small downstream stage: point heights above the floor (+ an offset)."""
 
-    name = "height"
     implementation = "test"
     version = "1"
-    Config = HeightConfig
     reads = ("input",)
     spec = GroupSpec("height", "test", (ArraySpec("height", "float32", ("N",), (None,), "metres"),))
 
@@ -37,10 +35,8 @@ class HeightStage(Stage[HeightConfig]):
 class HistogramStage(Stage[HeightConfig]):
     """Reads ``height``: a stage two levels downstream of ``input``."""
 
-    name = "histogram"
     implementation = "test"
     version = "1"
-    Config = HeightConfig
     reads = ("height",)
     spec = GroupSpec("histogram", "test", (ArraySpec("counts", "int64", (10,), (None,), "points per bin"),))
 

@@ -18,10 +18,11 @@ import traceback
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from ovlift.cache_schema import GroupMeta, StageGroup, Store, short
-from ovlift.pipeline.plan import GLOBAL, Plan, StagePlan, external_inputs
+from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, short
+from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
 from ovlift.pipeline.text_cache import TextCache
 from ovlift.progress import progress
 from ovlift.stages.base import StageContext
@@ -29,15 +30,41 @@ from ovlift.stages.base import StageContext
 log = logging.getLogger("ovlift")
 
 
+class Status(StrEnum):
+    """What happened to one scene-stage in a run."""
+
+    CACHED = "cached"
+    """A complete group with the expected fingerprint was there."""
+    RAN = "ran"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    """Not attempted: a stage it reads failed."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     scene_id: str
+    """The scene, or ``global``."""
     stage: str
-    status: str
-    """``cached`` (hit), ``ran``, ``failed``, or ``skipped`` (an upstream stage failed)."""
+    """The plan key."""
+    status: Status
     seconds: float = 0.0
     fingerprint: str | None = None
     error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (Status.CACHED, Status.RAN)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run treats cache hits and failures, the same for every scene and stage."""
+
+    force: frozenset[str] = frozenset()
+    """Plan keys rerun even on a cache hit (the named stages and their downstream)."""
+    fail_fast: bool = False
+    """Raise the first failure instead of reporting it and going on with other scenes."""
 
 
 @dataclass
@@ -50,14 +77,19 @@ class RunReport:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status in ("failed", "skipped")]
+        return [o for o in self.outcomes if not o.ok]
 
     def summary(self) -> str:
         c = self.counts()
         return (
-            f"{len(self.outcomes)} scene-stages in {self.seconds:.1f} s: {c['ran']} ran, {c['cached']} cached, "
-            f"{c['failed']} failed, {c['skipped']} skipped"
+            f"{len(self.outcomes)} scene-stages in {self.seconds:.1f} s: {c[Status.RAN]} ran, "
+            f"{c[Status.CACHED]} cached, {c[Status.FAILED]} failed, {c[Status.SKIPPED]} skipped"
         )
+
+
+def failures(outcomes: Iterable[Outcome]) -> frozenset[tuple[str, str]]:
+    """(scene or ``global``, key) of the failed and skipped outcomes."""
+    return frozenset((o.scene_id, o.stage) for o in outcomes if not o.ok)
 
 
 class StageFailed(RuntimeError):
@@ -112,19 +144,17 @@ class Runner:
         """
         start = time.perf_counter()
         selected = self.select_stages(stages)
-        forced = self.plan.downstream(list(force))
+        options = RunOptions(frozenset(self.plan.downstream(list(force))), fail_fast)
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
         report = RunReport()
-        failed: set[tuple[str, str]] = set()
         for kind, keys in self.phases(selected):
             if kind == "global":
-                outcome = self.run_global(keys[0], forced, failed, fail_fast)
-                report.outcomes.append(outcome)
+                report.outcomes.append(self.run_global(keys[0], options, failures(report.outcomes)))
                 continue
+            failed_before = failures(report.outcomes)
             for scene_id in progress(self.select_scenes(scenes), "scenes", unit="scene"):
-                outcomes = self.run_scene(scene_id, keys, forced, fail_fast, failed)
-                report.outcomes += outcomes
+                report.outcomes += self.run_scene(scene_id, keys, options, failed_before)
         report.seconds = time.perf_counter() - start
         log.info(report.summary())
         return report
@@ -132,57 +162,47 @@ class Runner:
     def run_scene(
         self,
         scene_id: str,
-        stages: Sequence[str],
-        forced: set[str] = frozenset(),
-        fail_fast: bool = False,
-        failed: set[tuple[str, str]] | None = None,
+        keys: Sequence[str],
+        options: RunOptions = RunOptions(),
+        failed_before: frozenset[tuple[str, str]] = frozenset(),
     ) -> list[Outcome]:
-        """The per-scene stages ``stages`` for one scene (those whose split has it).
+        """The per-scene stages ``keys`` for one scene (those whose split has it).
 
-        ``failed`` holds the (scene or ``"global"``, key) pairs that failed so far; it is
-        updated in place so later scenes skip stages whose upstream failed.
+        ``failed_before`` holds the (scene or ``global``, key) pairs that failed in earlier
+        phases; a stage reading one of them, or a stage failed here, is skipped.
         """
         outcomes: list[Outcome] = []
-        failed = set() if failed is None else failed
-        for key in stages:
+        for key in keys:
             if scene_id not in self.plan.scenes_for(key):
                 continue
+            failed = failed_before | failures(outcomes)
             blocked = [u for u in self.plan.upstream(key) if (scene_id, u) in failed or (GLOBAL, u) in failed]
             if blocked:
-                failed.add((scene_id, key))
-                outcomes.append(Outcome(scene_id, key, "skipped", error=f"upstream {blocked} failed"))
+                outcomes.append(Outcome(scene_id, key, Status.SKIPPED, error=f"upstream {blocked} failed"))
                 continue
-            outcomes.append(self._attempt(scene_id, key, forced, fail_fast, failed))
+            outcomes.append(self._attempt(scene_id, key, options))
         return outcomes
 
     def run_global(
-        self,
-        key: str,
-        forced: set[str] = frozenset(),
-        failed: set[tuple[str, str]] | None = None,
-        fail_fast: bool = False,
+        self, key: str, options: RunOptions = RunOptions(), failed_before: frozenset[tuple[str, str]] = frozenset()
     ) -> Outcome:
         """A global stage, unless an upstream stage failed for one of its scenes."""
-        failed = set() if failed is None else failed
         scenes = set(self.plan.scenes_for(key)) | {GLOBAL}
-        blocked = sorted({u for (s, u) in failed if u in self.plan.upstream(key) and s in scenes})
+        upstream = set(self.plan.upstream(key))
+        blocked = sorted({u for (s, u) in failed_before if u in upstream and s in scenes})
         if blocked:
-            failed.add((GLOBAL, key))
-            return Outcome(GLOBAL, key, "skipped", error=f"upstream {blocked} failed for some scenes")
-        return self._attempt(None, key, forced, fail_fast, failed)
+            return Outcome(GLOBAL, key, Status.SKIPPED, error=f"upstream {blocked} failed for some scenes")
+        return self._attempt(None, key, options)
 
-    def _attempt(
-        self, scene_id: str | None, key: str, forced: set[str], fail_fast: bool, failed: set[tuple[str, str]]
-    ) -> Outcome:
+    def _attempt(self, scene_id: str | None, key: str, options: RunOptions) -> Outcome:
         try:
-            return self.run_stage(scene_id, self.plan.stages[key], force=key in forced)
+            return self.run_stage(scene_id, self.plan.stages[key], force=key in options.force)
         except Exception as err:
-            if fail_fast:
+            if options.fail_fast:
                 raise
-            failed.add((scene_id or GLOBAL, key))
             log.error("%s", err)
             log.debug("%s", traceback.format_exc())
-            return Outcome(scene_id or GLOBAL, key, "failed", error=str(err))
+            return Outcome(scene_id or GLOBAL, key, Status.FAILED, error=str(err))
 
     def _upstream_group(self, scene_id: str | None, key: str, upstream: str) -> tuple[str, StageGroup]:
         path = self.plan.stages[upstream].group_path(scene_id)
@@ -230,7 +250,7 @@ class Runner:
         fp = stage_plan.fingerprint(inputs)
         if not force and self.store.read(path, fingerprint=fp) is not None:
             log.debug("%s: cached (%s)", path, short(fp))
-            return Outcome(scene_id or GLOBAL, stage_plan.key, "cached", fingerprint=fp)
+            return Outcome(scene_id or GLOBAL, stage_plan.key, Status.CACHED, fingerprint=fp)
         start = time.perf_counter()
         meta = GroupMeta(
             stage=stage.name,
@@ -256,4 +276,4 @@ class Runner:
             stage.run(ctx, out)
         seconds = time.perf_counter() - start
         log.info("%s: ran in %.2f s (%s)", path, seconds, short(fp))
-        return Outcome(scene_id or GLOBAL, stage_plan.key, "ran", seconds, fp)
+        return Outcome(scene_id or GLOBAL, stage_plan.key, Status.RAN, seconds, fp)
