@@ -8,7 +8,7 @@ becomes its description in ``--help`` output and generated docs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
@@ -33,13 +33,36 @@ def runtime_field(default: Any, **kwargs: Any) -> Any:
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:
-    """Relative paths in a plan are relative to the plan file (``base_dir`` context)."""
+    """Relative paths in a plan are relative to the plan file (``base_dir`` context);
+    with the ``check_paths`` context (``ovlift validate --check-paths``) they must exist."""
+    if "://" in value:
+        return value
+    context = info.context or {}
     path = Path(value).expanduser()
-    if not path.is_absolute() and "://" not in value:
-        base = (info.context or {}).get("base_dir", ".")
-        path = Path(base) / path
-    return value if "://" in value else str(path.resolve())
+    if not path.is_absolute():
+        path = Path(context.get("base_dir", ".")) / path
+    if context.get("check_paths") and not path.exists():
+        raise ValueError(f"path '{path.resolve()}' does not exist")
+    return str(path.resolve())
 
 
 LocalPath = Annotated[str, AfterValidator(_resolve_path)]
 """A filesystem path field, resolved against the plan file's folder."""
+
+
+ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
+
+
+class Configurable(Generic[ConfigT]):
+    """A class set up by one typed config. ``class X(Base[XConfig])`` sets ``X.Config``
+    to ``XConfig``, so the type is written once and "go to definition" follows it."""
+
+    Config: ClassVar[type[FrozenConfig]]
+    """The config class this class is set up with (from its type parameter)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):  # types.get_original_bases from 3.12
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, FrozenConfig):
+                    cls.Config = arg

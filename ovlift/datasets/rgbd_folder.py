@@ -15,6 +15,7 @@ of every ``cloud_frame_stride``-th frame and averaging it per voxel.
 from __future__ import annotations
 
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,12 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
     """Posed RGB-D frames in the 7-Scenes / 3DMatch layout; see the module docstring."""
 
     name = "rgbd-folder"
-    Config = RGBDFolderConfig
 
-    def __init__(self, config: RGBDFolderConfig) -> None:
-        super().__init__(config)
-        self._folders: dict[str, Path] = {}
-        for root in map(Path, config.paths):
+    @cached_property
+    def _folders(self) -> dict[str, Path]:
+        """Scene id -> folder, found on first use (so a plan validates without its data)."""
+        folders: dict[str, Path] = {}
+        for root in map(Path, self.config.paths):
             if not root.is_dir():
                 raise FileNotFoundError(f"rgbd-folder: '{root}' is not a folder")
             candidates = (
@@ -70,11 +71,12 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
             if not candidates:
                 raise FileNotFoundError(f"rgbd-folder: no {INTRINSICS_FILE} in '{root}' or its subfolders")
             for folder in candidates:
-                if folder.name in self._folders:
+                if folder.name in folders:
                     raise ValueError(
-                        f"rgbd-folder: two scenes named '{folder.name}': {self._folders[folder.name]} and {folder}"
+                        f"rgbd-folder: two scenes named '{folder.name}': {folders[folder.name]} and {folder}"
                     )
-                self._folders[folder.name] = folder
+                folders[folder.name] = folder
+        return folders
 
     def scene_ids(self) -> list[str]:
         return sorted(self._folders)

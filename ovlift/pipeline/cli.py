@@ -166,6 +166,29 @@ def query(
 
 
 @app.command()
+def validate(
+    plans: Annotated[list[Path], typer.Argument(help="Plan YAML files.", exists=True, dir_okay=False)],
+    check_paths: Annotated[
+        bool, typer.Option("--check-paths", help="Also require the data and model paths to exist.")
+    ] = False,
+) -> None:
+    """Check plans without running anything: every config, the stages' inputs and the
+    splits; with --check-paths also the dataset's scenes and every local path."""
+    bad = 0
+    for path in plans:
+        try:
+            plan = load_plan(path, check_paths=check_paths, list_scenes=check_paths)
+        except PlanError as err:
+            err_console.print(f"[red]invalid:[/red] {err}")
+            bad += 1
+            continue
+        scenes = f", {len(plan.dataset.scene_ids())} scenes" if check_paths else ""
+        console.print(f"[green]ok:[/green] {path} ({len(plan.stages)} stages{scenes})")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
 def schema(
     check: Annotated[Path | None, typer.Option("--check", help="Exit 1 if this file differs from the specs.")] = None,
 ) -> None:

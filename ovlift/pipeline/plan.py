@@ -19,11 +19,15 @@ A plan is a YAML file::
 
 Every section is validated against the registered class's typed Config; an
 unknown key or a wrong type fails with the file and the key path. Each
-configured stage (variant) gets a *key*: its name, or ``name/variant``.
+configured stage (variant) gets a *key*: its name, or ``name/variant``. Any
+string may hold ``${NAME}`` or ``${NAME:-default}``, taken from the environment
+(e.g. ``paths: ["${OVLIFT_DATA}/7scenes-redkitchen"]``). Commented plans to copy
+are in the repository's ``plans/`` folder; ``ovlift validate PLAN`` checks one.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,10 +37,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ovlift.cache_schema import StageGroup, fingerprint, global_group_path, scene_group_path
+from ovlift.cache_schema import StageGroup, fingerprint
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
-from ovlift.pipeline.registry import dataset_class, stage_class, stage_order
+from ovlift.pipeline.registry import dataset_class, stage_class, stage_classes, stage_order
 from ovlift.stages.base import Stage
 from ovlift.vocabularies import get_vocabulary
 
@@ -45,10 +49,6 @@ VARIANT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 class PlanError(ValueError):
     """The plan file is malformed; the message names the file and the key."""
-
-
-GLOBAL = "global"
-"""Stands for the scene of a global stage: in run outcomes, status rows and failure sets."""
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,16 @@ class StagePlan:
 
     @property
     def is_global(self) -> bool:
-        return self.stage.scope == "global"
+        return self.stage.is_global
 
     def group_path(self, scene_id: str | None) -> str:
-        """Its group for a scene (global stages: the one global group)."""
-        if self.is_global:
-            return global_group_path(self.name + (f"/{self.stage.variant}" if self.stage.variant else ""))
-        assert scene_id is not None
-        return scene_group_path(scene_id, self.name, self.stage.variant)
+        """Its group for a scene; a global stage has one group, whichever scene reads it."""
+        return self.stage.path(None if self.is_global else scene_id)
 
     def fingerprint(self, inputs: Mapping[str, str]) -> str:
         """The group's fingerprint given the fingerprints of what it reads."""
         s = self.stage
-        return fingerprint(s.name, s.implementation, s.version, s.config.normalised(), inputs)
+        return fingerprint(s.name, s.implementation_id, s.version, s.config.normalised(), inputs)
 
 
 @dataclass(frozen=True)
@@ -140,7 +137,48 @@ def external_inputs(plan: Plan, key: str, scene_id: str, groups: Mapping[str, St
     return found
 
 
-def load_plan(path: str | Path) -> Plan:
+class PlanFile(FrozenConfig):
+    """The top level of a plan file; each section is then validated against its class's Config."""
+
+    store: str
+    """Store path (relative to the plan file) or fsspec URL."""
+    dataset: dict[str, Any]
+    """``name`` (a key of ``registry.DATASETS``) and that dataset's Config fields."""
+    stages: dict[str, dict[str, Any] | None]
+    """Stage name -> its Config fields (stages with variants: variant name -> Config fields)."""
+    vocabulary: str = "scannet20"
+    """Classes of evaluation and queries."""
+    device: str = "cpu"
+    """Torch device of every stage that does not set its own."""
+    splits: dict[str, list[str]] = {}
+    """Named non-empty lists of scene ids (e.g. train, val)."""
+
+
+ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, where: str) -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in every string of a plan, from the environment."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is None:
+            raise PlanError(f"{where}: environment variable '{name}' is not set (or write ${{{name}:-default}})")
+        return default
+
+    return ENV_VAR.sub(substitute, value)
+
+
+def load_plan(path: str | Path, check_paths: bool = False, list_scenes: bool = True) -> Plan:
+    """The plan in a YAML file; see ``plan_from_dict`` for the checks."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -148,31 +186,35 @@ def load_plan(path: str | Path) -> Plan:
         raise PlanError(f"cannot read plan '{path}': {err.strerror}") from None
     except yaml.YAMLError as err:
         raise PlanError(f"{path}: not valid YAML: {err}") from None
-    return plan_from_dict(data, base_dir=path.resolve().parent, source=str(path))
+    return plan_from_dict(data, path.resolve().parent, str(path), check_paths, list_scenes)
 
 
-def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>") -> Plan:
+def plan_from_dict(
+    data: Any, base_dir: str | Path = ".", source: str = "<dict>", check_paths: bool = False, list_scenes: bool = True
+) -> Plan:
+    """A validated plan. Every section is checked against its typed Config (an unknown
+    key or a wrong type fails naming the source and the key path). ``list_scenes``
+    also lists the dataset's scenes and checks the splits' scene ids against them;
+    ``check_paths`` also requires every local path of the plan (data, models) to exist."""
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a mapping with keys store, dataset, stages")
-    unknown = set(data) - {"store", "dataset", "vocabulary", "device", "stages", "splits"}
-    if unknown:
-        raise PlanError(f"{source}: unknown top-level keys {sorted(unknown)}")
-    for key in ("store", "dataset", "stages"):
-        if key not in data:
-            raise PlanError(f"{source}: missing '{key}'")
-    context = {"base_dir": str(base_dir)}
+    data = expand_env(data, source)
+    context = {"base_dir": str(base_dir), "check_paths": check_paths}
+    top = _validate(PlanFile, data, context, source)
 
-    store = str(data["store"])
+    store = top.store
     if "://" not in store and not Path(store).expanduser().is_absolute():
         store = str((Path(base_dir) / store).resolve())
 
-    dataset_data = dict(data["dataset"] or {})
+    dataset_data = dict(top.dataset)
     if "name" not in dataset_data:
         raise PlanError(f"{source}: dataset: missing 'name'")
     dataset_name = dataset_data.pop("name")
     try:
         dataset_cls = dataset_class(dataset_name)
         dataset = dataset_cls(_validate(dataset_cls.Config, dataset_data, context, f"{source}: dataset"))
+        if list_scenes:
+            dataset.scene_ids()
     except KeyError as err:
         raise PlanError(f"{source}: dataset: {err.args[0]}") from None
     except (FileNotFoundError, ValueError) as err:
@@ -180,40 +222,38 @@ def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>"
             raise
         raise PlanError(f"{source}: dataset: {err}") from None
 
-    vocabulary = str(data.get("vocabulary", "scannet20"))
     try:
-        get_vocabulary(vocabulary)
+        get_vocabulary(top.vocabulary)
     except (KeyError, FileNotFoundError, ValueError) as err:
         raise PlanError(f"{source}: vocabulary: {err.args[0]}") from None
 
-    stage_data = data["stages"] or {}
-    if not isinstance(stage_data, dict):
-        raise PlanError(f"{source}: stages: expected a mapping of stage name to config")
-    unknown_stages = set(stage_data) - set(stage_order())
+    unknown_stages = set(top.stages) - set(stage_order())
     if unknown_stages:
         raise PlanError(f"{source}: stages: unknown stages {sorted(unknown_stages)}; known: {stage_order()}")
     stages: dict[str, StagePlan] = {}
     for name in stage_order():
-        if name not in stage_data:
+        if name not in top.stages:
             continue
-        entry = stage_data[name] or {}
+        entry = top.stages[name] or {}
         if _has_variants(name):
-            if not isinstance(entry, dict) or not entry:
+            if not entry:
                 raise PlanError(f"{source}: stages.{name}: expected a mapping of variant name to config")
             for variant, config in entry.items():
-                if not isinstance(variant, str) or not re.match(VARIANT_NAME, variant):
+                if not re.match(VARIANT_NAME, variant):
                     raise PlanError(f"{source}: stages.{name}: variant name '{variant}' must match {VARIANT_NAME}")
+                if config is not None and not isinstance(config, dict):
+                    raise PlanError(f"{source}: stages.{name}.{variant}: expected a mapping of config fields")
                 plan = _stage_plan(name, dict(config or {}), context, f"{source}: stages.{name}.{variant}", variant)
                 stages[plan.key] = plan
         else:
             plan = _stage_plan(name, dict(entry), context, f"{source}: stages.{name}", None)
             stages[plan.key] = plan
-    splits = _splits(data.get("splits") or {}, dataset, source)
+    splits = _splits(top.splits, dataset, source, list_scenes)
     result = Plan(
         store=store,
         dataset=dataset,
-        vocabulary=vocabulary,
-        device=str(data.get("device", "cpu")),
+        vocabulary=top.vocabulary,
+        device=top.device,
         stages=stages,
         source=source,
         splits=splits,
@@ -235,38 +275,28 @@ def plan_from_dict(data: Any, base_dir: str | Path = ".", source: str = "<dict>"
     return result
 
 
-def _splits(data: Any, dataset: Dataset, source: str) -> dict[str, list[str]]:
-    if not isinstance(data, dict):
-        raise PlanError(f"{source}: splits: expected a mapping of split name to a list of scene ids")
-    known = set(dataset.scene_ids())
-    splits = {}
+def _splits(data: dict[str, list[str]], dataset: Dataset, source: str, list_scenes: bool) -> dict[str, list[str]]:
+    known = set(dataset.scene_ids()) if list_scenes else None
     for name, scenes in data.items():
-        if not isinstance(scenes, list) or not scenes:
+        if not scenes:
             raise PlanError(f"{source}: splits.{name}: expected a non-empty list of scene ids")
-        unknown = [s for s in scenes if s not in known]
+        unknown = [s for s in scenes if known is not None and s not in known]
         if unknown:
             raise PlanError(f"{source}: splits.{name}: scenes {unknown} are not in dataset '{dataset.name}'")
-        splits[str(name)] = [str(s) for s in scenes]
-    return splits
+    return dict(data)
 
 
 def _has_variants(name: str) -> bool:
-    return any(cls.has_variants for cls in _implementations(name))
-
-
-def _implementations(name: str) -> list[type[Stage]]:
-    from ovlift.pipeline.registry import STAGES
-
-    return list(STAGES[name].values())
+    return any(cls.spec.variant is not None for cls in stage_classes(name))
 
 
 def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str | None) -> StagePlan:
     implementation = entry.pop("implementation", None)
     try:
-        cls = stage_class(name, implementation)
+        cls, config_type = stage_class(name, implementation)
     except KeyError as err:
         raise PlanError(f"{where}: {err.args[0]}") from None
-    config = _validate(cls.Config, entry, context, where)
+    config = _validate(config_type, entry, context, where)
     key = name if variant is None else f"{name}/{variant}"
     try:
         return StagePlan(key, cls(config, variant=variant))
@@ -278,5 +308,8 @@ def _validate(cls: type[FrozenConfig], data: dict, context: dict, where: str) ->
     try:
         return cls.model_validate(data, context=context)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors()
+        )
         raise PlanError(f"{where}: {problems}") from None

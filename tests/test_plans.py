@@ -1,0 +1,97 @@
+"""Plan files: typed like every config, ${ENV} paths, `ovlift validate`, and the
+committed plans in plans/ that users copy."""
+
+import pytest
+import yaml
+from conftest import REPO, shared_data
+from typer.testing import CliRunner
+
+from ovlift.models.tiny import clip_folder
+from ovlift.pipeline.cli import app
+from ovlift.pipeline.plan import PlanError, load_plan
+
+PLANS = sorted((REPO / "plans").glob("*.yaml"))
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def small_plan(tmp_path, **changes):
+    data = {
+        "store": "s.zarr",
+        "dataset": {"name": "toy", "num_scenes": 2},
+        "splits": {"train": ["toy_0000"]},
+        "stages": {"input": {}, "project": {}},
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"stage": {}}, "stage"),  # top-level typo
+        ({"dataset": {"name": "toy", "num_scens": 2}}, "num_scens"),
+        ({"stages": {"input": {}, "projcet": {}}}, "projcet"),
+        ({"stages": {"input": {}, "project": {"cut_bund": 3}}}, "stages.project: cut_bund"),
+        ({"splits": {"train": "toy_0000"}}, "splits.train"),
+        ({"device": ["cpu"]}, "device"),
+    ],
+)
+def test_a_typo_fails_naming_the_file_and_the_key(tmp_path, change, key):
+    path = write(tmp_path / "typo.yaml", small_plan(tmp_path, **change))
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_environment_variables_fill_paths_with_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVLIFT_TEST_STORE", str(tmp_path / "elsewhere"))
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_TEST_STORE}/s.zarr"))
+    assert load_plan(path).store == str(tmp_path / "elsewhere" / "s.zarr")
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_UNSET_VAR:-fallback}/s.zarr"))
+    assert load_plan(path).store == str(tmp_path / "fallback" / "s.zarr")
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_UNSET_VAR}/s.zarr"))
+    with pytest.raises(PlanError, match=r"store: environment variable 'OVLIFT_UNSET_VAR' is not set"):
+        load_plan(path)
+
+
+def test_every_committed_plan_validates():
+    assert {p.name for p in PLANS} >= {"demo.yaml", "openscene-7scenes.yaml"}
+    result = CliRunner().invoke(app, ["validate", *map(str, PLANS)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("ok:") == len(PLANS)
+
+
+def test_validate_without_paths_needs_no_data_and_with_them_checks_data_and_models(tmp_path, monkeypatch):
+    plan = str(REPO / "plans" / "openscene-7scenes.yaml")
+    monkeypatch.setenv("OVLIFT_DATA", str(tmp_path / "no-data"))
+    monkeypatch.setenv("OVLIFT_MODELS", str(tmp_path / "models"))
+    assert CliRunner().invoke(app, ["validate", plan]).exit_code == 0
+    result = CliRunner().invoke(app, ["validate", "--check-paths", plan])
+    assert result.exit_code == 1 and "dataset" in result.output and "no-data" in result.output
+    monkeypatch.setenv("OVLIFT_DATA", str(shared_data("7scenes-redkitchen").parent))
+    result = CliRunner().invoke(app, ["validate", "--check-paths", plan])
+    assert result.exit_code == 1 and "stages.extract2d.clip: clip_path" in " ".join(result.output.split())
+    clip_folder(tmp_path / "models" / "clip-vit-base-patch16")
+    result = CliRunner().invoke(app, ["validate", "--check-paths", plan])
+    assert result.exit_code == 0 and "1 scenes" in result.output, result.output
+
+
+def test_the_demo_runs_the_committed_demo_plan(tmp_path):
+    from ovlift.demo import demo_plan
+
+    committed = yaml.safe_load((REPO / "plans" / "demo.yaml").read_text())
+    used = demo_plan(tmp_path)
+    assert used["stages"] == committed["stages"] and used["dataset"] == committed["dataset"]
+    assert used["store"] == str(tmp_path / "store.zarr")
+
+
+def test_split_scene_ids_are_checked_when_the_dataset_is_listed(tmp_path):
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, splits={"train": ["toy_0042"]}))
+    assert load_plan(path, list_scenes=False).splits == {"train": ["toy_0042"]}
+    with pytest.raises(PlanError, match=r"splits.train: scenes \['toy_0042'\] are not in dataset 'toy'"):
+        load_plan(path)
+
