@@ -1,7 +1,7 @@
 """Bytes per frame of the two storage encodings of 2D teacher features.
 
 * toy scenes: the synthetic teacher (MiniLM space, C=384) at 240x320;
-* real 7-Scenes frames: the mask-clip teacher (CUS3D) with random-weight
+* real 7-Scenes frames: the mask-crops teacher (CUS3D) with random-weight
   models of realistic output sizes (Mask2Former with 100 queries, CLIP with
   C=512), 32 masks per frame, top-4 masks per pixel, at 240x320; and, for
   contrast, the dense-only maskclip teacher, whose features vary per pixel.
@@ -81,7 +81,7 @@ def main() -> None:
         clip = clip_folder(Path(tmp) / "clip", projection_dim=512)
         segmenter = mask2former_folder(Path(tmp) / "m2f", num_queries=100)
         teacher = {
-            "implementation": "mask-clip",
+            "implementation": "mask-crops",
             "segmenter_path": str(segmenter),
             "clip_path": str(clip),
             "max_masks": 32,
@@ -107,7 +107,7 @@ def main() -> None:
         runner = Runner(real)
         runner.run(fail_fast=True)
         scene = runner.plan.dataset.scene_ids()[0]
-        report(runner, scene, "7-Scenes, mask-clip (C=512, k=4)")
+        report(runner, scene, "7-Scenes, mask-crops (C=512, k=4)")
         report(runner, scene, "7-Scenes, maskclip (C=512, per-pixel)", ("maskclip",))
 
 

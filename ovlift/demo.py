@@ -15,7 +15,6 @@ showing (see the README). Everything else follows the OpenScene baseline.
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
@@ -25,65 +24,16 @@ from rich.console import Console
 from rich.table import Table
 
 from ovlift.cache_schema import StageGroup
+from ovlift.cache_schema.groups.evaluate import PREDICTORS
 from ovlift.datasets.furniture import CLASS_COLORS
 from ovlift.kernels.metrics import scores
 from ovlift.pipeline.plan import load_plan
 from ovlift.pipeline.runner import Runner
-from ovlift.plots import write_ply
+from ovlift.ply import write_ply
 from ovlift.query import write_query_outputs
-from ovlift.stages.evaluate import PREDICTORS
 
-TRAIN = [f"toy_{i:04d}" for i in range(8)]
-HELD_OUT = ["toy_0008", "toy_0009"]
-IMAGE = {"image_height": 120, "image_width": 160}
-FEATURES = {"feature_height": 120, "feature_width": 160}
-
-DEMO_PLAN = {
-    "store": "store.zarr",
-    "dataset": {"name": "toy", "num_scenes": 10, "seed": 0, "num_frames": 16, "vertex_spacing_m": 0.08, **IMAGE},
-    "splits": {"train": TRAIN, "val": HELD_OUT},
-    "vocabulary": "scannet20",
-    "device": "cpu",
-    "stages": {
-        "input": {},
-        "extract2d": {
-            "noisy": {
-                "implementation": "synthetic",
-                **FEATURES,
-                "confusion": {
-                    "chair": {"sofa": 0.2},
-                    "table": {"desk": 0.2},
-                    "cabinet": {"counter": 0.15},
-                    "picture": {"wall": 0.3},
-                    "curtain": {"window": 0.2},
-                    "bookshelf": {"cabinet": 0.15},
-                },
-                "bleed_px": 2,
-                "noise_std": 0.3,
-                "seed": 0,
-            }
-        },
-        "project": {"cut_bound": 2},
-        "distill": {
-            "student": {
-                "planes": [16, 32, 64, 128, 64, 64, 48, 48],
-                "layers": [1, 1, 1, 1, 1, 1, 1, 1],
-                "init_dim": 16,
-                "stem_kernel": 3,
-                "voxel_size_m": 0.08,
-                "use_color": True,
-            },
-            "lr": 0.003,
-            "final_lr": 0.0003,
-            "epochs": 70,
-            "batch_size": 2,
-            "label_weight": 1.0,
-        },
-        "predict": {},
-        "evaluate": {},
-    },
-}
-
+PLANS = Path(__file__).resolve().parents[1] / "plans"
+"""The repository's commented plans (``plans/``); the demo's is ``plans/demo.yaml``."""
 
 QUICK = {
     "num_scenes": 3,
@@ -94,9 +44,14 @@ QUICK = {
 }
 
 
-def demo_plan(quick: bool = False) -> dict:
-    """The demo plan; ``quick`` shrinks it to seconds (for tests of the command itself)."""
-    plan = copy.deepcopy(DEMO_PLAN)
+def demo_plan(workdir: Path, quick: bool = False) -> dict:
+    """``plans/demo.yaml`` with its store in ``workdir``; ``quick`` shrinks it to seconds
+    (for tests of the command itself)."""
+    path = PLANS / "demo.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"the demo plan {path} is missing (ovlift demo runs from a clone of the repository)")
+    plan = yaml.safe_load(path.read_text())
+    plan["store"] = str((workdir / "store.zarr").resolve())
     if quick:
         plan["dataset"]["num_scenes"] = QUICK["num_scenes"]
         plan["splits"] = {"train": QUICK["train"], "val": QUICK["val"]}
@@ -109,7 +64,8 @@ def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
     """Run the demo plan; return the held-out metrics per predictor."""
     workdir.mkdir(parents=True, exist_ok=True)
     plan_path = workdir / "plan.yaml"
-    plan_path.write_text(yaml.safe_dump(demo_plan(quick), sort_keys=False))
+    header = f"# Written by `ovlift demo` from {PLANS / 'demo.yaml'}{' (--quick)' if quick else ''}.\n"
+    plan_path.write_text(header + yaml.safe_dump(demo_plan(workdir, quick), sort_keys=False))
     runner = Runner(load_plan(plan_path))
     report = runner.run()
     console.print(f"[bold]demo[/bold]: {report.summary()}")

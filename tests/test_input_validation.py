@@ -10,9 +10,9 @@ from conftest import toy_plan_dict
 
 from ovlift.cache_schema import Store
 from ovlift.datasets.toy import ToyDataset
+from ovlift.errors import StageInputError
 from ovlift.pipeline.plan import Plan, plan_from_dict
 from ovlift.pipeline.runner import Runner
-from ovlift.stages.base import StageInputError
 
 
 class MutatedToy(ToyDataset):

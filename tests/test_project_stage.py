@@ -19,10 +19,8 @@ class SeenConfig(FrozenConfig):
 class SeenStage(Stage[SeenConfig]):
     """A stand-in for the stages that will read ``project``."""
 
-    name = "seen"
     implementation = "test"
     version = "1"
-    Config = SeenConfig
     reads = ("project",)
     spec = GroupSpec("seen", "test", (ArraySpec("seen", "bool", ("N",), (None,), "seen by a frame"),))
 

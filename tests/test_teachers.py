@@ -41,9 +41,9 @@ def teacher_configs(models, tmp_path):
         "synthetic-dense": ({"implementation": "synthetic", **size}, 384, "dense"),
         "synthetic-masks": ({"implementation": "synthetic", "encoding": "masks", "bleed_px": 2, **size}, 384, "masks"),
         "maskclip": ({"implementation": "maskclip", "clip_path": models["clip"], **size}, 24, "dense"),
-        "mask-clip-m2f-vote": (
+        "mask-crops-m2f-vote": (
             {
-                "implementation": "mask-clip",
+                "implementation": "mask-crops",
                 "segmenter_path": models["mask2former"],
                 "clip_path": models["clip"],
                 "encoding": "masks",
@@ -54,9 +54,9 @@ def teacher_configs(models, tmp_path):
             24,
             "masks",
         ),
-        "mask-clip-mf-largest": (
+        "mask-crops-mf-largest": (
             {
-                "implementation": "mask-clip",
+                "implementation": "mask-crops",
                 "segmenter_path": models["maskformer"],
                 "clip_path": models["clip"],
                 "overlap": "largest",
@@ -95,8 +95,8 @@ def teacher_configs(models, tmp_path):
         "synthetic-dense",
         "synthetic-masks",
         "maskclip",
-        "mask-clip-m2f-vote",
-        "mask-clip-mf-largest",
+        "mask-crops-m2f-vote",
+        "mask-crops-mf-largest",
         "caption-aligned",
         "cached",
     ],

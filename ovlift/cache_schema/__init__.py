@@ -1,32 +1,34 @@
-"""The contract between stages: store layout, array specs, fingerprints, atomic commit."""
+"""The contract between stages: store layout, array specs, fingerprints, atomic commit.
+
+What each stage's group holds, and how to read it, is in ``ovlift.cache_schema.groups``.
+"""
 
 from ovlift.cache_schema.fingerprint import canonical_json, fingerprint, short
-from ovlift.cache_schema.specs import IGNORE_LABEL, ArraySpec, GroupSpec, SchemaError
+from ovlift.cache_schema.specs import GLOBAL, IGNORE_LABEL, SCENES, ArraySpec, GroupSpec, SchemaError, Scope
 from ovlift.cache_schema.store import (
     GroupMeta,
     GroupState,
     GroupWriter,
     StageGroup,
     Store,
-    global_group_path,
     iter_arrays,
-    scene_group_path,
 )
 
 __all__ = [
+    "GLOBAL",
     "IGNORE_LABEL",
+    "SCENES",
     "ArraySpec",
     "GroupMeta",
     "GroupSpec",
     "GroupState",
     "GroupWriter",
     "SchemaError",
+    "Scope",
     "StageGroup",
     "Store",
     "canonical_json",
     "fingerprint",
-    "global_group_path",
     "iter_arrays",
-    "scene_group_path",
     "short",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 
 import numpy as np
 
@@ -17,9 +18,23 @@ IGNORE_LABEL = -1
 
 Dim = str | int
 
+SCENES = "scenes"
+"""Top-level group of the per-scene groups."""
+GLOBAL = "global"
+"""Top-level group of the global groups (results over the scenes of a split)."""
+
 
 class SchemaError(ValueError):
     """An array or group does not match its spec. The message names where and what."""
+
+
+class Scope(StrEnum):
+    """Where a stage's groups live: one per scene, or one over the scenes of a split."""
+
+    SCENE = "scene"
+    """``scenes/<scene_id>/<stage>[/<variant>]``"""
+    GLOBAL = "global"
+    """``global/<stage>[/<variant>]``"""
 
 
 @dataclass(frozen=True)
@@ -87,20 +102,43 @@ class ArraySpec:
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """The outputs of one stage: its arrays and the stage-specific attrs it records."""
+    """The outputs of one stage: where they live, their arrays and the attrs they record.
+
+    The one place that says a stage's name, scope and whether it has variants;
+    ``Stage`` derives them from here, and ``path`` is the only way to a group's path.
+    """
 
     stage: str
+    """Stage name: a path level, and how plans and ``reads`` refer to the stage."""
     doc: str
     arrays: tuple[ArraySpec, ...]
     info: dict[str, str] = field(default_factory=dict)
     """Stage-specific entries of the group's ``info`` attr, name -> meaning."""
     variant: str | None = None
     """What the ``<variant>`` path level names, for stages written once per variant."""
+    scope: Scope = Scope.SCENE
+    """One group per scene, or one global group."""
 
     def __post_init__(self) -> None:
         names = [a.name for a in self.arrays]
         if len(set(names)) != len(names):
             raise ValueError(f"group spec {self.stage}: duplicate array names {names}")
+
+    def path(self, scene_id: str | None = None, variant: str | None = None) -> str:
+        """The group's path in the store: ``scenes/<scene_id>/<stage>[/<variant>]`` or
+        ``global/<stage>[/<variant>]``."""
+        if (variant is None) != (self.variant is None):
+            need = f"a <{self.variant}> name" if self.variant else "no variant"
+            raise ValueError(f"stage '{self.stage}' needs {need}, got variant {variant!r}")
+        if (scene_id is None) != (self.scope is Scope.GLOBAL):
+            need = "no scene" if self.scope is Scope.GLOBAL else "a scene id"
+            raise ValueError(f"{self.scope} stage '{self.stage}' needs {need}, got scene {scene_id!r}")
+        head = f"{SCENES}/{scene_id}" if scene_id is not None else GLOBAL
+        return f"{head}/{self.stage}" + (f"/{variant}" if variant is not None else "")
+
+    def path_pattern(self) -> str:
+        """``path`` with placeholders, as documents show it."""
+        return self.path(None if self.scope is Scope.GLOBAL else "<scene_id>", self.variant and f"<{self.variant}>")
 
     def array(self, name: str) -> ArraySpec:
         for spec in self.arrays:

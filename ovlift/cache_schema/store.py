@@ -49,20 +49,12 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from ovlift.cache_schema.specs import GroupSpec, SchemaError
+from ovlift.cache_schema.specs import GLOBAL, SCENES, GroupSpec, SchemaError
 
 STORE_FORMAT = 1
 STAGING = "_staging"
 TRASH = "_trash"
 GROUP_META = "zarr.json"
-
-
-def scene_group_path(scene_id: str, stage: str, variant: str | None = None) -> str:
-    return f"scenes/{scene_id}/{stage}" + (f"/{variant}" if variant else "")
-
-
-def global_group_path(name: str) -> str:
-    return f"global/{name}"
 
 
 class GroupState(StrEnum):
@@ -194,18 +186,19 @@ class Store:
         return StageGroup(path=path, attrs=attrs, group=node)
 
     def scene_ids(self) -> list[str]:
-        node = self._open("scenes")
+        node = self._open(SCENES)
         return sorted(name for name, _ in node.groups()) if node is not None else []
 
     def stage_groups(self, scene_id: str) -> list[str]:
         """Paths of every stage group (variants included) under a scene."""
-        return self._stage_groups_under(f"scenes/{scene_id}")
+        return self.groups_under(f"{SCENES}/{scene_id}")
 
     def global_groups(self) -> list[str]:
         """Paths of the global stage groups (cached text embeddings excluded)."""
-        return [p for p in self._stage_groups_under("global") if not p.startswith("global/text/")]
+        return [p for p in self.groups_under(GLOBAL) if not p.startswith(f"{GLOBAL}/text/")]
 
-    def _stage_groups_under(self, root: str) -> list[str]:
+    def groups_under(self, root: str) -> list[str]:
+        """Paths of every stage group under ``root`` (e.g. ``global``), at any depth."""
         found: list[str] = []
 
         def walk(path: str) -> None:

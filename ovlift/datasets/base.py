@@ -5,11 +5,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar
 
 import numpy as np
 
-from ovlift.config import FrozenConfig
+from ovlift.config import ConfigT, Configurable
 
 
 @dataclass
@@ -54,14 +54,10 @@ class SceneSource:
         return len(self.frame_names)
 
 
-ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
-
-
-class Dataset(ABC, Generic[ConfigT]):
-    """A reader of one kind of data into canonical scenes."""
+class Dataset(ABC, Configurable[ConfigT]):
+    """A reader of one kind of data into canonical scenes: ``class X(Dataset[XConfig])``."""
 
     name: ClassVar[str]
-    Config: ClassVar[type[FrozenConfig]]
 
     def __init__(self, config: ConfigT) -> None:
         self.config = config

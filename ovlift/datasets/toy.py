@@ -139,7 +139,6 @@ class ToyDataset(Dataset[ToyConfig]):
     """Synthetic rooms; see the module docstring."""
 
     name = "toy"
-    Config = ToyConfig
 
     def scene_ids(self) -> list[str]:
         return [f"toy_{i:04d}" for i in range(self.config.num_scenes)]

@@ -1,38 +1,29 @@
 """The one place that maps names in a plan to classes.
 
 To add a stage implementation or a dataset reader, write its module and add one
-line here. Each class carries its typed ``Config``, so a plan entry is validated
-against a real type and "go to definition" leads to the code.
+line here (a 2D teacher: one line in ``ovlift.models.teachers.registry``). Each
+class carries its typed ``Config``, so a plan entry is validated against a real
+type and "go to definition" leads to the code.
 """
 
 from __future__ import annotations
 
+from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
+from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.stages.base import Stage
 from ovlift.stages.distill import DistillStage
 from ovlift.stages.evaluate import EvaluateStage
-from ovlift.stages.extract2d import (
-    CachedExtract,
-    CaptionAlignedExtract,
-    MaskClipCropExtract,
-    MaskCLIPExtract,
-    SyntheticExtract,
-)
+from ovlift.stages.extract2d import Extract2DStage
 from ovlift.stages.input import InputStage
 from ovlift.stages.predict import PredictStage
 from ovlift.stages.project import ProjectStage
 
 STAGES: dict[str, dict[str, type[Stage]]] = {
     "input": {"canonical": InputStage},
-    "extract2d": {
-        "synthetic": SyntheticExtract,
-        "maskclip": MaskCLIPExtract,
-        "mask-clip": MaskClipCropExtract,
-        "caption-aligned": CaptionAlignedExtract,
-        "cached": CachedExtract,
-    },
+    "extract2d": dict.fromkeys(TEACHERS, Extract2DStage),  # one stage class; the implementations are teachers
     "project": {"openscene": ProjectStage},
     "distill": {"openscene": DistillStage},
     "predict": {"openscene": PredictStage},
@@ -40,27 +31,36 @@ STAGES: dict[str, dict[str, type[Stage]]] = {
 }
 """stage name -> implementation name -> class; the first implementation is the default."""
 
+RENAMED_IMPLEMENTATIONS: dict[str, dict[str, str]] = {"extract2d": RENAMED}
+"""stage name -> old implementation name -> current name (accepted with a warning)."""
+
 DATASETS: dict[str, type[Dataset]] = {
     "toy": ToyDataset,
     "rgbd-folder": RGBDFolderDataset,
 }
 
 
-def stage_class(stage: str, implementation: str | None = None) -> type[Stage]:
+def stage_class(stage: str, implementation: str | None = None) -> tuple[type[Stage], type[FrozenConfig]]:
+    """The class of a stage implementation and the Config its plan entry is validated against."""
     if stage not in STAGES:
         raise KeyError(f"unknown stage '{stage}'; known stages: {list(STAGES)}")
     impls = STAGES[stage]
-    if implementation is None:
-        return next(iter(impls.values()))
-    if implementation not in impls:
+    implementation = implementation or next(iter(impls))
+    if implementation not in impls and implementation not in RENAMED_IMPLEMENTATIONS.get(stage, {}):
         raise KeyError(f"stage '{stage}' has no implementation '{implementation}'; known: {list(impls)}")
-    return impls[implementation]
+    cls = impls.get(implementation) or impls[RENAMED_IMPLEMENTATIONS[stage][implementation]]
+    return cls, cls.config_type(implementation)
 
 
 def dataset_class(name: str) -> type[Dataset]:
     if name not in DATASETS:
         raise KeyError(f"unknown dataset '{name}'; known datasets: {list(DATASETS)}")
     return DATASETS[name]
+
+
+def stage_classes(stage: str) -> list[type[Stage]]:
+    """The distinct classes of a stage's implementations."""
+    return list(dict.fromkeys(STAGES[stage].values()))
 
 
 def stage_order() -> list[str]:
@@ -72,7 +72,7 @@ def stage_order() -> list[str]:
             return
         if name in path:
             raise ValueError(f"stage dependency cycle: {' -> '.join(path + (name,))}")
-        for upstream in {r for cls in STAGES[name].values() for r in cls.reads + cls.optional_reads}:
+        for upstream in {r for cls in stage_classes(name) for r in cls.reads + cls.optional_reads}:
             visit(upstream, path + (name,))
         order.append(name)
 

@@ -7,9 +7,9 @@ cannot drift from the code. Regenerate with ``ovlift schema > docs/cache_schema.
 from __future__ import annotations
 
 from ovlift.cache_schema import IGNORE_LABEL, GroupSpec
+from ovlift.cache_schema.groups.text import TEXT_SPEC
 from ovlift.cache_schema.store import STAGING, STORE_FORMAT, TRASH
 from ovlift.pipeline.registry import STAGES, stage_order
-from ovlift.pipeline.text_cache import TEXT_SPEC
 
 HEADER = f"""# Cache schema
 
@@ -20,8 +20,8 @@ One Zarr v3 store per workspace, at a local path or an fsspec URL
 
 ```
 <store>/
-  scenes/<scene_id>/<stage>[/<variant>]   one group per stage and scene
-  global/<name>                           results over all scenes
+  scenes/<scene_id>/<stage>[/<variant>]   one group per stage and scene (per-scene stages)
+  global/<stage>[/<variant>]              one group over the scenes of a split (global stages)
   {STAGING}/<host>-<pid>-<token>            groups being written (private to a writer)
   {TRASH}/<host>-<pid>-<token>              replaced groups being deleted
 ```
@@ -69,8 +69,8 @@ Array names with `{{teacher}}` occur once per fused teacher.
 """
 
 
-def render_group(spec: GroupSpec, implementations: list[str], path: str | None = None) -> str:
-    path = path or f"scenes/<scene_id>/{spec.stage}" + (f"/<{spec.variant}>" if spec.variant else "")
+def render_group(spec: GroupSpec, implementations: list[str]) -> str:
+    path = spec.path_pattern()
     made_by = f" Implementations: {', '.join(f'`{i}`' for i in implementations)}." if implementations else ""
     lines = [
         f"## `{spec.stage}`",
@@ -100,5 +100,5 @@ def render_schema_doc() -> str:
         for impl, cls in STAGES[stage].items():
             specs.setdefault(id(cls.spec), (cls.spec, []))[1].append(impl)
         sections += [render_group(spec, impls) for spec, impls in specs.values()]
-    sections.append(render_group(TEXT_SPEC, [], "global/text/<key>"))
+    sections.append(render_group(TEXT_SPEC, []))
     return "\n".join(sections)

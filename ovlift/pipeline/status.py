@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ovlift.cache_schema import GroupState, Store
-from ovlift.pipeline.plan import GLOBAL, Plan, external_inputs
+from ovlift.cache_schema import GLOBAL, GroupState, Store
+from ovlift.pipeline.plan import Plan, external_inputs
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
             recorded[path], owner[path] = store.inspect(path), scene_id
     for path in store.global_groups():
         recorded[path], owner[path] = store.inspect(path), GLOBAL
-    expected = _expected(plan, store) if plan else {}
+    expected = expected_fingerprints(plan, store) if plan else {}
     for path, (_, scene) in expected.items():
         owner.setdefault(path, scene)
     result: list[StageStatus] = []
@@ -69,8 +69,11 @@ def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) 
     return ""
 
 
-def _expected(plan: Plan, store: Store) -> dict[str, tuple[str, str]]:
-    """path -> (fingerprint, owner) of each group the plan would write now."""
+def expected_fingerprints(plan: Plan, store: Store) -> dict[str, tuple[str, str]]:
+    """path -> (fingerprint, owner scene or ``global``) of each group the plan would write now.
+
+    Computed from the plan alone, except for external inputs that need an upstream
+    group (e.g. the frame names of a ``cached`` teacher), which count once it exists."""
     fps: dict[str, str] = {}
     owners: dict[str, str] = {}
     for key, stage_plan in plan.stages.items():

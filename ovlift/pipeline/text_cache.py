@@ -12,15 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ovlift.cache_schema import ArraySpec, GroupMeta, GroupSpec, Store, canonical_json, global_group_path
+from ovlift.cache_schema import GroupMeta, Store, canonical_json
+from ovlift.cache_schema.groups.text import TEXT_SPEC
 from ovlift.models.text import TextEncoderConfig, encoder_identity, load_text_encoder
-
-TEXT_SPEC = GroupSpec(
-    stage="text",
-    doc="Embeddings of class names (each through its templates, averaged, unit length).",
-    arrays=(ArraySpec("embeddings", "float32", ("K", "D"), (None, None), "one unit vector per name"),),
-    info={"encoder": "text encoder identity (kind:model-files:templates)", "names": "the embedded names, in order"},
-)
 
 
 class TextCache:
@@ -35,7 +29,7 @@ class TextCache:
         key = hashlib.sha256(canonical_json({"encoder": identity, "names": list(names)}).encode()).hexdigest()
         if key in self._memory:
             return self._memory[key]
-        path = global_group_path(f"text/{key[:16]}")
+        path = TEXT_SPEC.path(variant=key[:16])
         group = self.store.read(path, fingerprint=key)
         if group is not None:
             emb = torch.from_numpy(group.load("embeddings"))

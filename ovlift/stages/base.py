@@ -2,7 +2,9 @@
 
 The runner does all I/O, caching and logging around ``run``: it opens the input
 groups, hands the stage a writer for its output group, and publishes that group
-only if ``run`` returns normally.
+only if ``run`` returns normally. A stage's name, scope and variants are those
+of the ``GroupSpec`` it writes; its Config is its type parameter
+(``class ProjectStage(Stage[ProjectConfig])``).
 """
 
 from __future__ import annotations
@@ -12,16 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Generic, TypeVar
+from typing import ClassVar
 
-from ovlift.cache_schema import GroupSpec, GroupWriter, StageGroup
-from ovlift.config import FrozenConfig
+from ovlift.cache_schema import GroupSpec, GroupWriter, Scope, StageGroup
+from ovlift.config import ConfigT, Configurable, FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.models.text import TextEmbedder
-
-
-class StageInputError(ValueError):
-    """Bad input data; the message names the scene, frame and array."""
 
 
 @dataclass
@@ -48,38 +46,51 @@ class StageContext:
         return f"scene '{self.scene_id}'" + (f", frame '{frame}'" if frame is not None else "")
 
 
-ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
-
-
-class Stage(ABC, Generic[ConfigT]):
-    name: ClassVar[str]
-    """The stage in the data flow (``input``, ``project``, ...): its group's path."""
+class Stage(ABC, Configurable[ConfigT]):
+    spec: ClassVar[GroupSpec]
+    """What it writes, and so its name, scope and variants."""
     implementation: ClassVar[str]
     """Which implementation of that stage this is (the plan picks one by this name)."""
     version: ClassVar[str]
     """Bump when the outputs change for the same config: reruns it and what follows."""
-    Config: ClassVar[type[FrozenConfig]]
-    spec: ClassVar[GroupSpec]
     reads: ClassVar[tuple[str, ...]] = ()
     """Stages whose groups (same scene) this stage reads."""
     optional_reads: ClassVar[tuple[str, ...]] = ()
     """Stages it reads when the plan configures them (e.g. teachers for ``project``)."""
     reads_dataset: ClassVar[bool] = False
     """Whether it reads the dataset's source files (the ``input`` stage)."""
-    has_variants: ClassVar[bool] = False
-    """Whether a plan configures it several times under names (``extract2d/<teacher>``)."""
     writes_files: ClassVar[bool] = False
     """Whether it writes plain files beside the store (``ctx.files``)."""
-    scope: ClassVar[str] = "scene"
-    """``scene``: one group per scene (``scenes/<id>/<stage>``); ``global``: one group
-    over the scenes of a split (``global/<stage>``)."""
 
     def __init__(self, config: ConfigT, variant: str | None = None) -> None:
-        if self.has_variants and variant is None:
-            raise ValueError(f"stage '{self.name}' is configured per variant: give it a variant name")
+        if (variant is None) != (self.spec.variant is None):
+            need = f"a <{self.spec.variant}> name" if self.spec.variant else "no variant name"
+            raise ValueError(f"stage '{self.name}' is configured with {need}, got {variant!r}")
         self.config = config
         self.variant = variant
         """The ``<variant>`` path level, for stages written once per variant."""
+
+    @classmethod
+    def config_type(cls, implementation: str) -> type[FrozenConfig]:
+        """The Config a plan entry naming ``implementation`` is validated against."""
+        return cls.Config
+
+    @property
+    def name(self) -> str:
+        return self.spec.stage
+
+    @property
+    def is_global(self) -> bool:
+        return self.spec.scope is Scope.GLOBAL
+
+    @property
+    def implementation_id(self) -> str:
+        """The implementation as fingerprints name it (stable across renames)."""
+        return self.implementation
+
+    def path(self, scene_id: str | None) -> str:
+        """Its group for a scene (global stages: None, the one global group)."""
+        return self.spec.path(scene_id, self.variant)
 
     @property
     def split(self) -> str | None:

@@ -16,31 +16,15 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter
+from ovlift.cache_schema import GroupWriter
+from ovlift.cache_schema.groups.distill import DISTILL_SPEC
+from ovlift.cache_schema.groups.project import fused_teacher
 from ovlift.config import FrozenConfig, runtime_field
+from ovlift.errors import StageInputError
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEncoderConfig
-from ovlift.stages.base import Stage, StageContext, StageInputError
-from ovlift.stages.project import fused_teacher
+from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
-
-DISTILL_SPEC = GroupSpec(
-    stage="distill",
-    doc="The distilled 3D student: final weights and its training curve.",
-    arrays=(
-        ArraySpec("weights", "uint8", ("B",), (1 << 22,), "torch.save bytes of the student's state_dict"),
-        ArraySpec("epoch_loss", "float32", ("E",), (None,), "mean training loss of each epoch"),
-        ArraySpec("epoch_lr", "float32", ("E",), (None,), "learning rate at the end of each epoch"),
-    ),
-    info={
-        "teacher": "the fused teacher distilled",
-        "channels": "output channels (the teacher's)",
-        "text_encoder": "text encoder of the teacher's space",
-        "student": "the student's config",
-        "train_scenes": "scenes trained on",
-        "checkpoints": "folder of the per-epoch checkpoints, the training log CSV and curve PNG",
-    },
-)
 
 
 class DistillConfig(FrozenConfig):
@@ -87,13 +71,10 @@ class DistillConfig(FrozenConfig):
 
 
 class DistillStage(Stage[DistillConfig]):
-    name = "distill"
     implementation = "openscene"
     version = "2"  # 2: losses regrouped per voxel (same value, other rounding)
-    Config = DistillConfig
     spec = DISTILL_SPEC
     reads = ("input", "project")
-    scope = "global"
     writes_files = True
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:

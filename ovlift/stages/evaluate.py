@@ -13,34 +13,13 @@ import math
 
 import numpy as np
 
-from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter
+from ovlift.cache_schema import GroupWriter
+from ovlift.cache_schema.groups.evaluate import EVALUATE_SPEC, PREDICTORS
 from ovlift.config import FrozenConfig
+from ovlift.errors import StageInputError
 from ovlift.kernels.metrics import Scores, confusion_matrix, scores
 from ovlift.plots import confusion as plot_confusion
-from ovlift.stages.base import Stage, StageContext, StageInputError
-
-PREDICTORS = {"2d": "fused 2D", "3d": "distilled 3D", "ensemble": "2D-3D ensemble"}
-
-EVALUATE_SPEC = GroupSpec(
-    stage="evaluate",
-    doc="Confusion matrices and metrics of each predictor over the evaluated scenes.",
-    arrays=tuple(
-        ArraySpec(
-            f"confusion_{p}",
-            "int64",
-            ("K", "K1"),
-            (None, None),
-            f"{name}: rows truth, columns prediction, last column predictions outside the valid classes",
-        )
-        for p, name in PREDICTORS.items()
-    ),
-    info={
-        "classes": "class names of the rows",
-        "metrics": "predictor -> mIoU, mAcc, overall accuracy, per-class IoU, seen/unseen mIoU and hIoU",
-        "scenes": "evaluated scenes",
-        "report": "folder with report.json, metrics.md and confusion_<predictor>.png",
-    },
-)
+from ovlift.stages.base import Stage, StageContext
 
 
 class EvaluateConfig(FrozenConfig):
@@ -86,13 +65,10 @@ def markdown_table(metrics: dict, classes: list[str]) -> str:
 
 
 class EvaluateStage(Stage[EvaluateConfig]):
-    name = "evaluate"
     implementation = "scannet"
     version = "1"
-    Config = EvaluateConfig
     spec = EVALUATE_SPEC
     reads = ("input", "predict")
-    scope = "global"
     writes_files = True
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:

@@ -1,98 +1,60 @@
 """``extract2d/<teacher>``: per-pixel features of a 2D teacher, one variant per teacher.
 
 Frames stream from the ``input`` group in batches through the teacher (CPU or
-CUDA) and are stored in the teacher's encoding:
-
-* ``dense``: ``features`` (T, h, w, C) float16, one frame per chunk;
-* ``masks``: ``mask_ids`` and ``mask_weights`` (T, h, w, K) per pixel, and
-  ``mask_embeddings`` (Q, C); a pixel's feature is sum_k weight_k * embedding[id_k].
-
-``project`` reads either through ``teacher_features`` and fuses them per point.
+CUDA) and are stored in the teacher's encoding (``ovlift.cache_schema.groups.extract2d``).
+Which teacher runs is the plan's ``implementation``, looked up in
+``ovlift.models.teachers.registry``; this one stage class serves every teacher.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from ovlift.cache_schema import ArraySpec, GroupSpec, GroupWriter, StageGroup
+from ovlift.cache_schema import GroupWriter, StageGroup
+from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
+from ovlift.config import FrozenConfig
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput
-from ovlift.models.teachers.cached import CachedConfig, CachedTeacher, frame_file
-from ovlift.models.teachers.caption_aligned import CaptionAlignedConfig, CaptionAlignedTeacher
-from ovlift.models.teachers.mask_clip import MaskClipCropConfig, MaskClipCropTeacher
-from ovlift.models.teachers.maskclip import MaskCLIPConfig, MaskCLIPTeacher
-from ovlift.models.teachers.synthetic import SyntheticConfig, SyntheticTeacher
+from ovlift.models.teachers.registry import teacher_class, teacher_for_config
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
 
-EXTRACT2D_SPEC = GroupSpec(
-    stage="extract2d",
-    doc="A 2D teacher's per-pixel features of the scene's frames, in its storage encoding.",
-    variant="teacher",
-    arrays=(
-        ArraySpec("frames", "int32", ("T",), (None,), "input frame index of each extracted frame"),
-        ArraySpec(
-            "features",
-            "float16",
-            ("T", "h", "w", "C"),
-            (1, None, None, None),
-            "dense encoding: per-pixel features",
-            required=False,
-        ),
-        ArraySpec(
-            "mask_ids",
-            "int32",
-            ("T", "h", "w", "K"),
-            (1, None, None, None),
-            "masks encoding: ids into mask_embeddings of each pixel's top-k masks, -1 = none",
-            required=False,
-        ),
-        ArraySpec(
-            "mask_weights",
-            "float16",
-            ("T", "h", "w", "K"),
-            (1, None, None, None),
-            "masks encoding: weight of each of those masks",
-            required=False,
-        ),
-        ArraySpec(
-            "mask_embeddings",
-            "float16",
-            ("Q", "C"),
-            (4096, None),
-            "masks encoding: one feature per mask",
-            required=False,
-        ),
-    ),
-    info={
-        "teacher": "implementation that produced it",
-        "encoding": "dense or masks",
-        "feature_size": "[rows, cols] of the feature maps",
-        "channels": "feature channels C",
-        "text_encoder": "config of the text encoder whose space the features live in (to embed queries)",
-    },
-)
-
 
 class Extract2DStage(Stage[TeacherConfig]):
-    """The frame loop shared by every teacher; subclasses name the teacher."""
+    """The frame loop around whichever teacher the config belongs to."""
 
-    name = "extract2d"
     spec = EXTRACT2D_SPEC
     reads = ("input",)
-    has_variants = True
-    teacher_class: type[Teacher]
 
     def __init__(self, config: TeacherConfig, variant: str | None = None) -> None:
         super().__init__(config, variant)
+        self.teacher_class: type[Teacher] = teacher_for_config(config)
         if config.encoding == "masks" and not self.teacher_class.produces_masks:
             raise ValueError(
                 f"teacher '{self.implementation}' produces dense features; encoding 'masks' needs a mask-based teacher"
             )
+
+    @classmethod
+    def config_type(cls, implementation: str) -> type[FrozenConfig]:
+        return teacher_class(implementation).Config
+
+    @property
+    def implementation(self) -> str:  # type: ignore[override]  # the teacher's, per instance
+        return self.teacher_class.name
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self.teacher_class.version
+
+    @property
+    def implementation_id(self) -> str:
+        return self.teacher_class.stable_id or self.teacher_class.name
+
+    def external_inputs(self, scene_id: str, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
+        return self.teacher_class.external_inputs(self.config, scene_id, inputs["input"].info["frame_names"])
 
     def load_teacher(self, ctx: StageContext) -> Teacher:
         """The teacher's model, loaded once per (teacher, config, device) per process."""
@@ -178,86 +140,3 @@ def _pad_k(ids: torch.Tensor, weights: torch.Tensor, k: int) -> tuple[torch.Tens
 
 
 _TEACHERS: dict[tuple, Teacher] = {}
-
-
-class TeacherFeatures:
-    """Reads a teacher's stored features for some frames, whatever the encoding."""
-
-    def __init__(self, group: StageGroup) -> None:
-        self.group = group
-        self.encoding = group.info["encoding"]
-        self.frames = group.load("frames")
-        self.channels = int(group.info["channels"])
-        self.feature_hw = tuple(group.info["feature_size"])
-        self._local = {int(f): i for i, f in enumerate(self.frames)}
-        self._embeddings = torch.from_numpy(group.load("mask_embeddings")) if self.encoding == "masks" else None
-
-    def positions(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For input frame indices, (positions among them that this teacher has, its local indices)."""
-        pos = [(p, self._local[int(f)]) for p, f in enumerate(frames) if int(f) in self._local]
-        return np.array([p for p, _ in pos], dtype=np.int64), np.array([i for _, i in pos], dtype=np.int64)
-
-    def read(self, local: np.ndarray, device: torch.device | str = "cpu") -> DenseFeatures | MaskFeatures:
-        if self.encoding == "dense":
-            return DenseFeatures(torch.from_numpy(self.group.array("features").oindex[local]).to(device))
-        ids = torch.from_numpy(self.group.array("mask_ids").oindex[local]).to(device)
-        weights = torch.from_numpy(self.group.array("mask_weights").oindex[local]).to(device)
-        return MaskFeatures(ids, weights, self._embeddings.to(device))
-
-
-def teachers_in(inputs: Mapping[str, StageGroup]) -> dict[str, StageGroup]:
-    """The extract2d groups among a stage's inputs, by teacher name."""
-    return {key.split("/", 1)[1]: group for key, group in inputs.items() if key.startswith("extract2d/")}
-
-
-class SyntheticExtract(Extract2DStage):
-    """Ground-truth classes of synthetic scenes as text embeddings, with controlled noise."""
-
-    implementation = "synthetic"
-    version = "1"
-    Config = SyntheticConfig
-    teacher_class = SyntheticTeacher
-
-
-class MaskCLIPExtract(Extract2DStage):
-    """Dense CLIP features with MaskCLIP's last-block modification (CLIP2Scene)."""
-
-    implementation = "maskclip"
-    version = "1"
-    Config = MaskCLIPConfig
-    teacher_class = MaskCLIPTeacher
-
-
-class MaskClipCropExtract(Extract2DStage):
-    """Segmenter masks described by CLIP, CUS3D's vote over overlapping masks."""
-
-    implementation = "mask-clip"
-    version = "1"
-    Config = MaskClipCropConfig
-    teacher_class = MaskClipCropTeacher
-
-
-class CaptionAlignedExtract(Extract2DStage):
-    """Segmenter masks as captions in the shared text space (SAS)."""
-
-    implementation = "caption-aligned"
-    version = "1"
-    Config = CaptionAlignedConfig
-    teacher_class = CaptionAlignedTeacher
-
-
-class CachedExtract(Extract2DStage):
-    """Per-frame features computed elsewhere, imported from files."""
-
-    implementation = "cached"
-    version = "1"
-    Config = CachedConfig
-    teacher_class = CachedTeacher
-
-    def external_inputs(self, scene_id: str, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
-        names = inputs["input"].info["frame_names"]
-        parts = []
-        for i in range(0, len(names), self.config.frame_stride):
-            path = frame_file(self.config, scene_id, names[i], i)
-            parts.append(f"{path.name}:{path.stat().st_size if path.is_file() else 'missing'}")
-        return {f"files:{self.config.path}": hashlib.sha256(";".join(parts).encode()).hexdigest()}

@@ -12,74 +12,14 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ovlift.cache_schema import IGNORE_LABEL, ArraySpec, GroupSpec, GroupWriter
+from ovlift.cache_schema import IGNORE_LABEL, GroupWriter
+from ovlift.cache_schema.groups.input import INPUT_SPEC
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Frame, SceneSource
+from ovlift.errors import StageInputError
 from ovlift.kernels.geometry import pose_is_valid
 from ovlift.progress import progress
-from ovlift.stages.base import Stage, StageContext, StageInputError
-
-POINT_CHUNK = 1 << 18
-
-INPUT_SPEC = GroupSpec(
-    stage="input",
-    doc="A scene in canonical form: points in metres, posed frames, optional labels and mesh.",
-    arrays=(
-        ArraySpec("points", "float32", ("N", 3), (POINT_CHUNK, None), "point positions, metres, world frame"),
-        ArraySpec("colors", "uint8", ("N", 3), (POINT_CHUNK, None), "point RGB", required=False),
-        ArraySpec("normals", "float32", ("N", 3), (POINT_CHUNK, None), "unit point normals", required=False),
-        ArraySpec(
-            "labels",
-            "int16",
-            ("N",),
-            (POINT_CHUNK,),
-            f"class index into info.class_names, {IGNORE_LABEL} = ignore",
-            required=False,
-        ),
-        ArraySpec("instances", "int32", ("N",), (POINT_CHUNK,), "ground-truth instance id", required=False),
-        ArraySpec("faces", "int32", ("F", 3), (POINT_CHUNK, None), "mesh triangles indexing points", required=False),
-        ArraySpec("frames/color", "uint8", ("T", "H", "W", 3), (1, None, None, None), "RGB image, one frame per chunk"),
-        ArraySpec(
-            "frames/depth",
-            "float32",
-            ("T", "H", "W"),
-            (1, None, None),
-            "z-depth, metres, 0 = invalid; absent for LiDAR-camera data",
-            required=False,
-        ),
-        ArraySpec("frames/intrinsics", "float32", ("T", 3, 3), (None, None, None), "pinhole intrinsics, pixels"),
-        ArraySpec(
-            "frames/cam_to_world",
-            "float64",
-            ("T", 4, 4),
-            (None, None, None),
-            "camera-to-world pose (OpenCV axes), metres; NaN where invalid",
-        ),
-        ArraySpec("frames/pose_valid", "bool", ("T",), (None,), "false for frames whose source pose was unusable"),
-        ArraySpec(
-            "frames/labels",
-            "int16",
-            ("T", "H", "W"),
-            (1, None, None),
-            f"ground-truth class per pixel (synthetic data), {IGNORE_LABEL} = ignore",
-            required=False,
-        ),
-        ArraySpec(
-            "frames/instances",
-            "int32",
-            ("T", "H", "W"),
-            (1, None, None),
-            "ground-truth instance per pixel (synthetic data)",
-            required=False,
-        ),
-    ),
-    info={
-        "dataset": "name of the dataset reader",
-        "class_names": "label set that labels index into (null when unlabelled)",
-        "ignore_label": "label value meaning 'no class'",
-        "frame_names": "source name of each frame, e.g. 'seq-01/frame-000010'",
-    },
-)
+from ovlift.stages.base import Stage, StageContext
 
 
 class InputConfig(FrozenConfig):
@@ -91,10 +31,8 @@ class InputConfig(FrozenConfig):
 class InputStage(Stage[InputConfig]):
     """Reads a scene from the dataset, validates it and writes the canonical arrays."""
 
-    name = "input"
     implementation = "canonical"
     version = "1"
-    Config = InputConfig
     spec = INPUT_SPEC
     reads_dataset = True
 

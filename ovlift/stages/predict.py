@@ -15,33 +15,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ovlift.cache_schema import IGNORE_LABEL, ArraySpec, GroupSpec, GroupWriter, StageGroup
+from ovlift.cache_schema import IGNORE_LABEL, GroupWriter, StageGroup
+from ovlift.cache_schema.groups.predict import PREDICT_SPEC
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEncoderConfig
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
-
-PREDICT_SPEC = GroupSpec(
-    stage="predict",
-    doc="Per-point predictions of the distilled student, the fused 2D features and their ensemble.",
-    arrays=(
-        ArraySpec("features_3d", "float16", ("N", "D"), (1 << 16, None), "the student's per-point features"),
-        ArraySpec(
-            "similarity_3d", "float16", ("N",), (1 << 18,), "max cosine of the student feature to the vocabulary"
-        ),
-        ArraySpec("labels_3d", "int16", ("N",), (1 << 18,), "the student's class (index into info.classes)"),
-        ArraySpec("similarity_2d", "float16", ("N",), (1 << 18,), "max cosine of the fused 2D feature; -inf unseen"),
-        ArraySpec("labels_2d", "int16", ("N",), (1 << 18,), f"the fused 2D features' class, {IGNORE_LABEL} unseen"),
-        ArraySpec("labels_ensemble", "int16", ("N",), (1 << 18,), "the 2D-3D ensemble's class"),
-        ArraySpec("ensemble_from_2d", "bool", ("N",), (1 << 18,), "whether the ensemble took the 2D label"),
-    ),
-    info={
-        "classes": "the vocabulary's classes that labels index",
-        "teacher": "the fused teacher used for 2D",
-        "text_encoder": "text encoder of the features' space (to embed queries)",
-    },
-)
 
 
 class PredictConfig(FrozenConfig):
@@ -92,10 +72,8 @@ def classify(
 
 
 class PredictStage(Stage[PredictConfig]):
-    name = "predict"
     implementation = "openscene"
     version = "1"
-    Config = PredictConfig
     spec = PREDICT_SPEC
     reads = ("input", "project", "distill")
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ovlift.config import FrozenConfig, runtime_field
+from ovlift.config import Configurable, FrozenConfig, runtime_field
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
 from ovlift.models.text import TextEmbedder, TextEncoderConfig
 
@@ -61,12 +61,27 @@ class TeacherInput:
     """Source name of each frame (e.g. ``seq-01/frame-000010``)."""
 
 
-class Teacher(ABC):
-    """A loaded 2D model (or simulation) for one config."""
+TeacherConfigT = TypeVar("TeacherConfigT", bound=TeacherConfig)
 
+
+class Teacher(ABC, Configurable[TeacherConfigT]):
+    """A loaded 2D model (or simulation) for one config: ``class X(Teacher[XConfig])``.
+
+    A plan names it by ``name`` (``extract2d: {variant: {implementation: <name>, ...}}``);
+    ``registry.TEACHERS`` lists every teacher.
+    """
+
+    name: ClassVar[str]
+    """What plans call it."""
+    version: ClassVar[str]
+    """Bump when its features change for the same config: reruns extract2d and what follows."""
+    stable_id: ClassVar[str | None] = None
+    """The id fingerprints use, when it differs from ``name`` (a renamed teacher keeps its
+    old name here so that its cached features stay valid)."""
     produces_masks: ClassVar[bool] = False
+    """Whether its output is mask-structured (so the ``masks`` encoding works)."""
 
-    def __init__(self, config: TeacherConfig, device: torch.device, text: TextEmbedder, what: str) -> None:
+    def __init__(self, config: TeacherConfigT, device: torch.device, text: TextEmbedder, what: str) -> None:
         self.config = config
         self.device = device
         self.text = text
@@ -86,6 +101,11 @@ class Teacher(ABC):
     @abstractmethod
     def __call__(self, batch: TeacherInput) -> DenseFeatures | MaskFeatures:
         """Features at ``batch.feature_hw``; mask ids local to this batch."""
+
+    @classmethod
+    def external_inputs(cls, config: TeacherConfigT, scene_id: str, frame_names: list[str]) -> dict[str, str]:
+        """Fingerprints of files it reads besides model folders (e.g. imported features)."""
+        return {}
 
 
 def resize_nearest(maps: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

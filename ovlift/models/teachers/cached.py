@@ -10,6 +10,7 @@ fingerprinted by name and size, so replacing them reruns the stage.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -19,10 +20,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ovlift.config import LocalPath
+from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import DenseFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput
 from ovlift.models.text import TextEncoderConfig
-from ovlift.stages.base import StageInputError
 
 
 class CachedConfig(TeacherConfig):
@@ -42,8 +43,9 @@ def frame_file(config: CachedConfig, scene_id: str, frame_name: str, index: int)
     return Path(config.path) / config.pattern.format(scene=scene_id, frame=frame_name, index=index)
 
 
-class CachedTeacher(Teacher):
-    config: CachedConfig
+class CachedTeacher(Teacher[CachedConfig]):
+    name = "cached"
+    version = "1"
 
     @property
     def dim(self) -> int:
@@ -71,6 +73,14 @@ class CachedTeacher(Teacher):
                 f"expected {self.config.channels}"
             )
         return array
+
+    @classmethod
+    def external_inputs(cls, config: CachedConfig, scene_id: str, frame_names: list[str]) -> dict[str, str]:
+        parts = []
+        for i in range(0, len(frame_names), config.frame_stride):
+            path = frame_file(config, scene_id, frame_names[i], i)
+            parts.append(f"{path.name}:{path.stat().st_size if path.is_file() else 'missing'}")
+        return {f"files:{config.path}": hashlib.sha256(";".join(parts).encode()).hexdigest()}
 
     def __call__(self, batch: TeacherInput) -> DenseFeatures:
         maps = []

@@ -89,9 +89,10 @@ def replace_noun(caption: str, label: str) -> str:
     return f"{label}: {caption.strip()}" if caption.strip() else label
 
 
-class CaptionAlignedTeacher(Teacher):
+class CaptionAlignedTeacher(Teacher[CaptionAlignedConfig]):
+    name = "caption-aligned"
+    version = "1"
     produces_masks = True
-    config: CaptionAlignedConfig
 
     def __init__(self, config: CaptionAlignedConfig, device: torch.device, text, what: str) -> None:
         super().__init__(config, device, text, what)

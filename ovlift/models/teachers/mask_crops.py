@@ -1,4 +1,4 @@
-"""``mask-clip``: a mask segmenter's proposals, each described by CLIP (CUS3D's 2D stage).
+"""``mask-crops`` (formerly ``mask-clip``): a mask segmenter's proposals, each described by CLIP (CUS3D's 2D stage).
 
 A segmenter (MaskFormer / Mask2Former) proposes masks; each mask's image crop is
 encoded by CLIP. A pixel takes every mask whose probability exceeds
@@ -25,7 +25,7 @@ from ovlift.models.text import TextEncoderConfig
 from ovlift.vocabularies import get_vocabulary
 
 
-class MaskClipCropConfig(TeacherConfig):
+class MaskCropsConfig(TeacherConfig):
     segmenter_path: LocalPath
     """Local MaskFormer or Mask2Former folder (save_pretrained layout)."""
     clip_path: LocalPath
@@ -44,11 +44,13 @@ class MaskClipCropConfig(TeacherConfig):
     """Short side of the segmenter's input."""
 
 
-class MaskClipCropTeacher(Teacher):
+class MaskCropsTeacher(Teacher[MaskCropsConfig]):
+    name = "mask-crops"
+    version = "1"
+    stable_id = "mask-clip"  # its name until it was renamed; keeps its caches valid
     produces_masks = True
-    config: MaskClipCropConfig
 
-    def __init__(self, config: MaskClipCropConfig, device: torch.device, text, what: str) -> None:
+    def __init__(self, config: MaskCropsConfig, device: torch.device, text, what: str) -> None:
         super().__init__(config, device, text, what)
         self.segmenter = load_segmenter(config.segmenter_path, what, device)
         self.clip = load_clip(config.clip_path, what, device)

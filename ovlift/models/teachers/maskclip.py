@@ -31,8 +31,9 @@ class MaskCLIPConfig(TeacherConfig):
     """Templates queries are embedded with (CLIP2Scene: the 85-template ensemble)."""
 
 
-class MaskCLIPTeacher(Teacher):
-    config: MaskCLIPConfig
+class MaskCLIPTeacher(Teacher[MaskCLIPConfig]):
+    name = "maskclip"
+    version = "1"
 
     def __init__(self, config: MaskCLIPConfig, device: torch.device, text, what: str) -> None:
         super().__init__(config, device, text, what)

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
+from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput, resize_nearest
 from ovlift.models.text import TextEncoderConfig, encoder_dim
-from ovlift.stages.base import StageInputError
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -61,9 +61,10 @@ class SyntheticConfig(TeacherConfig):
         return value
 
 
-class SyntheticTeacher(Teacher):
+class SyntheticTeacher(Teacher[SyntheticConfig]):
+    name = "synthetic"
+    version = "1"
     produces_masks = True
-    config: SyntheticConfig
 
     @property
     def dim(self) -> int:

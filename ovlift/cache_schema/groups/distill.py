@@ -1,0 +1,24 @@
+"""``global/distill``: the distilled 3D student."""
+
+from __future__ import annotations
+
+from ovlift.cache_schema.specs import ArraySpec, GroupSpec, Scope
+
+DISTILL_SPEC = GroupSpec(
+    stage="distill",
+    scope=Scope.GLOBAL,
+    doc="The distilled 3D student: final weights and its training curve.",
+    arrays=(
+        ArraySpec("weights", "uint8", ("B",), (1 << 22,), "torch.save bytes of the student's state_dict"),
+        ArraySpec("epoch_loss", "float32", ("E",), (None,), "mean training loss of each epoch"),
+        ArraySpec("epoch_lr", "float32", ("E",), (None,), "learning rate at the end of each epoch"),
+    ),
+    info={
+        "teacher": "the fused teacher distilled",
+        "channels": "output channels (the teacher's)",
+        "text_encoder": "text encoder of the teacher's space",
+        "student": "the student's config",
+        "train_scenes": "scenes trained on",
+        "checkpoints": "folder of the per-epoch checkpoints, the training log CSV and curve PNG",
+    },
+)

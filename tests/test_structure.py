@@ -1,0 +1,162 @@
+"""The structure the rest is built on: layers that only point down, one place per
+stage fact, one teacher registry, and fingerprints that survive refactors."""
+
+import ast
+import json
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import REPO, tiny_pipeline_plan
+
+from ovlift.cache_schema import GroupSpec, Scope, Store
+from ovlift.cache_schema.groups.distill import DISTILL_SPEC
+from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
+from ovlift.demo import demo_plan
+from ovlift.models.teachers.registry import RENAMED, TEACHERS, teacher_class
+from ovlift.pipeline.plan import load_plan, plan_from_dict
+from ovlift.pipeline.registry import STAGES, stage_classes
+from ovlift.pipeline.runner import Runner
+from ovlift.pipeline.status import expected_fingerprints
+from ovlift.stages.extract2d import Extract2DStage
+from ovlift.stages.project import ProjectConfig, ProjectStage
+
+PACKAGE = REPO / "ovlift"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ovlift module a file imports, at the top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("ovlift")}
+
+
+def test_no_stage_imports_another_stage():
+    for path in (PACKAGE / "stages").glob("*.py"):
+        others = {m for m in imported_modules(path) if m.startswith("ovlift.stages") and m != "ovlift.stages.base"}
+        assert not others, f"{path.name} imports {others}"
+
+
+@pytest.mark.parametrize(
+    "layer, forbidden",
+    [
+        ("models", ("ovlift.stages", "ovlift.pipeline", "ovlift.flows")),
+        ("cache_schema", ("ovlift.stages", "ovlift.pipeline", "ovlift.models", "ovlift.datasets")),
+        ("kernels", ("ovlift.stages", "ovlift.pipeline", "ovlift.models", "ovlift.cache_schema")),
+        ("datasets", ("ovlift.stages", "ovlift.pipeline", "ovlift.models")),
+    ],
+)
+def test_lower_layers_do_not_import_upper_ones(layer, forbidden):
+    for path in (PACKAGE / layer).rglob("*.py"):
+        bad = {m for m in imported_modules(path) if m.startswith(forbidden)}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_a_stage_takes_name_scope_variants_and_config_from_its_spec_and_type():
+    stage = ProjectStage(ProjectConfig())
+    assert ProjectStage.Config is ProjectConfig and stage.name == "project" and not stage.is_global
+    assert stage.path("s1") == "scenes/s1/project"
+    for name in STAGES:
+        assert all(cls.spec.stage == name for cls in stage_classes(name))
+    for path in (PACKAGE / "stages").glob("*.py"):  # nothing the spec or type parameter already says
+        assert not re.search(r"^    (name|Config|scope|has_variants) = ", path.read_text(), re.M), path.name
+    with pytest.raises(ValueError, match="<teacher> name"):
+        Extract2DStage(TEACHERS["synthetic"].Config())
+
+
+def test_group_paths_come_from_the_spec_and_refuse_the_wrong_scope():
+    assert EXTRACT2D_SPEC.path("s1", "clip") == "scenes/s1/extract2d/clip"
+    assert DISTILL_SPEC.path() == "global/distill" and DISTILL_SPEC.scope is Scope.GLOBAL
+    assert EXTRACT2D_SPEC.path_pattern() == "scenes/<scene_id>/extract2d/<teacher>"
+    with pytest.raises(ValueError, match="global stage 'distill' needs no scene"):
+        DISTILL_SPEC.path("s1")
+    with pytest.raises(ValueError, match="needs a scene id"):
+        GroupSpec("x", "doc", ()).path()
+    with pytest.raises(ValueError, match="needs a <teacher> name"):
+        EXTRACT2D_SPEC.path("s1")
+
+
+def test_every_teacher_is_registered_once_with_its_own_config():
+    configs = [cls.Config for cls in TEACHERS.values()]
+    assert len(set(configs)) == len(configs)
+    for name, cls in TEACHERS.items():
+        assert cls.name == name and cls.version and cls.Config.__name__.endswith("Config")
+    assert set(STAGES["extract2d"]) == set(TEACHERS)
+    assert "maskclip" in TEACHERS and "mask-crops" in TEACHERS and "mask-clip" not in TEACHERS
+
+
+def test_a_renamed_teacher_still_loads_with_a_warning_and_keeps_its_fingerprints(tmp_path):
+    old, new = "mask-clip", RENAMED["mask-clip"]
+    with pytest.warns(FutureWarning, match=f"now called '{new}'"):
+        assert teacher_class(old) is TEACHERS[new]
+
+    def plan(implementation):
+        entry = {"implementation": implementation, "segmenter_path": "/m/seg", "clip_path": "/m/clip"}
+        data = {
+            "store": str(tmp_path / "s.zarr"),
+            "dataset": {"name": "toy", "num_scenes": 1},
+            "stages": {"input": {}, "extract2d": {"t": entry}},
+        }
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            p = plan_from_dict(data)
+        return {path: fp for path, (fp, _) in expected_fingerprints(p, Store(p.store)).items()}
+
+    assert plan(old) == plan(new)
+
+
+def test_the_refactor_keeps_every_fingerprint_of_the_demo_and_of_each_teacher(tmp_path):
+    """Computed by the code before the structure refactor: a change here invalidates users' caches."""
+    pinned = json.loads((REPO / "tests" / "data" / "pinned_fingerprints.json").read_text())
+    data = demo_plan(tmp_path)
+    plan = plan_from_dict(data, base_dir=tmp_path)
+    got = {path: fp for path, (fp, _) in expected_fingerprints(plan, Store(plan.store)).items()}
+    assert got == pinned["demo"]
+    teachers = {
+        "syn": {"implementation": "synthetic"},
+        "mc": {"implementation": "maskclip", "clip_path": "/m/clip"},
+        "crops": {"implementation": "mask-crops", "segmenter_path": "/m/seg", "clip_path": "/m/clip", "encoding": "masks"},
+        "cap": {
+            "implementation": "caption-aligned",
+            "segmenter_path": "/m/seg",
+            "captioner_path": "/m/cap",
+            "text": {"kind": "minilm"},
+        },
+    }
+    data = {
+        "store": str(tmp_path / "t.zarr"),
+        "dataset": {"name": "toy", "num_scenes": 1},
+        "stages": {"input": {}, "extract2d": teachers, "project": {}},
+    }
+    plan = plan_from_dict(data, base_dir=tmp_path)
+    got = {path: fp for path, (fp, _) in expected_fingerprints(plan, Store(plan.store)).items()}
+    assert got == pinned["teachers"]
+
+
+def documented_paths() -> dict[str, str]:
+    """stage -> the path pattern docs/cache_schema.md gives for its groups."""
+    text = (REPO / "docs" / "cache_schema.md").read_text()
+    return dict(re.findall(r"^## `([\w-]+)`\n\n.*?\n\nPath: `([^`]+)`", text, re.M | re.S))
+
+
+def test_the_schema_document_names_the_paths_the_runner_really_writes(tmp_path):
+    plan = load_plan(tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=1, num_scenes=2))
+    runner = Runner(plan)
+    assert not runner.run().failed
+    store = runner.store
+    written = [p for s in store.scene_ids() for p in store.stage_groups(s)] + store.groups_under("global")
+    documented = documented_paths()
+    assert documented["distill"] == "global/distill" and documented["evaluate"] == "global/evaluate"
+    stages_seen = set()
+    for path in written:
+        stage = store.inspect(path)[1]["stage"]
+        pattern = re.escape(documented[stage]).replace("<scene_id>", "[^/]+")
+        pattern = re.sub(r"<\w+>", "[^/]+", pattern)
+        assert re.fullmatch(pattern, path), f"runner wrote {path}; docs say {documented[stage]}"
+        stages_seen.add(stage)
+    assert stages_seen == {"input", "extract2d", "project", "distill", "predict", "evaluate", "text"}
