@@ -87,7 +87,9 @@ def write_query_outputs(
     points = scene.load("points")
     out.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "query"
-    ply = write_ply(out / f"{scene_id}_{slug}_{source}.ply", points, colormap(result.similarity), similarity=result.similarity)
+    ply = write_ply(
+        out / f"{scene_id}_{slug}_{source}.ply", points, colormap(result.similarity), similarity=result.similarity
+    )
     camera = None
     valid = np.flatnonzero(scene.load("frames/pose_valid"))
     if len(valid):

@@ -83,7 +83,7 @@ def test_rgbd_folder_finds_frames_in_seq_subfolders():
 
 def test_rgbd_folder_rejects_a_folder_without_intrinsics(tmp_path):
     with pytest.raises(FileNotFoundError, match="no camera-intrinsics.txt"):
-        RGBDFolderDataset(RGBDFolderConfig(paths=(str(tmp_path),)))
+        RGBDFolderDataset(RGBDFolderConfig(paths=(str(tmp_path),))).scene_ids()
 
 
 @pytest.mark.realdata

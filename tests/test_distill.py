@@ -14,9 +14,9 @@ import pytest
 import yaml
 from conftest import tiny_pipeline_plan
 
-from ovlift.ply import read_ply
 from ovlift.pipeline.plan import PlanError, load_plan, plan_from_dict
 from ovlift.pipeline.runner import Runner
+from ovlift.ply import read_ply
 
 
 def test_voxel_regrouped_losses_equal_the_per_point_losses_and_their_gradients():

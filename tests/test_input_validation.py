@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import toy_plan_dict
 
-from ovlift.cache_schema import Store
+from ovlift.cache_schema import SchemaError, Store
 from ovlift.datasets.toy import ToyDataset
 from ovlift.errors import StageInputError
 from ovlift.pipeline.plan import Plan, plan_from_dict
@@ -103,6 +103,21 @@ CASES = {
 def test_bad_input_is_rejected_with_a_clear_message_and_nothing_written(tmp_path, case):
     mutate, message = CASES[case]
     with pytest.raises(StageInputError, match=message):
+        run_mutated(tmp_path, mutate)
+    assert_nothing_written(tmp_path)
+
+
+SHAPE_CASES = {
+    "points not 3-d": (lambda s: replace(s, points=s.points[:, :2]), r"array 'points' expected shape \(N, 3\)"),
+    "colours of another count": (lambda s: replace(s, colors=s.colors[:-1]), r"array 'colors' has N=\d+ on axis 0"),
+    "faces not triangles": (lambda s: replace(s, faces=s.faces[:, :2]), r"array 'faces' expected shape \(F, 3\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(SHAPE_CASES))
+def test_wrong_shapes_are_caught_by_the_spec_naming_scene_and_array(tmp_path, case):
+    mutate, message = SHAPE_CASES[case]
+    with pytest.raises(SchemaError, match=r"scene 'toy_0000', stage 'input': " + message):
         run_mutated(tmp_path, mutate)
     assert_nothing_written(tmp_path)
 

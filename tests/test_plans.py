@@ -94,4 +94,3 @@ def test_split_scene_ids_are_checked_when_the_dataset_is_listed(tmp_path):
     assert load_plan(path, list_scenes=False).splits == {"train": ["toy_0042"]}
     with pytest.raises(PlanError, match=r"splits.train: scenes \['toy_0042'\] are not in dataset 'toy'"):
         load_plan(path)
-

@@ -159,7 +159,7 @@ def test_status_reports_cached_stale_and_missing(tmp_path):
         (lambda p: p["dataset"].update(color="red"), r"dataset: color: Extra inputs are not permitted"),
         (lambda p: p["stages"].update(nonsense={}), r"stages: unknown stages \['nonsense'\]"),
         (lambda p: p["dataset"].update(name="scannet9"), r"dataset: unknown dataset 'scannet9'"),
-        (lambda p: p.pop("store"), r"missing 'store'"),
+        (lambda p: p.pop("store"), r"store: Field required"),
     ],
 )
 def test_bad_plans_fail_with_the_file_and_key(tmp_path, edit, message):

@@ -120,7 +120,12 @@ def test_the_refactor_keeps_every_fingerprint_of_the_demo_and_of_each_teacher(tm
     teachers = {
         "syn": {"implementation": "synthetic"},
         "mc": {"implementation": "maskclip", "clip_path": "/m/clip"},
-        "crops": {"implementation": "mask-crops", "segmenter_path": "/m/seg", "clip_path": "/m/clip", "encoding": "masks"},
+        "crops": {
+            "implementation": "mask-crops",
+            "segmenter_path": "/m/seg",
+            "clip_path": "/m/clip",
+            "encoding": "masks",
+        },
         "cap": {
             "implementation": "caption-aligned",
             "segmenter_path": "/m/seg",

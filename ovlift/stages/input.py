@@ -90,49 +90,46 @@ class InputStage(Stage[InputConfig]):
 
 
 def check_points(source: SceneSource, where: str) -> dict[str, np.ndarray]:
-    """The per-point arrays, validated and cast to their canonical dtypes."""
+    """The per-point arrays cast to their canonical dtypes, with the checks of meaning.
+
+    Shapes (N, 3), (N,), (F, 3) and a common N are checked by the writer against
+    ``INPUT_SPEC``; here only what a spec cannot say: finite values, colours in
+    0-255, labels in the label set, faces indexing existing points.
+    """
     points = np.asarray(source.points)
-    if points.ndim != 2 or points.shape[1] != 3:
-        raise StageInputError(f"{where}: array 'points' expected shape (N, 3), found {points.shape}")
-    n = points.shape[0]
-    if n == 0:
+    if len(points) == 0:
         raise StageInputError(f"{where}: array 'points' is empty (expected at least one point)")
-    bad = ~np.isfinite(points).all(axis=1)
+    bad = ~np.isfinite(points).reshape(len(points), -1).all(axis=1)
     if bad.any():
         raise StageInputError(
             f"{where}: array 'points' has {int(bad.sum())} non-finite rows (NaN/inf), first at row "
             f"{int(np.flatnonzero(bad)[0])}; expected finite coordinates in metres"
         )
     out = {"points": points.astype(np.float32)}
-    for name, width, dtype in (("colors", 3, np.uint8), ("normals", 3, np.float32)):
-        value = getattr(source, name)
-        if value is None:
-            continue
-        value = np.asarray(value)
-        if value.shape != (n, width):
-            raise StageInputError(f"{where}: array '{name}' expected shape ({n}, {width}), found {value.shape}")
-        if name == "colors" and value.dtype != np.uint8:
-            raise StageInputError(f"{where}: array 'colors' expected dtype uint8 (0-255), found {value.dtype}")
-        if name == "normals" and not np.isfinite(value).all():
+    if source.colors is not None:
+        colors = np.asarray(source.colors)
+        if colors.dtype != np.uint8:
+            raise StageInputError(f"{where}: array 'colors' expected dtype uint8 (0-255), found {colors.dtype}")
+        out["colors"] = colors
+    if source.normals is not None:
+        normals = np.asarray(source.normals, dtype=np.float32)
+        if not np.isfinite(normals).all():
             raise StageInputError(f"{where}: array 'normals' has non-finite values")
-        out[name] = value.astype(dtype)
+        out["normals"] = normals
     if source.labels is not None:
-        out["labels"] = check_labels(np.asarray(source.labels), source.class_names, (n,), "labels", where)
+        labels = np.asarray(source.labels)
+        out["labels"] = check_labels(labels, source.class_names, labels.shape, "labels", where)
     if source.instances is not None:
-        instances = np.asarray(source.instances)
-        if instances.shape != (n,):
-            raise StageInputError(f"{where}: array 'instances' expected shape ({n},), found {instances.shape}")
-        out["instances"] = instances.astype(np.int32)
+        out["instances"] = np.asarray(source.instances).astype(np.int32)
     if source.faces is not None:
-        faces = np.asarray(source.faces)
-        if faces.ndim != 2 or faces.shape[1] != 3:
-            raise StageInputError(f"{where}: array 'faces' expected shape (F, 3), found {faces.shape}")
+        faces = np.asarray(source.faces).astype(np.int32)
+        n = len(points)
         if faces.size and (faces.min() < 0 or faces.max() >= n):
             raise StageInputError(
                 f"{where}: array 'faces' indexes vertex {int(faces.max()) if faces.max() >= n else int(faces.min())}, "
                 f"expected indices in [0, {n}) (the scene has {n} points)"
             )
-        out["faces"] = faces.astype(np.int32)
+        out["faces"] = faces
     return out
 
 
