@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ovlift.cache_schema import iter_arrays
+from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
 from ovlift.models.tiny import clip_folder, mask2former_folder
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
@@ -30,7 +31,7 @@ SIZE = {"feature_height": 240, "feature_width": 320}
 
 
 def per_frame(runner: Runner, scene: str, teacher: str) -> tuple[int, int, int]:
-    group = runner.store.read(f"scenes/{scene}/extract2d/{teacher}")
+    group = runner.store.read(EXTRACT2D_SPEC.path(scene, teacher))
     arrays = dict(iter_arrays(group.group))
     raw = sum(a.nbytes for a in arrays.values())
     stored = sum(a.nbytes_stored() for a in arrays.values())

@@ -27,7 +27,7 @@ from ovlift.cache_schema import StageGroup
 from ovlift.cache_schema.groups.evaluate import PREDICTORS
 from ovlift.datasets.furniture import CLASS_COLORS
 from ovlift.kernels.metrics import scores
-from ovlift.pipeline.plan import load_plan
+from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
 from ovlift.ply import write_ply
 from ovlift.query import write_query_outputs
@@ -63,10 +63,8 @@ def demo_plan(workdir: Path, quick: bool = False) -> dict:
 def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
     """Run the demo plan; return the held-out metrics per predictor."""
     workdir.mkdir(parents=True, exist_ok=True)
-    plan_path = workdir / "plan.yaml"
-    header = f"# Written by `ovlift demo` from {PLANS / 'demo.yaml'}{' (--quick)' if quick else ''}.\n"
-    plan_path.write_text(header + yaml.safe_dump(demo_plan(workdir, quick), sort_keys=False))
-    runner = Runner(load_plan(plan_path))
+    plan_path = PLANS / "demo.yaml"
+    runner = Runner(plan_from_dict(demo_plan(workdir, quick), PLANS, str(plan_path)))
     report = runner.run()
     console.print(f"[bold]demo[/bold]: {report.summary()}")
     if report.failed:
@@ -79,7 +77,8 @@ def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
     held_out = runner.plan.splits["val"]
     print_metrics(console, metrics, chance, held_out)
     outputs = write_outputs(runner, workdir / "outputs", evaluate, held_out)
-    console.print(f"outputs: {outputs}  (plan {plan_path}, store {runner.store.url})")
+    quick_note = " shrunk by --quick" if quick else ""
+    console.print(f"outputs: {outputs}  (plan {plan_path}{quick_note}, store {runner.store.url})")
     return metrics
 
 

@@ -73,7 +73,8 @@ def _faces(ply: PlyData, path: Path, num_vertices: int) -> np.ndarray | None:
         raise ValueError(f"PLY '{path}': only triangle faces are supported, found faces of {sorted(sizes)} vertices")
     faces = np.stack(data[name]).astype(np.int64)
     if faces.min() < 0 or faces.max() >= num_vertices:
-        raise ValueError(f"PLY '{path}': a face indexes vertex {int(faces.max())}, but there are {num_vertices}")
+        bad = int(faces.max()) if faces.max() >= num_vertices else int(faces.min())
+        raise ValueError(f"PLY '{path}': a face indexes vertex {bad}, expected indices in [0, {num_vertices})")
     return faces.astype(np.int32)
 
 

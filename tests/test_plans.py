@@ -53,8 +53,11 @@ def test_environment_variables_fill_paths_with_defaults(tmp_path, monkeypatch):
     assert load_plan(path).store == str(tmp_path / "elsewhere" / "s.zarr")
     path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_UNSET_VAR:-fallback}/s.zarr"))
     assert load_plan(path).store == str(tmp_path / "fallback" / "s.zarr")
+    monkeypatch.setenv("OVLIFT_EMPTY_VAR", "")  # empty counts as unset, as in a shell
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_EMPTY_VAR:-fallback}/$$x.zarr"))
+    assert load_plan(path).store == str(tmp_path / "fallback" / "$x.zarr")  # $$ is a literal $
     path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_UNSET_VAR}/s.zarr"))
-    with pytest.raises(PlanError, match=r"store: environment variable 'OVLIFT_UNSET_VAR' is not set"):
+    with pytest.raises(PlanError, match=r"p.yaml: store: environment variable 'OVLIFT_UNSET_VAR' is not set"):
         load_plan(path)
 
 

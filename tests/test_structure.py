@@ -94,6 +94,14 @@ def test_a_renamed_teacher_still_loads_with_a_warning_and_keeps_its_fingerprints
     old, new = "mask-clip", RENAMED["mask-clip"]
     with pytest.warns(FutureWarning, match=f"now called '{new}'"):
         assert teacher_class(old) is TEACHERS[new]
+    entry = {"implementation": old, "segmenter_path": "/m/seg", "clip_path": "/m/clip"}
+    data = {
+        "store": str(tmp_path / "w.zarr"),
+        "dataset": {"name": "toy"},
+        "stages": {"input": {}, "extract2d": {"cus3d": entry}},
+    }
+    with pytest.warns(FutureWarning, match="stages.extract2d.cus3d: teacher 'mask-clip' is now called"):
+        plan_from_dict(data)
 
     def plan(implementation):
         entry = {"implementation": implementation, "segmenter_path": "/m/seg", "clip_path": "/m/clip"}

@@ -16,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ovlift.cache_schema import Store, short
 from ovlift.pipeline.plan import PlanError, load_plan
 from ovlift.pipeline.runner import Runner, RunReport
-from ovlift.pipeline.status import StageStatus, store_status
+from ovlift.pipeline.status import StageStatus, State, store_status
 
 app = typer.Typer(help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True)
 console = Console(stderr=False)
@@ -113,7 +113,7 @@ def status(
 
 
 def print_status(rows: list[StageStatus]) -> None:
-    colours = {"cached": "green", "stale": "yellow", "missing": "red", "incomplete": "red"}
+    colours = {State.CACHED: "green", State.STALE: "yellow", State.MISSING: "red", State.INCOMPLETE: "red"}
     table = Table("scene", "group", "state", "fingerprint", "why")
     for r in rows:
         table.add_row(r.scene_id, r.path, f"[{colours[r.state]}]{r.state}[/]", short(r.fingerprint), r.reason)
@@ -206,17 +206,19 @@ def schema(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option("--workdir", help="Where the plan, store and outputs go.")] = Path(
-        "work/demo"
-    ),
+    workdir: Annotated[Path, typer.Option("--workdir", help="Where the store and outputs go.")] = Path("work/demo"),
     quick: Annotated[bool, typer.Option("--quick", help="A seconds-long version (3 scenes, 2 epochs).")] = False,
 ) -> None:
-    """The main job on embedded toy data, end to end; a second run reuses the cache."""
+    """The main job on generated toy rooms, end to end (plans/demo.yaml); a second run reuses the cache."""
     from ovlift.demo import run_demo
 
     _setup_logging("info")
-    with logging_redirect_tqdm():
-        run_demo(workdir, console, quick)
+    try:
+        with logging_redirect_tqdm():
+            run_demo(workdir, console, quick)
+    except (FileNotFoundError, PlanError) as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

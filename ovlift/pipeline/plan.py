@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,24 +155,29 @@ class PlanFile(FrozenConfig):
     """Named non-empty lists of scene ids (e.g. train, val)."""
 
 
-ENV_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+ENV_VAR = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any, where: str) -> Any:
-    """``${NAME}`` and ``${NAME:-default}`` in every string of a plan, from the environment."""
+def expand_env(value: Any, source: str, key: str = "") -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in every string of a plan, from the environment,
+    as a shell does (the default also when NAME is empty); ``$$`` is a literal ``$``."""
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: expand_env(v, source, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
     def substitute(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
         name, default = match.group(1), match.group(2)
-        if name in os.environ:
+        if os.environ.get(name):
             return os.environ[name]
         if default is None:
-            raise PlanError(f"{where}: environment variable '{name}' is not set (or write ${{{name}:-default}})")
+            raise PlanError(
+                f"{source}: {key}: environment variable '{name}' is not set (or write ${{{name}:-default}})"
+            )
         return default
 
     return ENV_VAR.sub(substitute, value)
@@ -293,9 +299,13 @@ def _has_variants(name: str) -> bool:
 def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str | None) -> StagePlan:
     implementation = entry.pop("implementation", None)
     try:
-        cls, config_type = stage_class(name, implementation)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FutureWarning)
+            cls, config_type = stage_class(name, implementation)
     except KeyError as err:
         raise PlanError(f"{where}: {err.args[0]}") from None
+    for warning in caught:  # a renamed implementation: say where the plan names it
+        warnings.warn(f"{where}: {warning.message}", FutureWarning, stacklevel=4)
     config = _validate(config_type, entry, context, where)
     key = name if variant is None else f"{name}/{variant}"
     try:

@@ -10,9 +10,20 @@ configures but the store lacks are *missing*.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from ovlift.cache_schema import GLOBAL, GroupState, Store
 from ovlift.pipeline.plan import Plan, external_inputs
+
+
+class State(StrEnum):
+    """How a group stands against the store (and the plan, if given)."""
+
+    CACHED = "cached"
+    STALE = "stale"
+    """Upstream changed since, or the plan now gives another fingerprint."""
+    MISSING = "missing"
+    INCOMPLETE = "incomplete"
 
 
 @dataclass(frozen=True)
@@ -20,8 +31,7 @@ class StageStatus:
     scene_id: str
     """The scene, or ``global``."""
     path: str
-    state: str
-    """``cached``, ``stale``, ``missing`` or ``incomplete``."""
+    state: State
     fingerprint: str | None
     reason: str = ""
 
@@ -46,14 +56,14 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
         fp = attrs.get("fingerprint")
         scene = owner[path]
         if state is GroupState.MISSING:
-            result.append(StageStatus(scene, path, "missing", None, "not in the store"))
+            result.append(StageStatus(scene, path, State.MISSING, None, "not in the store"))
         elif state is GroupState.INCOMPLETE:
-            result.append(StageStatus(scene, path, "incomplete", fp, "not published whole"))
+            result.append(StageStatus(scene, path, State.INCOMPLETE, fp, "not published whole"))
         elif path in expected and expected[path][0] != fp:
-            result.append(StageStatus(scene, path, "stale", fp, "the plan now gives another fingerprint"))
+            result.append(StageStatus(scene, path, State.STALE, fp, "the plan now gives another fingerprint"))
         else:
             reason = _upstream_change(recorded, attrs)
-            result.append(StageStatus(scene, path, "stale" if reason else "cached", fp, reason))
+            result.append(StageStatus(scene, path, State.STALE if reason else State.CACHED, fp, reason))
     return result
 
 

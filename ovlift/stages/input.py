@@ -122,14 +122,14 @@ def check_points(source: SceneSource, where: str) -> dict[str, np.ndarray]:
     if source.instances is not None:
         out["instances"] = np.asarray(source.instances).astype(np.int32)
     if source.faces is not None:
-        faces = np.asarray(source.faces).astype(np.int32)
+        faces = np.asarray(source.faces)  # checked before the cast, which could wrap int64 indices
         n = len(points)
         if faces.size and (faces.min() < 0 or faces.max() >= n):
             raise StageInputError(
                 f"{where}: array 'faces' indexes vertex {int(faces.max()) if faces.max() >= n else int(faces.min())}, "
                 f"expected indices in [0, {n}) (the scene has {n} points)"
             )
-        out["faces"] = faces
+        out["faces"] = faces.astype(np.int32)
     return out
 
 
