@@ -75,7 +75,7 @@ def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
     metrics = evaluate.info["metrics"]
     chance = scores(_uniform_confusion(evaluate.load("confusion_3d"))).miou
     held_out = runner.plan.splits["val"]
-    print_metrics(console, metrics, chance, held_out)
+    print_metrics(console, metrics, chance, held_out, evaluate.info["classes_without_ground_truth"])
     outputs = write_outputs(runner, workdir / "outputs", evaluate, held_out)
     quick_note = " shrunk by --quick" if quick else ""
     console.print(f"outputs: {outputs}  (plan {plan_path}{quick_note}, store {runner.store.url})")
@@ -89,8 +89,12 @@ def _uniform_confusion(confusion: np.ndarray) -> np.ndarray:
     return np.concatenate([np.outer(truth, np.full(k, 1 / k)), np.zeros((k, 1))], axis=1)
 
 
-def print_metrics(console: Console, metrics: dict, chance: float, held_out: list[str]) -> None:
-    table = Table(title=f"held-out toy scenes {', '.join(held_out)} (%)")
+def print_metrics(console: Console, metrics: dict, chance: float, held_out: list[str], absent: list[str]) -> None:
+    """The held-out table, under ScanNet's rule (a class predicted but absent from the
+    ground truth has IoU 0), with the classes that have no ground truth listed."""
+    caption = "ScanNet's rule: a predicted class absent from the ground truth has IoU 0. "
+    caption += f"No ground truth: {', '.join(absent) or 'none'}."
+    table = Table(title=f"held-out toy scenes {', '.join(held_out)} (%)", caption=caption)
     for column in ("predictor", "mIoU", "mAcc", "overall acc."):
         table.add_column(column, justify="right" if column != "predictor" else "left")
     for key, name in PREDICTORS.items():

@@ -3,10 +3,12 @@
 * ground truth with the ignore label, or outside the valid classes, is skipped;
 * a prediction outside the valid classes counts as a miss (a false negative of
   the true class, a false positive of nothing): column K of the confusion;
-* IoU = tp / (tp + fp + fn); classes absent from the ground truth have no IoU
-  (NaN) and are left out of the means, but their false positives still count
-  against the classes they were taken from;
-* mAcc = mean of per-class recall; overall accuracy = correct / evaluated points;
+* IoU = tp / (tp + fp + fn), as ScanNet's ``evaluate_semantic_label.py``: a class
+  predicted but absent from the ground truth has IoU 0 and counts in the mean;
+  only a class neither present nor predicted (tp + fp + fn = 0) has no IoU (NaN)
+  and is left out;
+* mAcc = mean of per-class recall over the classes present in the ground truth;
+  overall accuracy = correct / evaluated points;
 * hIoU = harmonic mean of the mIoU over seen and over unseen classes.
 """
 
@@ -38,9 +40,11 @@ def confusion_matrix(
 @dataclass
 class Scores:
     iou: np.ndarray
-    """(K,) per-class IoU, NaN where the class is absent from the ground truth (or not valid)."""
+    """(K,) per-class IoU; NaN where the class is neither in the ground truth nor predicted (or not valid)."""
     accuracy: np.ndarray
-    """(K,) per-class recall, NaN likewise."""
+    """(K,) per-class recall; NaN where the class is absent from the ground truth (or not valid)."""
+    without_ground_truth: np.ndarray
+    """(K,) bool: valid classes absent from the ground truth (IoU 0 if predicted, else NaN)."""
     miou: float
     macc: float
     overall_accuracy: float
@@ -57,12 +61,14 @@ def scores(confusion: np.ndarray, valid: np.ndarray | None = None, unseen: np.nd
     fp = confusion[:, :k].sum(0).astype(np.float64) - tp
     fn = gt - tp
     present = (gt > 0) & valid
+    counted = (tp + fp + fn > 0) & valid  # present, or predicted though absent (IoU 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(present, tp / (tp + fp + fn), np.nan)
+        iou = np.where(counted, tp / (tp + fp + fn), np.nan)
         acc = np.where(present, tp / gt, np.nan)
     result = Scores(
         iou=iou,
         accuracy=acc,
+        without_ground_truth=valid & (gt == 0),
         miou=_mean(iou),
         macc=_mean(acc),
         overall_accuracy=float(tp.sum() / gt.sum()) if gt.sum() else float("nan"),

@@ -46,13 +46,21 @@ def scores_json(result: Scores, classes: list[str]) -> dict:
     }
 
 
+RULE = (
+    "ScanNet's rule (evaluate_semantic_label.py): IoU = tp / (tp + fp + fn); a class predicted but absent "
+    "from the ground truth has IoU 0 and counts in the mIoU; a class neither present nor predicted is left out"
+)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def markdown_table(metrics: dict, classes: list[str]) -> str:
+def markdown_table(metrics: dict, classes: list[str], without_ground_truth: list[str]) -> str:
     present = [c for c in classes if any(c in m["per_class_iou"] for m in metrics.values())]
-    lines = ["| predictor | mIoU | mAcc | OA | hIoU |", "|---|---|---|---|---|"]
+    missing = ", ".join(without_ground_truth) or "none"
+    lines = [f"Metric: {RULE}.", "", f"Classes without ground truth: {missing}.", ""]
+    lines += ["| predictor | mIoU | mAcc | OA | hIoU |", "|---|---|---|---|---|"]
     lines += [
         f"| {PREDICTORS[p]} | " + " | ".join(_pct(m[k]) for k in ("miou", "macc", "overall_accuracy", "hiou")) + " |"
         for p, m in metrics.items()
@@ -66,7 +74,7 @@ def markdown_table(metrics: dict, classes: list[str]) -> str:
 
 class EvaluateStage(Stage[EvaluateConfig]):
     implementation = "scannet"
-    version = "1"
+    version = "2"  # 2: ScanNet's rule, predicted-but-absent classes count with IoU 0
     spec = EVALUATE_SPEC
     reads = ("input", "predict")
     writes_files = True
@@ -88,22 +96,42 @@ class EvaluateStage(Stage[EvaluateConfig]):
             for p in PREDICTORS:
                 m = confusion_matrix(truth, predict.load(f"labels_{p}"), len(classes), valid=valid)
                 matrices[p] = matrices.get(p, 0) + m
-        unseen = np.array([c in cfg.unseen_classes for c in classes])
-        metrics = {p: scores_json(scores(m, valid, unseen), classes) for p, m in matrices.items()}
+        unseen = class_mask(cfg.unseen_classes, classes, "unseen_classes")
+        results = {p: scores(m, valid, unseen) for p, m in matrices.items()}
+        metrics = {p: scores_json(r, classes) for p, r in results.items()}
+        absent = [c for c, a in zip(classes, next(iter(results.values())).without_ground_truth) if a]
         assert ctx.files is not None
         ctx.files.mkdir(parents=True, exist_ok=True)
-        report = {"scenes": sorted(ctx.scene_inputs), "classes": classes, "metrics": metrics}
+        report = {
+            "rule": RULE,
+            "scenes": sorted(ctx.scene_inputs),
+            "classes": classes,
+            "classes_without_ground_truth": absent,
+            "metrics": metrics,
+        }
         (ctx.files / "report.json").write_text(json.dumps(report, indent=1))
-        (ctx.files / "metrics.md").write_text(markdown_table(metrics, classes))
+        (ctx.files / "metrics.md").write_text(markdown_table(metrics, classes, absent))
         for p, m in matrices.items():
             out.write(f"confusion_{p}", m)
             plot_confusion(m, classes, ctx.files / f"confusion_{p}.png", f"{PREDICTORS[p]}: confusion (row-normalised)")
-        out.set_info(classes=classes, metrics=metrics, scenes=sorted(ctx.scene_inputs), report=str(ctx.files))
+        out.set_info(
+            classes=classes,
+            metrics=metrics,
+            scenes=sorted(ctx.scene_inputs),
+            report=str(ctx.files),
+            rule=RULE,
+            classes_without_ground_truth=absent,
+        )
 
     def valid_mask(self, classes: list[str]) -> np.ndarray:
         if self.config.valid_classes is None:
             return np.ones(len(classes), bool)
-        unknown = sorted(set(self.config.valid_classes) - set(classes))
-        if unknown:
-            raise StageInputError(f"evaluate: valid_classes {unknown} are not in the vocabulary {classes}")
-        return np.array([c in self.config.valid_classes for c in classes])
+        return class_mask(self.config.valid_classes, classes, "valid_classes")
+
+
+def class_mask(names: tuple[str, ...], classes: list[str], field: str) -> np.ndarray:
+    """Which of ``classes`` are ``names``; a name not among them (a typo) is an error."""
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise StageInputError(f"evaluate: {field} {unknown} are not in the vocabulary {classes}")
+    return np.array([c in names for c in classes], dtype=bool)

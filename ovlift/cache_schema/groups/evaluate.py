@@ -26,5 +26,7 @@ EVALUATE_SPEC = GroupSpec(
         "metrics": "predictor -> mIoU, mAcc, overall accuracy, per-class IoU, seen/unseen mIoU and hIoU",
         "scenes": "evaluated scenes",
         "report": "folder with report.json, metrics.md and confusion_<predictor>.png",
+        "rule": "the metric's rule in words (ScanNet's: predicted-but-absent classes have IoU 0)",
+        "classes_without_ground_truth": "valid classes absent from the evaluated scenes' ground truth",
     },
 )
