@@ -138,7 +138,7 @@ def summary(fused: np.ndarray, count: np.ndarray, correspondences: int, seconds:
 
 def worker(args: argparse.Namespace) -> None:
     """One method, ``--repeat`` times: the fastest run, and the largest peak."""
-    inputs = torch.load(args.inputs)
+    inputs = torch.load(args.inputs, weights_only=True)
     runs = []
     for _ in range(args.repeat):
         if args.worker == "kernel":

@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_pipeline_plan
+from test_metrics import scannet_miou
 
 from ovlift.pipeline.plan import PlanError, load_plan, plan_from_dict
 from ovlift.pipeline.runner import Runner
@@ -56,7 +58,7 @@ def distill_group(plan_path: Path):
 
 
 @pytest.mark.slow
-def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
+def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path, caplog):
     reference = tiny_pipeline_plan(tmp_path / "reference.yaml")
     assert Runner(load_plan(reference)).run(fail_fast=True).counts()["ran"] == 3 * 3 + 1 + 3 + 1
 
@@ -79,8 +81,11 @@ def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     assert 1 <= done_before < 6, "the kill should land after the first checkpoint and before the last"
     assert distill_group(killed) is None  # nothing published by the killed run
 
-    report = Runner(load_plan(killed)).run(fail_fast=True)
+    with caplog.at_level(logging.INFO, logger="ovlift"):
+        report = Runner(load_plan(killed)).run(fail_fast=True)
     assert report.counts() == {"cached": 3 * 3, "ran": 1 + 3 + 1}
+    resumed = [r.getMessage() for r in caplog.records if "distill: resuming from" in r.getMessage()]
+    assert len(resumed) == 1 and f"(epoch {done_before} of 6)" in resumed[0]  # only the remaining epochs ran
     a, b = distill_group(reference), distill_group(killed)
     np.testing.assert_array_equal(a.load("epoch_loss"), b.load("epoch_loss"))
     assert a.load("weights").tobytes() == b.load("weights").tobytes()  # bit-identical weights
@@ -88,7 +93,7 @@ def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     assert Runner(load_plan(killed)).store.read("global/evaluate").info["metrics"] == ref_metrics
 
 
-def test_end_to_end_outputs_report_and_reruns_cached(tmp_path):
+def test_end_to_end_outputs_report_and_reruns_cached(tmp_path, caplog):
     plan_path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=2)
     runner = Runner(load_plan(plan_path))
     runner.run(fail_fast=True)
@@ -110,9 +115,21 @@ def test_end_to_end_outputs_report_and_reruns_cached(tmp_path):
     report = Path(evaluate.info["report"])
     metrics = json.loads((report / "report.json").read_text())["metrics"]
     assert set(metrics) == {"2d", "3d", "ensemble"} and metrics["2d"]["hiou"] is not None
+    scene = runner.store.read("scenes/toy_0002/input")
+    to_vocab = np.array([evaluate.info["classes"].index(c) for c in scene.info["class_names"]] + [-1])
+    truth = to_vocab[scene.load("labels").astype(np.int64)]
+    for p in ("2d", "3d", "ensemble"):  # the report's mIoU is ScanNet's, computed independently
+        reference = scannet_miou(truth, predict.load(f"labels_{p}"), list(range(len(evaluate.info["classes"]))))
+        assert metrics[p]["miou"] == pytest.approx(reference, abs=1e-6)
+    assert "ScanNet's rule" in (report / "metrics.md").read_text() and evaluate.info["classes_without_ground_truth"]
     assert "| fused 2D |" in (report / "metrics.md").read_text()
     assert (report / "confusion_3d.png").stat().st_size > 1000
     assert Runner(load_plan(plan_path)).run().counts() == {"cached": 3 * 3 + 1 + 3 + 1}
+    with caplog.at_level(logging.INFO, logger="ovlift"):  # --force retrains from scratch
+        forced = Runner(load_plan(plan_path)).run(stages=["distill"], force=["distill"])
+    assert forced.counts() == {"ran": 1} and not any("resuming" in r.getMessage() for r in caplog.records)
+    assert len(glob.glob(str(files) + ".before-force-*/epoch_0001.pt")) == 1  # moved aside, not reused
+    assert sorted(p.name for p in files.glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt"]
 
     from typer.testing import CliRunner
 

@@ -189,7 +189,7 @@ def train(
         checkpoints.mkdir(parents=True, exist_ok=True)
         resume = latest_checkpoint(checkpoints)
         if resume is not None:
-            state = torch.load(resume, map_location=device, weights_only=False)
+            state = torch.load(resume, map_location=device, weights_only=True)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             rows, start = state["rows"], state["epoch"] + 1

@@ -13,6 +13,7 @@ No Prefect here: ``ovlift.flows`` wraps this runner.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from collections import Counter
@@ -243,6 +244,15 @@ class Runner:
         root = self.store.local_root.with_name(self.store.local_root.name + ".files")
         return root / stage_plan.group_path(scene_id) / short(fp)
 
+    def _fresh_files(self, path: str, files: Path, force: bool) -> Path:
+        """A forced rerun starts from scratch: earlier files of the group (e.g. the
+        checkpoints a run would resume from) are moved aside, not reused or deleted."""
+        if force and files.exists():
+            aside = files.with_name(f"{files.name}.before-force-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            files.rename(aside)
+            log.info("%s: forced, so its earlier files were moved to %s", path, aside)
+        return files
+
     def run_stage(self, scene_id: str | None, stage_plan: StagePlan, force: bool = False) -> Outcome:
         stage = stage_plan.stage
         path = stage_plan.group_path(scene_id)
@@ -269,7 +279,9 @@ class Runner:
             log=log,
             text=self.text,
             scene_inputs=per_scene,
-            files=self.files_dir(stage_plan, scene_id, fp) if stage.writes_files else None,
+            files=self._fresh_files(path, self.files_dir(stage_plan, scene_id, fp), force)
+            if stage.writes_files
+            else None,
         )
         where = f"scene '{scene_id}', stage '{stage_plan.key}'" if scene_id else f"global stage '{stage_plan.key}'"
         with self.store.writer(path, stage.spec, meta, where) as out:

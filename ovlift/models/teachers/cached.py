@@ -59,7 +59,11 @@ class CachedTeacher(Teacher[CachedConfig]):
         if not path.is_file():
             raise StageInputError(f"{where}: {self.what}: feature file '{path}' not found")
         try:
-            array = torch.load(path, map_location="cpu") if path.suffix == ".pt" else torch.from_numpy(np.load(path))
+            array = (
+                torch.load(path, map_location="cpu", weights_only=True)
+                if path.suffix == ".pt"
+                else torch.from_numpy(np.load(path))
+            )
         except (OSError, ValueError, RuntimeError) as err:
             raise StageInputError(f"{where}: {self.what}: cannot read '{path}': {err}") from None
         array = torch.as_tensor(array, dtype=torch.float32)
