@@ -75,6 +75,11 @@ def query_scene(
     return QueryResult(similarity, label)
 
 
+def file_part(text: str) -> str:
+    """``text`` made safe as part of a file name (scene ids and queries may hold '/', spaces, ...)."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_.")
+
+
 def write_query_outputs(
     store: Store, scene_id: str, text: str, source: str, teacher: str | None, templates: str, out: Path
 ) -> tuple[tuple[Path, Path], list[tuple[str, int]]]:
@@ -86,10 +91,8 @@ def write_query_outputs(
     scene = store.read(INPUT_SPEC.path(scene_id))
     points = scene.load("points")
     out.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "query"
-    ply = write_ply(
-        out / f"{scene_id}_{slug}_{source}.ply", points, colormap(result.similarity), similarity=result.similarity
-    )
+    stem = f"{file_part(scene_id)}_{file_part(text.lower()) or 'query'}_{source}"
+    ply = write_ply(out / f"{stem}.ply", points, colormap(result.similarity), similarity=result.similarity)
     camera = None
     valid = np.flatnonzero(scene.load("frames/pose_valid"))
     if len(valid):
@@ -97,7 +100,7 @@ def write_query_outputs(
     png = query_views(
         points,
         result.similarity,
-        out / f"{scene_id}_{slug}_{source}.png",
+        out / f"{stem}.png",
         f"{scene_id}: '{text}' ({result.source})",
         camera,
     )

@@ -2,11 +2,12 @@
 and nothing is written; invalid poses are skipped with a warning."""
 
 import logging
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import toy_plan_dict
+from conftest import shared_data, toy_plan_dict
 
 from ovlift.cache_schema import SchemaError, Store
 from ovlift.datasets.toy import ToyDataset
@@ -136,3 +137,22 @@ def test_invalid_poses_are_marked_and_warned_not_fatal(tmp_path, caplog):
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("frame 'frame-000001'" in w and "invalid pose" in w for w in warned)
     assert any("frame 'frame-000003'" in w for w in warned)
+
+
+def test_a_truncated_image_names_scene_frame_and_file(tmp_path):
+    lounge = shared_data("3dmatch-lounge")
+    copy = tmp_path / "lounge"
+    shutil.copytree(lounge, copy)
+    image = sorted(copy.rglob("*.color.png"))[2]
+    image.write_bytes(image.read_bytes()[:5000])
+    plan = plan_from_dict(
+        {
+            "store": str(tmp_path / "s.zarr"),
+            "dataset": {"name": "rgbd-folder", "paths": [str(copy)]},
+            "stages": {"input": {}},
+        }
+    )
+    frame = image.name.removesuffix(".color.png")
+    with pytest.raises(StageInputError, match=rf"scene 'lounge', frame 'seq-01/{frame}': cannot read image '{image}'"):
+        Runner(plan).run(fail_fast=True)
+    assert Store(tmp_path / "s.zarr").stage_groups("lounge") == []

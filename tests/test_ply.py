@@ -71,3 +71,12 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as err:
         read_ply(path)
     assert "bad.ply" in str(err.value)
+
+
+def test_query_file_names_are_safe_whatever_the_scene_id_and_text():
+    from ovlift.query import file_part
+
+    assert file_part("scene0000_00") == "scene0000_00"
+    assert file_part("../../etc/passwd") == "etc_passwd"
+    assert file_part("a soft chair?") == "a_soft_chair"
+    assert "/" not in file_part("seq-01/frame 3") and file_part("seq-01/frame 3") == "seq-01_frame_3"

@@ -179,14 +179,21 @@ def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return matrix
 
 
+def _read_image(path: Path, mode: str | None = None) -> np.ndarray:
+    """The pixels of an image file; an unreadable or truncated file is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert(mode) if mode else image)  # decodes now, a writable copy
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image '{path}': {err}") from None
+
+
 def _read_color(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
+    return _read_image(path, "RGB").astype(np.uint8)
 
 
 def _read_depth(path: Path, config: RGBDFolderConfig) -> np.ndarray:
-    with Image.open(path) as image:
-        raw = np.asarray(image).astype(np.int64)
+    raw = _read_image(path).astype(np.int64)
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel depth image, found shape {raw.shape}")
     depth = raw.astype(np.float32) / np.float32(config.depth_scale)

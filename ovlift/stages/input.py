@@ -54,7 +54,7 @@ class InputStage(Stage[InputConfig]):
         num = source.num_frames
         if num == 0:
             raise StageInputError(f"{ctx.where()}: no frames")
-        first = source.read_frame(0)
+        first = read_frame(source, 0, ctx.where(source.frame_names[0]))
         height, width = first.color.shape[:2]
         arrays = {"color": out.create("frames/color", (num, height, width, 3))}
         if first.depth is not None:
@@ -65,8 +65,8 @@ class InputStage(Stage[InputConfig]):
         intrinsics = np.zeros((num, 3, 3), np.float32)
         poses = np.zeros((num, 4, 4), np.float64)
         for i in progress(range(num), f"{ctx.scene_id}: frames", unit="frame"):
-            frame = first if i == 0 else source.read_frame(i)
             where = ctx.where(source.frame_names[i])
+            frame = first if i == 0 else read_frame(source, i, where)
             checked = check_frame(frame, (height, width), set(arrays), source.class_names, self.config, where)
             for key, value in checked.items():
                 arrays[key][i] = value
@@ -87,6 +87,14 @@ class InputStage(Stage[InputConfig]):
         out.write("frames/intrinsics", intrinsics)
         out.write("frames/cam_to_world", poses)
         out.write("frames/pose_valid", valid)
+
+
+def read_frame(source: SceneSource, index: int, where: str) -> Frame:
+    """Frame ``index`` from the reader; its failure (an unreadable file, say) names the frame."""
+    try:
+        return source.read_frame(index)
+    except (OSError, ValueError) as err:
+        raise StageInputError(f"{where}: {err}") from None
 
 
 def check_points(source: SceneSource, where: str) -> dict[str, np.ndarray]:
