@@ -6,11 +6,11 @@ import yaml
 from conftest import toy_plan_dict
 from typer.testing import CliRunner
 
-from ovlift.cache_schema import ArraySpec, GroupSpec
+from ovlift.cache_schema import ArraySpec, GroupSpec, Store
 from ovlift.config import FrozenConfig
 from ovlift.pipeline.cli import app
 from ovlift.pipeline.plan import Plan, StagePlan, plan_from_dict
-from ovlift.pipeline.runner import Runner
+from ovlift.pipeline.runner import Runner, StaleUpstream
 from ovlift.pipeline.status import store_status
 from ovlift.stages.base import Stage
 
@@ -96,13 +96,28 @@ def test_force_reruns_the_stage_and_its_downstream(tmp_path):
     assert by_stage(report) == {"input": {"cached"}, "height": {"ran"}, "histogram": {"ran"}}
 
 
-def test_a_stage_alone_needs_its_upstream_in_the_store(tmp_path):
-    plan = make_plan(tmp_path / "s.zarr")
-    report = Runner(plan).run(stages=["height"])
-    assert by_stage(report) == {"height": {"failed"}}
-    assert "needs 'scenes/toy_0000/input', which is missing" in report.outcomes[0].error
-    Runner(plan).run(stages=["input"])
-    assert by_stage(Runner(plan).run(stages=["height"])) == {"height": {"ran"}}
+def test_selected_stages_bring_what_they_read_up_to_date_first(tmp_path):
+    store = tmp_path / "s.zarr"
+    report = Runner(make_plan(store)).run(stages=["height"])  # input is missing: it runs first
+    assert by_stage(report) == {"input": {"ran"}, "height": {"ran"}}
+    Runner(make_plan(store)).run()
+    report = Runner(make_plan(store, offset=1.0)).run(stages=["histogram"])  # height is stale now
+    assert by_stage(report) == {"input": {"cached"}, "height": {"ran"}, "histogram": {"ran"}}
+
+
+def test_no_upstream_stops_on_a_stale_or_missing_input_naming_it(tmp_path):
+    store = tmp_path / "s.zarr"
+    with pytest.raises(StaleUpstream, match=r"scenes/toy_0000/input: missing"):
+        Runner(make_plan(store)).run(stages=["height"], upstream=False)
+    Runner(make_plan(store)).run()
+    with pytest.raises(StaleUpstream) as err:
+        Runner(make_plan(store, offset=1.0)).run(stages=["histogram"], upstream=False)
+    message = str(err.value)
+    assert "scenes/toy_0000/height: stale (the plan now gives another fingerprint)" in message
+    assert "scenes/toy_0001/height: stale" in message and "input" not in message.split(":\n", 1)[1]
+    assert Store(store).read("scenes/toy_0000/histogram") is not None  # nothing ran, nothing replaced
+    report = Runner(make_plan(store)).run(stages=["histogram"], upstream=False)
+    assert by_stage(report) == {"histogram": {"cached"}}
 
 
 def test_a_failing_scene_skips_its_downstream_and_spares_other_scenes(tmp_path, monkeypatch):

@@ -15,7 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ovlift.cache_schema import Store, short
 from ovlift.pipeline.plan import PlanError, load_plan
-from ovlift.pipeline.runner import Runner, RunReport
+from ovlift.pipeline.runner import Runner, RunReport, StaleUpstream
 from ovlift.pipeline.status import StageStatus, State, store_status
 
 app = typer.Typer(help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True)
@@ -54,13 +54,16 @@ def _finish(report: RunReport) -> None:
         raise typer.Exit(1)
 
 
-def _run(plan_path: Path, stages, scenes, force, fail_fast: bool, log_level: str) -> RunReport:
+def _run(plan_path: Path, stages, scenes, force, fail_fast: bool, log_level: str, upstream: bool = True) -> RunReport:
     _setup_logging(log_level)
     plan = _load(plan_path)
     runner = Runner(plan)
     try:
         with logging_redirect_tqdm():
-            return runner.run(stages=stages, scenes=scenes, force=force, fail_fast=fail_fast)
+            return runner.run(stages=stages, scenes=scenes, force=force, fail_fast=fail_fast, upstream=upstream)
+    except StaleUpstream as err:
+        err_console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from None
     except KeyError as err:
         err_console.print(f"[red]error:[/red] {err.args[0]}")
         raise typer.Exit(2) from None
@@ -81,17 +84,20 @@ def ingest(
 def run(
     plan: PlanArg,
     stages: Annotated[
-        list[str] | None, typer.Option("--stages", help="Only these stages (default: all in the plan).")
+        list[str] | None, typer.Option("--stages", help="These stages and what they read (default: all in the plan).")
     ] = None,
     scenes: ScenesOpt = None,
     force: Annotated[
         list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream even if cached.")
     ] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing scene.")] = False,
+    no_upstream: Annotated[
+        bool, typer.Option("--no-upstream", help="With --stages: stop if a stage they read is stale, do not rerun it.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
 ) -> None:
     """Run the plan's stages on its scenes, reusing every cached group."""
-    _finish(_run(plan, _split(stages), _split(scenes), _split(force) or [], fail_fast, log_level))
+    _finish(_run(plan, _split(stages), _split(scenes), _split(force) or [], fail_fast, log_level, not no_upstream))
 
 
 @app.command()

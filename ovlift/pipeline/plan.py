@@ -121,6 +121,14 @@ class Plan:
             raise KeyError(f"stages {sorted(unknown)} are not in the plan {self.source}; it has {list(self.stages)}")
         return [k for k, sp in self.stages.items() if k in wanted or sp.name in wanted]
 
+    def upstream_closure(self, names: set[str] | list[str]) -> set[str]:
+        """Keys of the named stages and everything they (transitively) read."""
+        result = set(self.keys_for(names))
+        for key in reversed(list(self.stages)):  # downstream first: one pass suffices
+            if key in result:
+                result.update(self.upstream(key))
+        return result
+
     def downstream(self, names: set[str] | list[str]) -> set[str]:
         """Keys of the named stages and everything that (transitively) reads them."""
         result = set(self.keys_for(names))

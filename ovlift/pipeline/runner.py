@@ -97,15 +97,42 @@ class StageFailed(RuntimeError):
     pass
 
 
+class StaleUpstream(StageFailed):
+    """A run restricted to some stages (``--no-upstream``) would read outdated groups."""
+
+
 class Runner:
     def __init__(self, plan: Plan, store: Store | None = None) -> None:
         self.plan = plan
         self.store = store or Store(plan.store)
         self.text = TextCache(self.store, plan.device)
 
-    def select_stages(self, stages: Sequence[str] | None) -> list[str]:
-        """Plan keys to run, upstream first; a stage name selects all its variants."""
-        return list(self.plan.stages) if not stages else self.plan.keys_for(list(stages))
+    def select_stages(self, stages: Sequence[str] | None, upstream: bool = True) -> list[str]:
+        """Plan keys to run, upstream first; a stage name selects all its variants. With
+        ``upstream`` (as ``make`` would) the stages they read come too: those up to date
+        are cache hits, stale ones rerun before anything reads them."""
+        if not stages:
+            return list(self.plan.stages)
+        keys = self.plan.upstream_closure(list(stages)) if upstream else set(self.plan.keys_for(list(stages)))
+        return [k for k in self.plan.stages if k in keys]
+
+    def stale_upstream(self, keys: Sequence[str], scenes: Sequence[str] | None) -> list[str]:
+        """'path: why' of each group that ``keys`` read (outside ``keys``) and that is not
+        up to date with the plan, for the selected scenes."""
+        from ovlift.pipeline.status import State, store_status
+
+        upstream = self.plan.upstream_closure(list(keys)) - set(keys)
+        paths = {
+            self.plan.stages[u].group_path(s)
+            for u in upstream
+            for s in ([None] if self.plan.stages[u].is_global else self.select_scenes(scenes))
+            if s is None or s in self.plan.scenes_for(u)
+        }
+        return [
+            f"{row.path}: {row.state} ({row.reason})"
+            for row in store_status(self.store, self.plan)
+            if row.path in paths and row.state is not State.CACHED
+        ]
 
     def select_scenes(self, scenes: Sequence[str] | None) -> list[str]:
         available = self.plan.dataset.scene_ids()
@@ -134,6 +161,7 @@ class Runner:
         scenes: Sequence[str] | None = None,
         force: Iterable[str] = (),
         fail_fast: bool = False,
+        upstream: bool = True,
     ) -> RunReport:
         """Bring the selected stages up to date.
 
@@ -141,10 +169,19 @@ class Runner:
         a global stage runs once over its split, whatever ``scenes`` says.
         ``force`` reruns the named stages and everything downstream of them even
         on a cache hit. A failing scene does not stop the others (unless
-        ``fail_fast``); its downstream stages are skipped and reported.
+        ``fail_fast``); its downstream stages are skipped and reported. The
+        stages that the selected ones read are brought up to date first, unless
+        ``upstream`` is False: then a stale or missing one stops the run, named.
         """
         start = time.perf_counter()
-        selected = self.select_stages(stages)
+        selected = self.select_stages(stages, upstream)
+        if stages and not upstream:
+            stale = self.stale_upstream(selected, scenes)
+            if stale:
+                raise StaleUpstream(
+                    f"stages {selected} read groups that are not up to date with the plan {self.plan.source} "
+                    "(run without --no-upstream to update them first):\n  " + "\n  ".join(stale)
+                )
         options = RunOptions(frozenset(self.plan.downstream(list(force))), fail_fast)
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
