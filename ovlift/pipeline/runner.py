@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, short
 from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
+from ovlift.pipeline.status import State, store_status
 from ovlift.pipeline.text_cache import TextCache
 from ovlift.progress import progress
 from ovlift.stages.base import StageContext
@@ -119,8 +120,6 @@ class Runner:
     def stale_upstream(self, keys: Sequence[str], scenes: Sequence[str] | None) -> list[str]:
         """'path: why' of each group that ``keys`` read (outside ``keys``) and that is not
         up to date with the plan, for the selected scenes."""
-        from ovlift.pipeline.status import State, store_status
-
         upstream = self.plan.upstream_closure(list(keys)) - set(keys)
         paths = {
             self.plan.stages[u].group_path(s)
