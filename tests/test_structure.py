@@ -14,9 +14,9 @@ from ovlift.cache_schema import GroupSpec, Scope, Store
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC
 from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
 from ovlift.demo import demo_plan
-from ovlift.models.teachers.registry import RENAMED, TEACHERS, teacher_class
+from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.pipeline.plan import load_plan, plan_from_dict
-from ovlift.pipeline.registry import STAGES, stage_classes
+from ovlift.pipeline.registry import STAGES, stage_class, stage_classes
 from ovlift.pipeline.runner import Runner
 from ovlift.pipeline.status import expected_fingerprints
 from ovlift.stages.extract2d import Extract2DStage
@@ -92,15 +92,15 @@ def test_every_teacher_is_registered_once_with_its_own_config():
 
 def test_a_renamed_teacher_still_loads_with_a_warning_and_keeps_its_fingerprints(tmp_path):
     old, new = "mask-clip", RENAMED["mask-clip"]
-    with pytest.warns(FutureWarning, match=f"now called '{new}'"):
-        assert teacher_class(old) is TEACHERS[new]
+    assert stage_class("extract2d", old) == stage_class("extract2d", new)
+    assert stage_class("extract2d", old)[1:] == (TEACHERS[new].Config, new)
     entry = {"implementation": old, "segmenter_path": "/m/seg", "clip_path": "/m/clip"}
     data = {
         "store": str(tmp_path / "w.zarr"),
         "dataset": {"name": "toy"},
         "stages": {"input": {}, "extract2d": {"cus3d": entry}},
     }
-    with pytest.warns(FutureWarning, match="stages.extract2d.cus3d: teacher 'mask-clip' is now called"):
+    with pytest.warns(FutureWarning, match="stages.extract2d.cus3d: extract2d 'mask-clip' is now called 'mask-crops'"):
         plan_from_dict(data)
 
     def plan(implementation):

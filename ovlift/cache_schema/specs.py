@@ -124,12 +124,16 @@ class GroupSpec:
         if len(set(names)) != len(names):
             raise ValueError(f"group spec {self.stage}: duplicate array names {names}")
 
-    def path(self, scene_id: str | None = None, variant: str | None = None) -> str:
-        """The group's path in the store: ``scenes/<scene_id>/<stage>[/<variant>]`` or
-        ``global/<stage>[/<variant>]``."""
+    def check_variant(self, variant: str | None) -> None:
+        """Raise ValueError unless ``variant`` is given exactly when the stage has variants."""
         if (variant is None) != (self.variant is None):
             need = f"a <{self.variant}> name" if self.variant else "no variant"
             raise ValueError(f"stage '{self.stage}' needs {need}, got variant {variant!r}")
+
+    def path(self, scene_id: str | None = None, variant: str | None = None) -> str:
+        """The group's path in the store: ``scenes/<scene_id>/<stage>[/<variant>]`` or
+        ``global/<stage>[/<variant>]``."""
+        self.check_variant(variant)
         if (scene_id is None) != (self.scope is Scope.GLOBAL):
             need = "no scene" if self.scope is Scope.GLOBAL else "a scene id"
             raise ValueError(f"{self.scope} stage '{self.stage}' needs {need}, got scene {scene_id!r}")

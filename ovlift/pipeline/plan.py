@@ -227,8 +227,7 @@ def plan_from_dict(
     try:
         dataset_cls = dataset_class(dataset_name)
         dataset = dataset_cls(_validate(dataset_cls.Config, dataset_data, context, f"{source}: dataset"))
-        if list_scenes:
-            dataset.scene_ids()
+        scene_ids = dataset.scene_ids() if list_scenes else None
     except KeyError as err:
         raise PlanError(f"{source}: dataset: {err.args[0]}") from None
     except (FileNotFoundError, ValueError) as err:
@@ -262,7 +261,7 @@ def plan_from_dict(
         else:
             plan = _stage_plan(name, dict(entry), context, f"{source}: stages.{name}", None)
             stages[plan.key] = plan
-    splits = _splits(top.splits, dataset, source, list_scenes)
+    splits = _splits(top.splits, scene_ids, dataset.name, source)
     result = Plan(
         store=store,
         dataset=dataset,
@@ -289,14 +288,14 @@ def plan_from_dict(
     return result
 
 
-def _splits(data: dict[str, list[str]], dataset: Dataset, source: str, list_scenes: bool) -> dict[str, list[str]]:
-    known = set(dataset.scene_ids()) if list_scenes else None
+def _splits(data: dict[str, list[str]], scene_ids: list[str] | None, dataset: str, source: str) -> dict[str, list[str]]:
+    """The splits, each non-empty and (when the dataset was listed) of its scenes."""
     for name, scenes in data.items():
         if not scenes:
             raise PlanError(f"{source}: splits.{name}: expected a non-empty list of scene ids")
-        unknown = [s for s in scenes if known is not None and s not in known]
+        unknown = [s for s in scenes if scene_ids is not None and s not in scene_ids]
         if unknown:
-            raise PlanError(f"{source}: splits.{name}: scenes {unknown} are not in dataset '{dataset.name}'")
+            raise PlanError(f"{source}: splits.{name}: scenes {unknown} are not in dataset '{dataset}'")
     return dict(data)
 
 
@@ -307,13 +306,15 @@ def _has_variants(name: str) -> bool:
 def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str | None) -> StagePlan:
     implementation = entry.pop("implementation", None)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", FutureWarning)
-            cls, config_type = stage_class(name, implementation)
+        cls, config_type, current = stage_class(name, implementation)
     except KeyError as err:
         raise PlanError(f"{where}: {err.args[0]}") from None
-    for warning in caught:  # a renamed implementation: say where the plan names it
-        warnings.warn(f"{where}: {warning.message}", FutureWarning, stacklevel=4)
+    if implementation is not None and implementation != current:
+        warnings.warn(
+            f"{where}: {name} '{implementation}' is now called '{current}'; the old name will go in a later version",
+            FutureWarning,
+            stacklevel=4,
+        )
     config = _validate(config_type, entry, context, where)
     key = name if variant is None else f"{name}/{variant}"
     try:

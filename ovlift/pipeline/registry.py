@@ -40,16 +40,18 @@ DATASETS: dict[str, type[Dataset]] = {
 }
 
 
-def stage_class(stage: str, implementation: str | None = None) -> tuple[type[Stage], type[FrozenConfig]]:
-    """The class of a stage implementation and the Config its plan entry is validated against."""
+def stage_class(stage: str, implementation: str | None = None) -> tuple[type[Stage], type[FrozenConfig], str]:
+    """The class of a stage implementation, the Config its plan entry is validated
+    against, and the implementation's current name (an old name resolves to it)."""
     if stage not in STAGES:
         raise KeyError(f"unknown stage '{stage}'; known stages: {list(STAGES)}")
     impls = STAGES[stage]
-    implementation = implementation or next(iter(impls))
-    if implementation not in impls and implementation not in RENAMED_IMPLEMENTATIONS.get(stage, {}):
+    current = implementation or next(iter(impls))
+    current = RENAMED_IMPLEMENTATIONS.get(stage, {}).get(current, current)
+    if current not in impls:
         raise KeyError(f"stage '{stage}' has no implementation '{implementation}'; known: {list(impls)}")
-    cls = impls.get(implementation) or impls[RENAMED_IMPLEMENTATIONS[stage][implementation]]
-    return cls, cls.config_type(implementation)
+    cls = impls[current]
+    return cls, cls.config_type(current), current
 
 
 def dataset_class(name: str) -> type[Dataset]:

@@ -63,9 +63,7 @@ class Stage(ABC, Configurable[ConfigT]):
     """Whether it writes plain files beside the store (``ctx.files``)."""
 
     def __init__(self, config: ConfigT, variant: str | None = None) -> None:
-        if (variant is None) != (self.spec.variant is None):
-            need = f"a <{self.spec.variant}> name" if self.spec.variant else "no variant name"
-            raise ValueError(f"stage '{self.name}' is configured with {need}, got {variant!r}")
+        self.spec.check_variant(variant)
         self.config = config
         self.variant = variant
         """The ``<variant>`` path level, for stages written once per variant."""

@@ -7,8 +7,6 @@ To add a teacher, write its module (a ``Teacher[ItsConfig]`` subclass with a
 
 from __future__ import annotations
 
-import warnings
-
 from ovlift.config import FrozenConfig
 from ovlift.models.teachers.base import Teacher
 from ovlift.models.teachers.cached import CachedTeacher
@@ -23,18 +21,12 @@ TEACHERS: dict[str, type[Teacher]] = {
 """Teacher name -> class."""
 
 RENAMED: dict[str, str] = {"mask-clip": "mask-crops"}
-"""Old names that still work, with a warning: old name -> current name."""
+"""Old names that plans may still use (the pipeline registry resolves them, with a
+warning): old name -> current name."""
 
 
 def teacher_class(name: str) -> type[Teacher]:
-    """The teacher a plan names (an old name warns and gives its renamed teacher)."""
-    if name in RENAMED:
-        warnings.warn(
-            f"teacher '{name}' is now called '{RENAMED[name]}'; the old name will go in a later version",
-            FutureWarning,
-            stacklevel=2,
-        )
-        name = RENAMED[name]
+    """The teacher called ``name``."""
     if name not in TEACHERS:
         raise KeyError(f"unknown teacher '{name}'; known teachers: {list(TEACHERS)}")
     return TEACHERS[name]
