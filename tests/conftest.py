@@ -26,8 +26,9 @@ def toy_plan_dict(store, **dataset) -> dict:
 
 @pytest.fixture(autouse=True)
 def _prefect_home(tmp_path_factory, monkeypatch):
-    """Keep Prefect's database out of the home directory."""
+    """Keep Prefect's database and the file digest cache out of the home directory."""
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path_factory.getbasetemp() / "prefect"))
+    monkeypatch.setenv("OVLIFT_HASH_CACHE", str(tmp_path_factory.getbasetemp() / "file-digests.sqlite"))
 
 
 TINY_STUDENT = {

@@ -86,6 +86,20 @@ def test_rgbd_folder_rejects_a_folder_without_intrinsics(tmp_path):
         RGBDFolderDataset(RGBDFolderConfig(paths=(str(tmp_path),))).scene_ids()
 
 
+def test_rgbd_folder_fingerprint_follows_image_contents_not_sizes(tmp_path):
+    np.savetxt(tmp_path / "camera-intrinsics.txt", [[500, 0, 320], [0, 500, 240], [0, 0, 1]])
+    for i in range(2):
+        np.savetxt(tmp_path / f"frame-{i:06d}.pose.txt", np.eye(4))
+        for suffix in ("color.jpg", "depth.png"):  # the fingerprint does not decode them
+            (tmp_path / f"frame-{i:06d}.{suffix}").write_bytes(bytes(range(256)) * 4)
+    ds = RGBDFolderDataset(RGBDFolderConfig(paths=(str(tmp_path),)))
+    scene = ds.scene_ids()[0]
+    before = ds.fingerprint(scene)
+    assert RGBDFolderDataset(RGBDFolderConfig(paths=(str(tmp_path),))).fingerprint(scene) == before
+    (tmp_path / "frame-000001.depth.png").write_bytes(bytes(reversed(range(256))) * 4)  # same size
+    assert ds.fingerprint(scene) != before
+
+
 @pytest.mark.realdata
 def test_7scenes_points_agree_with_a_held_out_frames_depth(tmp_path):
     """Ingest the real kitchen; the depth of frames that built none of its point

@@ -113,7 +113,7 @@ def test_no_upstream_stops_on_a_stale_or_missing_input_naming_it(tmp_path):
     with pytest.raises(StaleUpstream) as err:
         Runner(make_plan(store, offset=1.0)).run(stages=["histogram"], upstream=False)
     message = str(err.value)
-    assert "scenes/toy_0000/height: stale (the plan now gives another fingerprint)" in message
+    assert "scenes/toy_0000/height: stale (its config or version changed)" in message
     assert "scenes/toy_0001/height: stale" in message and "input" not in message.split(":\n", 1)[1]
     assert Store(store).read("scenes/toy_0000/histogram") is not None  # nothing ran, nothing replaced
     report = Runner(make_plan(store)).run(stages=["histogram"], upstream=False)

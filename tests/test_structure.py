@@ -113,7 +113,7 @@ def test_a_renamed_teacher_still_loads_with_a_warning_and_keeps_its_fingerprints
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             p = plan_from_dict(data)
-        return {path: fp for path, (fp, _) in expected_fingerprints(p, Store(p.store)).items()}
+        return {path: e.fingerprint for path, e in expected_fingerprints(p, Store(p.store)).items()}
 
     assert plan(old) == plan(new)
 
@@ -123,7 +123,7 @@ def test_the_refactor_keeps_every_fingerprint_of_the_demo_and_of_each_teacher(tm
     pinned = json.loads((REPO / "tests" / "data" / "pinned_fingerprints.json").read_text())
     data = demo_plan(tmp_path)
     plan = plan_from_dict(data, base_dir=tmp_path)
-    got = {path: fp for path, (fp, _) in expected_fingerprints(plan, Store(plan.store)).items()}
+    got = {path: e.fingerprint for path, e in expected_fingerprints(plan, Store(plan.store)).items()}
     assert got == pinned["demo"]
     teachers = {
         "syn": {"implementation": "synthetic"},
@@ -147,7 +147,7 @@ def test_the_refactor_keeps_every_fingerprint_of_the_demo_and_of_each_teacher(tm
         "stages": {"input": {}, "extract2d": teachers, "project": {}},
     }
     plan = plan_from_dict(data, base_dir=tmp_path)
-    got = {path: fp for path, (fp, _) in expected_fingerprints(plan, Store(plan.store)).items()}
+    got = {path: e.fingerprint for path, e in expected_fingerprints(plan, Store(plan.store)).items()}
     assert got == pinned["teachers"]
 
 

@@ -230,12 +230,16 @@ def test_cached_features_missing_file_names_scene_frame_and_path(tmp_path):
     assert "scene 'toy_0000', frame 'frame-000002'" in error and "frame-000002.npy' not found" in error
 
 
-def test_cached_features_rerun_when_a_file_changes(tmp_path):
+def test_cached_features_rerun_with_their_downstream_when_a_file_changes_but_not_its_size(tmp_path):
     data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2)
     root = cached_files(tmp_path / "feats", ["toy_0000"], frames=2, layout="chw")
     data["stages"]["extract2d"] = {"t": {"implementation": "cached", "path": root, "channels": 6, "layout": "chw"}}
-    assert Runner(plan_from_dict(data)).run().counts()["ran"] == 2
-    assert Runner(plan_from_dict(data)).run().counts() == {"cached": 2}
-    np.save(tmp_path / "feats" / "toy_0000" / "frame-000001.npy", np.zeros((6, 12, 20), np.float32))
+    data["stages"]["project"] = {"cut_bound": 1}
+    assert Runner(plan_from_dict(data)).run().counts()["ran"] == 3
+    assert Runner(plan_from_dict(data)).run().counts() == {"cached": 3}
+    path = tmp_path / "feats" / "toy_0000" / "frame-000001.npy"
+    size = path.stat().st_size
+    np.save(path, np.zeros((6, 12, 16), np.float32))  # recomputed: same shape, other values
+    assert path.stat().st_size == size
     counts = Runner(plan_from_dict(data)).run().counts()
-    assert counts == {"cached": 1, "ran": 1}
+    assert counts == {"cached": 1, "ran": 2}

@@ -24,6 +24,7 @@ from PIL import Image
 from pydantic import Field
 
 from ovlift.config import FrozenConfig, LocalPath
+from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.kernels.geometry import backproject_depth, pose_is_valid
 from ovlift.kernels.voxel import voxel_downsample
@@ -95,19 +96,19 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
         return frames[:: self.config.frame_stride]
 
     def fingerprint(self, scene_id: str) -> str:
-        """Hash of the config, every frame's file names and sizes, poses and intrinsics.
-
-        Image files are fingerprinted by name and size (not content, for speed;
-        re-encoded images almost always change size); text files by content.
-        """
+        """Hash of the config, intrinsics, and every frame's name, pose and image contents
+        (``ovlift.content_hash`` remembers image digests, so an unchanged scene is quick)."""
         digest = hashlib.sha256(self.config.model_dump_json(exclude={"paths"}).encode())
         folder = self._folders[scene_id]
         digest.update((folder / INTRINSICS_FILE).read_bytes())
-        for name, prefix in self._frames(scene_id):
+        frames = self._frames(scene_id)
+        images = [
+            p for _, prefix in frames for p in (_color_path(prefix), prefix.with_name(prefix.name + ".depth.png"))
+        ]
+        for name, prefix in frames:
             digest.update(name.encode())
             digest.update(prefix.with_name(prefix.name + ".pose.txt").read_bytes())
-            for path in (_color_path(prefix), prefix.with_name(prefix.name + ".depth.png")):
-                digest.update(f"{path.name}:{path.stat().st_size}".encode())
+        digest.update(";".join(file_digests(images)).encode())
         return digest.hexdigest()
 
     def load(self, scene_id: str) -> SceneSource:

@@ -7,10 +7,12 @@ downloaded at run time (``HF_HUB_OFFLINE`` is forced on).
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ovlift.content_hash import folder_digests
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -67,10 +69,14 @@ def load_pretrained(
         raise ModelLoadError(f"{what}: cannot load '{folder}' as {expected}: {type(err).__name__}: {err}") from None
 
 
-def dir_fingerprint(path: str | os.PathLike[str]) -> str:
-    """Hash of a model folder's file names and sizes (identity for caches)."""
-    folder = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(folder)}:{file.stat().st_size};".encode())
-    return digest.hexdigest()[:16]
+def model_inputs(folders: Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
+    """External-input entries for model folders (or files) by content: ``model:<name>/<file>``
+    -> digest, one per file, so that ``ovlift status`` names the file that changed."""
+    found = {}
+    for name, folder in folders.items():
+        if not Path(folder).exists():  # loading the model says what was expected there
+            found[f"model:{name}"] = "missing"
+            continue
+        for file, digest in folder_digests(folder).items():
+            found[f"model:{name}/{file}".rstrip("/")] = digest
+    return found

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ovlift.config import FrozenConfig, LocalPath
-from ovlift.models.loading import ModelLoadError, dir_fingerprint, require_model_dir
+from ovlift.content_hash import folder_digest
+from ovlift.models.loading import ModelLoadError, require_model_dir
 
 IMAGENET_TEMPLATES = (
     "a bad photo of a {}.",
@@ -142,8 +143,9 @@ class TextEncoder:
         if config.kind == "minilm":
             from sentence_transformers import SentenceTransformer
 
-            path = config.path or _packaged_minilm()
-            folder = require_model_dir(path, what, "a sentence-transformers model folder", weights=True)
+            folder = require_model_dir(
+                encoder_folder(config), what, "a sentence-transformers model folder", weights=True
+            )
             try:
                 self._model = SentenceTransformer(str(folder), device=str(self.device), local_files_only=True)
             except (OSError, ValueError, KeyError) as err:
@@ -158,7 +160,6 @@ class TextEncoder:
                 raise ModelLoadError(f"{what}: 'path' is required (a local CLIP model folder)")
             self._clip = load_clip(config.path, what, self.device)
             self.dim = self._clip.dim
-            path = config.path
         self.identity = encoder_identity(config)
         """Changes when the model files or the templates change (cache key)."""
 
@@ -183,13 +184,18 @@ class TextEncoder:
         return F.normalize(emb, dim=-1)
 
 
-def encoder_identity(config: TextEncoderConfig) -> str:
-    """kind:model-files-hash:templates, without loading the model."""
+def encoder_folder(config: TextEncoderConfig) -> str:
+    """The model folder the encoder loads (the packaged MiniLM when ``path`` is None)."""
     path = config.path or (_packaged_minilm() if config.kind == "minilm" else None)
     if path is None:
         raise ModelLoadError(f"text encoder '{config.kind}': 'path' is required (a local model folder)")
-    require_model_dir(path, f"text encoder '{config.kind}'", "a local text model folder")
-    return f"{config.kind}:{dir_fingerprint(path)}:{config.templates}"
+    return path
+
+
+def encoder_identity(config: TextEncoderConfig) -> str:
+    """kind:model-contents-digest:templates, without loading the model."""
+    path = require_model_dir(encoder_folder(config), f"text encoder '{config.kind}'", "a local text model folder")
+    return f"{config.kind}:{folder_digest(path)}:{config.templates}"
 
 
 def encoder_dim(config: TextEncoderConfig) -> int:
@@ -197,7 +203,7 @@ def encoder_dim(config: TextEncoderConfig) -> int:
     import json
     from pathlib import Path
 
-    folder = Path(config.path or _packaged_minilm())
+    folder = Path(encoder_folder(config))
     try:
         if config.kind == "clip":
             return int(json.loads((folder / "config.json").read_text())["projection_dim"])

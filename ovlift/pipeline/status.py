@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from ovlift.cache_schema import GLOBAL, GroupState, Store
 from ovlift.pipeline.plan import Plan, external_inputs
@@ -48,8 +49,8 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
     for path in store.global_groups():
         recorded[path], owner[path] = store.inspect(path), GLOBAL
     expected = expected_fingerprints(plan, store) if plan else {}
-    for path, (_, scene) in expected.items():
-        owner.setdefault(path, scene)
+    for path, e in expected.items():
+        owner.setdefault(path, e.owner)
     result: list[StageStatus] = []
     for path in sorted(set(recorded) | set(expected), key=lambda p: (owner[p] == GLOBAL, owner[p], p)):
         state, attrs = recorded.get(path, (GroupState.MISSING, {}))
@@ -59,8 +60,9 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
             result.append(StageStatus(scene, path, State.MISSING, None, "not in the store"))
         elif state is GroupState.INCOMPLETE:
             result.append(StageStatus(scene, path, State.INCOMPLETE, fp, "not published whole"))
-        elif path in expected and expected[path][0] != fp:
-            result.append(StageStatus(scene, path, State.STALE, fp, "the plan now gives another fingerprint"))
+        elif path in expected and expected[path].fingerprint != fp:
+            reason = _changed_inputs(attrs.get("input_fingerprints", {}), expected[path].inputs)
+            result.append(StageStatus(scene, path, State.STALE, fp, reason))
         else:
             reason = _upstream_change(recorded, attrs)
             result.append(StageStatus(scene, path, State.STALE if reason else State.CACHED, fp, reason))
@@ -79,13 +81,31 @@ def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) 
     return ""
 
 
-def expected_fingerprints(plan: Plan, store: Store) -> dict[str, tuple[str, str]]:
-    """path -> (fingerprint, owner scene or ``global``) of each group the plan would write now.
+def _changed_inputs(recorded: dict[str, str], now: dict[str, str]) -> str:
+    """Why a group's fingerprint moved: the inputs (files, sources, upstream groups) that
+    changed, or else its config or version."""
+    changed = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+    if not changed:
+        return "its config or version changed"
+    shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return f"changed since: {shown}"
+
+
+class Expected(NamedTuple):
+    fingerprint: str
+    owner: str
+    """The scene, or ``global``."""
+    inputs: dict[str, str]
+    """Input fingerprints (upstream groups, sources, external files) it would record."""
+
+
+def expected_fingerprints(plan: Plan, store: Store) -> dict[str, Expected]:
+    """The fingerprint, owner and inputs of each group the plan would write now (by path).
 
     Computed from the plan alone, except for external inputs that need an upstream
     group (e.g. the frame names of a ``cached`` teacher), which count once it exists."""
     fps: dict[str, str] = {}
-    owners: dict[str, str] = {}
+    found: dict[str, Expected] = {}
     for key, stage_plan in plan.stages.items():
         owners_of_key = [None] if stage_plan.is_global else plan.scenes_for(key)
         for scene in owners_of_key:
@@ -103,5 +123,5 @@ def expected_fingerprints(plan: Plan, store: Store) -> dict[str, tuple[str, str]
                 inputs.update(external_inputs(plan, key, scene, groups))
             path = stage_plan.group_path(scene)
             fps[path] = stage_plan.fingerprint(inputs)
-            owners[path] = scene or GLOBAL
-    return {path: (fp, owners[path]) for path, fp in fps.items()}
+            found[path] = Expected(fps[path], scene or GLOBAL, inputs)
+    return found

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from ovlift.config import Configurable, FrozenConfig, runtime_field
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
+from ovlift.models.loading import model_inputs
 from ovlift.models.text import TextEmbedder, TextEncoderConfig
 
 
@@ -103,9 +104,15 @@ class Teacher(ABC, Configurable[TeacherConfigT]):
         """Features at ``batch.feature_hw``; mask ids local to this batch."""
 
     @classmethod
-    def external_inputs(cls, config: TeacherConfigT, scene_id: str, frame_names: list[str]) -> dict[str, str]:
-        """Fingerprints of files it reads besides model folders (e.g. imported features)."""
+    def model_folders(cls, config: TeacherConfigT) -> dict[str, str]:
+        """Config field -> model folder (or file) it loads, text encoder included."""
         return {}
+
+    @classmethod
+    def external_inputs(cls, config: TeacherConfigT, scene_id: str, frame_names: list[str]) -> dict[str, str]:
+        """Content fingerprints of what it reads outside the store: every file of its model
+        folders, and (teachers that add them) other files, such as imported features."""
+        return model_inputs(cls.model_folders(config))
 
 
 def resize_nearest(maps: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

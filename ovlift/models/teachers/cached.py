@@ -5,7 +5,7 @@ Researchers resume from features saved as one ``.npy`` or ``.pt`` file per frame
 the frame's source name (e.g. ``frame-000010`` or ``seq-01/frame-000010``),
 ``{index}`` its index in the scene's input. Arrays are (h, w, C) or (C, h, w)
 (``layout``) and are resized bilinearly to the feature grid. Files are
-fingerprinted by name and size, so replacing them reruns the stage.
+fingerprinted by content, so replacing them reruns the stage.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ovlift.config import LocalPath
+from ovlift.content_hash import file_digests
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import DenseFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput
-from ovlift.models.text import TextEncoderConfig
+from ovlift.models.text import TextEncoderConfig, encoder_folder
 
 
 class CachedConfig(TeacherConfig):
@@ -50,6 +51,10 @@ class CachedTeacher(Teacher[CachedConfig]):
     @property
     def dim(self) -> int:
         return self.config.channels
+
+    @classmethod
+    def model_folders(cls, config: CachedConfig) -> dict[str, str]:
+        return {"text": encoder_folder(config.text)}
 
     @property
     def text_encoder(self) -> TextEncoderConfig:
@@ -80,11 +85,14 @@ class CachedTeacher(Teacher[CachedConfig]):
 
     @classmethod
     def external_inputs(cls, config: CachedConfig, scene_id: str, frame_names: list[str]) -> dict[str, str]:
-        parts = []
-        for i in range(0, len(frame_names), config.frame_stride):
-            path = frame_file(config, scene_id, frame_names[i], i)
-            parts.append(f"{path.name}:{path.stat().st_size if path.is_file() else 'missing'}")
-        return {f"files:{config.path}": hashlib.sha256(";".join(parts).encode()).hexdigest()}
+        paths = [
+            frame_file(config, scene_id, frame_names[i], i) for i in range(0, len(frame_names), config.frame_stride)
+        ]
+        present = [p for p in paths if p.is_file()]
+        digests = dict(zip(present, file_digests(present)))
+        parts = [f"{p.relative_to(config.path)}:{digests.get(p, 'missing')}" for p in paths]
+        features = hashlib.blake2b(";".join(parts).encode(), digest_size=16).hexdigest()
+        return {**super().external_inputs(config, scene_id, frame_names), f"files:{config.path}": features}
 
     def __call__(self, batch: TeacherInput) -> DenseFeatures:
         maps = []

@@ -25,7 +25,7 @@ from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.loading import load_pretrained
 from ovlift.models.segmenter import load_segmenter, mask_crops
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput, top_k_masks
-from ovlift.models.text import TextEncoderConfig, load_text_encoder
+from ovlift.models.text import TextEncoderConfig, encoder_folder, load_text_encoder
 
 CAPTIONER_EXPECTED = "a Hugging Face BLIP captioning model with its processor, saved with save_pretrained"
 ARTICLES = {"a", "an", "the"}
@@ -103,6 +103,14 @@ class CaptionAlignedTeacher(Teacher[CaptionAlignedConfig]):
     @property
     def dim(self) -> int:
         return self.encoder.dim
+
+    @classmethod
+    def model_folders(cls, config: CaptionAlignedConfig) -> dict[str, str]:
+        return {
+            "segmenter_path": config.segmenter_path,
+            "captioner_path": config.captioner_path,
+            "text": encoder_folder(config.text),
+        }
 
     @property
     def text_encoder(self) -> TextEncoderConfig:

@@ -60,6 +60,10 @@ class MaskCropsTeacher(Teacher[MaskCropsConfig]):
     def dim(self) -> int:
         return self.clip.dim
 
+    @classmethod
+    def model_folders(cls, config: MaskCropsConfig) -> dict[str, str]:
+        return {"segmenter_path": config.segmenter_path, "clip_path": config.clip_path}
+
     @property
     def text_encoder(self) -> TextEncoderConfig:
         return TextEncoderConfig(kind="clip", path=self.config.clip_path, templates=self.config.templates)

@@ -43,6 +43,10 @@ class MaskCLIPTeacher(Teacher[MaskCLIPConfig]):
     def dim(self) -> int:
         return self.clip.dim
 
+    @classmethod
+    def model_folders(cls, config: MaskCLIPConfig) -> dict[str, str]:
+        return {"clip_path": config.clip_path}
+
     @property
     def text_encoder(self) -> TextEncoderConfig:
         return TextEncoderConfig(kind="clip", path=self.config.clip_path, templates=self.config.templates)

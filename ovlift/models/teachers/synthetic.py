@@ -31,7 +31,7 @@ from pydantic import Field, field_validator
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput, resize_nearest
-from ovlift.models.text import TextEncoderConfig, encoder_dim
+from ovlift.models.text import TextEncoderConfig, encoder_dim, encoder_folder
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -69,6 +69,10 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
     @property
     def dim(self) -> int:
         return encoder_dim(self.config.text)
+
+    @classmethod
+    def model_folders(cls, config: SyntheticConfig) -> dict[str, str]:
+        return {"text": encoder_folder(config.text)}
 
     @property
     def text_encoder(self) -> TextEncoderConfig:
