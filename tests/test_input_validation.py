@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.linalg
 from conftest import shared_data, toy_plan_dict
 
 from ovlift.cache_schema import SchemaError, Store
@@ -156,3 +157,30 @@ def test_a_truncated_image_names_scene_frame_and_file(tmp_path):
     with pytest.raises(StageInputError, match=rf"scene 'lounge', frame 'seq-01/{frame}': cannot read image '{image}'"):
         Runner(plan).run(fail_fast=True)
     assert Store(tmp_path / "s.zarr").stage_groups("lounge") == []
+
+
+def test_a_slightly_non_rigid_pose_is_stored_as_the_rigid_transform_the_cloud_was_built_with(tmp_path):
+    """7-Scenes poses are ~2.4e-4 off orthonormal: the cloud built with one matrix and
+    projected with the (rigid) inverse of another would miss by ~0.5 mm at 2 m."""
+    copy = tmp_path / "lounge"
+    shutil.copytree(shared_data("3dmatch-lounge"), copy)
+    pose_file = sorted(copy.rglob("*.pose.txt"))[0]
+    pose = np.loadtxt(pose_file)
+    skew = np.random.default_rng(0).normal(scale=2.4e-4, size=(3, 3))
+    pose[:3, :3] = pose[:3, :3] @ (np.eye(3) + skew)
+    np.savetxt(pose_file, pose)
+    dataset = {"name": "rgbd-folder", "paths": [str(copy)], "cloud_frame_stride": 100, "voxel_size_m": 1e-4}
+    plan = plan_from_dict({"store": str(tmp_path / "s.zarr"), "dataset": dataset, "stages": {"input": {}}})
+    Runner(plan).run(fail_fast=True)
+    group = Store(tmp_path / "s.zarr").read("scenes/lounge/input")
+    stored = group.load("frames/cam_to_world")[0]
+    rot = stored[:3, :3]
+    np.testing.assert_allclose(rot.T @ rot, np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(rot, scipy.linalg.polar(pose[:3, :3])[0], atol=1e-12)  # the nearest rotation
+    np.testing.assert_array_equal(stored[3], [0, 0, 0, 1])
+    # the cloud (frame 0's depth alone) projected back with the stored pose lands on its pixels
+    k, depth = group.load("frames/intrinsics")[0].astype(np.float64), group.load("frames/depth")[0]
+    cam = (group.load("points").astype(np.float64) - stored[:3, 3]) @ rot
+    col, row = k[0, 0] * cam[:, 0] / cam[:, 2] + k[0, 2], k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]
+    assert np.abs(col - col.round()).max() < 1e-3 and np.abs(row - row.round()).max() < 1e-3
+    np.testing.assert_allclose(cam[:, 2], depth[row.round().astype(int), col.round().astype(int)], atol=1e-5)

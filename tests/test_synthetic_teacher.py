@@ -135,3 +135,30 @@ def test_class_embeddings_are_cached_in_the_store(tmp_path, monkeypatch):
     runner = Runner(plan_from_dict(data))
     emb = runner.text(TextEncoderConfig(), list(SCANNET20.classes))
     assert emb.shape == (20, 384) and torch.allclose(emb.norm(dim=1), torch.ones(20), atol=1e-5)
+
+
+@pytest.mark.parametrize("encoding", ["dense", "masks"])
+@pytest.mark.parametrize("reduce", ["mean", "max"])
+def test_a_point_seen_only_where_the_teacher_has_no_feature_is_not_seen(tmp_path, encoding, reduce):
+    """The ceiling is unlabelled in ScanNet-20: the teacher gives its pixels no feature,
+    so ceiling points are unseen (no zero feature that predict would call class 0)."""
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=6, image_height=60, image_width=80)
+    teacher = {"implementation": "synthetic", "encoding": encoding, "feature_height": 60, "feature_width": 80}
+    data["stages"].update({"extract2d": {"t": teacher}, "project": {"cut_bound": 0, "reduce": reduce}})
+    runner = Runner(plan_from_dict(data))
+    runner.run(fail_fast=True)
+    labels = runner.store.read("scenes/toy_0000/input").load("labels")
+    project = runner.store.read("scenes/toy_0000/project")
+    viewed, seen = project.load("view_count") > 0, project.load("fused/t/seen")
+    features = project.load("fused/t/features")
+    extract = runner.store.read("scenes/toy_0000/extract2d/t")
+    has = extract.load("valid") if encoding == "dense" else (extract.load("mask_weights") > 0).any(-1)
+    frame, pixel = project.load("frame_index"), project.load("pixel").astype(int)
+    covered = has[frame, pixel[:, 0], pixel[:, 1]]  # extract2d holds every frame, in order
+    expected = np.bincount(project.load("point_index")[covered], minlength=len(seen)) > 0
+    np.testing.assert_array_equal(seen, expected)
+    ceiling, labelled = viewed & (labels < 0), viewed & (labels >= 0)
+    assert ceiling.sum() > 100 and labelled.sum() > 1000
+    # ceiling points near walls take a wall pixel (nearest pixel, at 60x80: ~20 %)
+    assert seen[ceiling].mean() < 0.3 and seen[labelled].mean() > 0.99
+    assert (features[~seen] == 0).all() and (np.linalg.norm(features[seen], axis=1) > 0.1).all()

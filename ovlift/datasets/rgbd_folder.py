@@ -26,7 +26,7 @@ from pydantic import Field
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.kernels.geometry import backproject_depth, pose_is_valid
+from ovlift.kernels.geometry import backproject_depth, rigid_poses
 from ovlift.kernels.voxel import voxel_downsample
 from ovlift.progress import progress
 
@@ -144,13 +144,13 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
         chunks, colors = [], []
         for i in progress(self.cloud_frames(num_frames), f"{scene_id}: back-projecting depth", unit="frame"):
             frame = read_frame(i)
-            pose = torch.from_numpy(frame.cam_to_world)
-            if frame.depth is None or not bool(pose_is_valid(pose[None])[0]):
+            pose, valid = rigid_poses(torch.from_numpy(frame.cam_to_world)[None])  # as the input stage stores it
+            if frame.depth is None or not bool(valid[0]):
                 continue
             pts, index = backproject_depth(
                 torch.from_numpy(frame.depth),
                 torch.from_numpy(frame.intrinsics),
-                pose,
+                pose[0],
                 cfg.min_depth_m,
                 cfg.max_depth_m,
             )

@@ -25,6 +25,15 @@ class DenseFeatures:
     """(B, h, w, C) feature maps (any float dtype)."""
 
     images: torch.Tensor
+    valid: torch.Tensor | None = None
+    """(B, h, w) bool: where the teacher has a feature (None: everywhere). A pixel
+    without one (unlabelled, unsegmented) is no view of the point behind it."""
+
+    def has_feature(self, linear: torch.Tensor) -> torch.Tensor:
+        """(n,) bool at flat pixel indices."""
+        if self.valid is None:
+            return torch.ones(linear.shape, dtype=torch.bool, device=linear.device)
+        return self.valid.reshape(-1)[linear]
 
     @property
     def channels(self) -> int:
@@ -55,6 +64,14 @@ class MaskFeatures:
     @property
     def channels(self) -> int:
         return int(self.embeddings.shape[-1])
+
+    def coverage(self) -> torch.Tensor:
+        """(B, h, w) bool: pixels with some mask weight, i.e. with a feature."""
+        return ((self.weights.to(torch.float32) > 0) & (self.ids >= 0)).any(-1)
+
+    def has_feature(self, linear: torch.Tensor) -> torch.Tensor:
+        k = self.ids.shape[-1]
+        return ((self.weights.reshape(-1, k)[linear] > 0) & (self.ids.reshape(-1, k)[linear] >= 0)).any(-1)
 
     def rows(self, linear: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
         k = self.ids.shape[-1]
@@ -113,7 +130,8 @@ class FeatureFusion:
         self._buffers = _Buffers(channels, chunk or (4096 if device.type == "cpu" else 1 << 18), device)
 
     def add(self, source: FeatureSource, frame: torch.Tensor, pixel: torch.Tensor, point_index: torch.Tensor) -> None:
-        """Fold in the features of ``source`` at (frame, row, col) for each point."""
+        """Fold in the features of ``source`` at (frame, row, col) for each point; a
+        pixel where the teacher has no feature is not counted as a view."""
         if source.channels != self.accumulator.shape[1]:
             raise ValueError(
                 f"features have {source.channels} channels, the fusion expects {self.accumulator.shape[1]}"
@@ -121,6 +139,9 @@ class FeatureFusion:
         shape = source.images.shape if isinstance(source, DenseFeatures) else source.ids.shape
         height, width = shape[1], shape[2]
         linear = (frame * height + pixel[:, 0]) * width + pixel[:, 1]
+        keep = source.has_feature(linear)
+        if not bool(keep.all()):
+            linear, point_index = linear[keep], point_index[keep]
         chunk = self._buffers.chunk
         for start in range(0, linear.shape[0], chunk):
             rows = source.rows(linear[start : start + chunk], self._buffers)
@@ -132,7 +153,7 @@ class FeatureFusion:
         self.count += torch.bincount(point_index, minlength=self.count.shape[0])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, C) fused features (zeros where unseen) and (N,) number of views.
+        """(N, C) fused features (zeros where unseen) and (N,) number of views with a feature.
 
         Finalises the accumulator in place (no second (N, C) buffer): call once,
         after the last ``add``.

@@ -80,6 +80,7 @@ class Extract2DStage(Stage[TeacherConfig]):
         }
         if cfg.encoding == "dense":
             features = out.create("features", (len(frames), *hw, teacher.dim))
+            valid = out.create("valid", (len(frames), *hw))
         else:
             ids_out = out.create("mask_ids", (len(frames), *hw, cfg.top_k))
             weights_out = out.create("mask_weights", (len(frames), *hw, cfg.top_k))
@@ -102,8 +103,13 @@ class Extract2DStage(Stage[TeacherConfig]):
             )
             stop = start + len(sel)
             if cfg.encoding == "dense":
-                dense = result.images if isinstance(result, DenseFeatures) else result.decode()
+                if isinstance(result, DenseFeatures):
+                    dense = result.images
+                    has = result.valid if result.valid is not None else torch.ones(dense.shape[:3], dtype=torch.bool)
+                else:
+                    dense, has = result.decode(), result.coverage()
                 features[start:stop] = dense.to(torch.float16).cpu().numpy()
+                valid[start:stop] = has.cpu().numpy()
             else:
                 assert isinstance(result, MaskFeatures)
                 ids, weights = _pad_k(result.ids, result.weights, cfg.top_k)

@@ -3,7 +3,9 @@
 Bad data is rejected with a message naming the scene, the frame and the array,
 and nothing is published. Frames with a non-finite or non-rigid pose are kept
 but marked (``frames/pose_valid`` false, pose NaN) with a warning, as ScanNet
-has them; the scene fails only if no frame has a valid pose.
+has them; the scene fails only if no frame has a valid pose. Valid poses are
+stored exactly rigid (``kernels.geometry.rigid_poses``), the transform the
+``rgbd-folder`` cloud is built with, so projection inverts the same matrix.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ovlift.cache_schema.groups.input import INPUT_SPEC
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Frame, SceneSource
 from ovlift.errors import StageInputError
-from ovlift.kernels.geometry import pose_is_valid
+from ovlift.kernels.geometry import rigid_poses
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
 
@@ -32,7 +34,7 @@ class InputStage(Stage[InputConfig]):
     """Reads a scene from the dataset, validates it and writes the canonical arrays."""
 
     implementation = "canonical"
-    version = "1"
+    version = "2"  # 2: valid poses stored exactly rigid (nearest rotation)
     spec = INPUT_SPEC
     reads_dataset = True
 
@@ -72,7 +74,8 @@ class InputStage(Stage[InputConfig]):
                 arrays[key][i] = value
             intrinsics[i] = frame.intrinsics
             poses[i] = frame.cam_to_world
-        valid = pose_is_valid(torch.from_numpy(poses)).numpy()
+        rigid, valid = rigid_poses(torch.from_numpy(poses))
+        valid = valid.numpy()
         if not valid.any():
             raise StageInputError(
                 f"{ctx.where()}: array 'frames/cam_to_world': none of the {num} poses is valid "
@@ -83,9 +86,8 @@ class InputStage(Stage[InputConfig]):
                 "%s: array 'frames/cam_to_world': invalid pose (non-finite or not rigid); frame kept, marked invalid",
                 ctx.where(source.frame_names[i]),
             )
-        poses[~valid] = np.nan
         out.write("frames/intrinsics", intrinsics)
-        out.write("frames/cam_to_world", poses)
+        out.write("frames/cam_to_world", rigid.numpy())
         out.write("frames/pose_valid", valid)
 
 

@@ -65,7 +65,7 @@ class ProjectStage(Stage[ProjectConfig]):
     """Occlusion-tested multi-view projection (the OpenScene rule, configurable)."""
 
     implementation = "openscene"
-    version = "1"
+    version = "2"  # 2: a view counts only where the teacher has a feature
     spec = PROJECT_SPEC
     reads = ("input",)
     optional_reads = ("extract2d",)

@@ -2,9 +2,11 @@
 
 Stored in the teacher's encoding:
 
-* ``dense``: ``features`` (T, h, w, C) float16, one frame per chunk;
+* ``dense``: ``features`` (T, h, w, C) float16, one frame per chunk, and ``valid``
+  (T, h, w): where the teacher has a feature (a zero vector is not "no feature");
 * ``masks``: ``mask_ids`` and ``mask_weights`` (T, h, w, K) per pixel, and
-  ``mask_embeddings`` (Q, C); a pixel's feature is sum_k weight_k * embedding[id_k].
+  ``mask_embeddings`` (Q, C); a pixel's feature is sum_k weight_k * embedding[id_k],
+  and it has one where its total mask weight is above 0.
 
 ``TeacherFeatures`` reads either encoding for some frames.
 """
@@ -32,6 +34,14 @@ EXTRACT2D_SPEC = GroupSpec(
             ("T", "h", "w", "C"),
             (1, None, None, None),
             "dense encoding: per-pixel features",
+            required=False,
+        ),
+        ArraySpec(
+            "valid",
+            "bool",
+            ("T", "h", "w"),
+            (1, None, None),
+            "dense encoding: whether the teacher has a feature at the pixel (not unlabelled or unsegmented)",
             required=False,
         ),
         ArraySpec(
@@ -88,7 +98,10 @@ class TeacherFeatures:
 
     def read(self, local: np.ndarray, device: torch.device | str = "cpu") -> DenseFeatures | MaskFeatures:
         if self.encoding == "dense":
-            return DenseFeatures(torch.from_numpy(self.group.array("features").oindex[local]).to(device))
+            return DenseFeatures(
+                torch.from_numpy(self.group.array("features").oindex[local]).to(device),
+                torch.from_numpy(self.group.array("valid").oindex[local]).to(device),
+            )
         ids = torch.from_numpy(self.group.array("mask_ids").oindex[local]).to(device)
         weights = torch.from_numpy(self.group.array("mask_weights").oindex[local]).to(device)
         return MaskFeatures(ids, weights, self._embeddings.to(device))

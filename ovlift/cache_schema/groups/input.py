@@ -39,7 +39,7 @@ INPUT_SPEC = GroupSpec(
             "float64",
             ("T", 4, 4),
             (None, None, None),
-            "camera-to-world pose (OpenCV axes), metres; NaN where invalid",
+            "camera-to-world pose (OpenCV axes), metres, exactly rigid; NaN where invalid",
         ),
         ArraySpec("frames/pose_valid", "bool", ("T",), (None,), "false for frames whose source pose was unusable"),
         ArraySpec(
