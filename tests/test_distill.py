@@ -52,6 +52,21 @@ def test_voxel_regrouped_losses_equal_the_per_point_losses_and_their_gradients()
     assert fast_in.grad[50:].abs().max() == 0
 
 
+def test_every_rank_gets_scenes_and_each_real_scene_counts_once():
+    from ovlift.models.training import rank_share
+
+    for size in (1, 2, 3, 4):
+        for n in range(1, 2 * size + 2):  # a step's scenes, fewer to more than the ranks
+            step = [7 * i + 3 for i in range(n)]
+            shares = [rank_share(step, rank, size) for rank in range(size)]
+            assert all(scenes and len(scenes) == len(weights) for scenes, weights in shares)  # no rank skips
+            real = [i for scenes, weights in shares for i, w in zip(scenes, weights) if w]
+            assert sorted(real) == step and sum(sum(weights) for _, weights in shares) == n
+            assert all(set(weights) <= {0.0, 1.0} for _, weights in shares)
+            if size == 1:
+                assert shares == [(step, [1.0] * n)]  # a single process trains on the whole step, as before
+
+
 def distill_group(plan_path: Path):
     plan = load_plan(plan_path)
     return Runner(plan).store.read("global/distill")
@@ -165,8 +180,9 @@ def test_a_stage_needing_an_undefined_split_is_a_plan_error(tmp_path):
 
 @pytest.mark.slow
 def test_distillation_runs_under_torchrun_with_two_cpu_processes(tmp_path):
-    """DDP (Gloo on the CPU): both ranks train in step and publish the same group."""
-    plan_path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=2)
+    """DDP (Gloo on the CPU): both ranks train in step and publish the same group. Three train scenes in
+    batches of two leave rank 1 without a scene in each epoch's last step: it pads with a zero-weight one."""
+    plan_path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=2, num_scenes=4)
     plan_path.write_text(plan_path.read_text().replace("batch_size: 1", "batch_size: 2"))
     Runner(load_plan(plan_path)).run(stages=["input", "extract2d", "project"], fail_fast=True)
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -184,11 +200,13 @@ def test_distillation_runs_under_torchrun_with_two_cpu_processes(tmp_path):
         env=dict(os.environ, OVLIFT_PROGRESS="0"),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=300,  # a rank left waiting on the other hangs: fail, not block
     )
     assert done.returncode == 0, done.stderr[-2000:]
     group = distill_group(plan_path)
     assert group is not None and group.load("epoch_loss").shape == (2,)
     files = Path(group.info["checkpoints"])
     assert sorted(p.name for p in files.glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt"]
-    assert Runner(load_plan(plan_path)).run().counts() == {"cached": 3 * 3 + 1, "ran": 3 + 1}
+    log_rows = (files / "training_log.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[:2] for row in log_rows] == [["0", "0"], ["0", "1"], ["1", "2"], ["1", "3"]]
+    assert Runner(load_plan(plan_path)).run().counts() == {"cached": 4 * 3 + 1, "ran": 4 + 1}

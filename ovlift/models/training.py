@@ -8,8 +8,8 @@ ends exactly where an uninterrupted run with the same seed ends.
 
 Multi-GPU: under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel (NCCL on CUDA, Gloo on CPU) and each global batch of
-scenes is split across ranks; rank 0 writes checkpoints. One CPU process runs the
-same code with a world of one.
+scenes is split across ranks (see ``rank_share`` for an uneven last batch); rank 0
+writes checkpoints. One CPU process runs the same code with a world of one.
 """
 
 from __future__ import annotations
@@ -132,6 +132,17 @@ def world() -> tuple[int, int]:
     return (dist.get_rank(), size) if size > 1 else (0, 1)
 
 
+def rank_share(step_scenes: list[int], rank: int, size: int) -> tuple[list[int], list[float]]:
+    """This rank's share of one step's scenes and their loss weights (1 real, 0 padding).
+
+    A last batch smaller than the world leaves some ranks without a scene. Such a rank
+    takes the step's first scene with weight 0 instead of skipping the step: DDP needs
+    every rank in every backward, and a rank that skips alone hangs the others.
+    """
+    share = step_scenes[rank::size]
+    return (share, [1.0] * len(share)) if share else (step_scenes[:1], [0.0])
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
@@ -204,7 +215,9 @@ def train(
             augmented = {i: augment(scenes[i].points, generator) for i in order}  # same draws on every rank
             ddp.train()
             for step in range(steps_per_epoch):
-                batch = order[step * batch_size : (step + 1) * batch_size][rank::size]
+                scenes_in_step = order[step * batch_size : (step + 1) * batch_size]
+                batch, weights = rank_share(scenes_in_step, rank, size)
+                real = sum(weights)
                 lr = schedule.lr_at(epoch * steps_per_epoch + step, total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -220,12 +233,16 @@ def train(
                     ddp(x), torch.cat(point_voxel), torch.cat(target), torch.cat(labels) if labels else None, text_dev
                 )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages gradients over ranks: weighting each rank by its share of the step's real
+                # scenes makes that average the scene-weighted mean, to which a padding-only rank adds
+                # zeros (the factor is 1 for a single process)
+                (loss * (real * size / len(scenes_in_step))).backward()
                 optimizer.step()
                 logged = torch.stack([loss.detach(), cos_loss.detach(), label_loss.detach()])
-                if size > 1:  # every rank logs (and publishes) the same numbers: the mean over ranks
-                    dist.all_reduce(logged)
-                    logged /= size
+                if size > 1:  # every rank logs (and publishes) the same numbers: the mean over the real scenes
+                    summed = torch.cat([logged * real, logged.new_tensor([real])])
+                    dist.all_reduce(summed)
+                    logged = summed[:3] / summed[3]
                 rows.append(
                     {
                         "epoch": epoch,
