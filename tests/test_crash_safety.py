@@ -12,6 +12,7 @@ import yaml
 from conftest import toy_plan_dict
 
 from ovlift.cache_schema import Store, iter_arrays
+from ovlift.pipeline.gc import collect
 from ovlift.pipeline.plan import load_plan
 from ovlift.pipeline.runner import Runner
 
@@ -21,7 +22,7 @@ from ovlift.cache_schema import store as store_module
 real_rename = os.rename
 def rename(src, dst):
     real_rename(src, dst)
-    if "_trash" in str(dst):  # the old group is gone, the new one not yet in place
+    if "_staging" in str(src):  # the new version is in place, no pointer names it yet
         os.kill(os.getpid(), signal.SIGKILL)
 store_module.os.rename = rename
 from ovlift.pipeline.cli import app
@@ -79,22 +80,21 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     plan_path = write_plan(tmp_path, "killed")
     store = Store(load_plan(plan_path).store)
     rng = random.Random(7)
-    seen_partial = 0
+    killed = 0
     for attempt in range(6):
         # force re-writes so that kills also land while replacing complete groups
         proc = cli(plan_path, *(["--force", "input"] if attempt % 2 else []))
         time.sleep(rng.uniform(0.2, 0.9) * full)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        accepted = assert_accepted_groups_are_whole(store, reference)
-        seen_partial += accepted < 3
-    assert seen_partial > 0  # some kills really interrupted the work
+        killed += proc.wait() == -signal.SIGKILL
+        assert_accepted_groups_are_whole(store, reference)
+    assert killed > 0  # some kills really interrupted a run
     assert cli(plan_path).wait() == 0
     assert assert_accepted_groups_are_whole(store, reference) == 3
     assert store.leftovers() == []  # the resumed run removed the killed runs' staging
 
 
-def test_sigkill_between_the_two_renames_of_a_publish_leaves_no_group(tmp_path):
+def test_sigkill_between_publishing_a_version_and_pointing_to_it_keeps_the_old_one(tmp_path):
     plan_path = write_plan(tmp_path, "publish")
     plan = load_plan(plan_path)
     Runner(plan).run()
@@ -103,10 +103,12 @@ def test_sigkill_between_the_two_renames_of_a_publish_leaves_no_group(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, OVLIFT_PROGRESS="0"), capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     store = Store(plan.store)
-    assert store.read("scenes/toy_0000/input") is None  # old one moved away, new one not in: none
-    assert assert_accepted_groups_are_whole(store, reference) == 2
-    report = Runner(load_plan(plan_path)).run()
-    assert report.counts() == {"ran": 1, "cached": 2}
+    assert len(store.versions("scenes/toy_0000/input")) == 2  # the killed run's version, unreferenced
+    assert assert_accepted_groups_are_whole(store, reference) == 3  # readers still get the old one
+    assert Runner(load_plan(plan_path)).run().counts() == {"cached": 3}
+    removed = collect([load_plan(plan_path)])[0].removed
+    assert [r.rsplit("/", 1)[0] for r in removed] == ["scenes/toy_0000/input"]
+    assert len(store.versions("scenes/toy_0000/input")) == 1
     assert assert_accepted_groups_are_whole(store, reference) == 3
 
 

@@ -3,7 +3,7 @@ import multiprocessing as mp
 import numpy as np
 import pytest
 
-from ovlift.cache_schema import ArraySpec, GroupMeta, GroupSpec, SchemaError, Store
+from ovlift.cache_schema import ArraySpec, GroupMeta, GroupSpec, SchemaError, Store, StoreFormatError
 
 SPEC = GroupSpec(
     stage="demo",
@@ -127,9 +127,9 @@ def _first_writer_of_scenes(paths, barrier, index):
         store = Store(path)
         publish = store._publish
 
-        def in_step(staging, target, publish=publish):  # line the processes up at the racy moment
+        def in_step(staging, target, fp, publish=publish):  # line the processes up at the racy moment
             barrier.wait()
-            publish(staging, target)
+            publish(staging, target, fp)
 
         store._publish = in_step
         write(store, f"scenes/new/stage{index}", n=10)
@@ -168,3 +168,44 @@ def test_two_processes_publishing_the_same_group_leave_a_whole_one(tmp_path):
     value = {"f1": 1.0, "f2": 2.0}[group.fingerprint]
     assert (group.load("points") == value).all() and group.load("labels").shape == (1000,)
     assert Store(path).leftovers() == []
+
+
+def _republisher(path, value, stop):
+    store = Store(path)
+    while not stop.is_set():  # same fingerprint, other bytes: as --force of a nondeterministic stage
+        write(store, "scenes/s/demo", n=4000, fp="f1", value=float(value))
+
+
+def test_a_reader_reads_one_whole_version_while_three_processes_republish(tmp_path):
+    path = str(tmp_path / "s.zarr")
+    store = Store(path)
+    write(store, "scenes/s/demo", n=4000, fp="f1", value=1.0)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_republisher, args=(path, v, stop)) for v in (2, 3, 4)]
+    for p in procs:
+        p.start()
+    try:
+        versions = set()
+        while len(versions) < 8:
+            group = Store(path).read("scenes/s/demo")
+            points = group.array("points")
+            values = {float(points[i : i + 4][0, 0]) for i in range(0, 4000, 4)}  # chunk by chunk
+            assert len(values) == 1 and values != {0.0}, values  # 0: a chunk vanished under the reader
+            versions.add(group.version)
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert len(Store(path).versions("scenes/s/demo")) > 3  # superseded versions stay until gc
+
+
+def test_a_store_of_the_old_format_is_refused_untouched(tmp_path):
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")
+    root.attrs["ovlift_store_format"] = 1
+    with pytest.raises(StoreFormatError, match=r"has format 1; this ovlift reads format 2.*Nothing in it was changed"):
+        Store(tmp_path / "old.zarr")
+    assert zarr.open_group(str(tmp_path / "old.zarr"), mode="r").attrs["ovlift_store_format"] == 1

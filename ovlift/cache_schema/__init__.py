@@ -11,6 +11,7 @@ from ovlift.cache_schema.store import (
     GroupWriter,
     StageGroup,
     Store,
+    StoreFormatError,
     iter_arrays,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "Scope",
     "StageGroup",
     "Store",
+    "StoreFormatError",
     "canonical_json",
     "fingerprint",
     "iter_arrays",

@@ -1,37 +1,35 @@
-"""The workspace store: one Zarr v3 hierarchy, stage groups published atomically.
+"""The workspace store: one Zarr v3 hierarchy of immutable, versioned stage groups.
 
 Layout (see docs/cache_schema.md)::
 
-    <store>/scenes/<scene_id>/<stage>[/<variant>]   per-scene stage groups
-    <store>/global/<name>                           results over all scenes
-    <store>/_staging/<host>-<pid>-<token>           groups being written
-    <store>/_trash/<host>-<pid>-<token>             replaced groups being deleted
+    <store>/scenes/<scene_id>/<stage>[/<variant>]/             a group's slot
+        <fp12>-<token>/                                        one published version (never changed)
+        refs/<fingerprint>                                     pointer: that fingerprint's current version
+        refs/HEAD                                              pointer: the version the last run used
+    <store>/global/<stage>[/<variant>]/...                     the same, for results over all scenes
+    <store>/_staging/<host>-<pid>-<token>                      groups being written
 
 Publishing. A writer fills a private staging group, writes ``complete: true``
-into it last, then publishes it:
+into it last, moves it to a new version folder (a ``rename(2)`` on a local
+store; on object stores the keys, group metadata last), and only then writes
+the two pointers, each atomically (write + rename; one PUT on object stores).
+A version is never modified or replaced: a reader resolves a pointer once and
+reads that version to the end, whatever publishes meanwhile. A writer killed
+before its pointers leaves only an unreferenced version, which ``gc`` removes.
 
-* local stores (a path or ``file://``): ``rename(2)`` of the staging directory
-  onto the target. A rename is atomic, so a reader sees the old group or the new
-  one, whole. An existing target is first renamed into ``_trash`` (rename onto a
-  non-empty directory is refused), so a SIGKILL between the two renames leaves
-  *no* group, never half of one; the next run recomputes it.
-* other fsspec stores (object stores have no rename): the target's group
-  metadata is deleted first (readers now see no group), its old keys removed,
-  the staged keys moved in, and the group metadata, which holds ``complete``,
-  moved last.
+Versions stay until ``ovlift gc --keep PLAN...``: switching a config back to an
+earlier value finds its version through ``refs/<fingerprint>`` (a cache hit),
+and ``--force`` publishes a new version beside the old one. Nothing but ``gc``
+deletes results.
 
-Concurrency: no lock. Two processes running the same scene and stage each write
-their own staging group and publish it; the rename loop below makes the last
-publisher win and both outcomes are whole groups with the same fingerprint. A
-lock was rejected because a SIGKILLed holder leaves it behind (on NFS and object
-stores there is no kernel to release it), which would need stale-lock heuristics
-worse than the problem. On non-local stores concurrent writers of one group are
-not isolated from each other; run one writer per group there.
+Concurrency: no lock. Writers of one group (same or other fingerprints) each
+publish their own version; the last pointer write wins, and every outcome is a
+whole version. A lock was rejected because a SIGKILLed holder leaves it behind
+(on NFS and object stores there is no kernel to release it).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -51,10 +49,16 @@ from zarr.storage import FsspecStore, LocalStore
 
 from ovlift.cache_schema.specs import GLOBAL, SCENES, GroupSpec, SchemaError
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2
+"""2: immutable versions behind pointers (1: one group per path, replaced in place)."""
 STAGING = "_staging"
-TRASH = "_trash"
+REFS = "refs"
+HEAD = "HEAD"
 GROUP_META = "zarr.json"
+
+
+class StoreFormatError(ValueError):
+    """The store was written by an ovlift with another layout."""
 
 
 class GroupState(StrEnum):
@@ -95,8 +99,11 @@ class StageGroup:
     """A complete, published stage group, opened read-only."""
 
     path: str
+    """The group's logical path (its slot), e.g. ``scenes/s/input``."""
     attrs: dict[str, Any]
     group: zarr.Group
+    version: str = ""
+    """The version folder read (``<fp12>-<token>``), fixed for this reader."""
 
     @property
     def fingerprint(self) -> str:
@@ -145,9 +152,21 @@ class Store:
             self._zstore = FsspecStore.from_url(url)
             self._fs, self._fs_root = fsspec.core.url_to_fs(url)
         root = self._require_group("")
-        if "ovlift_store_format" not in root.attrs:
+        found = root.attrs.get("ovlift_store_format")
+        if found is None:
             root.attrs["ovlift_store_format"] = STORE_FORMAT
+        elif found != STORE_FORMAT:
+            raise StoreFormatError(
+                f"store '{url}' has format {found}; this ovlift reads format {STORE_FORMAT} "
+                "(immutable group versions). Nothing in it was changed: write to a new store, "
+                "or move this one aside and rerun (results are recomputed)"
+            )
         self._token = f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def files_root(self) -> Path | None:
+        """Where plain files of groups (checkpoints, reports) live: ``<store>.files`` (local stores)."""
+        return self.local_root.with_name(self.local_root.name + ".files") if self.local_root else None
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -163,19 +182,78 @@ class Store:
             return None
         return node
 
+    # -- pointers and listings (the two backends) ---------------------------------
+
+    def _key(self, key: str) -> str:
+        return str(self.local_root / key) if self.local_root is not None else f"{self._fs_root.rstrip('/')}/{key}"
+
+    def _read_pointer(self, key: str) -> dict[str, str] | None:
+        try:
+            if self.local_root is not None:
+                text = (self.local_root / key).read_text()
+            else:
+                text = self._fs.cat_file(self._key(key)).decode()
+            return json.loads(text)
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+            return None
+
+    def _write_pointer(self, key: str, value: dict[str, str]) -> None:
+        data = json.dumps(value)
+        if self.local_root is None:
+            self._fs.pipe_file(self._key(key), data.encode())  # one PUT: atomic on object stores
+            return
+        path = self.local_root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{self._token}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(data)
+        os.replace(tmp, path)
+
+    def _children(self, path: str) -> list[str]:
+        """Names of the folders directly under ``path``."""
+        if self.local_root is not None:
+            try:
+                return sorted(e.name for e in os.scandir(self.local_root / path) if e.is_dir())
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        try:
+            entries = self._fs.ls(self._key(path), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
+
+    def _is_slot(self, path: str) -> bool:
+        return REFS in self._children(path)
+
+    def _remove(self, path: str) -> None:
+        """Delete a folder or file of the store."""
+        if self.local_root is not None:
+            target = self.local_root / path
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        elif self._fs.exists(self._key(path)):
+            self._fs.rm(self._key(path), recursive=True)
+
+    # -- reading -------------------------------------------------------------------
+
     def inspect(self, path: str) -> tuple[GroupState, dict[str, Any]]:
-        """State of the stage group at ``path`` and its attrs (empty when missing)."""
-        node = self._open(path)
-        if node is None or "stage" not in node.attrs:
+        """State of the stage group at ``path`` (its HEAD version) and its attrs (empty when missing)."""
+        head = self._read_pointer(f"{path}/{REFS}/{HEAD}")
+        if head is None:
             return GroupState.MISSING, {}
-        attrs = dict(node.attrs)
-        if attrs.get("complete") is not True:
-            return GroupState.INCOMPLETE, attrs
-        return GroupState.COMPLETE, attrs
+        node = self._open(f"{path}/{head['version']}")
+        if node is None or node.attrs.get("complete") is not True:
+            return GroupState.INCOMPLETE, dict(node.attrs) if node is not None else {}
+        return GroupState.COMPLETE, dict(node.attrs)
 
     def read(self, path: str, fingerprint: str | None = None) -> StageGroup | None:
-        """The complete group at ``path`` (with that fingerprint, if given), else None."""
-        node = self._open(path)
+        """The group at ``path``: the version of that fingerprint if given, else the HEAD
+        version; None if there is none. The version read never changes afterwards."""
+        ref = self._read_pointer(f"{path}/{REFS}/{fingerprint or HEAD}")
+        if ref is None:
+            return None
+        node = self._open(f"{path}/{ref['version']}")
         if node is None:
             return None
         attrs = dict(node.attrs)
@@ -183,11 +261,18 @@ class Store:
             return None
         if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
             return None
-        return StageGroup(path=path, attrs=attrs, group=node)
+        return StageGroup(path=path, attrs=attrs, group=node, version=ref["version"])
+
+    def set_head(self, group: StageGroup) -> None:
+        """Make ``group``'s version the one plain reads (and downstream stages) get."""
+        head = self._read_pointer(f"{group.path}/{REFS}/{HEAD}")
+        if head is None or head["version"] != group.version:
+            self._write_pointer(
+                f"{group.path}/{REFS}/{HEAD}", {"version": group.version, "fingerprint": group.fingerprint}
+            )
 
     def scene_ids(self) -> list[str]:
-        node = self._open(SCENES)
-        return sorted(name for name, _ in node.groups()) if node is not None else []
+        return self._children(SCENES)
 
     def stage_groups(self, scene_id: str) -> list[str]:
         """Paths of every stage group (variants included) under a scene."""
@@ -202,17 +287,70 @@ class Store:
         found: list[str] = []
 
         def walk(path: str) -> None:
-            node = self._open(path)
-            if node is None:
-                return
-            for name, child in node.groups():
-                if "stage" in child.attrs:
-                    found.append(f"{path}/{name}")
+            for name in self._children(path):
+                child = f"{path}/{name}"
+                if self._is_slot(child):
+                    found.append(child)
                 else:
-                    walk(f"{path}/{name}")
+                    walk(child)
 
         walk(root)
         return sorted(found)
+
+    def versions(self, path: str) -> list[str]:
+        """Version folders of a group's slot, referenced or not."""
+        return [name for name in self._children(path) if name != REFS]
+
+    def refs(self, path: str) -> dict[str, dict[str, str]]:
+        """Fingerprint -> pointer of each fingerprint published at ``path``."""
+        if self.local_root is not None:
+            folder = self.local_root / path / REFS
+            names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        else:
+            folder = self._key(f"{path}/{REFS}")
+            names = (
+                [e.rstrip("/").rsplit("/", 1)[-1] for e in self._fs.ls(folder, detail=False)]
+                if self._fs.exists(folder)
+                else []
+            )
+        found = {}
+        for name in names:
+            if name != HEAD and not name.startswith(".") and (ref := self._read_pointer(f"{path}/{REFS}/{name}")):
+                found[name] = ref
+        return found
+
+    def gc(self, keep: Mapping[str, set[str]], dry_run: bool = False) -> tuple[list[str], int]:
+        """Remove every version but the current one of each kept (path, fingerprint), with
+        the pointers to them; return what went (or would) and the bytes freed. Cached
+        text embeddings stay. Do not run it while runs write to the store."""
+        removed, freed = [], 0
+        for path in [p for s in self.scene_ids() for p in self.stage_groups(s)] + self.global_groups():
+            wanted = keep.get(path, set())
+            refs = self.refs(path)
+            kept = {fp: ref for fp, ref in refs.items() if fp in wanted}
+            kept_versions = {ref["version"] for ref in kept.values()}
+            gone = [f"{path}/{v}" for v in self.versions(path) if v not in kept_versions]
+            gone += [f"{path}/{REFS}/{fp}" for fp in refs if fp not in kept]
+            removed += gone
+            freed += sum(self._size(p) for p in gone)
+            if dry_run:
+                continue
+            if not kept:
+                self._remove(path)
+                continue
+            head = self._read_pointer(f"{path}/{REFS}/{HEAD}")
+            if head is None or head["version"] not in kept_versions:  # point it at a kept version first
+                self._write_pointer(f"{path}/{REFS}/{HEAD}", next(iter(kept.values())))
+            for p in gone:
+                self._remove(p)
+        return removed, freed
+
+    def _size(self, path: str) -> int:
+        if self.local_root is not None:
+            target = self.local_root / path
+            files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
+            return sum(f.stat().st_size for f in files)
+        return int(self._fs.du(self._key(path)))
 
     # -- writing -------------------------------------------------------------------
 
@@ -237,42 +375,22 @@ class Store:
                 pass
         return zarr.open_group(self._zstore, path=path, mode="a")
 
-    def _publish(self, staging: str, target: str) -> None:
-        self._require_group(target.rsplit("/", 1)[0])  # parents exist
+    def _publish(self, staging: str, path: str, fingerprint: str) -> None:
+        """Move a complete staging group in as a new version of ``path``, then point to it."""
+        version = f"{fingerprint[:12]}-{uuid.uuid4().hex[:8]}"
+        self._write_pointer(f"{path}/{REFS}/.slot", {})  # marks the slot before anything can be in it
         if self.local_root is not None:
-            self._publish_local(self.local_root / staging, self.local_root / target)
+            os.rename(self.local_root / staging, self.local_root / path / version)  # a new name: never exists
         else:
-            self._publish_fsspec(staging, target)
-
-    def _publish_local(self, staging: Path, target: Path) -> None:
-        while True:
-            try:
-                os.rename(staging, target)
-                return
-            except OSError as err:
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
-            trash = self.local_root / TRASH / f"{self._token}-{uuid.uuid4().hex[:10]}"
-            trash.parent.mkdir(exist_ok=True)
-            try:
-                os.rename(target, trash)
-            except FileNotFoundError:
-                continue  # another publisher moved it first; try again
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def _publish_fsspec(self, staging: str, target: str) -> None:
-        fs, root = self._fs, self._fs_root.rstrip("/")
-        src, dst = f"{root}/{staging}", f"{root}/{target}"
-        if fs.exists(f"{dst}/{GROUP_META}"):
-            fs.rm(f"{dst}/{GROUP_META}")  # readers now see no group
-        if fs.exists(dst):
-            fs.rm(dst, recursive=True)
-        files = sorted(fs.find(src))
-        last = f"{src}/{GROUP_META}"
-        for f in [f for f in files if f != last] + [last]:
-            fs.mv(f, dst + f[len(src) :])
-        if fs.exists(src):
-            fs.rm(src, recursive=True)
+            fs, src, dst = self._fs, self._key(staging), self._key(f"{path}/{version}")
+            last = f"{src}/{GROUP_META}"
+            for f in [f for f in sorted(fs.find(src)) if f != last] + [last]:
+                fs.mv(f, dst + f[len(src) :])
+            if fs.exists(src):
+                fs.rm(src, recursive=True)
+        ref = {"version": version, "fingerprint": fingerprint}
+        self._write_pointer(f"{path}/{REFS}/{fingerprint}", ref)
+        self._write_pointer(f"{path}/{REFS}/{HEAD}", ref)  # last: plain readers switch now
 
     def _discard(self, staging: str) -> None:
         if self.local_root is not None:
@@ -282,12 +400,8 @@ class Store:
             if self._fs.exists(path):
                 self._fs.rm(path, recursive=True)
 
-    def delete(self, path: str) -> None:
-        """Remove a published group (e.g. to force a recompute)."""
-        self._discard(path)
-
     def clean_stale(self) -> list[str]:
-        """Remove staging/trash left by dead processes of this host; return what went.
+        """Remove staging groups left by dead processes of this host; return what went.
 
         Entries of live processes (possibly writing now) and of other hosts are
         kept: only their owner can know they are dead.
@@ -296,7 +410,7 @@ class Store:
             return []
         host = socket.gethostname()
         removed = []
-        for area in (STAGING, TRASH):
+        for area in (STAGING,):
             folder = self.local_root / area
             if not folder.is_dir():
                 continue
@@ -311,12 +425,12 @@ class Store:
         return removed
 
     def leftovers(self) -> list[str]:
-        """Staging and trash entries present now (of any process)."""
+        """Staging entries present now (of any process)."""
         if self.local_root is None:
             return []
         return [
             f"{area}/{e.name}"
-            for area in (STAGING, TRASH)
+            for area in (STAGING,)
             if (self.local_root / area).is_dir()
             for e in (self.local_root / area).iterdir()
             if e.is_dir()
@@ -361,7 +475,7 @@ class GroupWriter:
         try:
             self.spec.check_complete(self.written, self.where)
             self._group.attrs.update(self.meta.attrs(self.dims, complete=True))
-            self.store._publish(self._staging, self.path)
+            self.store._publish(self._staging, self.path, self.meta.fingerprint)
         except BaseException:
             self.store._discard(self._staging)
             raise

@@ -127,6 +127,25 @@ def print_status(rows: list[StageStatus]) -> None:
 
 
 @app.command()
+def gc(
+    plans: Annotated[list[Path], typer.Argument(help="Plans whose results to keep.", exists=True, dir_okay=False)],
+    keep: Annotated[bool, typer.Option("--keep", help="Required: keep only what these plans reference.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; delete nothing.")] = False,
+) -> None:
+    """Remove every result of the plans' stores that none of the plans references now."""
+    from ovlift.pipeline.gc import collect
+
+    if not keep:
+        err_console.print("[red]error:[/red] say --keep: gc deletes everything these plans do not reference now")
+        raise typer.Exit(2)
+    for result in collect([_load(p) for p in plans], dry_run):
+        for path in result.removed:
+            typer.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+        verb = "would free" if dry_run else "freed"
+        typer.echo(f"{result.store}: {len(result.removed)} entries, {verb} {result.bytes_freed / 2**20:.1f} MiB")
+
+
+@app.command()
 def flow(
     plan: PlanArg,
     stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these stages.")] = None,

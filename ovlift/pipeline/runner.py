@@ -275,10 +275,9 @@ class Runner:
 
     def files_dir(self, stage_plan: StagePlan, scene_id: str | None, fp: str) -> Path:
         """Plain files of a group (checkpoints, reports) live beside the store."""
-        if self.store.local_root is None:
+        if self.store.files_root is None:
             raise StageFailed(f"stage '{stage_plan.key}' writes files beside the store, which needs a local store")
-        root = self.store.local_root.with_name(self.store.local_root.name + ".files")
-        return root / stage_plan.group_path(scene_id) / short(fp)
+        return self.store.files_root / stage_plan.group_path(scene_id) / short(fp)
 
     def _fresh_files(self, path: str, files: Path, force: bool) -> Path:
         """A forced rerun starts from scratch: earlier files of the group (e.g. the
@@ -294,7 +293,9 @@ class Runner:
         path = stage_plan.group_path(scene_id)
         inputs, groups, per_scene = self.input_fingerprints(scene_id, stage_plan)
         fp = stage_plan.fingerprint(inputs)
-        if not force and self.store.read(path, fingerprint=fp) is not None:
+        cached = None if force else self.store.read(path, fingerprint=fp)
+        if cached is not None:
+            self.store.set_head(cached)  # e.g. a config switched back: downstream reads this version
             log.debug("%s: cached (%s)", path, short(fp))
             return Outcome(scene_id or GLOBAL, stage_plan.key, Status.CACHED, fingerprint=fp)
         start = time.perf_counter()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ovlift.cache_schema import IGNORE_LABEL, GroupSpec
 from ovlift.cache_schema.groups.text import TEXT_SPEC
-from ovlift.cache_schema.store import STAGING, STORE_FORMAT, TRASH
+from ovlift.cache_schema.store import HEAD, REFS, STAGING, STORE_FORMAT
 from ovlift.pipeline.registry import STAGES, stage_order
 
 HEADER = f"""# Cache schema
@@ -20,11 +20,17 @@ One Zarr v3 store per workspace, at a local path or an fsspec URL
 
 ```
 <store>/
-  scenes/<scene_id>/<stage>[/<variant>]   one group per stage and scene (per-scene stages)
-  global/<stage>[/<variant>]              one group over the scenes of a split (global stages)
+  scenes/<scene_id>/<stage>[/<variant>]/  a per-scene stage's group (its "path"), holding:
+      <fp12>-<token>/                       one published version (a Zarr group, never modified)
+      {REFS}/<fingerprint>                    pointer: the current version of that fingerprint
+      {REFS}/{HEAD}                           pointer: the version plain reads and downstream stages get
+  global/<stage>[/<variant>]/             the same, for a group over the scenes of a split
   {STAGING}/<host>-<pid>-<token>            groups being written (private to a writer)
-  {TRASH}/<host>-<pid>-<token>              replaced groups being deleted
 ```
+
+A pointer is a small JSON file, `{{"version": "<fp12>-<token>", "fingerprint": "..."}}`.
+Store format 1 (one group per path, replaced in place) is refused with a message;
+nothing converts it: rerun into a new store.
 
 Plain files of a group (distillation checkpoints, training logs, evaluation
 reports and plots) live beside the store, in
@@ -51,14 +57,17 @@ or `dataset:<name>/<scene>` for source data) |
 
 A writer fills its own group under `{STAGING}/`, checks it against the stage's
 spec (dtypes, shapes, named dimensions agreeing, required arrays present), sets
-`complete: true` in it, then publishes it. On a local store publishing is a
-`rename(2)` of the directory (an existing group is first renamed into `{TRASH}/`),
-so a reader sees the old complete group, the new complete group, or none, never
-part of one, whenever the writer is killed. On other fsspec stores the target's
-group metadata is deleted first and written last. Two processes writing the
-same group each publish a whole group; the last one wins; a missing parent
-(`scenes/<scene_id>`) is made by whichever gets there first. Leftovers of killed
-processes are removed by the next run on the same host.
+`complete: true` in it, then moves it in as a new version folder (`rename(2)` on a
+local store; on other fsspec stores the keys, group metadata last) and only then
+writes `{REFS}/<fingerprint>` and `{REFS}/{HEAD}`, each atomically. A reader resolves a
+pointer once and reads a version nobody changes, whatever is published
+meanwhile; a writer killed before its pointers leaves an unreferenced version.
+Two processes writing the same group each publish a whole version; the last
+pointer write wins. `--force` and config changes add versions; switching a
+config back finds its version again (a cache hit, which also moves `{HEAD}`).
+Only `ovlift gc --keep PLAN...` removes versions (those no given plan
+references) and reports the bytes freed. Staging leftovers of killed processes
+are removed by the next run on the same host.
 
 Label value `{IGNORE_LABEL}` means "no class" in every label array.
 
