@@ -221,9 +221,6 @@ class Store:
             return []
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
 
-    def _is_slot(self, path: str) -> bool:
-        return REFS in self._children(path)
-
     def _remove(self, path: str) -> None:
         """Delete a folder or file of the store."""
         if self.local_root is not None:
@@ -287,14 +284,15 @@ class Store:
         found: list[str] = []
 
         def walk(path: str) -> None:
-            for name in self._children(path):
-                child = f"{path}/{name}"
-                if self._is_slot(child):
-                    found.append(child)
-                else:
-                    walk(child)
+            children = self._children(path)
+            if REFS in children:  # a slot: its other folders are versions
+                found.append(path)
+                return
+            for name in children:
+                walk(f"{path}/{name}")
 
-        walk(root)
+        for name in self._children(root):
+            walk(f"{root}/{name}")
         return sorted(found)
 
     def versions(self, path: str) -> list[str]:

@@ -29,6 +29,10 @@ class DenseFeatures:
     """(B, h, w) bool: where the teacher has a feature (None: everywhere). A pixel
     without one (unlabelled, unsegmented) is no view of the point behind it."""
 
+    def coverage(self) -> torch.Tensor:
+        """(B, h, w) bool: pixels with a feature."""
+        return self.valid if self.valid is not None else torch.ones(self.images.shape[:3], dtype=torch.bool)
+
     def has_feature(self, linear: torch.Tensor) -> torch.Tensor:
         """(n,) bool at flat pixel indices."""
         if self.valid is None:
@@ -67,11 +71,11 @@ class MaskFeatures:
 
     def coverage(self) -> torch.Tensor:
         """(B, h, w) bool: pixels with some mask weight, i.e. with a feature."""
-        return ((self.weights.to(torch.float32) > 0) & (self.ids >= 0)).any(-1)
+        return _has_mask(self.ids, self.weights)
 
     def has_feature(self, linear: torch.Tensor) -> torch.Tensor:
         k = self.ids.shape[-1]
-        return ((self.weights.reshape(-1, k)[linear] > 0) & (self.ids.reshape(-1, k)[linear] >= 0)).any(-1)
+        return _has_mask(self.ids.reshape(-1, k)[linear], self.weights.reshape(-1, k)[linear])
 
     def rows(self, linear: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
         k = self.ids.shape[-1]
@@ -91,6 +95,11 @@ class MaskFeatures:
 
 
 FeatureSource = DenseFeatures | MaskFeatures
+
+
+def _has_mask(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Over the last (K) axis: whether any kept mask has weight above 0."""
+    return ((weights > 0) & (ids >= 0)).any(-1)
 
 
 class _Buffers:

@@ -103,13 +103,9 @@ class Extract2DStage(Stage[TeacherConfig]):
             )
             stop = start + len(sel)
             if cfg.encoding == "dense":
-                if isinstance(result, DenseFeatures):
-                    dense = result.images
-                    has = result.valid if result.valid is not None else torch.ones(dense.shape[:3], dtype=torch.bool)
-                else:
-                    dense, has = result.decode(), result.coverage()
+                dense = result.images if isinstance(result, DenseFeatures) else result.decode()
                 features[start:stop] = dense.to(torch.float16).cpu().numpy()
-                valid[start:stop] = has.cpu().numpy()
+                valid[start:stop] = result.coverage().cpu().numpy()
             else:
                 assert isinstance(result, MaskFeatures)
                 ids, weights = _pad_k(result.ids, result.weights, cfg.top_k)
