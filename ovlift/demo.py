@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ovlift.cache_schema import StageGroup
-from ovlift.cache_schema.groups.evaluate import PREDICTORS
+from ovlift.cache_schema.groups.evaluate import predictor_names
 from ovlift.datasets.furniture import CLASS_COLORS
 from ovlift.kernels.metrics import scores
 from ovlift.pipeline.plan import plan_from_dict
@@ -75,7 +75,9 @@ def run_demo(workdir: Path, console: Console, quick: bool = False) -> dict:
     metrics = evaluate.info["metrics"]
     chance = scores(_uniform_confusion(evaluate.load("confusion_3d"))).miou
     held_out = runner.plan.splits["val"]
-    print_metrics(console, metrics, chance, held_out, evaluate.info["classes_without_ground_truth"])
+    print_metrics(
+        console, metrics, chance, held_out, evaluate.info["classes_without_ground_truth"], evaluate.info["source"]
+    )
     outputs = write_outputs(runner, workdir / "outputs", evaluate, held_out)
     quick_note = " shrunk by --quick" if quick else ""
     console.print(f"outputs: {outputs}  (plan {plan_path}{quick_note}, store {runner.store.url})")
@@ -89,7 +91,9 @@ def _uniform_confusion(confusion: np.ndarray) -> np.ndarray:
     return np.concatenate([np.outer(truth, np.full(k, 1 / k)), np.zeros((k, 1))], axis=1)
 
 
-def print_metrics(console: Console, metrics: dict, chance: float, held_out: list[str], absent: list[str]) -> None:
+def print_metrics(
+    console: Console, metrics: dict, chance: float, held_out: list[str], absent: list[str], source: str
+) -> None:
     """The held-out table, under ScanNet's rule (a class predicted but absent from the
     ground truth has IoU 0), with the classes that have no ground truth listed."""
     caption = "ScanNet's rule: a predicted class absent from the ground truth has IoU 0. "
@@ -97,13 +101,16 @@ def print_metrics(console: Console, metrics: dict, chance: float, held_out: list
     table = Table(title=f"held-out toy scenes {', '.join(held_out)} (%)", caption=caption)
     for column in ("predictor", "mIoU", "mAcc", "overall acc."):
         table.add_column(column, justify="right" if column != "predictor" else "left")
-    for key, name in PREDICTORS.items():
+    names = predictor_names(source)
+    for key, name in names.items():
+        if key not in metrics:
+            continue
         m = metrics[key]
         table.add_row(name, f"{100 * m['miou']:.1f}", f"{100 * m['macc']:.1f}", f"{100 * m['overall_accuracy']:.1f}")
     table.add_row("chance (uniform guess)", f"{100 * chance:.1f}", "", "")
     console.print(table)
     ratio = metrics["3d"]["miou"] / metrics["2d"]["miou"]
-    console.print(f"distilled 3D reaches {ratio:.0%} of the fused-2D mIoU without seeing any image at test time")
+    console.print(f"distilled 3D reaches {ratio:.0%} of the {names['2d']} mIoU without seeing any image at test time")
 
 
 def write_outputs(runner: Runner, folder: Path, evaluate: StageGroup, held_out: list[str]) -> Path:

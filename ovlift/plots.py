@@ -105,3 +105,20 @@ def colormap(values: np.ndarray) -> np.ndarray:
     colors = (matplotlib.colormaps["viridis"](scaled)[:, :3] * 255).round().astype(np.uint8)
     colors[~finite] = 128
     return colors
+
+
+def ablation_bars(rows: list[dict], path: Path, title: str) -> Path:
+    """Grouped bars per ablation row: the 2D teacher's and the student's mIoU (%)."""
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
+    x = np.arange(len(rows))
+    for offset, key, label in ((-0.2, "fused_miou", "2D teacher (lifted)"), (0.2, "student_miou", "3D student")):
+        values = [100 * r[key] if r[key] is not None else 0 for r in rows]
+        bars = ax.bar(x + offset, values, 0.4, label=label)
+        ax.bar_label(bars, labels=[f"{v:.1f}" if r[key] is not None else "" for v, r in zip(values, rows)], fontsize=7)
+    ax.set_xticks(x, [r["name"] for r in rows], rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="mIoU (%)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

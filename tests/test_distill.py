@@ -25,31 +25,38 @@ def test_voxel_regrouped_losses_equal_the_per_point_losses_and_their_gradients()
     import torch
     import torch.nn.functional as F
 
-    from ovlift.models.training import Losses
+    from ovlift.models.training import ClassText, Losses
 
     g = torch.Generator().manual_seed(3)
-    voxels, text = (
+    voxels, prompts = (
         torch.randn(60, 16, generator=g, dtype=torch.float64),
         torch.randn(7, 16, generator=g, dtype=torch.float64),
     )
+    prompt_class = torch.tensor([0, 1, 2, 2, 3, 4, 0])  # synonyms: a class's logit is its best prompt's
     point_voxel = torch.randint(0, 50, (500,), generator=g)  # voxels 50..59 hold no point
-    targets, labels = torch.randn(500, 16, generator=g).half(), torch.randint(0, 7, (500,), generator=g)
+    targets, labels = torch.randn(500, 16, generator=g).half(), torch.randint(0, 5, (500,), generator=g)
     losses = Losses(cosine_weight=0.7, label_weight=0.3, label_temperature=0.1)
 
     def per_point(v):  # the obvious form: gather voxel features to points
         f = v[point_voxel]
         cos = (1 - F.cosine_similarity(f, targets.double(), dim=1)).mean()
-        ce = F.cross_entropy(F.normalize(f, dim=1) @ text.T / 0.1, labels)
+        per_prompt = F.normalize(f, dim=1) @ prompts.T / 0.1
+        logits = torch.stack([per_prompt[:, prompt_class == c].max(1).values for c in range(5)], 1)
+        ce = F.cross_entropy(logits, labels)
         return 0.7 * cos + 0.3 * ce, cos, ce
 
-    fast_in, slow_in = voxels.clone().requires_grad_(), voxels.clone().requires_grad_()
-    fast, slow = losses(fast_in, point_voxel, targets, labels, text), per_point(slow_in)
-    for a, b in zip(fast, slow):
-        torch.testing.assert_close(a, b)
-    fast[0].backward()
-    slow[0].backward()
-    torch.testing.assert_close(fast_in.grad, slow_in.grad)
-    assert fast_in.grad[50:].abs().max() == 0
+    for text_classes in ((prompts, prompt_class, 5), (prompts[:5], torch.arange(5), 5)):
+        text = ClassText(*text_classes)
+        if text_classes[2] == len(text_classes[1]):  # one prompt per class: the fast path
+            prompts, prompt_class = text_classes[0], text_classes[1]
+        fast_in, slow_in = voxels.clone().requires_grad_(), voxels.clone().requires_grad_()
+        fast, slow = losses(fast_in, point_voxel, targets, labels, text), per_point(slow_in)
+        for a, b in zip(fast, slow):
+            torch.testing.assert_close(a, b)
+        fast[0].backward()
+        slow[0].backward()
+        torch.testing.assert_close(fast_in.grad, slow_in.grad)
+        assert fast_in.grad[50:].abs().max() == 0
 
 
 def test_every_rank_gets_scenes_and_each_real_scene_counts_once():

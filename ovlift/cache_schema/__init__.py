@@ -13,6 +13,7 @@ from ovlift.cache_schema.store import (
     Store,
     StoreFormatError,
     iter_arrays,
+    oracles_of,
 )
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "canonical_json",
     "fingerprint",
     "iter_arrays",
+    "oracles_of",
     "short",
 ]

@@ -35,7 +35,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -78,6 +78,8 @@ class GroupMeta:
     input_fingerprints: Mapping[str, str]
     fingerprint: str
     info: Mapping[str, Any]
+    oracles: tuple[str, ...] = ()
+    """Ground truth that this group or anything upstream used as an oracle (ablations)."""
 
     def attrs(self, dims: Mapping[str, int], complete: bool) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class GroupMeta:
             "input_fingerprints": dict(self.input_fingerprints),
             "fingerprint": self.fingerprint,
             "info": dict(self.info),
+            "oracles": list(self.oracles),
             "dims": dict(dims),
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "complete": complete,
@@ -112,6 +115,11 @@ class StageGroup:
     @property
     def info(self) -> dict[str, Any]:
         return self.attrs.get("info", {})
+
+    @property
+    def oracles(self) -> tuple[str, ...]:
+        """Ground truth used as an oracle by this group or upstream (empty: label-free)."""
+        return tuple(self.attrs.get("oracles", ()))
 
     @property
     def dims(self) -> dict[str, int]:
@@ -505,6 +513,12 @@ class GroupWriter:
         if unknown:
             raise SchemaError(f"{self.where}: info keys {sorted(unknown)} not declared by stage '{self.spec.stage}'")
         self.meta = GroupMeta(**{**self.meta.__dict__, "info": {**self.meta.info, **info}})
+
+
+def oracles_of(groups: Iterable[StageGroup], own: str | None = None) -> tuple[str, ...]:
+    """The oracles behind a group made from ``groups`` (plus its own, if it reads one), sorted."""
+    found = {o for g in groups for o in g.oracles}
+    return tuple(sorted(found | ({own} if own else set())))
 
 
 def iter_arrays(group: zarr.Group, prefix: str = "") -> Iterator[tuple[str, zarr.Array]]:

@@ -8,7 +8,7 @@ that points see.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +43,7 @@ class DenseFeatures:
     def channels(self) -> int:
         return int(self.images.shape[-1])
 
-    def rows(self, linear: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
+    def rows(self, linear: torch.Tensor, buffers: FeatureBuffers) -> torch.Tensor:
         """(n, C) float32 features at flat pixel indices ``linear`` (b * h * w + row * w + col)."""
         flat = self.images.reshape(-1, self.channels)
         gathered = torch.index_select(flat, 0, linear, out=buffers.get(flat.dtype, len(linear)))
@@ -77,7 +77,7 @@ class MaskFeatures:
         k = self.ids.shape[-1]
         return _has_mask(self.ids.reshape(-1, k)[linear], self.weights.reshape(-1, k)[linear])
 
-    def rows(self, linear: torch.Tensor, buffers: _Buffers) -> torch.Tensor:
+    def rows(self, linear: torch.Tensor, buffers: FeatureBuffers) -> torch.Tensor:
         k = self.ids.shape[-1]
         ids = self.ids.reshape(-1, k)[linear].to(torch.int64)
         weights = self.weights.reshape(-1, k)[linear].to(torch.float32) * (ids >= 0)
@@ -91,7 +91,7 @@ class MaskFeatures:
         """The (B, h, w, C) dense maps (for inspection and tests; fusion never needs them)."""
         b, h, w, _ = self.ids.shape
         linear = torch.arange(b * h * w, device=self.ids.device)
-        return self.rows(linear, _Buffers(self.channels, b * h * w, self.ids.device)).reshape(b, h, w, -1).clone()
+        return self.rows(linear, FeatureBuffers(self.channels, b * h * w, self.ids.device)).reshape(b, h, w, -1).clone()
 
 
 FeatureSource = DenseFeatures | MaskFeatures
@@ -102,7 +102,7 @@ def _has_mask(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return ((weights > 0) & (ids >= 0)).any(-1)
 
 
-class _Buffers:
+class FeatureBuffers:
     """Reused (chunk, C) buffers per dtype (allocating per batch costs page faults)."""
 
     def __init__(self, channels: int, chunk: int, device: torch.device) -> None:
@@ -113,6 +113,23 @@ class _Buffers:
         if dtype not in self._by_dtype:
             self._by_dtype[dtype] = torch.empty(self.chunk, self.channels, dtype=dtype, device=self.device)
         return self._by_dtype[dtype][:n]
+
+
+def pixel_views(
+    source: FeatureSource, frame: torch.Tensor, pixel: torch.Tensor, buffers: FeatureBuffers
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The features of ``source`` at (frame, row, col) of each view, chunk by chunk.
+
+    Yields (selection, rows): indices into the given views that have a feature
+    (ascending), and their (n, C) float32 features in one of ``buffers`` (reused:
+    consume it before the next chunk). A view whose pixel has no feature is skipped.
+    """
+    shape = source.images.shape if isinstance(source, DenseFeatures) else source.ids.shape
+    linear = (frame * shape[1] + pixel[:, 0]) * shape[2] + pixel[:, 1]
+    selection = torch.nonzero(source.has_feature(linear)).squeeze(1)
+    for start in range(0, selection.shape[0], buffers.chunk):
+        chosen = selection[start : start + buffers.chunk]
+        yield chosen, source.rows(linear[chosen], buffers)
 
 
 class FeatureFusion:
@@ -136,7 +153,7 @@ class FeatureFusion:
         fill = 0.0 if reduce == "mean" else float("-inf")
         self.accumulator = torch.full((num_points, channels), fill, dtype=torch.float32, device=device)
         self.count = torch.zeros(num_points, dtype=torch.int64, device=device)
-        self._buffers = _Buffers(channels, chunk or (4096 if device.type == "cpu" else 1 << 18), device)
+        self._buffers = FeatureBuffers(channels, chunk or (4096 if device.type == "cpu" else 1 << 18), device)
 
     def add(self, source: FeatureSource, frame: torch.Tensor, pixel: torch.Tensor, point_index: torch.Tensor) -> None:
         """Fold in the features of ``source`` at (frame, row, col) for each point; a
@@ -145,21 +162,13 @@ class FeatureFusion:
             raise ValueError(
                 f"features have {source.channels} channels, the fusion expects {self.accumulator.shape[1]}"
             )
-        shape = source.images.shape if isinstance(source, DenseFeatures) else source.ids.shape
-        height, width = shape[1], shape[2]
-        linear = (frame * height + pixel[:, 0]) * width + pixel[:, 1]
-        keep = source.has_feature(linear)
-        if not bool(keep.all()):
-            linear, point_index = linear[keep], point_index[keep]
-        chunk = self._buffers.chunk
-        for start in range(0, linear.shape[0], chunk):
-            rows = source.rows(linear[start : start + chunk], self._buffers)
-            index = point_index[start : start + rows.shape[0]]
+        for selection, rows in pixel_views(source, frame, pixel, self._buffers):
+            index = point_index[selection]
+            self.count.index_add_(0, index, torch.ones_like(index))
             if self.reduce == "mean":
                 scatter_add(rows, index, dim=0, out=self.accumulator)
             else:
                 scatter_max(rows, index, dim=0, out=self.accumulator)
-        self.count += torch.bincount(point_index, minlength=self.count.shape[0])
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, C) fused features (zeros where unseen) and (N,) number of views with a feature.
@@ -171,7 +180,7 @@ class FeatureFusion:
             self.accumulator /= self.count.clamp(min=1)[:, None].to(torch.float32)
         else:
             self.accumulator[self.count == 0] = 0.0
-        self._buffers = _Buffers(0, 0, self.accumulator.device)
+        self._buffers = FeatureBuffers(0, 0, self.accumulator.device)
         return self.accumulator, self.count
 
 

@@ -88,6 +88,32 @@ class Augment:
 
 
 @dataclass(frozen=True)
+class ClassText:
+    """The vocabulary's prompt embeddings and the class of each: the label loss classifies
+    over classes (a class's logit is its best prompt's), not over prompts."""
+
+    prompts: torch.Tensor
+    """(P, D) unit prompt embeddings."""
+    prompt_class: torch.Tensor
+    """(P,) class of each prompt."""
+    num_classes: int
+
+    def to(self, device: torch.device) -> ClassText:
+        return ClassText(self.prompts.to(device), self.prompt_class.to(device), self.num_classes)
+
+    def logits(self, unit: torch.Tensor, temperature: float) -> torch.Tensor:
+        """(V, K) cos / temperature of (V, D) unit features to each class (max over its prompts)."""
+        per_prompt = unit @ self.prompts.T.to(unit.dtype) / temperature
+        if len(self.prompt_class) == self.num_classes and bool(
+            (self.prompt_class == torch.arange(self.num_classes, device=self.prompt_class.device)).all()
+        ):
+            return per_prompt
+        index = self.prompt_class.expand(len(unit), -1)
+        empty = per_prompt.new_full((len(unit), self.num_classes), -float("inf"))
+        return empty.scatter_reduce(1, index, per_prompt, reduce="amax", include_self=False)
+
+
+@dataclass(frozen=True)
 class Losses:
     cosine_weight: float = 1.0
     label_weight: float = 0.0
@@ -99,7 +125,7 @@ class Losses:
         point_voxel: torch.Tensor,
         targets: torch.Tensor,
         labels: torch.Tensor | None,
-        text: torch.Tensor | None,
+        text: ClassText | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, cosine, label): means over the points with teacher features.
 
@@ -117,7 +143,7 @@ class Losses:
         cos_loss = 1 - (student * summed).sum() / n
         label_loss = torch.zeros((), device=voxels.device)
         if self.label_weight > 0 and labels is not None and text is not None:
-            logits = student @ text.T / self.label_temperature
+            logits = text.logits(student, self.label_temperature)
             k = logits.shape[1]
             counts = torch.bincount(point_voxel * k + labels, minlength=logits.numel()).view_as(logits).to(logits.dtype)
             label_loss = ((counts.sum(1) * torch.logsumexp(logits, 1)).sum() - (counts * logits).sum()) / n
@@ -184,7 +210,7 @@ def train(
     seed: int,
     device: torch.device,
     checkpoints: Path,
-    text: torch.Tensor | None = None,
+    text: ClassText | None = None,
 ) -> tuple[MinkUNet, list[dict]]:
     """Train (or resume) and return the model and the per-step log rows."""
     with deterministic_algorithms():

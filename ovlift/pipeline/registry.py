@@ -14,17 +14,23 @@ from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.stages.base import Stage
+from ovlift.stages.denoise import DenoiseStage
 from ovlift.stages.distill import DistillStage
 from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.extract2d import Extract2DStage
 from ovlift.stages.input import InputStage
+from ovlift.stages.objects import ObjectsStage
 from ovlift.stages.predict import PredictStage
 from ovlift.stages.project import ProjectStage
+from ovlift.stages.segment import SegmentStage
 
 STAGES: dict[str, dict[str, type[Stage]]] = {
     "input": {"canonical": InputStage},
     "extract2d": dict.fromkeys(TEACHERS, Extract2DStage),  # one stage class; the implementations are teachers
     "project": {"openscene": ProjectStage},
+    "segment": {"scannet": SegmentStage},
+    "objects": {"cus3d": ObjectsStage},
+    "denoise": {"cus3d": DenoiseStage},
     "distill": {"openscene": DistillStage},
     "predict": {"openscene": PredictStage},
     "evaluate": {"scannet": EvaluateStage},

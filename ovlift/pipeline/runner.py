@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, short
+from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, oracles_of, short
 from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
 from ovlift.pipeline.status import State, store_status
 from ovlift.pipeline.text_cache import TextCache
@@ -307,6 +307,7 @@ class Runner:
             input_fingerprints=inputs,
             fingerprint=fp,
             info={},
+            oracles=oracles_of([*groups.values(), *(g for s in per_scene.values() for g in s.values())], stage.oracle),
         )
         ctx = StageContext(
             scene_id=scene_id,

@@ -78,6 +78,11 @@ class Stage(ABC, Configurable[ConfigT]):
         return self.spec.stage
 
     @property
+    def oracle(self) -> str | None:
+        """The ground truth this configuration reads as an oracle (ablations only), else None."""
+        return None
+
+    @property
     def is_global(self) -> bool:
         return self.spec.scope is Scope.GLOBAL
 

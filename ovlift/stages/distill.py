@@ -18,9 +18,10 @@ from pydantic import Field
 
 from ovlift.cache_schema import GroupWriter
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC
-from ovlift.cache_schema.groups.project import fused_teacher
+from ovlift.cache_schema.groups.lifted import FeatureSource, lifted_features
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
+from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEncoderConfig
 from ovlift.stages.base import Stage, StageContext
@@ -30,8 +31,10 @@ from ovlift.vocabularies import get_vocabulary
 class DistillConfig(FrozenConfig):
     split: str = "train"
     """Plan split of the training scenes (``all``: every scene)."""
+    source: FeatureSource = "project"
+    """Teacher features to distil: ``project`` (fused, OpenScene) or ``denoise`` (CUS3D)."""
     teacher: str | None = None
-    """Fused teacher to distil (None: the only one)."""
+    """Teacher to distil (None: the only one)."""
     student: StudentConfig = StudentConfig()
     """The 3D network."""
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -58,8 +61,8 @@ class DistillConfig(FrozenConfig):
     """Weight of the cosine feature loss (1 - cos)."""
     label_weight: float = Field(0.0, ge=0)
     """Weight of CUS3D's label loss (student vs teacher classification over the vocabulary)."""
-    label_temperature: float = Field(0.07, gt=0)
-    """Temperature of the label loss's cosine logits."""
+    label_temperature: float = Field(0.01, gt=0)
+    """Temperature tau of the label loss's logits cos / tau (CUS3D: 0.01)."""
     vocabulary: str = "scannet20"
     """Vocabulary of the label loss."""
     templates: Literal["single", "ensemble"] = "single"
@@ -75,25 +78,33 @@ class DistillStage(Stage[DistillConfig]):
     version = "2"  # 2: losses regrouped per voxel (same value, other rounding)
     spec = DISTILL_SPEC
     reads = ("input", "project")
+    optional_reads = ("denoise",)
     writes_files = True
 
+    def select_inputs(self, name: str, keys: list[str]) -> list[str]:
+        return keys if name != "denoise" or self.config.source == "denoise" else []
+
+    def check_inputs(self, keys: list[str]) -> None:
+        if self.config.source not in {k.split("/", 1)[0] for k in keys}:
+            raise ValueError(f"source '{self.config.source}' needs that stage configured")
+
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
-        from ovlift.models.training import Augment, Losses, SceneData, Schedule, train, write_log
+        from ovlift.models.training import Augment, ClassText, Losses, SceneData, Schedule, train, write_log
 
         cfg = self.config
         device = torch.device(cfg.device or ctx.device)
         scenes, teacher, text_encoder = [], None, None
         for scene_id, groups in ctx.scene_inputs.items():
-            teacher = fused_teacher(groups["project"], cfg.teacher, f"scene '{scene_id}'")
-            text_encoder = groups["project"].info["teachers"][teacher]["text_encoder"]
+            lifted = lifted_features(groups, cfg.source, cfg.teacher, f"scene '{scene_id}'")
+            teacher, text_encoder = lifted.teacher, lifted.text_encoder
             points = groups["input"]
             scenes.append(
                 SceneData(
                     scene_id=scene_id,
                     points=torch.from_numpy(points.load("points")),
                     colors=torch.from_numpy(points.load("colors")) if "colors" in points else None,
-                    targets=torch.from_numpy(groups["project"].load(f"fused/{teacher}/features")),
-                    seen=torch.from_numpy(groups["project"].load(f"fused/{teacher}/seen")),
+                    targets=torch.from_numpy(lifted.features),
+                    seen=torch.from_numpy(lifted.seen),
                 )
             )
         if not scenes:
@@ -103,9 +114,10 @@ class DistillStage(Stage[DistillConfig]):
         text = None
         if cfg.label_weight > 0:
             vocab = get_vocabulary(cfg.vocabulary)
-            text = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
+            prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
+            text = ClassText(prompts, torch.tensor(vocab.prompt_class), len(vocab.classes))
             for s in scenes:
-                s.labels = (torch.nn.functional.normalize(s.targets.float(), dim=1) @ text.T).argmax(1)
+                s.labels = classify(s.targets, prompts, text.prompt_class)[1]
         channels = int(scenes[0].targets.shape[1])
         assert ctx.files is not None
         model, rows = train(
@@ -133,6 +145,7 @@ class DistillStage(Stage[DistillConfig]):
         out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
         out.set_info(
             teacher=teacher,
+            source=cfg.source,
             channels=channels,
             text_encoder=text_encoder,
             student=cfg.student.normalised(),

@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ovlift.cache_schema import GroupWriter
-from ovlift.cache_schema.groups.evaluate import EVALUATE_SPEC, PREDICTORS
+from ovlift.cache_schema import GroupWriter, oracles_of
+from ovlift.cache_schema.groups.evaluate import EVALUATE_SPEC, PREDICTORS, predictor_names
 from ovlift.config import FrozenConfig
 from ovlift.errors import StageInputError
 from ovlift.kernels.metrics import Scores, confusion_matrix, scores
@@ -56,16 +56,25 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def markdown_table(metrics: dict, classes: list[str], without_ground_truth: list[str]) -> str:
+def report_title(oracles: tuple[str, ...] | list[str]) -> str:
+    """The report's title; one built on an oracle says so first."""
+    if oracles:
+        return f"Evaluation - ORACLE: uses {', '.join(oracles)} (not label-free)"
+    return "Evaluation (label-free)"
+
+
+def markdown_table(
+    metrics: dict, classes: list[str], without_ground_truth: list[str], oracles: tuple[str, ...], names: dict
+) -> str:
     present = [c for c in classes if any(c in m["per_class_iou"] for m in metrics.values())]
     missing = ", ".join(without_ground_truth) or "none"
-    lines = [f"Metric: {RULE}.", "", f"Classes without ground truth: {missing}.", ""]
+    lines = [f"# {report_title(oracles)}", "", f"Metric: {RULE}.", "", f"Classes without ground truth: {missing}.", ""]
     lines += ["| predictor | mIoU | mAcc | OA | hIoU |", "|---|---|---|---|---|"]
     lines += [
-        f"| {PREDICTORS[p]} | " + " | ".join(_pct(m[k]) for k in ("miou", "macc", "overall_accuracy", "hiou")) + " |"
+        f"| {names[p]} | " + " | ".join(_pct(m[k]) for k in ("miou", "macc", "overall_accuracy", "hiou")) + " |"
         for p, m in metrics.items()
     ]
-    lines += ["", "| class | " + " | ".join(PREDICTORS[p] for p in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += ["", "| class | " + " | ".join(names[p] for p in metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [
         f"| {c} | " + " | ".join(_pct(m["per_class_iou"].get(c)) for m in metrics.values()) + " |" for c in present
     ]
@@ -94,6 +103,8 @@ class EvaluateStage(Stage[EvaluateConfig]):
             to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
             truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
             for p in PREDICTORS:
+                if f"labels_{p}" not in predict:
+                    continue
                 m = confusion_matrix(truth, predict.load(f"labels_{p}"), len(classes), valid=valid)
                 matrices[p] = matrices.get(p, 0) + m
         unseen = class_mask(cfg.unseen_classes, classes, "unseen_classes")
@@ -102,7 +113,12 @@ class EvaluateStage(Stage[EvaluateConfig]):
         absent = [c for c, a in zip(classes, next(iter(results.values())).without_ground_truth) if a]
         assert ctx.files is not None
         ctx.files.mkdir(parents=True, exist_ok=True)
+        oracles = oracles_of(g["predict"] for g in ctx.scene_inputs.values())
+        source = ctx.scene_inputs[min(ctx.scene_inputs)]["predict"].info.get("source", "project")
+        names = predictor_names(source)
         report = {
+            "title": report_title(oracles),
+            "oracles": list(oracles),
             "rule": RULE,
             "scenes": sorted(ctx.scene_inputs),
             "classes": classes,
@@ -110,10 +126,13 @@ class EvaluateStage(Stage[EvaluateConfig]):
             "metrics": metrics,
         }
         (ctx.files / "report.json").write_text(json.dumps(report, indent=1))
-        (ctx.files / "metrics.md").write_text(markdown_table(metrics, classes, absent))
+        (ctx.files / "metrics.md").write_text(markdown_table(metrics, classes, absent, oracles, names))
+        oracle_note = "ORACLE " if oracles else ""
         for p, m in matrices.items():
             out.write(f"confusion_{p}", m)
-            plot_confusion(m, classes, ctx.files / f"confusion_{p}.png", f"{PREDICTORS[p]}: confusion (row-normalised)")
+            plot_confusion(
+                m, classes, ctx.files / f"confusion_{p}.png", f"{oracle_note}{names[p]}: confusion (row-normalised)"
+            )
         out.set_info(
             classes=classes,
             metrics=metrics,
@@ -121,6 +140,7 @@ class EvaluateStage(Stage[EvaluateConfig]):
             report=str(ctx.files),
             rule=RULE,
             classes_without_ground_truth=absent,
+            source=source,
         )
 
     def valid_mask(self, classes: list[str]) -> np.ndarray:

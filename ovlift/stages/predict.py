@@ -13,11 +13,12 @@ import io
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from ovlift.cache_schema import IGNORE_LABEL, GroupWriter, StageGroup
+from ovlift.cache_schema.groups.lifted import LiftedFeatures, lifted_features
 from ovlift.cache_schema.groups.predict import PREDICT_SPEC
 from ovlift.config import FrozenConfig, runtime_field
+from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEncoderConfig
 from ovlift.stages.base import Stage, StageContext
@@ -63,24 +64,17 @@ def student_features(
     return model(x)[point_map].cpu()
 
 
-def classify(
-    features: torch.Tensor, prompts: torch.Tensor, prompt_class: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(max cosine similarity, class) of each feature against prompt embeddings."""
-    similarity, best = (F.normalize(features.float(), dim=1) @ prompts.T).max(dim=1)
-    return similarity, prompt_class[best]
-
-
 class PredictStage(Stage[PredictConfig]):
     implementation = "openscene"
     version = "1"
     spec = PREDICT_SPEC
     reads = ("input", "project", "distill")
+    optional_reads = ("denoise",)  # read when configured; used when distill distilled it
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         cfg = self.config
         device = torch.device(cfg.device or ctx.device)
-        distill, scene, project = ctx.inputs["distill"], ctx.inputs["input"], ctx.inputs["project"]
+        distill, scene = ctx.inputs["distill"], ctx.inputs["input"]
         vocab = get_vocabulary(cfg.vocabulary)
         encoder = TextEncoderConfig(**{**distill.info["text_encoder"], "templates": cfg.templates})
         prompts = ctx.text(encoder, list(vocab.prompts))
@@ -92,13 +86,14 @@ class PredictStage(Stage[PredictConfig]):
         )
         sim_3d, labels_3d = classify(features, prompts, prompt_class)
 
-        teacher = distill.info["teacher"]
-        fused = torch.from_numpy(project.load(f"fused/{teacher}/features"))
-        seen = torch.from_numpy(project.load(f"fused/{teacher}/seen"))
-        sim_2d, labels_2d = classify(fused, prompts, prompt_class)
-        sim_2d = torch.where(seen, sim_2d, torch.full_like(sim_2d, -float("inf")))
-        labels_2d = torch.where(seen, labels_2d, torch.full_like(labels_2d, IGNORE_LABEL))
+        teacher, source = distill.info["teacher"], distill.info.get("source", "project")
+        sim_2d, labels_2d = teacher_labels(
+            lifted_features(ctx.inputs, source, teacher, ctx.where()), prompts, prompt_class
+        )
         from_2d = sim_2d > sim_3d
+        if source != "project":
+            fused = lifted_features(ctx.inputs, "project", teacher, ctx.where())
+            out.write("labels_fused_2d", teacher_labels(fused, prompts, prompt_class)[1].to(torch.int16).numpy())
 
         out.write("features_3d", features.to(torch.float16).numpy())
         out.write("similarity_3d", sim_3d.to(torch.float16).numpy())
@@ -107,4 +102,18 @@ class PredictStage(Stage[PredictConfig]):
         out.write("labels_2d", labels_2d.to(torch.int16).numpy())
         out.write("labels_ensemble", torch.where(from_2d, labels_2d, labels_3d).to(torch.int16).numpy())
         out.write("ensemble_from_2d", from_2d.numpy())
-        out.set_info(classes=list(vocab.classes), teacher=teacher, text_encoder=distill.info["text_encoder"])
+        out.set_info(
+            classes=list(vocab.classes), teacher=teacher, source=source, text_encoder=distill.info["text_encoder"]
+        )
+
+
+def teacher_labels(
+    lifted: LiftedFeatures, prompts: torch.Tensor, prompt_class: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(similarity, label) of lifted 2D features; -inf and the ignore label where unseen."""
+    seen = torch.from_numpy(lifted.seen)
+    sim, labels = classify(torch.from_numpy(lifted.features), prompts, prompt_class)
+    return (
+        torch.where(seen, sim, torch.full_like(sim, -float("inf"))),
+        torch.where(seen, labels, torch.full_like(labels, IGNORE_LABEL)),
+    )

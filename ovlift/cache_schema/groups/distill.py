@@ -14,7 +14,8 @@ DISTILL_SPEC = GroupSpec(
         ArraySpec("epoch_lr", "float32", ("E",), (None,), "learning rate at the end of each epoch"),
     ),
     info={
-        "teacher": "the fused teacher distilled",
+        "teacher": "the teacher distilled",
+        "source": "the stage its features came from: project (fused) or denoise (CUS3D)",
         "channels": "output channels (the teacher's)",
         "text_encoder": "text encoder of the teacher's space",
         "student": "the student's config",

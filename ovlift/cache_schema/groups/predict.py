@@ -13,14 +13,23 @@ PREDICT_SPEC = GroupSpec(
             "similarity_3d", "float16", ("N",), (1 << 18,), "max cosine of the student feature to the vocabulary"
         ),
         ArraySpec("labels_3d", "int16", ("N",), (1 << 18,), "the student's class (index into info.classes)"),
-        ArraySpec("similarity_2d", "float16", ("N",), (1 << 18,), "max cosine of the fused 2D feature; -inf unseen"),
-        ArraySpec("labels_2d", "int16", ("N",), (1 << 18,), f"the fused 2D features' class, {IGNORE_LABEL} unseen"),
+        ArraySpec("similarity_2d", "float16", ("N",), (1 << 18,), "max cosine of the 2D feature; -inf unseen"),
+        ArraySpec("labels_2d", "int16", ("N",), (1 << 18,), f"the distilled 2D features' class, {IGNORE_LABEL} unseen"),
+        ArraySpec(
+            "labels_fused_2d",
+            "int16",
+            ("N",),
+            (1 << 18,),
+            f"the fused 2D features' class before cleaning, {IGNORE_LABEL} unseen (when distilled from a cleaner)",
+            required=False,
+        ),
         ArraySpec("labels_ensemble", "int16", ("N",), (1 << 18,), "the 2D-3D ensemble's class"),
         ArraySpec("ensemble_from_2d", "bool", ("N",), (1 << 18,), "whether the ensemble took the 2D label"),
     ),
     info={
         "classes": "the vocabulary's classes that labels index",
-        "teacher": "the fused teacher used for 2D",
+        "teacher": "the teacher used for 2D",
+        "source": "the stage the 2D features came from (project: fused; denoise: CUS3D's filter)",
         "text_encoder": "text encoder of the features' space (to embed queries)",
     },
 )
