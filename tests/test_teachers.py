@@ -54,6 +54,22 @@ def teacher_configs(models, tmp_path):
             24,
             "masks",
         ),
+        "mask-crops-m2f-all-image-mean": (
+            {
+                "implementation": "mask-crops",
+                "segmenter_path": models["mask2former"],
+                "clip_path": models["clip"],
+                "encoding": "masks",
+                "overlap": "all",
+                "fallback": "image-mean",
+                "top_k": 2,
+                "mask_threshold": 0.3,
+                "segmenter_short_side": 64,
+                **size,
+            },
+            24,
+            "masks",
+        ),
         "mask-crops-mf-largest": (
             {
                 "implementation": "mask-crops",
@@ -96,6 +112,7 @@ def teacher_configs(models, tmp_path):
         "synthetic-masks",
         "maskclip",
         "mask-crops-m2f-vote",
+        "mask-crops-m2f-all-image-mean",
         "mask-crops-mf-largest",
         "caption-aligned",
         "cached",
@@ -124,6 +141,8 @@ def test_every_teacher_runs_through_the_stage_and_project_fuses_it(models, tmp_p
         assert ids.max() < len(emb) and ids.min() >= -1
         used = ids >= 0
         assert np.allclose((weights * used).sum(-1)[used.any(-1)], 1, atol=1e-2)  # weights average the kept masks
+        if config.get("fallback") == "image-mean":
+            assert used.any(-1).all()  # a pixel no mask covers takes the image's mean mask embedding
     project = runner.store.read("scenes/toy_0000/project")
     fused = project.array("fused/t/features")
     assert fused.shape == (project.dims["N"], channels) and fused.dtype == np.float16

@@ -3,6 +3,8 @@
 A teacher returns either dense maps (``DenseFeatures``) or, for mask-based
 teachers, per-pixel mask ids and weights plus one embedding per mask
 (``MaskFeatures``), which is what they really produce and far smaller to store.
+Teachers whose masks overlap pick each pixel's masks with CUS3D's 2D filter
+(``MaskVoteConfig``, ``voted_mask_features``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import Field
 
 from ovlift.config import Configurable, FrozenConfig, runtime_field
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
+from ovlift.kernels.mask_vote import Fallback, Overlap, mask_weights
 from ovlift.models.loading import model_inputs
 from ovlift.models.text import TextEmbedder, TextEncoderConfig
 
@@ -35,7 +38,8 @@ class TeacherConfig(FrozenConfig):
     """Storage: ``dense`` (T, h, w, C) float16, or ``masks`` (top-k mask ids and
     weights per pixel + one embedding per mask; mask-based teachers only)."""
     top_k: int = Field(4, ge=1)
-    """Masks kept per pixel in the ``masks`` encoding."""
+    """Masks kept per pixel in the ``masks`` encoding; where the 2D filter keeps more
+    (``overlap: all``, say), the most probable ``top_k`` of them, in either encoding."""
     frames_per_batch: int = runtime_field(4, ge=1)
     """Frames sent through the model at once."""
     device: str | None = runtime_field(None)
@@ -60,6 +64,50 @@ class TeacherInput:
     """The scene's label set (what ``labels`` index)."""
     frame_names: tuple[str, ...] = ()
     """Source name of each frame (e.g. ``seq-01/frame-000010``)."""
+
+
+class MaskVoteConfig(TeacherConfig):
+    """Fields of teachers whose masks overlap: CUS3D's 2D filter (``kernels.mask_vote``)."""
+
+    mask_threshold: float = Field(0.35, gt=0, lt=1)
+    """A mask is a candidate at a pixel where its probability exceeds this (CUS3D: 0.35)."""
+    overlap: Overlap = "vote"
+    """Candidates a pixel averages: ``vote`` (the paper: the most voted label's), ``weighted``
+    (the code's probability-weighted vote), ``all`` (what the code computes), ``largest``."""
+    fallback: Fallback = "none"
+    """A pixel without candidates: no feature, or ``image-mean`` (the code: the mean mask embedding)."""
+
+
+@dataclass
+class FrameMasks:
+    """One frame's masks, as a segmenter (or a simulation of one) proposes them."""
+
+    probs: torch.Tensor
+    """(Q, h, w) probability of each mask at each pixel."""
+    labels: torch.Tensor
+    """(Q,) class of each mask: its embedding's nearest class embedding."""
+    embeddings: torch.Tensor
+    """(Q, C) one feature per mask."""
+
+
+def voted_mask_features(frames: list[FrameMasks], config: MaskVoteConfig, num_classes: int) -> MaskFeatures:
+    """The batch's masks encoding: per frame the 2D filter's weights, kept to the ``top_k``
+    most probable masks per pixel, plus the frame's mean embedding as one more mask
+    under ``fallback: image-mean`` (a frame without masks has none)."""
+    ids, weights, embeddings, offset = [], [], [], 0
+    for frame in frames:
+        w = mask_weights(
+            frame.probs, frame.labels, config.mask_threshold, config.overlap, num_classes, config.fallback, config.top_k
+        )
+        emb = frame.embeddings.float()
+        if config.fallback == "image-mean" and len(emb):
+            emb = torch.cat([emb, emb.mean(0, keepdim=True)])
+        frame_ids, frame_w = top_k_masks(w[: len(emb)], config.top_k)
+        ids.append(torch.where(frame_ids >= 0, frame_ids + offset, -1))
+        weights.append(frame_w)
+        embeddings.append(emb)
+        offset += len(emb)
+    return MaskFeatures(torch.stack(ids), torch.stack(weights), torch.cat(embeddings).to(torch.float16))
 
 
 TeacherConfigT = TypeVar("TeacherConfigT", bound=TeacherConfig)

@@ -11,10 +11,23 @@ corrupted by seeded, controllable noise:
   edges onto the background behind them (the nearer surface wins), the
   segmentation noise CUS3D's filters target;
 * **feature noise**: Gaussian noise per region (instance and view), relative to
-  the unit embedding (``noise_std`` 1 gives noise as large as the signal).
+  the unit embedding (``noise_std`` 1 gives noise as large as the signal);
+* **spurious masks**: at ``spurious_rate`` per region and view, an extra mask of
+  another class (uniform over the label set) on a rectangle the size of the
+  region's bounding box centred on one of its pixels, so it covers part of the
+  region and some surroundings: the noise CUS3D's 2D filter targets (the
+  per-instance confusion above is what its 3D filter targets). With
+  ``nested_masks`` each region also yields a mask of its central part (half its
+  bounding box each way), so that there a vote is two true masks against one.
 
-Output is mask-structured (one mask per region and view), so both encodings
-work. Pixels without a class (the ceiling in ScanNet-20) get no feature.
+Every mask has a probability, constant over it (true and nested: U(0.6, 1);
+spurious: U(0.36, 0.8)), and a label, its embedding's nearest class, exactly as
+``mask-crops`` labels its masks; the same 2D filter (``overlap``, ``fallback``)
+then decides what each pixel averages. Without spurious or nested masks each
+pixel has at most one mask, so every rule gives the same output as before they
+existed. Pixels without a class (the ceiling in ScanNet-20) are in no mask and
+get no feature, unless ``fallback: image-mean``.
+
 Two teachers with different weaknesses differ only in their ``confusion`` (and
 ``seed``), e.g. ``{sofa: {chair: 0.5}}`` versus ``{chair: {sofa: 0.5}}``.
 """
@@ -30,13 +43,24 @@ from pydantic import Field, field_validator
 
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import MaskFeatures
-from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput, resize_nearest
+from ovlift.models.teachers.base import (
+    FrameMasks,
+    MaskVoteConfig,
+    Teacher,
+    TeacherInput,
+    resize_nearest,
+    voted_mask_features,
+)
 from ovlift.models.text import TextEncoderConfig, encoder_dim, encoder_folder
 
 GOLDEN = (math.sqrt(5) - 1) / 2
+TRUE_PROB = (0.6, 1.0)
+"""Range a true (or nested) mask's probability is drawn from."""
+SPURIOUS_PROB = (0.36, 0.8)
+"""Range a spurious mask's probability is drawn from (above CUS3D's 0.35 threshold)."""
 
 
-class SyntheticConfig(TeacherConfig):
+class SyntheticConfig(MaskVoteConfig):
     text: TextEncoderConfig = TextEncoderConfig()
     """The text space the features live in (the class names are embedded by it)."""
     confusion: dict[str, dict[str, float]] = {}
@@ -47,8 +71,12 @@ class SyntheticConfig(TeacherConfig):
     """Background classes that objects bleed onto (unlabelled pixels always count)."""
     noise_std: float = Field(0.0, ge=0)
     """Gaussian noise per region and view, relative to the unit embedding."""
+    spurious_rate: float = Field(0.0, ge=0, le=1)
+    """Probability, per region and view, of an extra overlapping mask of another class."""
+    nested_masks: bool = False
+    """Each region also yields a mask of its central part, of the region's perceived class."""
     seed: int = 0
-    """Seeds the confusion offsets and the noise."""
+    """Seeds the confusion offsets, the noise and the extra masks."""
 
     @field_validator("confusion")
     @classmethod
@@ -110,17 +138,12 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
         confusion = self.confusion_matrix(batch.class_names, where)
         background = {batch.class_names.index(n) for n in self.config.bleed_onto if n in batch.class_names}
         scene_salt = _salt(self.config.seed, batch.scene_id)
-        ids, embeddings = [], []
+        frames = []
         for b in range(labels.shape[0]):
             frame = int(batch.frame_index[b])
             region = _bleed(labels[b], instances[b], depth[b], background, self.config.bleed_px)
-            frame_ids, frame_emb = self._regions(
-                labels[b], instances[b], region, frame, confusion, class_emb, scene_salt
-            )
-            ids.append(frame_ids + sum(len(e) for e in embeddings) * (frame_ids >= 0))
-            embeddings.append(frame_emb)
-        ids_t = torch.stack(ids)[..., None].to(torch.int32)
-        return MaskFeatures(ids_t, (ids_t >= 0).to(torch.float16), torch.cat(embeddings).to(torch.float16))
+            frames.append(self._masks(labels[b], instances[b], region, frame, confusion, class_emb, scene_salt))
+        return voted_mask_features(frames, self.config, len(batch.class_names))
 
     def perceived_class(self, true_class: int, instance: int, frame: int, confusion: torch.Tensor, salt: int) -> int:
         """The class a view perceives an instance as (stratified over frames)."""
@@ -131,7 +154,7 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
             min(torch.searchsorted(cumulative, torch.tensor(u, dtype=torch.float64), right=True), len(cumulative) - 1)
         )
 
-    def _regions(
+    def _masks(
         self,
         labels: torch.Tensor,
         instances: torch.Tensor,
@@ -140,24 +163,60 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
         confusion: torch.Tensor,
         class_emb: torch.Tensor,
         salt: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, w) frame-local mask ids (-1: no feature) and one embedding per mask."""
-        inst_label = torch.full((int(instances.max()) + 1,), -1, dtype=torch.int64)
+    ) -> FrameMasks:
+        """The frame's masks: one per labelled region (in instance order), then the
+        nested and spurious ones. Draws are per instance, so one region's masks do
+        not depend on which other regions the view holds."""
+        cfg = self.config
+        num = int(instances.max()) + 1
+        inst_label = torch.full((num,), -1, dtype=torch.int64)
         inst_label[instances.reshape(-1)] = labels.reshape(-1)
         present = torch.unique(region)
         present = present[inst_label[present] >= 0]  # unlabelled regions carry no feature
-        mask_id = torch.full_like(inst_label, -1)
-        mask_id[present] = torch.arange(len(present))
         perceived = torch.tensor(
             [self.perceived_class(int(inst_label[i]), int(i), frame, confusion, salt) for i in present.tolist()],
             dtype=torch.int64,
         )
+        dim = class_emb.shape[1]
         emb = class_emb[perceived] if len(present) else class_emb[:0]
-        if self.config.noise_std > 0 and len(present):
+        if cfg.noise_std > 0 and len(present):
             gen = torch.Generator().manual_seed(_salt(salt, frame))
-            noise = torch.randn(int(instances.max()) + 1, emb.shape[1], generator=gen)[present]
-            emb = F.normalize(emb + self.config.noise_std * noise / math.sqrt(emb.shape[1]), dim=-1)
-        return mask_id[region], emb
+            emb = self._noisy(emb, torch.randn(num, dim, generator=gen)[present])
+        masks = region[None] == present[:, None, None]
+        draw = torch.rand(num, 6, generator=torch.Generator().manual_seed(_salt(salt, frame, "masks")))[present]
+        probs = [masks * _between(TRUE_PROB, draw[:, 0])[:, None, None]]
+        extra: list[torch.Tensor] = []
+        if cfg.nested_masks or cfg.spurious_rate > 0:
+            noise = torch.randn(num, 2, dim, generator=torch.Generator().manual_seed(_salt(salt, frame, "mask noise")))
+            rows, cols = torch.arange(region.shape[0])[:, None], torch.arange(region.shape[1])[None]
+            labelled = inst_label[region] >= 0
+            for j, inst in enumerate(present.tolist()):
+                ys, xs = torch.nonzero(masks[j], as_tuple=True)
+                height, width = float(ys.max() - ys.min() + 1), float(xs.max() - xs.min() + 1)
+                middle_y, middle_x = float(ys.min() + ys.max()) / 2, float(xs.min() + xs.max()) / 2
+                central = masks[j] & ((rows - middle_y).abs() <= height / 4) & ((cols - middle_x).abs() <= width / 4)
+                if cfg.nested_masks and central.any():
+                    probs.append(central[None] * _between(TRUE_PROB, draw[j, 1]))
+                    extra.append(self._noisy(class_emb[perceived[j]][None], noise[inst, 0][None]))
+                if draw[j, 2] < cfg.spurious_rate and len(class_emb) > 1:
+                    other = (int(inst_label[inst]) + 1 + int(draw[j, 3] * (len(class_emb) - 1))) % len(class_emb)
+                    k = int(draw[j, 4] * len(ys))
+                    box = ((rows - ys[k]).abs() <= height / 2) & ((cols - xs[k]).abs() <= width / 2)
+                    probs.append((box & labelled)[None] * _between(SPURIOUS_PROB, draw[j, 5]))
+                    extra.append(self._noisy(class_emb[other][None], noise[inst, 1][None]))
+        emb = torch.cat([emb, *extra])
+        return FrameMasks(torch.cat(probs), (emb @ class_emb.T).argmax(1), emb)
+
+    def _noisy(self, emb: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings plus ``noise_std`` times unit-scale Gaussian ``noise``, renormalised."""
+        if self.config.noise_std == 0:
+            return emb
+        return F.normalize(emb + self.config.noise_std * noise / math.sqrt(emb.shape[1]), dim=-1)
+
+
+def _between(bounds: tuple[float, float], u: torch.Tensor) -> torch.Tensor:
+    """Uniform draws ``u`` in [0, 1) mapped onto [low, high)."""
+    return bounds[0] + (bounds[1] - bounds[0]) * u
 
 
 def _bleed(
