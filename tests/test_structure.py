@@ -155,7 +155,8 @@ def current_fingerprints(tmp_path: Path) -> dict[str, dict[str, str]]:
 def test_fingerprints_change_only_on_purpose(tmp_path):
     """A change here invalidates every user's cache. When it is meant (a stage's version
     bump), regenerate with ``.venv/bin/python tests/test_structure.py`` and say why in
-    the commit. Last changes: input v2 (rigid poses), project v2 (honest ``seen``)."""
+    the commit. Last changes: input v2 (rigid poses), project v2 (honest ``seen``), toy
+    generator v2 (welded meshes, cylinders, noise)."""
     assert current_fingerprints(tmp_path) == json.loads(PINNED.read_text())
 
 
