@@ -1,9 +1,15 @@
-"""Furniture of ScanNet-20 classes built from boxes, for the toy scenes.
+"""Furniture of ScanNet-20 classes built from boxes and cylinders, for the toy scenes.
 
 Each template returns parts in the object's local frame: footprint centred on the
-origin, floor at z = 0, the back towards +y (the wall side). A part lists the
-faces that rest against something else (the floor, a wall, another part); they
-are never seen, so they get no mesh vertices.
+origin, floor at z = 0, the back towards +y (the wall side). A part is a solid
+axis-aligned box, or the cylinder inscribed in such a box along a coordinate axis
+(round table tops and pedestals, round stools, bolster cushions). A part lists
+the faces that rest against something else (the floor, a wall, another part);
+they are never seen, so they get no mesh vertices (a cylinder's faces are its
+two caps, named after its axis: ``-z`` and ``+z`` for a vertical one).
+
+Cushions are parts of the sofa or bed they lie on, with its class and instance:
+ScanNet-20 has no pillow class, and a bolster is upholstered into the furniture.
 """
 
 from __future__ import annotations
@@ -18,13 +24,36 @@ FACES = ("-x", "+x", "-y", "+y", "-z", "+z")
 
 @dataclass(frozen=True)
 class Part:
+    """A solid piece of furniture: the box ``lo``-``hi``, or the cylinder inscribed in it."""
+
     lo: tuple[float, float, float]
     hi: tuple[float, float, float]
     hidden: frozenset[str] = frozenset()
+    """Faces resting against something else, never seen (see the module docstring)."""
+    axis: int | None = None
+    """None: a box; 0, 1 or 2: the cylinder along x, y or z inscribed in the box."""
+
+    def __post_init__(self) -> None:
+        if self.axis is not None:
+            width = [h - lo for i, (lo, h) in enumerate(zip(self.lo, self.hi)) if i != self.axis]
+            if abs(width[0] - width[1]) > 1e-9:
+                raise ValueError(f"a cylinder along axis {self.axis} needs a square cross-section, got {width}")
 
 
 def _box(x0, y0, z0, x1, y1, z1, hidden: str = "") -> Part:
     return Part((x0, y0, z0), (x1, y1, z1), frozenset(hidden.split()))
+
+
+def _cylinder(
+    axis: str, centre: tuple[float, float], radius: float, start: float, end: float, hidden: str = ""
+) -> Part:
+    """The cylinder along ``axis`` from ``start`` to ``end``; ``centre``: its other two
+    coordinates, in xyz order."""
+    a = "xyz".index(axis)
+    lo, hi = [start] * 3, [end] * 3
+    for other, c in zip([i for i in range(3) if i != a], centre):
+        lo[other], hi[other] = c - radius, c + radius
+    return Part(tuple(lo), tuple(hi), frozenset(hidden.split()), a)
 
 
 def _legs(sx: float, sy: float, height: float, thick: float, inset: float) -> list[Part]:
@@ -34,8 +63,20 @@ def _legs(sx: float, sy: float, height: float, thick: float, inset: float) -> li
 
 
 def table(r: np.random.Generator) -> list[Part]:
+    """A rectangular top on four legs, or (one table in three) a round one."""
+    if r.uniform() < 1 / 3:
+        return round_table(r)
     sx, sy, h = r.uniform(1.0, 1.6), r.uniform(0.7, 1.0), r.uniform(0.70, 0.78)
     return [_box(-sx / 2, -sy / 2, h - 0.05, sx / 2, sy / 2, h), *_legs(sx, sy, h - 0.05, 0.06, 0.05)]
+
+
+def round_table(r: np.random.Generator) -> list[Part]:
+    """A round top on a pedestal standing on a disc foot."""
+    radius, h = r.uniform(0.4, 0.6), r.uniform(0.70, 0.78)
+    top = _cylinder("z", (0, 0), radius, h - 0.04, h)
+    pedestal = _cylinder("z", (0, 0), 0.05, 0.03, h - 0.04, "-z +z")
+    foot = _cylinder("z", (0, 0), r.uniform(0.22, 0.28), 0, 0.03, "-z")
+    return [top, pedestal, foot]
 
 
 def desk(r: np.random.Generator) -> list[Part]:
@@ -58,7 +99,11 @@ def sofa(r: np.random.Generator) -> list[Part]:
     base = _box(-sx / 2, -sy / 2, 0, sx / 2, sy / 2 - 0.2, 0.42, "-z")
     back = _box(-sx / 2, sy / 2 - 0.2, 0, sx / 2, sy / 2, 0.85, "-z")
     arms = [_box(x0, -sy / 2, 0.42, x0 + 0.18, sy / 2 - 0.2, 0.62, "-z +y") for x0 in (-sx / 2, sx / 2 - 0.18)]
-    return [base, back, *arms]
+    # two bolster cushions on the seat against the back, 3 cm from the arms
+    radius, length, end = r.uniform(0.08, 0.11), r.uniform(0.35, 0.5), sx / 2 - 0.18 - 0.03
+    centre = (sy / 2 - 0.2 - radius, 0.42 + radius)
+    cushions = [_cylinder("x", centre, radius, x0, x0 + length) for x0 in (-end, end - length)]
+    return [base, back, *arms, *cushions]
 
 
 def bed(r: np.random.Generator) -> list[Part]:
@@ -66,7 +111,9 @@ def bed(r: np.random.Generator) -> list[Part]:
     frame = _box(-sx / 2, -sy / 2, 0, sx / 2 - 0.08, sy / 2, 0.3, "-z +x")
     mattress = _box(-sx / 2 + 0.03, -sy / 2 + 0.03, 0.3, sx / 2 - 0.08, sy / 2 - 0.03, 0.5, "-z +x")
     head = _box(sx / 2 - 0.08, -sy / 2, 0, sx / 2, sy / 2, 1.1, "-z")
-    return [frame, mattress, head]
+    radius = r.uniform(0.09, 0.12)  # a bolster across the mattress at the head
+    bolster = _cylinder("y", (sx / 2 - 0.08 - radius, 0.5 + radius), radius, -sy / 2 + 0.13, sy / 2 - 0.13)
+    return [frame, mattress, head, bolster]
 
 
 def cabinet(r: np.random.Generator) -> list[Part]:
@@ -122,8 +169,11 @@ def bathtub(r: np.random.Generator) -> list[Part]:
 
 
 def otherfurniture(r: np.random.Generator) -> list[Part]:
-    s = r.uniform(0.35, 0.6)
-    return [_box(-s / 2, -s / 2, 0, s / 2, s / 2, r.uniform(0.4, 0.7), "-z")]
+    """A square block or (half of them) a round stool."""
+    s, h = r.uniform(0.35, 0.6), r.uniform(0.4, 0.7)
+    if r.uniform() < 0.5:
+        return [_cylinder("z", (0, 0), s / 2, 0, h, "-z")]
+    return [_box(-s / 2, -s / 2, 0, s / 2, s / 2, h, "-z")]
 
 
 def _panel(width: float, bottom: float, top: float, thick: float) -> list[Part]:

@@ -1,11 +1,40 @@
 """Deterministic synthetic indoor scenes from a seed (dataset ``toy``).
 
 A room (floor, four walls, ceiling) holds furniture of ScanNet-20 classes made of
-axis-aligned boxes (see ``furniture.py``). Every visible box face is a subdivided
-triangle mesh; the scene's points are the mesh vertices, with class labels and
-instance ids. A camera loop inside the room looks across it; colour, metric
-depth and per-pixel label/instance images are rendered by exact ray casting
-against the boxes, so visibility and occlusion are ground truth.
+axis-aligned boxes and cylinders (see ``furniture.py``). The scene's mesh is what
+a reconstruction of the room would give: one welded triangle mesh of the surfaces
+that can be seen, with vertex normals as ScanNet computes them and seeded
+reconstruction noise; its vertices are the scene's points, with class labels and
+instance ids. A camera loop inside the room looks across it; colour, metric depth
+(with seeded sensor noise) and per-pixel label/instance images are rendered by
+exact ray casting against the solids, so visibility and occlusion are ground
+truth.
+
+The mesh, step by step (``_mesh``):
+
+- every box face not listed as hidden is a grid of at most ``vertex_spacing_m``;
+  a cylinder is a grid on its round side and rings on its caps, at the same
+  spacing. Samples along an axis are shared by every face of a solid, so the
+  faces of a box, the room's walls, floor and ceiling, and a cylinder's side and
+  caps meet at the same vertices. A box's (and the room's) samples also run
+  through the bounds of the boxes it touches, so a contact is a grid line on both
+  sides (``_samples``);
+- triangles are wound so that their normals point out of the solids and into
+  the room;
+- triangles lying inside or on another solid are dropped: where solids touch
+  (a cabinet's back on the wall, a leg under a table top, the floor under a
+  bed), that surface is inside the union of solids and never seen;
+- vertices at the same position (rounded to ``WELD_M``) become one vertex,
+  everywhere: the room is one connected shell, the faces of a part are one
+  surface, and parts join where their grids coincide (along contacts, mostly). A welded vertex keeps the instance
+  of the first solid that produced it, in the order room (walls, then floor,
+  then ceiling, as in ``FACES``), then the furniture parts as placed: where
+  furniture touches the room, the wall or floor wins. Triangles that welding made
+  degenerate are removed;
+- each vertex moves along its normal by N(0, ``surface_noise_m``) (seeded), and
+  the normals are computed again from the noisy mesh, as ScanNet's come from its
+  noisy reconstruction: per vertex, the area-weighted sum of the normals of its
+  triangles, normalised.
 """
 
 from __future__ import annotations
@@ -22,10 +51,20 @@ from ovlift.cache_schema import IGNORE_LABEL, canonical_json
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.furniture import CLASS_COLORS, FACES, FLOOR_TEMPLATES, WALL_TEMPLATES, Part
-from ovlift.kernels.raycast import ROOM_FACES, cast_rays, pixel_rays
+from ovlift.kernels.raycast import BOX, ROOM_FACES, cast_rays, cylinder_radius, pixel_rays
 from ovlift.vocabularies import SCANNET20
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+"""Changes whenever the same config generates a different scene (it is part of the fingerprint)."""
+WELD_M = 1e-6
+"""Mesh vertices whose positions round to the same multiple of this are one vertex."""
+SURFACE_NOISE_STREAM, DEPTH_NOISE_STREAM = 1, 2
+"""Noise draws from its own generator, seeded (seed, scene index, stream[, frame]), so a
+noise level never changes the layout drawn from (seed, scene index)."""
+KNOT_GAP_M = 1e-3
+"""Grid lines of a solid closer than this are one (furniture parts are centimetres apart)."""
+MIN_SEGMENTS = 12
+"""Fewest segments around a cylinder, however large the vertex spacing."""
 LIGHT = np.array([0.35, 0.55, 0.76]) / np.linalg.norm([0.35, 0.55, 0.76])
 ROOM_FACE_CLASSES = ("wall", "wall", "wall", "wall", "floor", "ceiling")
 
@@ -57,6 +96,12 @@ class ToyConfig(FrozenConfig):
     """Range the room's y extent is drawn from."""
     room_height_m: tuple[float, float] = (2.6, 3.0)
     """Range the room's height is drawn from."""
+    surface_noise_m: float = Field(0.003, ge=0)
+    """Reconstruction noise: each mesh vertex moves along its normal by N(0, this) metres
+    (seeded by the scene); normals are computed from the noisy mesh."""
+    depth_noise: float = Field(0.002, ge=0)
+    """Sensor noise: each rendered depth is multiplied by 1 + N(0, this) (seeded per
+    frame); colour, label and instance images stay exact."""
 
     @field_validator("floor_classes")
     @classmethod
@@ -73,11 +118,13 @@ class ToyScene:
 
     room_min: np.ndarray
     room_max: np.ndarray
-    box_min: np.ndarray
-    """(B, 3) furniture part boxes."""
-    box_max: np.ndarray
-    box_instance: np.ndarray
-    """(B,) instance id of each box."""
+    part_min: np.ndarray
+    """(P, 3) bounding boxes of the furniture parts."""
+    part_max: np.ndarray
+    part_axis: np.ndarray
+    """(P,) ``BOX`` (-1) for a box, else the axis of the cylinder inscribed in the part's box."""
+    part_instance: np.ndarray
+    """(P,) instance id of each part."""
     instance_class: list[str]
     """Class name per instance; instances 0-5 are the room faces."""
     instance_color: np.ndarray
@@ -91,6 +138,10 @@ class ToyScene:
     """(T, 4, 4) poses."""
     height: int
     width: int
+    depth_noise: float = 0.0
+    """Relative standard deviation of the rendered depth's noise."""
+    noise_seed: tuple[int, ...] = ()
+    """Seeds the depth noise, with the frame index."""
 
     @property
     def instance_label(self) -> np.ndarray:
@@ -100,22 +151,26 @@ class ToyScene:
         )
 
     def hit_instance(self) -> np.ndarray:
-        """Instance of each ray-cast hit index (boxes, then the six room faces)."""
-        return np.concatenate([self.box_instance, np.arange(ROOM_FACES)])
+        """Instance of each ray-cast hit index (parts, then the six room faces)."""
+        return np.concatenate([self.part_instance, np.arange(ROOM_FACES)])
 
     def render(self, index: int) -> Frame:
         pose = torch.from_numpy(self.cam_to_world[index]).float()
         intrinsics = torch.from_numpy(self.intrinsics).float()
         origins, directions = pixel_rays(intrinsics, pose, self.height, self.width)
-        t, hit, normal = cast_rays(origins, directions, *self._boxes(torch.float32))
+        t, hit, normal = cast_rays(origins, directions, *self._solids(torch.float32))
         instance = self.hit_instance()[hit.numpy()]
         shade = _shade(normal.numpy())
         color = np.clip(self.instance_color[instance] * shade[:, None], 0, 255).round().astype(np.uint8)
         shape = (self.height, self.width)
+        depth = t.numpy().astype(np.float64)
+        if self.depth_noise > 0:
+            rng = np.random.default_rng([*self.noise_seed, index])
+            depth *= 1 + rng.normal(0, self.depth_noise, depth.shape)
         return Frame(
             name=f"frame-{index:06d}",
             color=color.reshape(*shape, 3),
-            depth=t.numpy().astype(np.float32).reshape(shape),
+            depth=depth.astype(np.float32).reshape(shape),
             intrinsics=self.intrinsics.copy(),
             cam_to_world=self.cam_to_world[index].copy(),
             labels=self.instance_label[instance].reshape(shape),
@@ -127,12 +182,13 @@ class ToyScene:
         (1.0 means the target itself is the first surface reached)."""
         o = torch.from_numpy(np.broadcast_to(origin, targets.shape).astype(np.float64))
         d = torch.from_numpy(targets.astype(np.float64)) - o
-        t, _, _ = cast_rays(o, d, *self._boxes(torch.float64))
+        t, _, _ = cast_rays(o, d, *self._solids(torch.float64))
         return t.numpy()
 
-    def _boxes(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        arrays = (self.box_min, self.box_max, self.room_min, self.room_max)
-        return tuple(torch.from_numpy(a).to(dtype) for a in arrays)
+    def _solids(self, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """``cast_rays``' arguments after the rays."""
+        arrays = (self.part_min, self.part_max, self.room_min, self.room_max)
+        return (*(torch.from_numpy(a).to(dtype) for a in arrays), torch.from_numpy(self.part_axis))
 
 
 class ToyDataset(Dataset[ToyConfig]):
@@ -201,8 +257,15 @@ def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
             classes.append(name)
             parts += [(p, len(classes) - 1) for p in placed]
 
-    room_parts = [Part(tuple(room_min), tuple(room_max))]
-    points, normals, faces, point_instance = _mesh(parts, room_parts, config.vertex_spacing_m)
+    part_min = np.array([p.lo for p, _ in parts]).reshape(-1, 3)
+    part_max = np.array([p.hi for p, _ in parts]).reshape(-1, 3)
+    part_axis = np.array([BOX if p.axis is None else p.axis for p, _ in parts], dtype=np.int64)
+    solids = (part_min, part_max, part_axis, room_min, room_max)
+    points, normals, faces, point_instance = _mesh(parts, solids, config.vertex_spacing_m)
+    if config.surface_noise_m > 0:
+        noise = np.random.default_rng([config.seed, index, SURFACE_NOISE_STREAM])
+        points = points + normals * noise.normal(0, config.surface_noise_m, len(points))[:, None]
+        normals = _vertex_normals(points, faces)
     colors = np.array([CLASS_COLORS[c] for c in classes], dtype=np.float64)
     colors = np.clip(colors + rng.uniform(-18, 18, size=colors.shape), 0, 255)
     focal = config.image_width / 2 / math.tan(math.radians(config.fov_deg) / 2)
@@ -212,19 +275,22 @@ def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
     return ToyScene(
         room_min=room_min,
         room_max=room_max,
-        box_min=np.array([p.lo for p, _ in parts]).reshape(-1, 3),
-        box_max=np.array([p.hi for p, _ in parts]).reshape(-1, 3),
-        box_instance=np.array([i for _, i in parts], dtype=np.int64),
+        part_min=part_min,
+        part_max=part_max,
+        part_axis=part_axis,
+        part_instance=np.array([i for _, i in parts], dtype=np.int64),
         instance_class=classes,
         instance_color=colors,
-        points=points,
-        normals=normals,
-        faces=faces,
+        points=points.astype(np.float32),
+        normals=normals.astype(np.float32),
+        faces=faces.astype(np.int32),
         point_instance=point_instance,
         intrinsics=intrinsics,
         cam_to_world=cam_to_world,
         height=config.image_height,
         width=config.image_width,
+        depth_noise=config.depth_noise,
+        noise_seed=(config.seed, index, DEPTH_NOISE_STREAM),
     )
 
 
@@ -267,7 +333,8 @@ def _rotate(part: Part, quarter_turns: int, offset: np.ndarray) -> Part:
         turned = rot @ direction
         new_axis = int(np.argmax(np.abs(turned)))
         hidden.add(("+" if turned[new_axis] > 0 else "-") + "xyz"[new_axis])
-    return Part(tuple(lo), tuple(hi), frozenset(hidden))
+    axis = None if part.axis is None else int(np.argmax(np.abs(rot[:, part.axis])))
+    return Part(tuple(lo), tuple(hi), frozenset(hidden), axis)
 
 
 def _bounds(parts: list[Part]) -> tuple[np.ndarray, np.ndarray]:
@@ -337,55 +404,218 @@ def _place_on_wall(
             continue
         wall_boxes.append((lo, hi))
         if lo[2] <= 0:  # standing on the floor (a door): its bottom is hidden too
-            moved = [Part(p.lo, p.hi, p.hidden | {"-z"}) if p.lo[2] <= 0 else p for p in moved]
+            moved = [Part(p.lo, p.hi, p.hidden | {"-z"}, p.axis) if p.lo[2] <= 0 else p for p in moved]
         return moved
     return None
 
 
-def _mesh(
-    parts: list[tuple[Part, int]], room: list[Part], spacing: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Subdivided triangle meshes of every visible face; room faces are seen from inside."""
-    points, normals, faces, instance = [], [], [], []
-    count = 0
+Surface = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Vertices (n, 3), triangles (m, 3) and the direction (3,) or (m, 3) each triangle faces."""
 
-    def add(lo: np.ndarray, hi: np.ndarray, face: str, inst: int, inward: bool) -> None:
-        nonlocal count
+
+def _mesh(
+    parts: list[tuple[Part, int]], solids: tuple[np.ndarray, ...], spacing: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The welded mesh of every surface that can be seen (the module docstring has the
+    steps): points, normals, triangles and the instance of each point. ``solids``:
+    ``part_min, part_max, part_axis, room_min, room_max`` as the scene keeps them."""
+    part_min, part_max, part_axis, room_min, room_max = solids
+    radius = cylinder_radius(*(torch.from_numpy(a) for a in (part_min, part_max, part_axis.clip(0)))).numpy()
+    boxes = part_axis == BOX
+
+    def grid(lo: np.ndarray, hi: np.ndarray, touching: np.ndarray) -> list[np.ndarray]:
+        knots = np.concatenate([part_min[touching & boxes], part_max[touching & boxes]])
+        return [_samples(lo[a], hi[a], knots[:, a], spacing) for a in range(3)]
+
+    on_wall = np.any(part_min <= room_min + WELD_M, axis=1) | np.any(part_max >= room_max - WELD_M, axis=1)
+    room = _box_surfaces(room_min, room_max, frozenset(), grid(room_min, room_max, on_wall))
+    pieces: list[tuple[Surface, int, int]] = []  # (surface, instance, owner part; -1: the room)
+    for face_index, (vertices, triangles, outward) in enumerate(room):
+        pieces.append((_facing((vertices, triangles, -outward)), face_index, -1))  # seen from inside
+    for k, (part, instance) in enumerate(parts):
+        if part.axis is None:
+            touching = np.all((part_min <= part_max[k] + WELD_M) & (part_max >= part_min[k] - WELD_M), axis=1)
+            touching[k] = False
+            surfaces = _box_surfaces(part_min[k], part_max[k], part.hidden, grid(part_min[k], part_max[k], touching))
+        else:
+            surfaces = _cylinder_surfaces(part, radius[k], spacing)
+        pieces += [(_facing(surface), instance, k) for surface in surfaces]
+
+    sizes = np.array([len(surface[0]) for surface, _, _ in pieces])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    vertices = np.concatenate([surface[0] for surface, _, _ in pieces])
+    vertex_instance = np.repeat([instance for _, instance, _ in pieces], sizes)
+    triangles = np.concatenate([surface[1] + offset for (surface, _, _), offset in zip(pieces, offsets)])
+    owner = np.concatenate([np.full(len(surface[1]), k) for surface, _, k in pieces])
+    centres = (vertices[triangles[:, 0]] + vertices[triangles[:, 1]] + vertices[triangles[:, 2]]) / 3
+    seen = ~_covered(centres, owner, solids, radius)
+    triangles = triangles[seen]
+
+    # Weld: sort the rounded positions stably, so that among equal ones the earliest
+    # solid's vertex (the room's first) leads; each run of equal positions is one vertex.
+    keys = np.round(vertices / WELD_M).astype(np.int64)
+    order = np.lexsort(keys.T[::-1])
+    starts = np.concatenate([[True], np.any(keys[order[1:]] != keys[order[:-1]], axis=1)])
+    welded = np.empty(len(keys), dtype=np.int64)
+    welded[order] = np.cumsum(starts) - 1
+    first = order[starts]  # the vertex each welded one takes its position and instance from
+    triangles = welded[triangles]
+    distinct = (triangles[:, [0, 1, 2]] != triangles[:, [1, 2, 0]]).all(axis=1)
+    triangles = triangles[distinct]  # welding collapsed the others
+    used = np.flatnonzero(np.bincount(triangles.ravel(), minlength=len(first)))
+    used = used[np.argsort(first[used])]  # points in the order they were made
+    renumber = np.empty(len(first), dtype=np.int64)
+    renumber[used] = np.arange(len(used))
+    points = vertices[first[used]]
+    faces = renumber[triangles]
+    return points, _vertex_normals(points, faces), faces, vertex_instance[first[used]]
+
+
+def _facing(surface: Surface) -> Surface:
+    """The surface with its triangles wound so that their normals face the way it gives
+    (the triangles of a grid or of rings all wind alike: the first one decides)."""
+    vertices, triangles, outward = surface
+    a, b, c = vertices[triangles[0]]
+    if np.dot(np.cross(b - a, c - a), np.broadcast_to(outward, triangles.shape)[0]) < 0:
+        triangles = triangles[:, ::-1]
+    return vertices, triangles, outward
+
+
+def _samples(lo: float, hi: float, knots: np.ndarray, spacing: float) -> np.ndarray:
+    """Grid coordinates along one axis of a solid, at most ``spacing`` apart, through
+        every knot between ``lo`` and ``hi``.
+
+        Every face of the solid uses these, so its faces meet at the same vertices. A
+        box's knots are the bounds of the boxes it touches: where a leg meets a table
+        top, or a cabinet the floor, a grid line runs along the contact, so each
+        triangle is wholly seen or wholly covered, and both grids have the same samples
+        along the contact (the same ``linspace`` between the same knots) and weld. Knots
+    closer than ``KNOT_GAP_M`` (two objects' edges aligned by chance) are one, so that
+    no sliver triangles arise."""
+    inner = np.unique(knots[(knots > lo + KNOT_GAP_M) & (knots < hi - KNOT_GAP_M)])
+    inner = inner[np.concatenate([[True], np.diff(inner) > KNOT_GAP_M])] if len(inner) else inner
+    ends = np.concatenate([[lo], inner, [hi]])
+    pieces = [np.linspace(a, b, max(1, math.ceil((b - a) / spacing - 1e-9)) + 1)[:-1] for a, b in zip(ends, ends[1:])]
+    return np.concatenate([*pieces, [hi]])
+
+
+def _box_surfaces(lo: np.ndarray, hi: np.ndarray, hidden: frozenset[str], samples: list[np.ndarray]) -> list[Surface]:
+    """A grid through ``samples`` (per axis) on each face of the box that is not hidden,
+    facing out of the box."""
+    surfaces = []
+    for face in FACES:
+        if face in hidden:
+            continue
         axis = "xyz".index(face[1])
         u, v = [a for a in range(3) if a != axis]
-        nu = max(1, math.ceil((hi[u] - lo[u]) / spacing - 1e-9))
-        nv = max(1, math.ceil((hi[v] - lo[v]) / spacing - 1e-9))
-        gu, gv = np.meshgrid(np.linspace(lo[u], hi[u], nu + 1), np.linspace(lo[v], hi[v], nv + 1), indexing="ij")
-        verts = np.empty((gu.size, 3))
-        verts[:, u], verts[:, v] = gu.ravel(), gv.ravel()
-        verts[:, axis] = hi[axis] if face[0] == "+" else lo[axis]
-        normal = np.zeros(3)
-        normal[axis] = (1.0 if face[0] == "+" else -1.0) * (-1.0 if inward else 1.0)
+        gu, gv = np.meshgrid(samples[u], samples[v], indexing="ij")
+        vertices = np.empty((gu.size, 3))
+        vertices[:, u], vertices[:, v] = gu.ravel(), gv.ravel()
+        vertices[:, axis] = hi[axis] if face[0] == "+" else lo[axis]
+        outward = np.zeros(3)
+        outward[axis] = 1.0 if face[0] == "+" else -1.0
+        nu, nv = len(samples[u]) - 1, len(samples[v]) - 1
         ii, jj = np.meshgrid(np.arange(nu), np.arange(nv), indexing="ij")
         a = (ii * (nv + 1) + jj).ravel()
         b, c, d = a + (nv + 1), a + (nv + 1) + 1, a + 1
-        tris = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
-        e1, e2 = verts[tris[0, 1]] - verts[tris[0, 0]], verts[tris[0, 2]] - verts[tris[0, 0]]
-        if np.dot(np.cross(e1, e2), normal) < 0:
-            tris = tris[:, ::-1]
-        points.append(verts)
-        normals.append(np.broadcast_to(normal, verts.shape))
-        faces.append(tris + count)
-        instance.append(np.full(len(verts), inst))
-        count += len(verts)
+        surfaces.append((vertices, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)]), outward))
+    return surfaces
 
-    for face_index, face in enumerate(FACES):
-        add(np.array(room[0].lo), np.array(room[0].hi), face, face_index, inward=True)
-    for part, inst in parts:
-        for face in FACES:
-            if face not in part.hidden:
-                add(np.array(part.lo), np.array(part.hi), face, inst, inward=False)
-    return (
-        np.concatenate(points).astype(np.float32),
-        np.concatenate(normals).astype(np.float32),
-        np.concatenate(faces).astype(np.int32),
-        np.concatenate(instance).astype(np.int64),
-    )
+
+def _cylinder_surfaces(part: Part, radius: float, spacing: float) -> list[Surface]:
+    """A grid on the round side (rings along the axis at most ``spacing`` apart, at
+    least ``MIN_SEGMENTS`` segments around) and, on each cap not hidden, concentric
+    rings joined by triangles; the side's end rings are the caps' rims.
+
+    The number of segments is a multiple of 4 and the rings start half a segment
+    round: no vertex lies where a plane along the axis touches the side (a cushion
+    on a seat), so a cylinder never welds to a plane along a line."""
+    axis = part.axis
+    assert axis is not None
+    u, v = (axis + 1) % 3, (axis + 2) % 3  # as cast_rays takes the cross-section
+    lo, hi = np.array(part.lo), np.array(part.hi)
+    centre = (lo + hi) / 2
+    segments = 4 * math.ceil(max(MIN_SEGMENTS, 2 * math.pi * radius / spacing - 1e-9) / 4)
+    start = math.pi / segments
+
+    def ring(r: float, count: int) -> np.ndarray:
+        angle = start + 2 * math.pi * np.arange(count) / count
+        points = np.zeros((count, 3))
+        points[:, u], points[:, v] = centre[u] + r * np.cos(angle), centre[v] + r * np.sin(angle)
+        return points
+
+    rim = ring(radius, segments)
+    along = _samples(lo[axis], hi[axis], np.empty(0), spacing)
+    side = np.tile(rim, (len(along), 1))
+    side[:, axis] = np.repeat(along, segments)
+    ii, jj = np.meshgrid(np.arange(len(along) - 1), np.arange(segments), indexing="ij")
+    a = (ii * segments + jj).ravel()
+    b = (ii * segments + (jj + 1) % segments).ravel()
+    c, d = b + segments, a + segments
+    middle = start + 2 * math.pi * (jj.ravel() + 0.5) / segments
+    radial = np.zeros((len(a), 3))
+    radial[:, u], radial[:, v] = np.cos(middle), np.sin(middle)
+    surfaces = [(side, np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)]), np.tile(radial, (2, 1)))]
+
+    num_rings = max(1, math.ceil(radius / spacing - 1e-9))
+    counts = [1] + [max(6, math.ceil(segments * k / num_rings)) for k in range(1, num_rings)] + [segments]
+    disc = np.concatenate([ring(radius * k / num_rings, n) for k, n in enumerate(counts[:-1])] + [rim])
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rings = [np.arange(starts[k], starts[k + 1]) for k in range(len(counts))]
+    disc_triangles = np.concatenate([_zip_rings(inner, outer) for inner, outer in zip(rings[:-1], rings[1:])])
+    for sign, height in (("-", lo[axis]), ("+", hi[axis])):
+        if sign + "xyz"[axis] in part.hidden:
+            continue
+        cap = disc.copy()
+        cap[:, axis] = height
+        outward = np.zeros(3)
+        outward[axis] = 1.0 if sign == "+" else -1.0
+        surfaces.append((cap, disc_triangles, outward))
+    return surfaces
+
+
+def _zip_rings(inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Triangles between two concentric rings of vertex indices that both start at angle
+    0 and go round the same way: walking round, each step advances along the ring whose
+    next vertex comes first. A one-vertex inner ring (the centre) makes a fan, plus
+    one degenerate triangle that welding's clean-up removes."""
+    steps = np.concatenate([np.arange(1, len(inner) + 1) / len(inner), np.arange(1, len(outer) + 1) / len(outer)])
+    on_inner = np.concatenate([np.ones(len(inner), bool), np.zeros(len(outer), bool)])
+    on_inner = on_inner[np.argsort(steps, kind="stable")]
+    i = np.cumsum(on_inner) - on_inner  # inner-ring steps taken before this one
+    j = np.cumsum(~on_inner) - ~on_inner
+    ahead = np.where(on_inner, inner[(i + 1) % len(inner)], outer[(j + 1) % len(outer)])
+    return np.stack([inner[i % len(inner)], outer[j % len(outer)], ahead], axis=1)
+
+
+def _covered(centres: np.ndarray, owner: np.ndarray, solids: tuple[np.ndarray, ...], radius: np.ndarray) -> np.ndarray:
+    """Whether each triangle (by its centre) lies inside or on a solid other than the part
+    it belongs to (``owner``; -1: the room), or, for a part's triangle, on or beyond the
+    room's boundary: surfaces where solids touch are never seen."""
+    part_min, part_max, part_axis, room_min, room_max = solids
+    covered = (owner >= 0) & np.any((centres <= room_min + WELD_M) | (centres >= room_max - WELD_M), axis=1)
+    by_x = np.argsort(centres[:, 0], kind="stable")
+    sorted_x = centres[by_x, 0]
+    for k in range(len(part_min)):
+        lo, hi = part_min[k] - WELD_M, part_max[k] + WELD_M
+        near = by_x[np.searchsorted(sorted_x, lo[0]) : np.searchsorted(sorted_x, hi[0], side="right")]
+        near = near[np.all((centres[near, 1:] >= lo[1:]) & (centres[near, 1:] <= hi[1:]), axis=1) & (owner[near] != k)]
+        if part_axis[k] != BOX:
+            u, v = (part_axis[k] + 1) % 3, (part_axis[k] + 2) % 3
+            centre = (part_min[k] + part_max[k]) / 2
+            offset_u, offset_v = centres[near, u] - centre[u], centres[near, v] - centre[v]
+            near = near[offset_u**2 + offset_v**2 <= (radius[k] + WELD_M) ** 2]
+        covered[near] = True
+    return covered
+
+
+def _vertex_normals(points: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """ScanNet's vertex normals: per vertex, the sum of the normals of its triangles
+    weighted by their areas (the cross product of two edges is both), normalised."""
+    a, b, c = points[faces[:, 0]], points[faces[:, 1]], points[faces[:, 2]]
+    weighted = np.repeat(np.cross(b - a, c - a), 3, axis=0)  # once per corner, as in faces.ravel()
+    normals = np.stack([np.bincount(faces.ravel(), weighted[:, k], len(points)) for k in range(3)], axis=1)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
 def _shade(normals: np.ndarray) -> np.ndarray:
