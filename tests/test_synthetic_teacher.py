@@ -200,7 +200,8 @@ def teacher_output(config: SyntheticConfig) -> tuple[np.ndarray, np.ndarray, np.
 
 
 PINNED_V1 = REPO / "tests" / "data" / "synthetic_v1_default_masks.npz"
-"""``teacher_output`` of version 1 before masks could overlap (commit 1640be4), with
+"""``teacher_output`` of version 1 before masks could overlap (the teacher of commit 1640be4, on
+toy generator v2 scenes), with
 ``NOISY``: its mask ids (one slot) and embeddings."""
 NOISY = {"confusion": {"chair": {"sofa": 0.3}, "wall": {"floor": 0.2}}, "bleed_px": 2, "noise_std": 0.3, "seed": 1}
 
