@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ovlift.cache_schema import GroupWriter
+from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.denoise import DENOISE_SPEC
 from ovlift.cache_schema.groups.extract2d import TeacherFeatures, teachers_in
 from ovlift.cache_schema.groups.project import fused_teacher
@@ -113,7 +113,9 @@ class SceneViews:
     """A scene's (point, view) correspondences with a teacher feature, read frame batch
     by frame batch (each batch of 2D features is read once per pass)."""
 
-    def __init__(self, project, teacher: TeacherFeatures, frames_per_batch: int, device: torch.device) -> None:
+    def __init__(
+        self, project: StageGroup, teacher: TeacherFeatures, frames_per_batch: int, device: torch.device
+    ) -> None:
         self.teacher, self.device, self.batch = teacher, device, frames_per_batch
         frame = project.load("frame_index")
         self.order = np.argsort(frame, kind="stable")
