@@ -31,7 +31,7 @@ class ObjectDenoiser:
         self.objects = objects.to(torch.int64)
         self.num_objects = int(self.objects.max()) + 1 if len(self.objects) else 0
         self.num_classes = num_classes
-        self.votes = torch.zeros(max(self.num_objects, 0), num_classes, dtype=torch.int64, device=objects.device)
+        self.votes = torch.zeros(self.num_objects, num_classes, dtype=torch.int64, device=objects.device)
         self.sums = torch.zeros(len(objects), channels, dtype=torch.float64, device=objects.device)
         self.kept = torch.zeros(len(objects), dtype=torch.int64, device=objects.device)
         self._point_label: torch.Tensor | None = None

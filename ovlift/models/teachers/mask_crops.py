@@ -16,6 +16,7 @@ import torch
 from pydantic import Field
 
 from ovlift.config import LocalPath
+from ovlift.kernels.classify import classify
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.clip import load_clip
 from ovlift.models.segmenter import load_segmenter, mask_crops
@@ -74,6 +75,5 @@ class MaskCropsTeacher(Teacher[MaskCropsConfig]):
             probs = probs[(probs > cfg.mask_threshold).flatten(1).any(1)]  # masks that cover some pixel
             crops = mask_crops(batch.color[b], probs > cfg.mask_threshold, self.clip.image_size)
             emb = self.clip.encode_images(crops).cpu().float()
-            labels = prompt_class[(emb @ prompts.T).argmax(1)] if len(emb) else torch.zeros(0, dtype=torch.long)
-            frames.append(FrameMasks(probs, labels, emb))
+            frames.append(FrameMasks(probs, classify(emb, prompts, prompt_class)[1], emb))
         return voted_mask_features(frames, cfg, len(self.vocabulary.classes))

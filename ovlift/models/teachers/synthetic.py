@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from ovlift.errors import StageInputError
+from ovlift.kernels.classify import classify
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.teachers.base import (
     FrameMasks,
@@ -205,7 +206,7 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
                     probs.append((box & labelled)[None] * _between(SPURIOUS_PROB, draw[j, 5]))
                     extra.append(self._noisy(class_emb[other][None], noise[inst, 1][None]))
         emb = torch.cat([emb, *extra])
-        return FrameMasks(torch.cat(probs), (emb @ class_emb.T).argmax(1), emb)
+        return FrameMasks(torch.cat(probs), classify(emb, class_emb, torch.arange(len(class_emb)))[1], emb)
 
     def _noisy(self, emb: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Unit embeddings plus ``noise_std`` times unit-scale Gaussian ``noise``, renormalised."""
