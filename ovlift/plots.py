@@ -122,3 +122,42 @@ def ablation_bars(rows: list[dict], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def contact_sheet(images, teacher_masks: dict, ious: dict, path: Path, max_rows: int = 6) -> Path:
+    """One generated class at a glance: per image (rows, at most ``max_rows``) the image, the
+    coarse mask with its prompt points (when the generator has them), the pseudo mask and
+    each teacher's mask with its IoU. ``images`` is a ``GeneratedImages``."""
+    rows = min(max_rows, len(images.images))
+    has_coarse = images.coarse_masks is not None
+    columns = ["image", *(["coarse mask + points"] if has_coarse else []), "pseudo mask", *teacher_masks]
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 1.8 * rows + 0.4), squeeze=False)
+
+    def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        tinted = image.astype(np.float32)
+        tinted[mask] = 0.45 * tinted[mask] + 0.55 * np.array([230, 30, 30])
+        return tinted.round().astype(np.uint8)
+
+    for r in range(rows):
+        image = images.images[r].numpy()
+        panels = [(image, columns[0])]
+        if has_coarse:
+            panels.append((overlay(image, images.coarse_masks[r].numpy()), columns[1]))
+        panels.append((overlay(image, images.pseudo_masks[r].numpy()), "pseudo mask"))
+        for name, masks in teacher_masks.items():
+            iou = ious[name][r]
+            panels.append((overlay(image, masks[r].numpy()), f"{name}: IoU {'-' if np.isnan(iou) else f'{iou:.2f}'}"))
+        for c, (picture, title) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(picture)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+            if has_coarse and c == 1 and images.points is not None:
+                points = images.points[r].numpy()
+                ax.scatter(points[:, 0], points[:, 1], s=14, c="yellow", edgecolors="black", linewidths=0.5)
+    fig.suptitle(f"capability images of '{images.class_name}' ({len(images.images)} drawn, {rows} shown)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -626,3 +626,67 @@ def _shade(normals: np.ndarray) -> np.ndarray:
 def _point_colors(scene: ToyScene) -> np.ndarray:
     shade = _shade(scene.normals.astype(np.float64))
     return np.clip(scene.instance_color[scene.point_instance] * shade[:, None], 0, 255).round().astype(np.uint8)
+
+
+def object_view(
+    class_name: str, seed: tuple[int, ...], height: int, width: int, fov_deg: float = 70.0, room_only: bool = False
+) -> ToyScene:
+    """A toy room holding one object of ``class_name`` and one camera looking at it:
+    SAS's "a photo of a {class} in a room", rendered with exact masks (the capability
+    stage's ``render`` generator). ``wall`` and ``floor`` are views of an empty room;
+    a class without a template raises KeyError. Deterministic from ``seed``."""
+    rng = np.random.default_rng(list(seed))
+    size = np.array([rng.uniform(4.0, 6.0), rng.uniform(3.5, 5.5), rng.uniform(2.6, 3.0)])
+    classes, parts = list(ROOM_FACE_CLASSES), []
+    if class_name in FLOOR_TEMPLATES:
+        placed = None
+        while placed is None:
+            placed = _place_on_floor(rng, FLOOR_TEMPLATES[class_name](rng), size, [], np.full((1, 2), -1e3))
+    elif class_name in WALL_TEMPLATES:
+        placed = None
+        while placed is None:
+            placed = _place_on_wall(rng, WALL_TEMPLATES[class_name](rng), size, [], [])
+    elif class_name in ("wall", "floor"):
+        placed = []
+    else:
+        raise KeyError(f"toy scenes have no '{class_name}' (templates: {[*FLOOR_TEMPLATES, *WALL_TEMPLATES]})")
+    if placed:
+        classes.append(class_name)
+        parts = [(p, len(classes) - 1) for p in placed]
+        lo, hi = _bounds(placed)
+        target = (lo + hi) / 2 + rng.uniform(-0.15, 0.15, 3) * (hi - lo)
+    elif class_name == "floor":
+        target = np.array([*rng.uniform(0.25, 0.75, 2) * size[:2], 0.0])
+    else:
+        target = np.array([*rng.uniform(0.2, 0.8, 2) * size[:2], rng.uniform(0.8, 1.8)])
+        target[int(rng.integers(2))] = size[0] if rng.uniform() < 0.5 else 0.0
+    extent = float(np.max(hi - lo)) if placed else 2.0
+    near, far = max(0.9, 1.2 * extent), max(1.8, 2.4 * extent)
+    for _ in range(1000):  # an eye inside the room, outside the object, at a distance that fits it
+        eye = np.array([*rng.uniform(0.3, size[:2] - 0.3), rng.uniform(1.1, 1.8)])
+        inside = placed and np.all((eye >= lo - 0.2) & (eye <= hi + 0.2))
+        if not inside and near <= np.linalg.norm(eye - target) <= far:
+            break
+    part_min = np.array([p.lo for p, _ in parts]).reshape(-1, 3)
+    part_max = np.array([p.hi for p, _ in parts]).reshape(-1, 3)
+    colors = np.array([CLASS_COLORS[c] for c in classes], dtype=np.float64)
+    colors = np.clip(colors + rng.uniform(-18, 18, size=colors.shape), 0, 255)
+    focal = width / 2 / math.tan(math.radians(fov_deg) / 2)
+    return ToyScene(
+        room_min=np.zeros(3),
+        room_max=size,
+        part_min=part_min,
+        part_max=part_max,
+        part_axis=np.array([BOX if p.axis is None else p.axis for p, _ in parts], dtype=np.int64),
+        part_instance=np.array([i for _, i in parts], dtype=np.int64),
+        instance_class=classes,
+        instance_color=colors,
+        points=np.empty((0, 3), np.float32),
+        normals=np.empty((0, 3), np.float32),
+        faces=np.empty((0, 3), np.int32),
+        point_instance=np.empty(0, np.int64),
+        intrinsics=np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]]),
+        cam_to_world=_look_at(eye, target)[None],
+        height=height,
+        width=width,
+    )

@@ -138,10 +138,10 @@ class Plan:
         return result
 
 
-def external_inputs(plan: Plan, key: str, scene_id: str, groups: Mapping[str, StageGroup]) -> dict[str, str]:
-    """Every input fingerprint of a stage group but those of upstream groups."""
+def external_inputs(plan: Plan, key: str, scene_id: str | None, groups: Mapping[str, StageGroup]) -> dict[str, str]:
+    """Every input fingerprint of a stage group but those of upstream groups (scene None: a global stage)."""
     stage = plan.stages[key].stage
-    found = dict([plan.dataset_input(scene_id)]) if stage.reads_dataset else {}
+    found = dict([plan.dataset_input(scene_id)]) if stage.reads_dataset and scene_id is not None else {}
     found.update(stage.external_inputs(scene_id, groups))
     return found
 
@@ -271,6 +271,8 @@ def plan_from_dict(
         source=source,
         splits=splits,
     )
+    for stage_plan in stages.values():
+        stage_plan.stage.bind({k: sp.stage for k, sp in stages.items()})
     for key, stage_plan in stages.items():
         for upstream in stage_plan.stage.reads:
             if not any(sp.name == upstream for sp in stages.values()):

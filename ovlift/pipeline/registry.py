@@ -12,8 +12,10 @@ from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
+from ovlift.models.generators.registry import GENERATORS
 from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.stages.base import Stage
+from ovlift.stages.capability import CapabilityStage
 from ovlift.stages.denoise import DenoiseStage
 from ovlift.stages.distill import DistillStage
 from ovlift.stages.evaluate import EvaluateStage
@@ -30,6 +32,7 @@ STAGES: dict[str, dict[str, type[Stage]]] = {
     "project": {"openscene": ProjectStage},
     "segment": {"scannet": SegmentStage},
     "objects": {"cus3d": ObjectsStage},
+    "capability": dict.fromkeys(GENERATORS, CapabilityStage),  # one stage class; the implementations are generators
     "denoise": {"cus3d": DenoiseStage},
     "distill": {"openscene": DistillStage},
     "predict": {"openscene": PredictStage},

@@ -269,8 +269,7 @@ class Runner:
             path, group = self._upstream_group(scene_id, stage_plan.key, upstream)
             fps[path] = group.fingerprint
             groups[upstream] = group
-        if scene_id is not None:
-            fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
+        fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
         return fps, groups, per_scene
 
     def files_dir(self, stage_plan: StagePlan, scene_id: str | None, fp: str) -> Path:

@@ -119,7 +119,7 @@ def expected_fingerprints(plan: Plan, store: Store) -> dict[str, Expected]:
                         continue
                     inputs[up_path] = fps[up_path]
                     groups[upstream] = store.read(up_path)
-            if scene is not None and all(g is not None for g in groups.values()):
+            if all(g is not None for g in groups.values()):
                 inputs.update(external_inputs(plan, key, scene, groups))
             path = stage_plan.group_path(scene)
             fps[path] = stage_plan.fingerprint(inputs)

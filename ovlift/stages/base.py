@@ -107,9 +107,13 @@ class Stage(ABC, Configurable[ConfigT]):
     def check_inputs(self, keys: list[str]) -> None:
         """Raise ValueError if the plan's upstream keys cannot serve this stage."""
 
-    def external_inputs(self, scene_id: str, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
-        """Fingerprints of files it reads outside the store (e.g. cached features)."""
+    def external_inputs(self, scene_id: str | None, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
+        """Fingerprints of what it reads outside the store (e.g. cached features); scene None: global."""
         return {}
+
+    def bind(self, stages: Mapping[str, Stage]) -> None:
+        """Called once the plan is built, with every configured stage by plan key: a stage that
+        runs other stages' models (``capability`` runs the teachers) keeps what it needs."""
 
     @abstractmethod
     def run(self, ctx: StageContext, out: GroupWriter) -> None:

@@ -1,0 +1,252 @@
+"""``capability`` (global): how well each 2D teacher recognises each class, without labels (SAS).
+
+For every class of the vocabulary an image generator (``implementation``: see
+``ovlift.models.generators.registry``) draws m images with a pseudo mask of the
+class; every teacher runs on them exactly as ``extract2d`` runs it on scene frames
+(same config, same model), its pixels are labelled by cosine to the vocabulary in
+the teachers' shared text space, and its mask of the class is scored against the
+pseudo mask. Capability = mean per-image IoU (the paper) or pooled IoU (SAS's code).
+
+The teachers are the plan's ``extract2d`` entries (``teachers`` picks and orders
+them). A ``cached`` teacher was computed elsewhere: the stage exports the images to
+``<files>/images/capability-<class>/image-NNNNNN.png``, and reads that teacher's
+outputs on them from ``cached_outputs[<teacher>]`` in the teacher's own pattern; run
+the stage once to export them (it then fails naming the files it needs).
+
+Per class a contact sheet (``<files>/contact_sheets/<class>.png``) shows the images,
+the coarse mask and prompt points (diffusion-sam), the pseudo mask and each
+teacher's mask with its IoU, so that a low number can be traced to its cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ovlift.cache_schema import GroupWriter, StageGroup, canonical_json
+from ovlift.cache_schema.groups.capability import CAPABILITY_SPEC
+from ovlift.config import FrozenConfig
+from ovlift.content_hash import folder_digest
+from ovlift.errors import StageInputError
+from ovlift.kernels.classify import classify
+from ovlift.kernels.fusion import FeatureBuffers
+from ovlift.models.generators.base import GeneratedImages, GeneratorConfig, ImageGenerator
+from ovlift.models.generators.registry import GENERATORS, generator_class
+from ovlift.models.loading import model_inputs
+from ovlift.models.teachers.base import Teacher, TeacherInput, resize_nearest
+from ovlift.models.teachers.cached import frame_file
+from ovlift.models.text import TextEncoderConfig
+from ovlift.progress import progress
+from ovlift.stages.base import Stage, StageContext
+from ovlift.stages.extract2d import Extract2DStage
+from ovlift.vocabularies import get_vocabulary
+
+
+def class_slug(name: str) -> str:
+    """A class name as a path part ("shower curtain" -> "shower-curtain")."""
+    return "-".join(name.split())
+
+
+def image_name(index: int) -> str:
+    return f"image-{index:06d}"
+
+
+class CapabilityStage(Stage[GeneratorConfig]):
+    """The teacher-on-generated-images loop around whichever generator the config belongs to."""
+
+    spec = CAPABILITY_SPEC
+    writes_files = True
+
+    def __init__(self, config: GeneratorConfig, variant: str | None = None) -> None:
+        super().__init__(config, variant)
+        self.generator_class: type[ImageGenerator] = next(
+            cls for cls in GENERATORS.values() if type(config) is cls.Config
+        )
+        self.teacher_stages: dict[str, Extract2DStage] = {}
+        self._plan_teachers: list[str] = []
+
+    @classmethod
+    def config_type(cls, implementation: str) -> type[FrozenConfig]:
+        return generator_class(implementation).Config
+
+    @property
+    def implementation(self) -> str:  # type: ignore[override]  # the generator's, per instance
+        return self.generator_class.name
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return f"1.{self.generator_class.version}"
+
+    def bind(self, stages: Mapping[str, Stage]) -> None:
+        found = {s.variant: s for s in stages.values() if isinstance(s, Extract2DStage)}
+        self._plan_teachers = list(found)
+        wanted = self.config.teachers or tuple(found)
+        self.teacher_stages = {name: found[name] for name in wanted if name in found}
+
+    def check_inputs(self, keys: list[str]) -> None:
+        missing = [t for t in self.config.teachers if t not in self.teacher_stages]
+        if missing or not self.teacher_stages:
+            raise ValueError(
+                f"measures teachers {list(self.config.teachers) or '(all)'}, but the plan's extract2d "
+                f"configures {self._plan_teachers or 'none'}"
+            )
+        for name, stage in self.teacher_stages.items():
+            if stage.implementation == "cached" and name not in self.config.cached_outputs:
+                raise ValueError(
+                    f"teacher '{name}' is cached (computed elsewhere): give cached_outputs.{name}, the folder "
+                    "of its outputs on the exported images"
+                )
+
+    def external_inputs(self, scene_id: str | None, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
+        """The generator's models, each teacher's config and models, the cached teachers' outputs."""
+        found = model_inputs(self.generator_class.model_folders(self.config))
+        for name, stage in self.teacher_stages.items():
+            described = [stage.implementation_id, stage.version, stage.config.normalised()]
+            found[f"teacher:{name}"] = hashlib.blake2b(canonical_json(described).encode(), digest_size=16).hexdigest()
+            models = model_inputs(stage.teacher_class.model_folders(stage.config))
+            found.update({f"teacher:{name}/{key}": digest for key, digest in models.items()})
+        for name, folder in self.config.cached_outputs.items():
+            found[f"files:{name}"] = folder_digest(folder) if Path(folder).is_dir() else "missing"
+        return found
+
+    def run(self, ctx: StageContext, out: GroupWriter) -> None:
+        from ovlift.plots import contact_sheet
+
+        cfg = self.config
+        assert ctx.files is not None
+        device = torch.device(cfg.device or ctx.device)
+        generator = self.generator_class(cfg, device, f"capability generator '{self.implementation}'")
+        teachers = {name: self._teacher(name, stage, ctx) for name, stage in self.teacher_stages.items()}
+        text_encoder = shared_text_space({n: t.text_encoder for n, t in teachers.items()}, ctx.where())
+        vocab = get_vocabulary(cfg.vocabulary)
+        prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
+        prompt_class = torch.tensor(vocab.prompt_class)
+        shape = (len(teachers), len(vocab.classes), cfg.images_per_class)
+        per_image = np.full(shape, np.nan, dtype=np.float32)
+        pooled = np.zeros(shape[:2], dtype=np.float64)
+        counts = np.zeros(shape[1], dtype=np.int32)
+        absent: list[str] = []
+        for k, class_name in enumerate(progress(vocab.classes, "capability", unit="class")):
+            images = generator.generate(class_name)
+            counts[k] = len(images.images)
+            if counts[k] == 0:
+                ctx.log.warning("capability: generator '%s' drew no image of '%s'", self.implementation, class_name)
+                continue
+            if any(stage.implementation == "cached" for stage in self.teacher_stages.values()):
+                export_images(images, ctx.files / "images")
+            missing = {name: missing_outputs(t, images) for name, t in teachers.items() if t.name == "cached"}
+            if any(missing.values()):  # export every class first, then say what is needed
+                absent += [str(path) for paths in missing.values() for path in paths]
+                continue
+            masks = {}
+            for t, (name, teacher) in enumerate(teachers.items()):
+                masks[name] = teacher_masks(
+                    teacher, self.teacher_stages[name], images, k, prompts, prompt_class, device
+                )
+                inter = (masks[name] & images.pseudo_masks).sum((1, 2)).double()
+                union = (masks[name] | images.pseudo_masks).sum((1, 2)).double()
+                per_image[t, k, : counts[k]] = torch.where(union > 0, inter / union.clamp(min=1), np.nan).numpy()
+                pooled[t, k] = float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
+            ious = {name: per_image[t, k, : counts[k]] for t, name in enumerate(teachers)}
+            contact_sheet(images, masks, ious, ctx.files / "contact_sheets" / f"{class_slug(class_name)}.png")
+        if absent:
+            raise StageInputError(
+                f"{ctx.where()}: the cached teachers' outputs on the generated images are missing ({len(absent)} "
+                f"files, e.g. '{absent[0]}'): run those teachers on the images exported to "
+                f"'{ctx.files / 'images'}' and write their outputs there (cached_outputs, in the teacher's pattern)"
+            )
+        with warnings.catch_warnings():  # classes without an image are all NaN: capability 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nan_to_num(np.nanmean(per_image, axis=2), nan=0.0)
+        capability = mean if cfg.iou == "mean" else pooled
+        out.write("capability", capability.astype(np.float32))
+        out.write("image_count", counts)
+        out.write("per_image_iou", per_image)
+        out.set_info(
+            teachers=list(teachers),
+            classes=list(vocab.classes),
+            vocabulary=cfg.vocabulary,
+            text_encoder=text_encoder,
+            generator=self.implementation,
+            iou=cfg.iou,
+            contact_sheets=str(ctx.files / "contact_sheets"),
+        )
+        for name, row in zip(teachers, capability):
+            ctx.log.info("capability of '%s': %s", name, ", ".join(f"{c} {v:.2f}" for c, v in zip(vocab.classes, row)))
+
+    def _teacher(self, name: str, stage: Extract2DStage, ctx: StageContext) -> Teacher:
+        if stage.implementation == "cached":  # its outputs on the exported images live elsewhere
+            stage = Extract2DStage(stage.config.model_copy(update={"path": self.config.cached_outputs[name]}), name)
+        return stage.load_teacher(ctx)
+
+
+def shared_text_space(encoders: Mapping[str, TextEncoderConfig], where: str) -> dict:
+    """The one text encoder (templates aside) every teacher's features live in, or an error naming them."""
+    spaces = {name: {k: v for k, v in enc.normalised().items() if k != "templates"} for name, enc in encoders.items()}
+    distinct = {json.dumps(s, sort_keys=True) for s in spaces.values()}
+    if len(distinct) > 1:
+        raise StageInputError(
+            f"{where}: the teachers live in different text spaces ({spaces}); SAS compares and fuses them only "
+            "in one (give every teacher the same text encoder)"
+        )
+    return next(iter(spaces.values()))
+
+
+def teacher_masks(
+    teacher: Teacher,
+    stage: Extract2DStage,
+    images: GeneratedImages,
+    class_index: int,
+    prompts: torch.Tensor,
+    prompt_class: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """(m, H, W) bool: where the teacher's pixel feature is nearest to class ``class_index``,
+    on the image grid (features without a pixel, e.g. unsegmented, are not the class)."""
+    cfg = stage.config
+    hw = (cfg.feature_height, cfg.feature_width)
+    scene_id = f"capability-{class_slug(images.class_name)}"
+    result = []
+    for start in range(0, len(images.images), cfg.frames_per_batch):
+        rows = slice(start, start + cfg.frames_per_batch)
+        index = np.arange(start, min(start + cfg.frames_per_batch, len(images.images)))
+        batch = TeacherInput(
+            scene_id=scene_id,
+            frame_index=index,
+            color=images.images[rows],
+            feature_hw=hw,
+            depth=None if images.depth is None else images.depth[rows],
+            labels=None if images.labels is None else images.labels[rows],
+            instances=None if images.instances is None else images.instances[rows],
+            class_names=images.label_names,
+            frame_names=tuple(image_name(int(i)) for i in index),
+        )
+        features = teacher(batch)
+        n = len(index) * hw[0] * hw[1]
+        flat = features.rows(torch.arange(n, device=device), FeatureBuffers(features.channels, n, device))
+        label = classify(flat, prompts.to(device), prompt_class)[1].reshape(len(index), *hw)
+        mask = features.coverage().to(device) & (label == class_index)
+        result.append(resize_nearest(mask.cpu(), tuple(images.images.shape[1:3])))
+    return torch.cat(result)
+
+
+def missing_outputs(teacher: Teacher, images: GeneratedImages) -> list[Path]:
+    """A cached teacher's output files for these images that do not exist yet."""
+    scene_id = f"capability-{class_slug(images.class_name)}"
+    paths = [frame_file(teacher.config, scene_id, image_name(i), i) for i in range(len(images.images))]
+    return [p for p in paths if not p.is_file()]
+
+
+def export_images(images: GeneratedImages, folder: Path) -> None:
+    """The images as PNG files, named as ``cached`` teachers expect their scenes and frames."""
+    target = folder / f"capability-{class_slug(images.class_name)}"
+    target.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images.images.numpy()):
+        Image.fromarray(image).save(target / f"{image_name(i)}.png")
