@@ -139,6 +139,7 @@ def current_fingerprints(tmp_path: Path) -> dict[str, dict[str, str]]:
             "implementation": "caption-aligned",
             "segmenter_path": "/m/seg",
             "captioner_path": "/m/cap",
+            "tagger_path": "/m/tagger",
             "text": {"kind": "minilm"},
         },
     }

@@ -1,12 +1,15 @@
 """Every teacher kind: a tiny random-weight model saved to a folder, loaded through
 the real path, run by the extract2d stage on a toy scene, fused by project."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 from conftest import toy_plan_dict
 
-from ovlift.models.tiny import blip_folder, clip_folder, mask2former_folder, maskformer_folder
+from ovlift.models.pos_tagger import load_tagger
+from ovlift.models.tiny import blip_folder, clip_folder, mask2former_folder, maskformer_folder, tagger_folder
 from ovlift.pipeline.plan import PlanError, plan_from_dict
 from ovlift.pipeline.runner import Runner
 
@@ -21,6 +24,7 @@ def models(tmp_path_factory):
         "mask2former": str(mask2former_folder(root / "mask2former")),
         "maskformer": str(maskformer_folder(root / "maskformer")),
         "blip": str(blip_folder(root / "blip")),
+        "tagger": str(tagger_folder(root / "tagger")),
     }
 
 
@@ -33,6 +37,21 @@ def cached_files(root, scene_ids, frames=3, channels=6, layout="hwc"):
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, rng.normal(size=shape).astype(np.float32))
     return str(root)
+
+
+def caption_aligned(models, mode, size):
+    return {
+        "implementation": "caption-aligned",
+        "segmenter_path": models["mask2former"],
+        "captioner_path": models["blip"],
+        "tagger_path": models["tagger"],
+        "caption_mode": mode,
+        "encoding": "masks",
+        "mask_threshold": 0.3,
+        "caption_tokens": 4,
+        "segmenter_short_side": 64,
+        **size,
+    }
 
 
 def teacher_configs(models, tmp_path):
@@ -83,20 +102,8 @@ def teacher_configs(models, tmp_path):
             24,
             "dense",
         ),
-        "caption-aligned": (
-            {
-                "implementation": "caption-aligned",
-                "segmenter_path": models["mask2former"],
-                "captioner_path": models["blip"],
-                "encoding": "masks",
-                "mask_threshold": 0.3,
-                "caption_tokens": 4,
-                "segmenter_short_side": 64,
-                **size,
-            },
-            384,
-            "masks",
-        ),
+        "caption-aligned": (caption_aligned(models, "adjectives", size), 384, "masks"),
+        "caption-aligned-replace-noun": (caption_aligned(models, "replace-noun", size), 384, "masks"),
         "cached": (
             {"implementation": "cached", "path": cached_files(tmp_path / "feats", ["toy_0000"]), "channels": 6, **size},
             6,
@@ -115,6 +122,7 @@ def teacher_configs(models, tmp_path):
         "mask-crops-m2f-all-image-mean",
         "mask-crops-mf-largest",
         "caption-aligned",
+        "caption-aligned-replace-noun",
         "cached",
     ],
 )
@@ -149,6 +157,45 @@ def test_every_teacher_runs_through_the_stage_and_project_fuses_it(models, tmp_p
     assert project.load("fused/t/seen").any()
     assert project.info["teachers"]["t"]["channels"] == channels
     assert Runner(plan_from_dict(data)).run().counts() == {"cached": 3}
+
+
+@pytest.mark.parametrize("mode", ["adjectives", "replace-noun"])
+def test_caption_aligned_embeds_the_text_its_mode_builds_from_each_caption(models, tmp_path, monkeypatch, mode):
+    """The tiny BLIP's captions are random words; whatever the tagger makes of them, the text
+    embedded is SAS's template around the mask's label (adjectives) or holds the label (replace-noun)."""
+    from ovlift.models.teachers import caption_aligned as module
+    from ovlift.stages import extract2d
+
+    made, embedded = [], []
+    text_for, load_encoder = module.CaptionAlignedTeacher.text_for, module.load_text_encoder
+
+    def recording_text_for(self, caption, label):
+        made.append((caption, label, text_for(self, caption, label)))
+        return made[-1][2]
+
+    class Recording:  # the teacher's encoder, remembering what it embeds
+        def __init__(self, encoder):
+            self.encoder, self.dim = encoder, encoder.dim
+
+        def encode(self, texts):
+            embedded.extend(texts)
+            return self.encoder.encode(texts)
+
+    monkeypatch.setattr(module.CaptionAlignedTeacher, "text_for", recording_text_for)
+    monkeypatch.setattr(module, "load_text_encoder", lambda *args: Recording(load_encoder(*args)))
+    monkeypatch.setattr(extract2d, "_TEACHERS", {})  # a teacher loaded now, with the recording encoder
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2, image_height=48, image_width=64)
+    data["stages"]["extract2d"] = {"t": caption_aligned(models, mode, {"feature_height": 24, "feature_width": 32})}
+    assert Runner(plan_from_dict(data)).run(fail_fast=True).counts() == {"ran": 2}
+    assert made and [text for *_, text in made] == embedded
+    labels = {"chair", "table", "sofa", "bed", "wall", "floor"}
+    tagger = load_tagger(models["tagger"], "t")
+    for caption, label, text in made:
+        assert label in labels and text == module.caption_text(caption, label, tagger, mode)
+        if mode == "adjectives":
+            assert re.fullmatch(rf"a (\S+ and )*(\S+ )?{label} in a scene", text), text
+        else:
+            assert re.search(rf"(^|\s){label}(\s|$)", text), text
 
 
 def test_maskclip_is_the_value_path_of_the_last_block(models):
@@ -217,8 +264,6 @@ def test_a_missing_or_malformed_model_folder_gives_one_clear_error(models, tmp_p
     failed = [o for o in report.outcomes if o.status == "failed"]
     assert len(failed) == 1 and failed[0].stage == "extract2d/t"
     assert "teacher 't'" in failed[0].error
-    import re
-
     assert re.search(message, failed[0].error), failed[0].error
 
 

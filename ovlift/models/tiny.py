@@ -145,3 +145,26 @@ def blip_folder(path: Path, seed: int = 0) -> Path:
         image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
     ).save_pretrained(path)
     return path
+
+
+TOY_TAGGED = (
+    "a/DT wooden/JJ chair/NN next/JJ to/TO a/DT white/JJ table/NN",
+    "there/EX is/VBZ a/DT black/JJ leather/NN couch/NN in/IN the/DT living/VBG room/NN",
+    "a/DT bed/NN with/IN a/DT blue/JJ blanket/NN and/CC two/CD pillows/NNS",
+    "a/DT close/NN up/RB of/IN a/DT wall/NN",
+)
+"""Hand-tagged captions (Penn Treebank tags) the tiny tagger learns: "word/TAG ..." each."""
+
+
+def tagged(sentence: str) -> list[tuple[str, str]]:
+    """ "a/DT chair/NN" -> [("a", "DT"), ("chair", "NN")]."""
+    return [tuple(pair.rsplit("/", 1)) for pair in sentence.split()]
+
+
+def tagger_folder(path: Path, sentences: tuple[str, ...] = TOY_TAGGED, seed: int = 0) -> Path:
+    """A tiny nltk perceptron tagger trained on hand-tagged ``sentences`` ("word/TAG ..."),
+    which it tags exactly, saved in nltk's layout (``averaged_perceptron_tagger_eng/``)."""
+    from ovlift.models.pos_tagger import PACKAGE, save_tagger, train_tagger
+
+    save_tagger(train_tagger([tagged(s) for s in sentences], seed=seed), path / PACKAGE)
+    return path
