@@ -72,7 +72,8 @@ def stage_classes(stage: str) -> list[type[Stage]]:
 
 
 def stage_order() -> list[str]:
-    """Stage names upstream-first (a topological order of ``reads``)."""
+    """Stage names upstream-first (a topological order of ``reads``). An optional read of
+    a stage that is not registered (yet) is left out: no plan can configure it."""
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -80,7 +81,10 @@ def stage_order() -> list[str]:
             return
         if name in path:
             raise ValueError(f"stage dependency cycle: {' -> '.join(path + (name,))}")
-        for upstream in {r for cls in stage_classes(name) for r in cls.reads + cls.optional_reads}:
+        classes = stage_classes(name)
+        required = {r for cls in classes for r in cls.reads}
+        optional = {r for cls in classes for r in cls.optional_reads if r in STAGES}
+        for upstream in sorted(required | optional):
             visit(upstream, path + (name,))
         order.append(name)
 
