@@ -18,6 +18,7 @@ from ovlift.stages.denoise import DenoiseStage
 from ovlift.stages.distill import DistillStage
 from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.extract2d import Extract2DStage
+from ovlift.stages.fuse import FuseStage
 from ovlift.stages.input import InputStage
 from ovlift.stages.objects import ObjectsStage
 from ovlift.stages.predict import PredictStage
@@ -31,6 +32,7 @@ STAGES: dict[str, dict[str, type[Stage]]] = {
     "segment": {"scannet": SegmentStage},
     "objects": {"cus3d": ObjectsStage},
     "denoise": {"cus3d": DenoiseStage},
+    "fuse": {"sas": FuseStage},
     "distill": {"openscene": DistillStage},
     "predict": {"openscene": PredictStage},
     "evaluate": {"scannet": EvaluateStage},
