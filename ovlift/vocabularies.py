@@ -267,6 +267,10 @@ _MATTERPORT160 = _MATTERPORT80 + (
     "person",
     "alarm",
 )
+SAS_SCANNET21 = Vocabulary("sas-scannet21", "1", MATTERPORT21.classes)
+"""SAS's indoor vocabulary of capability and fusion: ScanNet-20's order with 'other' at
+index 19 (in place of otherfurniture), then ceiling (the names of matterport21)."""
+
 MATTERPORT40 = Vocabulary("matterport40", "1", _MATTERPORT40)
 MATTERPORT80 = Vocabulary("matterport80", "1", _MATTERPORT80)
 MATTERPORT160 = Vocabulary("matterport160", "1", _MATTERPORT160)
@@ -343,7 +347,7 @@ NUSCENES16 = Vocabulary(
 """OpenScene's nuScenes label set: 43 detailed names prompted, mapped back to 16."""
 
 VOCABULARIES: dict[str, Vocabulary] = {
-    v.name: v for v in (SCANNET20, MATTERPORT21, MATTERPORT40, MATTERPORT80, MATTERPORT160, NUSCENES16)
+    v.name: v for v in (SCANNET20, SAS_SCANNET21, MATTERPORT21, MATTERPORT40, MATTERPORT80, MATTERPORT160, NUSCENES16)
 }
 
 

@@ -20,6 +20,7 @@ from ovlift.stages.denoise import DenoiseStage
 from ovlift.stages.distill import DistillStage
 from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.extract2d import Extract2DStage
+from ovlift.stages.fuse import FuseStage
 from ovlift.stages.input import InputStage
 from ovlift.stages.objects import ObjectsStage
 from ovlift.stages.predict import PredictStage
@@ -34,6 +35,7 @@ STAGES: dict[str, dict[str, type[Stage]]] = {
     "objects": {"cus3d": ObjectsStage},
     "capability": dict.fromkeys(GENERATORS, CapabilityStage),  # one stage class; the implementations are generators
     "denoise": {"cus3d": DenoiseStage},
+    "fuse": {"sas": FuseStage},
     "distill": {"openscene": DistillStage},
     "predict": {"openscene": PredictStage},
     "evaluate": {"scannet": EvaluateStage},
@@ -75,7 +77,8 @@ def stage_classes(stage: str) -> list[type[Stage]]:
 
 
 def stage_order() -> list[str]:
-    """Stage names upstream-first (a topological order of ``reads``)."""
+    """Stage names upstream-first (a topological order of ``reads``). An optional read of
+    a stage that is not registered (yet) is left out: no plan can configure it."""
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -83,7 +86,10 @@ def stage_order() -> list[str]:
             return
         if name in path:
             raise ValueError(f"stage dependency cycle: {' -> '.join(path + (name,))}")
-        for upstream in {r for cls in stage_classes(name) for r in cls.reads + cls.optional_reads}:
+        classes = stage_classes(name)
+        required = {r for cls in classes for r in cls.reads}
+        optional = {r for cls in classes for r in cls.optional_reads if r in STAGES}
+        for upstream in sorted(required | optional):
             visit(upstream, path + (name,))
         order.append(name)
 

@@ -71,7 +71,7 @@ are removed by the next run on the same host.
 
 Label value `{IGNORE_LABEL}` means "no class" in every label array.
 
-Dimension names: `N` points, `F` mesh faces, `T` frames, `H`/`W` image rows/columns,
+Dimension names: `N` points, `F` mesh faces, `T` frames (teachers in `fuse`), `H`/`W` image rows/columns,
 `M` point-frame correspondences, `h`/`w` feature-map rows/columns, `C` feature
 channels, `K` masks kept per pixel, `Q` masks, `D` text-embedding channels.
 Array names with `{{teacher}}` occur once per fused teacher.

@@ -56,7 +56,8 @@ class Stage(ABC, Configurable[ConfigT]):
     reads: ClassVar[tuple[str, ...]] = ()
     """Stages whose groups (same scene) this stage reads."""
     optional_reads: ClassVar[tuple[str, ...]] = ()
-    """Stages it reads when the plan configures them (e.g. teachers for ``project``)."""
+    """Stages it reads when the plan configures them (e.g. teachers for ``project``); may name
+    a stage not registered yet (then never read)."""
     reads_dataset: ClassVar[bool] = False
     """Whether it reads the dataset's source files (the ``input`` stage)."""
     writes_files: ClassVar[bool] = False

@@ -32,9 +32,9 @@ class DistillConfig(FrozenConfig):
     split: str = "train"
     """Plan split of the training scenes (``all``: every scene)."""
     source: FeatureSource = "project"
-    """Teacher features to distil: ``project`` (fused, OpenScene) or ``denoise`` (CUS3D)."""
+    """Teacher features to distil: ``project`` (fused, OpenScene), ``denoise`` (CUS3D) or ``fuse`` (SAS)."""
     teacher: str | None = None
-    """Teacher to distil (None: the only one)."""
+    """Teacher to distil (None: the only one; ``fuse``'s set is named ``fused:<a>+<b>``)."""
     student: StudentConfig = StudentConfig()
     """The 3D network."""
     optimizer: Literal["adam", "adamw"] = "adam"
@@ -78,11 +78,11 @@ class DistillStage(Stage[DistillConfig]):
     version = "2"  # 2: losses regrouped per voxel (same value, other rounding)
     spec = DISTILL_SPEC
     reads = ("input", "project")
-    optional_reads = ("denoise",)
+    optional_reads = ("denoise", "fuse")
     writes_files = True
 
     def select_inputs(self, name: str, keys: list[str]) -> list[str]:
-        return keys if name != "denoise" or self.config.source == "denoise" else []
+        return keys if name not in self.optional_reads or self.config.source == name else []
 
     def check_inputs(self, keys: list[str]) -> None:
         if self.config.source not in {k.split("/", 1)[0] for k in keys}:

@@ -69,7 +69,7 @@ class PredictStage(Stage[PredictConfig]):
     version = "1"
     spec = PREDICT_SPEC
     reads = ("input", "project", "distill")
-    optional_reads = ("denoise",)  # read when configured; used when distill distilled it
+    optional_reads = ("denoise", "fuse")  # read when configured; used when distill distilled it
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         cfg = self.config
@@ -91,7 +91,7 @@ class PredictStage(Stage[PredictConfig]):
             lifted_features(ctx.inputs, source, teacher, ctx.where()), prompts, prompt_class
         )
         from_2d = sim_2d > sim_3d
-        if source != "project":
+        if source == "denoise":  # the same teacher before cleaning (fuse's set has no single one)
             fused = lifted_features(ctx.inputs, "project", teacher, ctx.where())
             out.write("labels_fused_2d", teacher_labels(fused, prompts, prompt_class)[1].to(torch.int16).numpy())
 

@@ -15,7 +15,7 @@ DISTILL_SPEC = GroupSpec(
     ),
     info={
         "teacher": "the teacher distilled",
-        "source": "the stage its features came from: project (fused) or denoise (CUS3D)",
+        "source": "the stage its features came from: project (fused), denoise (CUS3D) or fuse (SAS)",
         "channels": "output channels (the teacher's)",
         "text_encoder": "text encoder of the teacher's space",
         "student": "the student's config",

@@ -13,7 +13,7 @@ PREDICTORS = {
 """Predictor key (``predict``'s ``labels_<key>``) -> name in reports. ``2d`` is what the
 student distilled (named by ``predictor_names``); ``fused_2d`` exists only when that
 was cleaned features (``denoise``): the fused features before cleaning."""
-SOURCE_NAMES = {"project": "fused 2D", "denoise": "denoised 2D"}
+SOURCE_NAMES = {"project": "fused 2D", "denoise": "denoised 2D", "fuse": "multi-teacher fused 2D"}
 
 
 def predictor_names(source: str) -> dict[str, str]:
@@ -46,6 +46,6 @@ EVALUATE_SPEC = GroupSpec(
         "report": "folder with report.json, metrics.md and confusion_<predictor>.png",
         "rule": "the metric's rule in words (ScanNet's: predicted-but-absent classes have IoU 0)",
         "classes_without_ground_truth": "valid classes absent from the evaluated scenes' ground truth",
-        "source": "the stage the 2D predictor's features came from (project: fused; denoise: CUS3D)",
+        "source": "the stage the 2D predictor's features came from (project: fused; denoise: CUS3D; fuse: SAS)",
     },
 )

@@ -13,8 +13,9 @@ from ovlift.cache_schema.groups.project import fused_teacher
 from ovlift.cache_schema.store import StageGroup
 from ovlift.errors import StageInputError
 
-FeatureSource = Literal["project", "denoise"]
-"""``project``: the fused features (OpenScene); ``denoise``: after CUS3D's object filter."""
+FeatureSource = Literal["project", "denoise", "fuse"]
+"""``project``: the fused features (OpenScene); ``denoise``: after CUS3D's object filter;
+``fuse``: several teachers fused into one set (SAS), named by its info ``teacher``."""
 
 
 @dataclass
@@ -30,7 +31,7 @@ class LiftedFeatures:
 def lifted_features(
     groups: Mapping[str, StageGroup], source: FeatureSource, teacher: str | None, where: str
 ) -> LiftedFeatures:
-    """The features of ``source`` among a scene's input groups (keys ``project``, ``denoise``)."""
+    """The features of ``source`` among a scene's input groups (keys ``project``, ``denoise``, ``fuse``)."""
     if source not in groups:
         raise StageInputError(f"{where}: feature source '{source}' is not among the inputs {sorted(groups)}")
     if source == "project":

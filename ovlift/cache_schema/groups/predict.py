@@ -20,7 +20,7 @@ PREDICT_SPEC = GroupSpec(
             "int16",
             ("N",),
             (1 << 18,),
-            f"the fused 2D features' class before cleaning, {IGNORE_LABEL} unseen (when distilled from a cleaner)",
+            f"the fused 2D features' class before cleaning, {IGNORE_LABEL} unseen (when distilled from denoise)",
             required=False,
         ),
         ArraySpec("labels_ensemble", "int16", ("N",), (1 << 18,), "the 2D-3D ensemble's class"),
@@ -29,7 +29,7 @@ PREDICT_SPEC = GroupSpec(
     info={
         "classes": "the vocabulary's classes that labels index",
         "teacher": "the teacher used for 2D",
-        "source": "the stage the 2D features came from (project: fused; denoise: CUS3D's filter)",
+        "source": "the stage the 2D features came from (project: fused; denoise: CUS3D's filter; fuse: SAS)",
         "text_encoder": "text encoder of the features' space (to embed queries)",
     },
 )
