@@ -17,8 +17,9 @@ def training_curves(rows: list[dict], path: Path) -> Path:
     steps = [r["step"] for r in rows]
     ax_loss.plot(steps, [r["loss"] for r in rows], label="total")
     ax_loss.plot(steps, [r["cosine_loss"] for r in rows], label="1 - cos", alpha=0.7)
-    if any(r["label_loss"] for r in rows):
-        ax_loss.plot(steps, [r["label_loss"] for r in rows], label="label CE", alpha=0.7)
+    for key, name in (("label_loss", "label CE"), ("superpoint_loss", "superpoint 1 - cos"), ("tesd_loss", "TESD CE")):
+        if any(r.get(key) for r in rows):
+            ax_loss.plot(steps, [r.get(key) or 0.0 for r in rows], label=name, alpha=0.7)
     ax_loss.set(xlabel="step", ylabel="loss", title="distillation loss")
     ax_loss.legend()
     ax_lr.plot(steps, [r["lr"] for r in rows])

@@ -10,6 +10,13 @@ Multi-GPU: under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel (NCCL on CUDA, Gloo on CPU) and each global batch of
 scenes is split across ranks (see ``rank_share`` for an uneven last batch); rank 0
 writes checkpoints. One CPU process runs the same code with a world of one.
+
+SAS's TESD (``Tesd``): from its start epoch on, an exponential moving average of
+the student's class scores per point (or per superpoint) gives pseudo labels. The
+bank is initialised at the start epoch from the model in eval mode on each whole,
+unaugmented scene, updated on every visit of a scene from that visit's forward
+pass, saved in the checkpoints (a resumed run restores it) and, under DDP, sent
+from the rank that visited a scene to all others after each step.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -48,6 +56,8 @@ class SceneData:
     """(N,) points with teacher features (the loss ignores the others)."""
     labels: torch.Tensor | None = None
     """(N,) the teacher's class per point, for the label loss."""
+    superpoints: torch.Tensor | None = None
+    """(N,) int64 superpoint of each point, 0..S-1, each id used (None: every point is its own, SAS outdoors)."""
 
 
 @dataclass(frozen=True)
@@ -113,11 +123,76 @@ class ClassText:
         return empty.scatter_reduce(1, index, per_prompt, reduce="amax", include_self=False)
 
 
+def superpoint_mean(values: torch.Tensor, superpoint: torch.Tensor, count: int) -> torch.Tensor:
+    """(S, C) float32 mean of the (P, C) ``values`` over the points of each superpoint ``0..count-1``
+    (``superpoint`` (P,); a superpoint without points gets zeros)."""
+    sums = values.new_zeros((count, values.shape[1]), dtype=torch.float32).index_add_(0, superpoint, values.float())
+    return sums / torch.bincount(superpoint, minlength=count).clamp(min=1)[:, None].to(sums.dtype)
+
+
+def voxel_cross_entropy(logits: torch.Tensor, point_voxel: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean over points of CE(logits of the point's voxel, its label), from per-voxel label counts:
+    sum_p CE = sum_v n_v logsumexp(l_v) - sum_v sum_k count_vk l_vk (no (P, K) tensor in autograd)."""
+    k = logits.shape[1]
+    counts = torch.bincount(point_voxel * k + labels, minlength=logits.numel()).view_as(logits).to(logits.dtype)
+    return ((counts.sum(1) * torch.logsumexp(logits, 1)).sum() - (counts * logits).sum()) / max(len(point_voxel), 1)
+
+
+def superpoint_voxel_mean(
+    voxels: torch.Tensor, point_voxel: torch.Tensor, superpoint: torch.Tensor, count: int
+) -> torch.Tensor:
+    """(S, C) mean over each superpoint's points of their voxel's row of ``voxels`` (V, C), regrouped per
+    (superpoint, voxel) pair weighted by its points: autograd sees (pairs, C), not (P, C)."""
+    v = len(voxels)
+    pairs, weight = torch.unique(superpoint * v + point_voxel, return_counts=True)
+    summed = voxels.new_zeros((count, voxels.shape[1])).index_add_(
+        0, pairs // v, voxels[pairs % v] * weight[:, None].to(voxels.dtype)
+    )
+    return summed / torch.bincount(superpoint, minlength=count).clamp(min=1)[:, None].to(voxels.dtype)
+
+
+@dataclass
+class SuperpointBatch:
+    """A step's superpoints for SAS's superpoint loss, over the points with teacher features."""
+
+    point_superpoint: torch.Tensor
+    """(P,) superpoint of each point with a teacher feature, 0..S-1, each id used."""
+    targets: torch.Tensor
+    """(S, D) unit superpoint means of the teacher features."""
+
+
+@dataclass
+class TesdBatch:
+    """A step's TESD pseudo labels, over every point of its scenes."""
+
+    point_voxel: torch.Tensor
+    """(N,) voxel of every point."""
+    point_labels: torch.Tensor
+    """(N,) pseudo label of each point."""
+    superpoint: torch.Tensor | None
+    """(N,) superpoint of each point, 0..S-1 (None: every point its own; the superpoint term is the point term)."""
+    superpoint_labels: torch.Tensor | None
+    """(S,) pseudo label of each superpoint."""
+    text: ClassText
+    temperature: float
+    replace: bool
+    """The TESD terms replace the teacher terms (SAS code) instead of adding to them (paper)."""
+
+
+class LossTerms(NamedTuple):
+    total: torch.Tensor
+    cosine: torch.Tensor
+    label: torch.Tensor
+    superpoint: torch.Tensor
+    tesd: torch.Tensor
+
+
 @dataclass(frozen=True)
 class Losses:
     cosine_weight: float = 1.0
     label_weight: float = 0.0
     label_temperature: float = 0.07
+    superpoint_weight: float = 0.0
 
     def __call__(
         self,
@@ -126,8 +201,10 @@ class Losses:
         targets: torch.Tensor,
         labels: torch.Tensor | None,
         text: ClassText | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, cosine, label): means over the points with teacher features.
+        superpoints: SuperpointBatch | None = None,
+        tesd: TesdBatch | None = None,
+    ) -> LossTerms:
+        """The weighted total and each term; point terms are means over the points with teacher features.
 
         ``voxels`` (V, D) are the student's voxel features, ``point_voxel`` (P,) each
         point's voxel, ``targets`` (P, D) and ``labels`` (P,) its teacher feature and
@@ -136,18 +213,118 @@ class Losses:
         f and t, and the cross-entropy from per-voxel label counts. The value is the
         per-point loss's (tests/test_distill.py), but autograd never touches a (P, D)
         tensor, which dominated the backward of the per-point form.
+
+        SAS's superpoint term is mean_SP(1 - cos(teacher SP mean, student SP mean)) (Eq. 10),
+        the student's SP mean regrouped per (superpoint, voxel); without ``superpoints``
+        every point is its own superpoint and the term equals the cosine term. TESD's is
+        CE(point logits, point pseudo label) + CE(SP-mean logits, SP pseudo label) (Eq. 13)
+        over every point, with logits cos / temperature.
         """
         n = max(len(point_voxel), 1)
         student = F.normalize(voxels, dim=1)
         summed = torch.zeros_like(student).index_add_(0, point_voxel, F.normalize(targets.to(student.dtype), dim=1))
         cos_loss = 1 - (student * summed).sum() / n
-        label_loss = torch.zeros((), device=voxels.device)
+        zero = torch.zeros((), device=voxels.device)
+        label_loss = zero
         if self.label_weight > 0 and labels is not None and text is not None:
-            logits = text.logits(student, self.label_temperature)
-            k = logits.shape[1]
-            counts = torch.bincount(point_voxel * k + labels, minlength=logits.numel()).view_as(logits).to(logits.dtype)
-            label_loss = ((counts.sum(1) * torch.logsumexp(logits, 1)).sum() - (counts * logits).sum()) / n
-        return self.cosine_weight * cos_loss + self.label_weight * label_loss, cos_loss, label_loss
+            label_loss = voxel_cross_entropy(text.logits(student, self.label_temperature), point_voxel, labels)
+        sp_loss = zero
+        if self.superpoint_weight > 0:
+            if superpoints is None:
+                sp_loss = cos_loss
+            else:
+                count = len(superpoints.targets)
+                means = superpoint_voxel_mean(voxels, point_voxel, superpoints.point_superpoint, count)
+                sp_loss = 1 - (F.normalize(means, dim=1) * superpoints.targets.to(means.dtype)).sum() / max(count, 1)
+        total = self.cosine_weight * cos_loss + self.label_weight * label_loss + self.superpoint_weight * sp_loss
+        tesd_loss = zero
+        if tesd is not None:
+            logits = tesd.text.logits(student, tesd.temperature)
+            point_ce = voxel_cross_entropy(logits, tesd.point_voxel, tesd.point_labels)
+            if tesd.superpoint is None or tesd.superpoint_labels is None:
+                tesd_loss = 2 * point_ce
+            else:
+                count = len(tesd.superpoint_labels)
+                sp_logits = superpoint_voxel_mean(logits, tesd.point_voxel, tesd.superpoint, count)
+                tesd_loss = point_ce + F.cross_entropy(sp_logits, tesd.superpoint_labels)
+            total = tesd_loss if tesd.replace else total + tesd_loss
+        return LossTerms(total, cos_loss, label_loss, sp_loss, tesd_loss)
+
+
+@dataclass(frozen=True)
+class Tesd:
+    """SAS's temporal-ensembling self-distillation (``DistillConfig``'s ``tesd_*`` fields)."""
+
+    start_epoch: int
+    """First epoch (0-based) with TESD; its bank is initialised at the start of it."""
+    text: ClassText
+    """The pseudo labels' classes."""
+    alpha: float = 0.9999
+    temperature: float = 0.01
+    replace: bool = False
+    point_target: str = "point"
+    """``point``: the argmax of the point's EMA scores (Eq. 12); ``superpoint``: its superpoint's."""
+    bank: str = "point"
+    """EMA of class scores per ``point`` or per ``superpoint``."""
+    bank_dtype: torch.dtype = torch.float16
+
+
+def superpoint_count(superpoint: torch.Tensor | None, num_points: int) -> int:
+    return num_points if superpoint is None else int(superpoint.max()) + 1 if len(superpoint) else 0
+
+
+def bank_entry(scores: torch.Tensor, superpoint: torch.Tensor | None, tesd: Tesd) -> torch.Tensor:
+    """What the bank keeps of (N, K) per-point class scores: them, or their superpoint means."""
+    if tesd.bank == "superpoint" and superpoint is not None:
+        return superpoint_mean(scores, superpoint.to(scores.device), superpoint_count(superpoint, len(scores)))
+    return scores.float()
+
+
+def pseudo_labels(
+    bank: torch.Tensor, superpoint: torch.Tensor | None, tesd: Tesd
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N,) point and (S,) superpoint pseudo labels (Eq. 12) from a scene's bank entry; the superpoint's
+    is the argmax of the superpoint mean of the EMA scores (None without superpoints: the points')."""
+    if superpoint is None:
+        return bank.float().argmax(1), None
+    if tesd.bank == "superpoint":
+        sp_labels = bank.float().argmax(1)
+        return sp_labels[superpoint], sp_labels
+    sp_labels = superpoint_mean(bank, superpoint, superpoint_count(superpoint, len(bank))).argmax(1)
+    return (sp_labels[superpoint] if tesd.point_target == "superpoint" else bank.float().argmax(1)), sp_labels
+
+
+@torch.no_grad()
+def initial_bank(
+    model: MinkUNet, scenes: list[SceneData], tesd: Tesd, device: torch.device, rank: int, size: int
+) -> list[torch.Tensor]:
+    """The bank at the switch epoch: the model's class scores in eval mode on each whole, unaugmented
+    scene (SAS code); scene i is computed by rank i % size and sent to the others."""
+    model.eval()
+    text = tesd.text.to(device)
+    bank = []
+    for i, scene in enumerate(scenes):
+        n, k = len(scene.points), text.num_classes
+        entry = torch.empty((superpoint_count(scene.superpoints, n) if tesd.bank == "superpoint" else n, k))
+        if i % size == rank:
+            x, (point_map,) = sparse_input([(scene.points, scene.colors)], model.config, device)
+            scores = text.logits(F.normalize(model(x), dim=1), 1.0)[point_map].cpu()
+            entry = bank_entry(scores, scene.superpoints, tesd)
+        bank.append(entry.to(tesd.bank_dtype))
+        if size > 1:
+            broadcast_(bank[i], i % size, device)
+    model.train()
+    return bank
+
+
+def broadcast_(tensor: torch.Tensor, src: int, device: torch.device) -> None:
+    """In place, from rank ``src`` (through ``device`` where the backend needs it: NCCL)."""
+    if dist.get_backend() == "nccl":
+        on_device = tensor.to(device)
+        dist.broadcast(on_device, src)
+        tensor.copy_(on_device.cpu())
+    else:
+        dist.broadcast(tensor, src)
 
 
 def world() -> tuple[int, int]:
@@ -211,6 +388,7 @@ def train(
     device: torch.device,
     checkpoints: Path,
     text: ClassText | None = None,
+    tesd: Tesd | None = None,
 ) -> tuple[MinkUNet, list[dict]]:
     """Train (or resume) and return the model and the per-step log rows."""
     with deterministic_algorithms():
@@ -222,6 +400,7 @@ def train(
         opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[schedule.optimizer]
         optimizer = opt_cls(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
         rows: list[dict] = []
+        bank: list[torch.Tensor] | None = None
         start = 0
         checkpoints.mkdir(parents=True, exist_ok=True)
         resume = latest_checkpoint(checkpoints)
@@ -230,15 +409,26 @@ def train(
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             rows, start = state["rows"], state["epoch"] + 1
+            bank = [b.cpu() for b in state["tesd_bank"]] if state.get("tesd_bank") is not None else None
             log.info("distill: resuming from %s (epoch %d of %d)", resume, start, epochs)
         ddp: nn.Module = nn.parallel.DistributedDataParallel(model) if size > 1 else model
         steps_per_epoch = math.ceil(len(scenes) / batch_size)
         total = steps_per_epoch * epochs
         text_dev = text.to(device) if text is not None else None
+        tesd_text = tesd.text.to(device) if tesd is not None else None
+        teacher_superpoints = [
+            superpoint_targets(s) if losses.superpoint_weight > 0 and s.superpoints is not None else None
+            for s in scenes
+        ]
         for epoch in progress(range(start, epochs), "distill", unit="epoch"):
             generator = epoch_generator(seed, epoch)
             order = torch.randperm(len(scenes), generator=generator).tolist()
             augmented = {i: augment(scenes[i].points, generator) for i in order}  # same draws on every rank
+            tesd_on = tesd is not None and epoch >= tesd.start_epoch
+            if tesd_on and bank is None:  # the switch epoch (a run resumed after it has the bank)
+                assert tesd is not None
+                bank = initial_bank(model, scenes, tesd, device, rank, size)
+                log.info("distill: TESD from epoch %d on", epoch)
             ddp.train()
             for step in range(steps_per_epoch):
                 scenes_in_step = order[step * batch_size : (step + 1) * batch_size]
@@ -255,20 +445,42 @@ def train(
                     target.append(scenes[i].targets.to(device)[seen])
                     if scenes[i].labels is not None:
                         labels.append(scenes[i].labels.to(device)[seen])
-                loss, cos_loss, label_loss = losses(
-                    ddp(x), torch.cat(point_voxel), torch.cat(target), torch.cat(labels) if labels else None, text_dev
+                superpoints = superpoint_batch([teacher_superpoints[i] for i in batch], device)
+                tesd_batch = None
+                if tesd_on:
+                    assert tesd is not None and tesd_text is not None and bank is not None
+                    tesd_batch = tesd_step_batch(
+                        [scenes[i] for i in batch], [bank[i] for i in batch], maps, tesd, tesd_text, device
+                    )
+                voxels = ddp(x)
+                terms = losses(
+                    voxels,
+                    torch.cat(point_voxel),
+                    torch.cat(target),
+                    torch.cat(labels) if labels else None,
+                    text_dev,
+                    superpoints,
+                    tesd_batch,
                 )
                 optimizer.zero_grad(set_to_none=True)
                 # DDP averages gradients over ranks: weighting each rank by its share of the step's real
                 # scenes makes that average the scene-weighted mean, to which a padding-only rank adds
                 # zeros (the factor is 1 for a single process)
-                (loss * (real * size / len(scenes_in_step))).backward()
+                (terms.total * (real * size / len(scenes_in_step))).backward()
                 optimizer.step()
-                logged = torch.stack([loss.detach(), cos_loss.detach(), label_loss.detach()])
+                if tesd_on:
+                    assert tesd is not None and tesd_text is not None and bank is not None
+                    update_bank(bank, voxels.detach(), batch, weights, maps, scenes, tesd, tesd_text)
+                    if size > 1:  # every rank holds the whole bank: each visited scene from its rank
+                        for owner in range(size):
+                            for i, w in zip(*rank_share(scenes_in_step, owner, size)):
+                                if w:
+                                    broadcast_(bank[i], owner, device)
+                logged = torch.stack([t.detach() for t in terms])
                 if size > 1:  # every rank logs (and publishes) the same numbers: the mean over the real scenes
                     summed = torch.cat([logged * real, logged.new_tensor([real])])
                     dist.all_reduce(summed)
-                    logged = summed[:3] / summed[3]
+                    logged = summed[:-1] / summed[-1]
                 rows.append(
                     {
                         "epoch": epoch,
@@ -277,16 +489,102 @@ def train(
                         "cosine_loss": logged[1].item(),
                         "label_loss": logged[2].item(),
                         "lr": lr,
+                        "superpoint_loss": logged[3].item(),
+                        "tesd_loss": logged[4].item(),
                     }
                 )
             if rank == 0:
                 save_atomically(
-                    {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "rows": rows},
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "epoch": epoch,
+                        "rows": rows,
+                        "tesd_bank": bank,
+                    },
                     checkpoints / f"epoch_{epoch:04d}.pt",
                 )
             if size > 1:
                 dist.barrier()
         return model, rows
+
+
+def superpoint_targets(scene: SceneData) -> SuperpointBatch:
+    """A scene's superpoints among its points with teacher features (renumbered 0..S-1) and the unit
+    superpoint means of their teacher features (SAS code: only where there is a 2D feature)."""
+    assert scene.superpoints is not None
+    ids, point_superpoint = torch.unique(scene.superpoints[scene.seen], return_inverse=True)
+    means = superpoint_mean(scene.targets[scene.seen], point_superpoint, len(ids))
+    return SuperpointBatch(point_superpoint, F.normalize(means, dim=1))
+
+
+def superpoint_batch(per_scene: list[SuperpointBatch | None], device: torch.device) -> SuperpointBatch | None:
+    """The scenes' superpoints, numbered on through the batch (None: no scene has superpoints)."""
+    if any(s is None for s in per_scene):
+        return None
+    offsets = [0]
+    for s in per_scene:
+        assert s is not None
+        offsets.append(offsets[-1] + len(s.targets))
+    return SuperpointBatch(
+        torch.cat([s.point_superpoint.to(device) + o for s, o in zip(per_scene, offsets) if s is not None]),
+        torch.cat([s.targets.to(device) for s in per_scene if s is not None]),
+    )
+
+
+def tesd_step_batch(
+    scenes: list[SceneData],
+    bank: list[torch.Tensor],
+    maps: list[torch.Tensor],
+    tesd: Tesd,
+    text: ClassText,
+    device: torch.device,
+) -> TesdBatch:
+    """The pseudo labels of a step's scenes from the bank as it stands before their visit."""
+    point_labels, sp, sp_labels, offset = [], [], [], 0
+    for scene, entry in zip(scenes, bank):
+        superpoint = scene.superpoints.to(device) if scene.superpoints is not None else None
+        points, superpoints = pseudo_labels(entry.to(device), superpoint, tesd)
+        point_labels.append(points)
+        if superpoint is not None and superpoints is not None:
+            sp.append(superpoint + offset)
+            sp_labels.append(superpoints)
+            offset += len(superpoints)
+    has_sp = len(sp) == len(scenes)
+    return TesdBatch(
+        torch.cat(maps),
+        torch.cat(point_labels),
+        torch.cat(sp) if has_sp else None,
+        torch.cat(sp_labels) if has_sp else None,
+        text,
+        tesd.temperature,
+        tesd.replace,
+    )
+
+
+@torch.no_grad()
+def update_bank(
+    bank: list[torch.Tensor],
+    voxels: torch.Tensor,
+    batch: list[int],
+    weights: list[float],
+    maps: list[torch.Tensor],
+    scenes: list[SceneData],
+    tesd: Tesd,
+    text: ClassText,
+) -> None:
+    """bank = alpha bank + (1 - alpha) current (Eq. 11) for this rank's real scenes of the step, current
+    being the class scores of this visit's (augmented, training-mode) forward pass."""
+    scores = text.logits(F.normalize(voxels, dim=1), 1.0)
+    for i, w, point_map in zip(batch, weights, maps):
+        if not w:  # padding: the scene's own rank updates it
+            continue
+        current = bank_entry(scores[point_map], scenes[i].superpoints, tesd).cpu()
+        bank[i] = (tesd.alpha * bank[i].float() + (1 - tesd.alpha) * current).to(tesd.bank_dtype)
+
+
+LOG_FIELDS = ("epoch", "step", "loss", "cosine_loss", "label_loss", "lr", "superpoint_loss", "tesd_loss")
+"""Columns of the training log (rows of a run started before a column existed leave it empty)."""
 
 
 def write_log(rows: list[dict], folder: Path) -> tuple[Path, Path]:
@@ -297,7 +595,7 @@ def write_log(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     if world()[0] != 0:
         return csv_path, png_path
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "step", "loss", "cosine_loss", "label_loss", "lr"])
+        writer = csv.DictWriter(f, fieldnames=list(LOG_FIELDS))
         writer.writeheader()
         writer.writerows(rows)
     return csv_path, training_curves(rows, png_path)

@@ -20,6 +20,8 @@ DISTILL_SPEC = GroupSpec(
         "text_encoder": "text encoder of the teacher's space",
         "student": "the student's config",
         "train_scenes": "scenes trained on",
-        "checkpoints": "folder of the per-epoch checkpoints, the training log CSV and curve PNG",
+        "checkpoints": "folder of the per-epoch checkpoints (with SAS's TESD bank), the training log CSV and curve PNG",
+        "superpoints": "SAS's superpoints: segment (the segment stage's) or none (every point its own)",
+        "tesd": "SAS's TESD: its vocabulary (key), classes and first epoch (0-based); null when off",
     },
 )
