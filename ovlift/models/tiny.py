@@ -168,3 +168,121 @@ def tagger_folder(path: Path, sentences: tuple[str, ...] = TOY_TAGGED, seed: int
 
     save_tagger(train_tagger([tagged(s) for s in sentences], seed=seed), path / PACKAGE)
     return path
+
+
+TINY_WORDS = (
+    "a good photo of in room scene "
+    "wall floor cabinet bed chair sofa table door window bookshelf picture counter desk curtain "
+    "refrigerator shower toilet sink bathtub ceiling other otherfurniture"
+)
+"""Words the tiny CLIP tokenizer knows whole (the default prompt's and ScanNet's); any other
+word splits into known pieces down to single characters."""
+
+
+def clip_word_tokenizer(words: str = TINY_WORDS):
+    """A CLIP BPE tokenizer (``</w>`` word ends, as the real one) learnt offline on ``words``."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=100_000, show_progress=False, end_of_word_suffix="</w>", initial_alphabet=alphabet
+    )
+    bpe.train_from_iterator(words.split(), trainer)
+    learnt = json.loads(bpe.to_str())["model"]
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in [*learnt["vocab"], *alphabet, *(c + "</w>" for c in alphabet)]:
+        vocab.setdefault(token, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in learnt["merges"]], model_max_length=77)
+
+
+def stable_diffusion_folder(path: Path, seed: int = 0) -> Path:
+    """A Stable Diffusion pipeline in diffusers layout, shaped as SD 1.5 at a quarter of its depth.
+
+    The VAE halves the image (64 px -> 32x32 latent); the UNet's cross-attention sits, as in
+    SD 1.5, in the first down blocks, the middle block and the last up blocks: for a 64 px
+    image at latent resolutions 32 and 16 (down, up) and 8 (middle).
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_word_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=2,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True, steps_offset=1
+    )
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(path)
+    return path
+
+
+def sam_folder(path: Path, seed: int = 0, image_size: int = 64) -> Path:
+    """A SAM (``segment-anything``) with a 2-block ViT, saved as ``load_sam`` reads it."""
+    from ovlift.models.sam import SamArchitecture, build_sam, save_sam
+
+    torch.manual_seed(seed)
+    arch = SamArchitecture(
+        encoder_embed_dim=32,
+        encoder_depth=2,
+        encoder_num_heads=2,
+        encoder_global_attn_indexes=(1,),
+        encoder_window_size=2,
+        prompt_embed_dim=32,
+        image_size=image_size,
+        vit_patch_size=16,
+        mask_in_chans=4,
+        decoder_depth=1,
+        decoder_mlp_dim=64,
+        decoder_num_heads=2,
+        iou_head_depth=2,
+        iou_head_hidden_dim=32,
+    )
+    return save_sam(build_sam(arch), path, arch)
