@@ -4,7 +4,7 @@
 
 Every row is the method's plan with a few fields changed; all rows share one store,
 so what rows share (scenes, teacher features, projections) is computed once.
-Writes ``OUT/<method>.json`` (``{"rows": [{"name", "objects", "fused_miou",
+Writes ``OUT/<method>.json`` (``{"rows": [{"name", "detail", "fused_miou",
 "student_miou", ...}]}``), ``OUT/<method>.md`` and ``OUT/<method>.png``. Metrics are
 on the plan's held-out ``val`` scenes, under ScanNet's rule. A row built on an
 oracle says so in its name, and its evaluation report's title says it too.
@@ -13,6 +13,13 @@ cus3d (paper Tab. 4 and 3): the 2D teacher lifted to 3D and the student without
 filters, with CUS3D's 2D pixel vote, with its 3D object vote, with both; both
 with ground-truth objects (the oracle its released code silently uses); and the
 student's losses: feature only, label only, both.
+
+sas (paper Tab. 3): each teacher alone, their sum, linear (confidence) weights and
+capability fusion (2D rows: the student is not trained, its column is empty); then
+the students: pixel-point distillation, + superpoints, + TESD. Also
+``capability_spearman``: the rank correlation, over (teacher, class) pairs, between the
+capability measured on single rendered objects and each teacher's true per-class IoU
+on the held-out scenes' frames against their pixel labels.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from ovlift.pipeline.plan import plan_from_dict
@@ -36,20 +44,26 @@ PLANS = Path(__file__).resolve().parents[1] / "plans"
 @dataclass(frozen=True)
 class Row:
     name: str
-    objects: str
-    """What the 3D filter's objects came from ("-" when there is no 3D filter)."""
+    detail: str
+    """The method's own column (CUS3D: where the objects came from, "-" without a 3D filter)."""
     changes: dict = field(default_factory=dict)
     """Dotted plan path under ``stages`` -> value; None removes the entry."""
     paper: tuple[float | None, float | None] = (None, None)
     """The paper's ScanNet val mIoU (teacher, student) for this row, if it reports one."""
+    student: bool = True
+    """Whether the row reports a student (2D-only rows train it for one epoch and leave it out)."""
 
 
 WITHOUT_3D = {"distill.source": "project", "segment": None, "objects": None, "denoise": None}
 ALL_MASKS = {"extract2d.ovseg.overlap": "all"}
 
-METHODS: dict[str, tuple[str, list[Row]]] = {
+SINGLE = {"fuse": None, "distill.source": "project", "distill.superpoints": "none", "distill.tesd_start": None}
+PIXEL_POINT = {"distill.superpoints": "none", "distill.superpoint_targets": False, "distill.superpoint_weight": 0.0}
+
+METHODS: dict[str, tuple[str, str, list[Row]]] = {
     "cus3d": (
         "cus3d-toy.yaml",
+        "objects",
         [
             Row("none", "-", {**ALL_MASKS, **WITHOUT_3D}, (28.2, 31.3)),
             Row("2D filter", "-", WITHOUT_3D, (31.8, 38.6)),
@@ -60,10 +74,30 @@ METHODS: dict[str, tuple[str, list[Row]]] = {
             Row("both, label loss only", "label-free", {"distill.cosine_weight": 0.0}, (None, 8.0)),
         ],
     ),
+    "sas": (
+        "sas-toy.yaml",
+        "2D features",
+        [
+            Row("LSeg stand-in alone", "lseg", {**SINGLE, "distill.teacher": "lseg"}, (51.2, None), False),
+            Row("SEEM stand-in alone", "seem", {**SINGLE, "distill.teacher": "seem"}, (47.3, None), False),
+            Row("add", "lseg + seem", {"fuse.method": "add"}, (48.6, None), False),
+            Row("linear", "confidence-weighted", {"fuse.method": "linear"}, (49.9, None), False),
+            Row("capability fusion", "capability-weighted", {}, (55.5, None), False),
+            Row(
+                "pixel-point distillation",
+                "capability-weighted",
+                {**PIXEL_POINT, "distill.tesd_start": None},
+                (None, 56.7),
+            ),
+            Row("+ superpoints", "capability-weighted", {"distill.tesd_start": None}, (None, 59.2)),
+            Row("+ TESD", "capability-weighted", {}, (None, 61.9)),
+        ],
+    ),
 }
 
 
 def row_plan(base: dict, row: Row, store: Path, epochs: int | None) -> dict:
+    """The method's plan with the row's changes (2D-only rows: a one-epoch student)."""
     plan = copy.deepcopy(base)
     plan["store"] = str(store)
     for path, value in row.changes.items():
@@ -77,11 +111,13 @@ def row_plan(base: dict, row: Row, store: Path, epochs: int | None) -> dict:
             node[leaf] = value
     if epochs is not None:
         plan["stages"]["distill"]["epochs"] = epochs
+    if not row.student:
+        plan["stages"]["distill"]["epochs"] = 1
     return plan
 
 
-def run_rows(method: str, out: Path, epochs: int | None) -> list[dict]:
-    plan_file, rows = METHODS[method]
+def run_rows(method: str, out: Path, epochs: int | None) -> tuple[list[dict], Runner]:
+    plan_file, _, rows = METHODS[method]
     base = yaml.safe_load((PLANS / plan_file).read_text())
     results = []
     for row in rows:
@@ -94,23 +130,83 @@ def run_rows(method: str, out: Path, epochs: int | None) -> list[dict]:
         metrics = evaluate.info["metrics"]
         result = {
             "name": row.name,
-            "objects": row.objects,
+            "detail": row.detail,
             "fused_miou": metrics["2d"]["miou"],
-            "student_miou": metrics["3d"]["miou"],
+            "student_miou": metrics["3d"]["miou"] if row.student else None,
             "fused_macc": metrics["2d"]["macc"],
-            "student_macc": metrics["3d"]["macc"],
+            "student_macc": metrics["3d"]["macc"] if row.student else None,
             "oracles": list(evaluate.oracles),
             "paper_fused_miou": row.paper[0],
             "paper_student_miou": row.paper[1],
             "seconds": round(time.perf_counter() - start, 1),
         }
         results.append(result)
+        student = "-" if result["student_miou"] is None else f"{100 * result['student_miou']:5.1f}"
         print(
-            f"{method} | {row.name:<26} | objects {row.objects:<22} | 2D teacher {100 * result['fused_miou']:5.1f} "
-            f"| student {100 * result['student_miou']:5.1f} mIoU | {result['seconds']:.0f} s",
+            f"{method} | {row.name:<26} | {row.detail:<22} | 2D teacher {100 * result['fused_miou']:5.1f} "
+            f"| student {student} mIoU | {result['seconds']:.0f} s",
             flush=True,
         )
-    return results
+    return results, runner
+
+
+def capability_spearman(runner: Runner) -> dict:
+    """Capability (single rendered objects) against each teacher's true per-class IoU on the
+    held-out scenes' frames, pooled over (teacher, class) pairs that have both."""
+    from scipy.stats import spearmanr
+
+    group = runner.store.read(runner.plan.stages["capability"].group_path(None))
+    teachers, classes = group.info["teachers"], group.info["classes"]
+    capability, counts = group.load("capability"), group.load("image_count")
+    truth = teacher_pixel_iou(runner, teachers, classes, runner.plan.splits["val"])
+    pairs = np.isfinite(truth) & (counts > 0)[None]
+    rho = float(spearmanr(capability[pairs], truth[pairs]).statistic)
+    return {
+        "capability_spearman": rho,
+        "pairs": int(pairs.sum()),
+        "teachers": teachers,
+        "classes": classes,
+        "capability": capability.round(4).tolist(),
+        "true_iou": np.where(np.isfinite(truth), truth, -1).round(4).tolist(),
+    }
+
+
+def teacher_pixel_iou(runner: Runner, teachers: list[str], classes: list[str], scenes: list[str]) -> np.ndarray:
+    """(T, K) each teacher's per-class IoU over the frames of ``scenes`` against their pixel
+    labels, its pixels labelled as the capability stage labels them (NaN: class absent)."""
+    import torch
+
+    from ovlift.cache_schema.groups.extract2d import TeacherFeatures
+    from ovlift.kernels.classify import classify
+    from ovlift.kernels.fusion import FeatureBuffers
+    from ovlift.kernels.metrics import confusion_matrix, scores
+    from ovlift.models.teachers.base import resize_nearest
+    from ovlift.models.text import TextEncoderConfig
+    from ovlift.vocabularies import get_vocabulary
+
+    config = runner.plan.stages["capability"].config
+    vocab = get_vocabulary(config.vocabulary)
+    result = np.full((len(teachers), len(classes)), np.nan)
+    for t, name in enumerate(teachers):
+        confusion = np.zeros((len(classes), len(classes) + 1), np.int64)
+        for scene in scenes:
+            group = runner.store.read(runner.plan.stages[f"extract2d/{name}"].group_path(scene))
+            scene_input = runner.store.read(runner.plan.stages["input"].group_path(scene))
+            to_class = np.array([classes.index(c) if c in classes else -1 for c in scene_input.info["class_names"]])
+            text = TextEncoderConfig(**{**group.info["text_encoder"], "templates": config.templates})
+            prompts, prompt_class = runner.text(text, list(vocab.prompts)), torch.tensor(vocab.prompt_class)
+            features = TeacherFeatures(group)
+            h, w = features.feature_hw
+            buffers = FeatureBuffers(features.channels, h * w, torch.device("cpu"))
+            for local, frame in enumerate(features.frames):
+                source = features.read(np.array([local]))
+                label = classify(source.rows(torch.arange(h * w), buffers), prompts, prompt_class)[1]
+                label = torch.where(source.coverage()[0].reshape(-1), label, -1).numpy()
+                truth = torch.from_numpy(scene_input.array("frames/labels")[int(frame)][None].astype(np.int64))
+                truth = resize_nearest(truth, (h, w))[0].numpy().ravel()
+                confusion += confusion_matrix(np.where(truth >= 0, to_class[truth], -1), label, len(classes))
+        result[t] = scores(confusion).iou
+    return result
 
 
 def markdown(method: str, rows: list[dict], plan_file: str) -> str:
@@ -120,15 +216,16 @@ def markdown(method: str, rows: list[dict], plan_file: str) -> str:
     def paper(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f}"
 
+    column = METHODS[method][1]
     lines = [
         f"{method} ablation on toy scenes (plan `plans/{plan_file}`, held-out `val` scenes, mIoU %, "
         "ScanNet's rule); paper: ScanNet val, for the direction only",
         "",
-        "| row | objects | 2D teacher | student | paper teacher | paper student |",
+        f"| row | {column} | 2D teacher | student | paper teacher | paper student |",
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['name']} | {r['objects']} | {pct(r['fused_miou'])} | {pct(r['student_miou'])} "
+        f"| {r['name']} | {r['detail']} | {pct(r['fused_miou'])} | {pct(r['student_miou'])} "
         f"| {paper(r['paper_fused_miou'])} | {paper(r['paper_student_miou'])} |"
         for r in rows
     ]
@@ -142,9 +239,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the plan's epochs (quick looks only)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run_rows(args.method, args.out, args.epochs)
+    rows, runner = run_rows(args.method, args.out, args.epochs)
     plan_file = METHODS[args.method][0]
-    (args.out / f"{args.method}.json").write_text(json.dumps({"plan": plan_file, "rows": rows}, indent=1))
+    result: dict = {"plan": plan_file, "rows": rows}
+    if args.method == "sas":
+        result.update(capability_spearman(runner))
+        print(
+            f"capability Spearman (rendered objects vs true IoU in held-out scenes): "
+            f"{result['capability_spearman']:.3f} over {result['pairs']} (teacher, class) pairs"
+        )
+    (args.out / f"{args.method}.json").write_text(json.dumps(result, indent=1))
     (args.out / f"{args.method}.md").write_text(markdown(args.method, rows, plan_file))
     ablation_bars(rows, args.out / f"{args.method}.png", f"{args.method} ablation, held-out toy scenes")
     print(markdown(args.method, rows, plan_file))

@@ -45,7 +45,6 @@ from ovlift.models.teachers.cached import frame_file
 from ovlift.models.text import TextEncoderConfig
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
-from ovlift.stages.extract2d import Extract2DStage
 from ovlift.vocabularies import get_vocabulary
 
 
@@ -69,7 +68,8 @@ class CapabilityStage(Stage[GeneratorConfig]):
         self.generator_class: type[ImageGenerator] = next(
             cls for cls in GENERATORS.values() if type(config) is cls.Config
         )
-        self.teacher_stages: dict[str, Extract2DStage] = {}
+        self.teacher_stages: dict[str, Stage] = {}
+        """The plan's extract2d stages measured, by variant (each knows its ``teacher_class``)."""
         self._plan_teachers: list[str] = []
 
     @classmethod
@@ -85,7 +85,7 @@ class CapabilityStage(Stage[GeneratorConfig]):
         return f"1.{self.generator_class.version}"
 
     def bind(self, stages: Mapping[str, Stage]) -> None:
-        found = {s.variant: s for s in stages.values() if isinstance(s, Extract2DStage)}
+        found = {s.variant: s for s in stages.values() if s.name == "extract2d"}
         self._plan_teachers = list(found)
         wanted = self.config.teachers or tuple(found)
         self.teacher_stages = {name: found[name] for name in wanted if name in found}
@@ -181,10 +181,12 @@ class CapabilityStage(Stage[GeneratorConfig]):
         for name, row in zip(teachers, capability):
             ctx.log.info("capability of '%s': %s", name, ", ".join(f"{c} {v:.2f}" for c, v in zip(vocab.classes, row)))
 
-    def _teacher(self, name: str, stage: Extract2DStage, ctx: StageContext) -> Teacher:
-        if stage.implementation == "cached":  # its outputs on the exported images live elsewhere
-            stage = Extract2DStage(stage.config.model_copy(update={"path": self.config.cached_outputs[name]}), name)
-        return stage.load_teacher(ctx)
+    def _teacher(self, name: str, stage: Stage, ctx: StageContext) -> Teacher:
+        if stage.implementation != "cached":
+            return stage.load_teacher(ctx)  # the model extract2d runs, loaded once per process
+        config = stage.config.model_copy(update={"path": self.config.cached_outputs[name]})
+        device = torch.device(stage.config.device or ctx.device)  # its outputs on the exported images
+        return stage.teacher_class(config, device, ctx.text, f"teacher '{name}'")
 
 
 def shared_text_space(encoders: Mapping[str, TextEncoderConfig], where: str) -> dict:
@@ -201,7 +203,7 @@ def shared_text_space(encoders: Mapping[str, TextEncoderConfig], where: str) -> 
 
 def teacher_masks(
     teacher: Teacher,
-    stage: Extract2DStage,
+    stage: Stage,
     images: GeneratedImages,
     class_index: int,
     prompts: torch.Tensor,

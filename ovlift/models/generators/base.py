@@ -25,8 +25,8 @@ class GeneratorConfig(FrozenConfig):
 
     teachers: tuple[str, ...] = ()
     """extract2d variants to measure, in this order (empty: every one the plan configures)."""
-    vocabulary: str = "scannet20"
-    """Classes whose capability is measured (and that the teachers' masks are labelled with)."""
+    vocabulary: str = "sas-scannet21"
+    """Classes whose capability is measured and the teachers' masks are labelled with (``fuse`` uses the same)."""
     templates: Literal["single", "ensemble"] = "single"
     """Prompt templates of the class embeddings that label the teachers' pixels."""
     images_per_class: int = Field(50, ge=1)
