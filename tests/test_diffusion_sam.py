@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
@@ -274,3 +275,42 @@ def test_sam_loading(models, tmp_path):
     assert _released_type({"image_encoder.patch_embed.proj.weight": torch.zeros(768, 3, 16, 16)}, None, "t") == "vit_b"
     with pytest.raises(ModelLoadError, match="set sam_model_type"):
         _released_type({"image_encoder.patch_embed.proj.weight": torch.zeros(32, 3, 16, 16)}, "x.pth", "t")
+
+
+def test_capability_stage_runs_diffusion_sam_end_to_end(models, tmp_path):
+    """The whole SAS path on tiny random models, through the plan and the runner: images
+    drawn, attention to coarse masks, SAM pseudo masks, a MaskCLIP teacher scored on them."""
+    from ovlift.models.tiny import clip_folder
+    from ovlift.pipeline.plan import plan_from_dict
+    from ovlift.pipeline.runner import Runner
+    from tests.conftest import toy_plan_dict
+
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("wall\nchair\nshower curtain\n")
+    data = toy_plan_dict(tmp_path / "store.zarr", num_scenes=1)
+    size = {"feature_height": 16, "feature_width": 16}
+    clip = str(clip_folder(tmp_path / "clip"))
+    data["stages"]["extract2d"] = {"m": {"implementation": "maskclip", "clip_path": clip, **size}}
+    data["stages"]["capability"] = {
+        "implementation": "diffusion-sam",
+        "diffusion_path": models["diffusion"],
+        "sam_path": models["sam"],
+        "image_size": SIZE,
+        "steps": 2,
+        "images_per_class": 2,
+        "attention_resolutions": list(RESOLUTIONS),
+        "border_px": 8,
+        "dtype": "float32",
+        "vocabulary": str(vocabulary),
+    }
+    runner = Runner(plan_from_dict(data, tmp_path))
+    report = runner.run(stages=["capability"])
+    assert not report.failed, report.failed[0].error
+    group = runner.store.read("global/capability")
+    capability = group.load("capability")
+    assert capability.shape == (1, 3) and ((0 <= capability) & (capability <= 1)).all()
+    assert group.load("image_count").tolist() == [2, 2, 2] and group.info["generator"] == "diffusion-sam"
+    per_image = group.load("per_image_iou")
+    np.testing.assert_allclose(capability[0], np.nan_to_num(np.nanmean(per_image[0], axis=1)), rtol=1e-6)
+    sheets = tmp_path / group.info["contact_sheets"]
+    assert sorted(p.name for p in sheets.iterdir()) == ["chair.png", "shower-curtain.png", "wall.png"]
