@@ -122,7 +122,9 @@ def run_rows(method: str, out: Path, epochs: int | None) -> tuple[list[dict], Ru
     results = []
     for row in rows:
         start = time.perf_counter()
-        runner = Runner(plan_from_dict(row_plan(base, row, out / "store.zarr", epochs), PLANS, str(PLANS / plan_file)))
+        runner = Runner(
+            plan_from_dict(row_plan(base, row, (out / "store.zarr").resolve(), epochs), PLANS, str(PLANS / plan_file))
+        )
         report = runner.run()
         if report.failed:
             raise SystemExit(f"{method} row '{row.name}': " + "; ".join(str(o.error) for o in report.failed))

@@ -17,11 +17,11 @@ images are the same with and without recording.
 
 Coarse mask, ``aggregation``:
 
-- ``code`` (SAS's released code, prompt-to-prompt style; default): per resolution, the
+- ``code`` (SAS's released code, prompt-to-prompt style): per resolution, the
   mean over its layers and steps, resized bicubically to the image and divided by its
   max; the mean over resolutions, then over the name's tokens; min-max scaled;
   ``> threshold``.
-- ``paper`` (Eq. 2): every layer's map at every step divided by its max; the mean over
+- ``paper`` (Eq. 2; the default): every layer's map at every step divided by its max; the mean over
   steps, each layer resized bicubically to the image, the mean over layers (all
   resolutions alike), then over the name's tokens; min-max scaled; ``> threshold``.
 
@@ -76,7 +76,7 @@ class DiffusionSAMConfig(GeneratorConfig):
     """Weights and activations of Stable Diffusion (SAS: float32; use float32 on a CPU). SAM runs in float32."""
     attention_resolutions: tuple[int, ...] = Field((16, 32, 64), min_length=1)
     """Sides of the latent feature maps whose cross-attention is used (SD at 512 px: 64, 32, 16, 8)."""
-    aggregation: Literal["code", "paper"] = "code"
+    aggregation: Literal["code", "paper"] = "paper"
     """Attention maps to coarse mask: SAS's code (max-normalised per resolution) or Eq. 2 (per map)."""
     sofa_quirk: bool = False
     """SAS's code: sofa, train and tvmonitor use only the 8x8 maps (down, middle and up blocks)."""
