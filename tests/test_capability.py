@@ -8,7 +8,7 @@ from ovlift.datasets.toy import object_view
 from ovlift.errors import StageInputError
 from ovlift.models.generators.render import RenderConfig, RenderGenerator
 from ovlift.pipeline.plan import PlanError, plan_from_dict
-from ovlift.pipeline.runner import Runner
+from ovlift.pipeline.runner import Runner, Status
 from ovlift.vocabularies import SCANNET20
 from tests.conftest import toy_plan_dict
 
@@ -139,3 +139,23 @@ def test_cached_teacher_reads_its_outputs_on_the_exported_images(tmp_path):
             np.save(path, features)
     group = run_capability(data, tmp_path)
     np.testing.assert_allclose(group.load("capability")[0, :5], 1.0, atol=0.05)
+
+
+def test_reruns_follow_the_teachers_and_the_rows_follow_teachers(tmp_path):
+    """A rerun is a cache hit; changing a measured teacher's config reruns the stage (its
+    fingerprint covers the teachers' configs); ``teachers`` orders the rows; ``zero_classes``
+    get capability 0 without images (SAS's 'other')."""
+    extract2d = {
+        "a": {"implementation": "synthetic", "confusion": {"chair": {"sofa": 0.6}}},
+        "b": {"implementation": "synthetic"},
+    }
+    data = capability_plan(tmp_path, extract2d, teachers=["b", "a"], images_per_class=4, zero_classes=["table"])
+    first = run_capability(data, tmp_path)
+    assert first.info["teachers"] == ["b", "a"]
+    capability = first.load("capability")
+    assert capability[1, 2] < capability[0, 2] and (capability[:, 4] == 0).all()
+    assert first.load("image_count")[4] == 0
+    assert Runner(plan_from_dict(data, tmp_path)).run(stages=["capability"]).counts()[Status.CACHED] == 1
+    data["stages"]["extract2d"]["a"]["confusion"] = {"chair": {"sofa": 0.3}}
+    again = run_capability(data, tmp_path)
+    assert again.fingerprint != first.fingerprint and again.load("capability")[1, 2] > capability[1, 2]

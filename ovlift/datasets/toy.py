@@ -628,9 +628,7 @@ def _point_colors(scene: ToyScene) -> np.ndarray:
     return np.clip(scene.instance_color[scene.point_instance] * shade[:, None], 0, 255).round().astype(np.uint8)
 
 
-def object_view(
-    class_name: str, seed: tuple[int, ...], height: int, width: int, fov_deg: float = 70.0, room_only: bool = False
-) -> ToyScene:
+def object_view(class_name: str, seed: tuple[int, ...], height: int, width: int, fov_deg: float = 70.0) -> ToyScene:
     """A toy room holding one object of ``class_name`` and one camera looking at it:
     SAS's "a photo of a {class} in a room", rendered with exact masks (the capability
     stage's ``render`` generator). ``wall`` and ``floor`` are views of an empty room;
@@ -638,18 +636,19 @@ def object_view(
     rng = np.random.default_rng(list(seed))
     size = np.array([rng.uniform(4.0, 6.0), rng.uniform(3.5, 5.5), rng.uniform(2.6, 3.0)])
     classes, parts = list(ROOM_FACE_CLASSES), []
+    placed: list[Part] | None = None
     if class_name in FLOOR_TEMPLATES:
-        placed = None
-        while placed is None:
-            placed = _place_on_floor(rng, FLOOR_TEMPLATES[class_name](rng), size, [], np.full((1, 2), -1e3))
+        for _ in range(20):  # a template too large for the room drawn: draw the template again
+            placed = placed or _place_on_floor(rng, FLOOR_TEMPLATES[class_name](rng), size, [], np.full((1, 2), -1e3))
     elif class_name in WALL_TEMPLATES:
-        placed = None
-        while placed is None:
-            placed = _place_on_wall(rng, WALL_TEMPLATES[class_name](rng), size, [], [])
+        for _ in range(20):
+            placed = placed or _place_on_wall(rng, WALL_TEMPLATES[class_name](rng), size, [], [])
     elif class_name in ("wall", "floor"):
         placed = []
     else:
         raise KeyError(f"toy scenes have no '{class_name}' (templates: {[*FLOOR_TEMPLATES, *WALL_TEMPLATES]})")
+    if placed is None:
+        raise ValueError(f"object_view: no '{class_name}' fits a {size.round(2).tolist()} m room (seed {seed})")
     if placed:
         classes.append(class_name)
         parts = [(p, len(classes) - 1) for p in placed]
@@ -659,7 +658,8 @@ def object_view(
         target = np.array([*rng.uniform(0.25, 0.75, 2) * size[:2], 0.0])
     else:
         target = np.array([*rng.uniform(0.2, 0.8, 2) * size[:2], rng.uniform(0.8, 1.8)])
-        target[int(rng.integers(2))] = size[0] if rng.uniform() < 0.5 else 0.0
+        axis = int(rng.integers(2))  # onto a wall facing the x or the y axis
+        target[axis] = size[axis] if rng.uniform() < 0.5 else 0.0
     extent = float(np.max(hi - lo)) if placed else 2.0
     near, far = max(0.9, 1.2 * extent), max(1.8, 2.4 * extent)
     for _ in range(1000):  # an eye inside the room, outside the object, at a distance that fits it
@@ -667,6 +667,8 @@ def object_view(
         inside = placed and np.all((eye >= lo - 0.2) & (eye <= hi + 0.2))
         if not inside and near <= np.linalg.norm(eye - target) <= far:
             break
+    else:
+        raise ValueError(f"object_view: no camera position sees the '{class_name}' from {near:.1f}-{far:.1f} m")
     part_min = np.array([p.lo for p, _ in parts]).reshape(-1, 3)
     part_max = np.array([p.hi for p, _ in parts]).reshape(-1, 3)
     colors = np.array([CLASS_COLORS[c] for c in classes], dtype=np.float64)

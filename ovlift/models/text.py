@@ -129,6 +129,12 @@ class TextEncoderConfig(FrozenConfig):
     """``single``: "a {} in a scene"; ``ensemble``: the 85 MaskCLIP/CLIP2Scene templates."""
 
 
+def text_space(encoder: dict) -> dict:
+    """A text encoder's normalised config without its templates: features embedded by two
+    encoders with the same space can be compared and fused, whatever their templates."""
+    return {k: v for k, v in encoder.items() if k != "templates"}
+
+
 TextEmbedder = Callable[[TextEncoderConfig, Sequence[str]], torch.Tensor]
 """(encoder config, names) -> (n, D) unit embeddings; the runner's is cached in the store."""
 

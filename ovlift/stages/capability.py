@@ -42,18 +42,19 @@ from ovlift.models.generators.registry import GENERATORS, generator_class
 from ovlift.models.loading import model_inputs
 from ovlift.models.teachers.base import Teacher, TeacherInput, resize_nearest
 from ovlift.models.teachers.cached import frame_file
-from ovlift.models.text import TextEncoderConfig
+from ovlift.models.text import TextEncoderConfig, text_space
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
 
 
-def class_slug(name: str) -> str:
-    """A class name as a path part ("shower curtain" -> "shower-curtain")."""
-    return "-".join(name.split())
+def capability_scene(class_name: str) -> str:
+    """The scene id a class's images have for the teachers (``capability-shower-curtain``)."""
+    return "capability-" + "-".join(class_name.split())
 
 
 def image_name(index: int) -> str:
+    """The frame name of image ``index`` (``image-000003``)."""
     return f"image-{index:06d}"
 
 
@@ -91,6 +92,12 @@ class CapabilityStage(Stage[GeneratorConfig]):
         self.teacher_stages = {name: found[name] for name in wanted if name in found}
 
     def check_inputs(self, keys: list[str]) -> None:
+        repeated = sorted({t for t in self.config.teachers if self.config.teachers.count(t) > 1})
+        if repeated:
+            raise ValueError(f"teachers lists {repeated} more than once")
+        unused = sorted(set(self.config.cached_outputs) - set(self.teacher_stages))
+        if unused:
+            raise ValueError(f"cached_outputs names {unused}, which are not among the measured teachers")
         missing = [t for t in self.config.teachers if t not in self.teacher_stages]
         if missing or not self.teacher_stages:
             raise ValueError(
@@ -134,6 +141,8 @@ class CapabilityStage(Stage[GeneratorConfig]):
         counts = np.zeros(shape[1], dtype=np.int32)
         absent: list[str] = []
         for k, class_name in enumerate(progress(vocab.classes, "capability", unit="class")):
+            if class_name in cfg.zero_classes:
+                continue
             images = generator.generate(class_name)
             counts[k] = len(images.images)
             if counts[k] == 0:
@@ -147,20 +156,20 @@ class CapabilityStage(Stage[GeneratorConfig]):
                 continue
             masks = {}
             for t, (name, teacher) in enumerate(teachers.items()):
-                masks[name] = teacher_masks(
-                    teacher, self.teacher_stages[name], images, k, prompts, prompt_class, device
-                )
+                masks[name] = teacher_masks(teacher, self.teacher_stages[name], images, k, prompts, prompt_class)
                 inter = (masks[name] & images.pseudo_masks).sum((1, 2)).double()
                 union = (masks[name] | images.pseudo_masks).sum((1, 2)).double()
                 per_image[t, k, : counts[k]] = torch.where(union > 0, inter / union.clamp(min=1), np.nan).numpy()
                 pooled[t, k] = float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
             ious = {name: per_image[t, k, : counts[k]] for t, name in enumerate(teachers)}
-            contact_sheet(images, masks, ious, ctx.files / "contact_sheets" / f"{class_slug(class_name)}.png")
+            sheet = capability_scene(class_name).removeprefix("capability-")
+            contact_sheet(images, masks, ious, ctx.files / "contact_sheets" / f"{sheet}.png")
         if absent:
             raise StageInputError(
                 f"{ctx.where()}: the cached teachers' outputs on the generated images are missing ({len(absent)} "
                 f"files, e.g. '{absent[0]}'): run those teachers on the images exported to "
-                f"'{ctx.files / 'images'}' and write their outputs there (cached_outputs, in the teacher's pattern)"
+                f"'{ctx.files / 'images'}' (<scene>/<frame>.png) and write each one's outputs under its "
+                f"cached_outputs folder in its own pattern: {self._cached_patterns()}"
             )
         with warnings.catch_warnings():  # classes without an image are all NaN: capability 0
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -176,10 +185,18 @@ class CapabilityStage(Stage[GeneratorConfig]):
             text_encoder=text_encoder,
             generator=self.implementation,
             iou=cfg.iou,
+            templates=cfg.templates,
             contact_sheets=str(ctx.files / "contact_sheets"),
         )
         for name, row in zip(teachers, capability):
             ctx.log.info("capability of '%s': %s", name, ", ".join(f"{c} {v:.2f}" for c, v in zip(vocab.classes, row)))
+
+    def _cached_patterns(self) -> str:
+        return ", ".join(
+            f"'{name}': {self.config.cached_outputs[name]}/{stage.config.pattern}"
+            for name, stage in self.teacher_stages.items()
+            if stage.implementation == "cached"
+        )
 
     def _teacher(self, name: str, stage: Stage, ctx: StageContext) -> Teacher:
         if stage.implementation != "cached":
@@ -191,12 +208,11 @@ class CapabilityStage(Stage[GeneratorConfig]):
 
 def shared_text_space(encoders: Mapping[str, TextEncoderConfig], where: str) -> dict:
     """The one text encoder (templates aside) every teacher's features live in, or an error naming them."""
-    spaces = {name: {k: v for k, v in enc.normalised().items() if k != "templates"} for name, enc in encoders.items()}
-    distinct = {json.dumps(s, sort_keys=True) for s in spaces.values()}
-    if len(distinct) > 1:
+    spaces = {name: text_space(enc.normalised()) for name, enc in encoders.items()}
+    if len({json.dumps(s, sort_keys=True) for s in spaces.values()}) > 1:
         raise StageInputError(
             f"{where}: the teachers live in different text spaces ({spaces}); SAS compares and fuses them only "
-            "in one (give every teacher the same text encoder)"
+            "in one: give every teacher the same text encoder, or list those that share one in capability.teachers"
         )
     return next(iter(spaces.values()))
 
@@ -208,13 +224,12 @@ def teacher_masks(
     class_index: int,
     prompts: torch.Tensor,
     prompt_class: torch.Tensor,
-    device: torch.device,
 ) -> torch.Tensor:
     """(m, H, W) bool: where the teacher's pixel feature is nearest to class ``class_index``,
     on the image grid (features without a pixel, e.g. unsegmented, are not the class)."""
     cfg = stage.config
     hw = (cfg.feature_height, cfg.feature_width)
-    scene_id = f"capability-{class_slug(images.class_name)}"
+    scene_id = capability_scene(images.class_name)
     result = []
     for start in range(0, len(images.images), cfg.frames_per_batch):
         rows = slice(start, start + cfg.frames_per_batch)
@@ -231,24 +246,25 @@ def teacher_masks(
             frame_names=tuple(image_name(int(i)) for i in index),
         )
         features = teacher(batch)
+        on = features.coverage().device  # a cached teacher's features are on the CPU, whatever ``device``
         n = len(index) * hw[0] * hw[1]
-        flat = features.rows(torch.arange(n, device=device), FeatureBuffers(features.channels, n, device))
-        label = classify(flat, prompts.to(device), prompt_class)[1].reshape(len(index), *hw)
-        mask = features.coverage().to(device) & (label == class_index)
+        flat = features.rows(torch.arange(n, device=on), FeatureBuffers(features.channels, n, on))
+        label = classify(flat, prompts.to(on), prompt_class)[1].reshape(len(index), *hw)
+        mask = features.coverage() & (label == class_index)
         result.append(resize_nearest(mask.cpu(), tuple(images.images.shape[1:3])))
     return torch.cat(result)
 
 
 def missing_outputs(teacher: Teacher, images: GeneratedImages) -> list[Path]:
     """A cached teacher's output files for these images that do not exist yet."""
-    scene_id = f"capability-{class_slug(images.class_name)}"
+    scene_id = capability_scene(images.class_name)
     paths = [frame_file(teacher.config, scene_id, image_name(i), i) for i in range(len(images.images))]
     return [p for p in paths if not p.is_file()]
 
 
 def export_images(images: GeneratedImages, folder: Path) -> None:
     """The images as PNG files, named as ``cached`` teachers expect their scenes and frames."""
-    target = folder / f"capability-{class_slug(images.class_name)}"
+    target = folder / capability_scene(images.class_name)
     target.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images.images.numpy()):
         Image.fromarray(image).save(target / f"{image_name(i)}.png")

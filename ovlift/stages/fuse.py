@@ -30,7 +30,7 @@ from ovlift.kernels.teacher_fusion import (
     linear_weights,
     teacher_predictions,
 )
-from ovlift.models.text import TextEncoderConfig
+from ovlift.models.text import TextEncoderConfig, text_space
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import Vocabulary, get_vocabulary
@@ -188,16 +188,12 @@ def shared_text_encoder(project: StageGroup, names: list[str], where: str) -> di
     encoders = {n: project.info["teachers"][n]["text_encoder"] for n in names}
     first = names[0]
     for name in names[1:]:
-        if without_templates(encoders[name]) != without_templates(encoders[first]):
+        if text_space(encoders[name]) != text_space(encoders[first]):
             raise StageInputError(
                 f"{where}: teachers live in different text spaces: '{first}' in {encoders[first]}, "
                 f"'{name}' in {encoders[name]}; fuse needs one (SAS maps every teacher into CLIP's)"
             )
     return encoders[first]
-
-
-def without_templates(encoder: dict) -> dict:
-    return {k: v for k, v in encoder.items() if k != "templates"}
 
 
 def inline_capability(
@@ -237,7 +233,7 @@ def group_capability(
     if missing:
         raise StageInputError(f"{where}: the capability has no row for teachers {missing} (it has {rows})")
     encoder = info.get("text_encoder")
-    if encoder is not None and without_templates(encoder) != without_templates(text_encoder):
+    if encoder is not None and text_space(encoder) != text_space(text_encoder):
         raise StageInputError(
             f"{where}: the capability was measured in text space {encoder}, the teachers live in {text_encoder}"
         )

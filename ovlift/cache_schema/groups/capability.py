@@ -26,6 +26,7 @@ CAPABILITY_SPEC = GroupSpec(
         "text_encoder": "the text space every teacher and the class embeddings share",
         "generator": "the image generator (render, diffusion-sam)",
         "iou": "mean (per-image IoU averaged, the paper) or pooled (the released code)",
+        "templates": "prompt templates of the class embeddings that labelled the teachers' pixels",
         "contact_sheets": "folder of one PNG per class: image, masks, SAM points, each teacher's mask",
     },
 )

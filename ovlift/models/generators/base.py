@@ -29,6 +29,8 @@ class GeneratorConfig(FrozenConfig):
     """Classes whose capability is measured and the teachers' masks are labelled with (``fuse`` uses the same)."""
     templates: Literal["single", "ensemble"] = "single"
     """Prompt templates of the class embeddings that label the teachers' pixels."""
+    zero_classes: tuple[str, ...] = ("other",)
+    """Classes given capability 0 without drawing images (SAS sets 'other' to 0)."""
     images_per_class: int = Field(50, ge=1)
     """m, images drawn per class (SAS's code: 50)."""
     iou: Literal["mean", "pooled"] = "mean"
@@ -36,7 +38,8 @@ class GeneratorConfig(FrozenConfig):
     over the class's images (SAS's released ``cal_miou.py``)."""
     cached_outputs: dict[str, LocalPath] = {}
     """``cached`` teachers only: teacher variant -> folder holding its outputs on the exported
-    images, in that teacher's own ``pattern`` (scene ``capability-<class>``, frame ``image-NNNNNN``)."""
+    images, in that teacher's own ``pattern`` (scene ``capability-<class, spaces as '-'>``, frame
+    ``image-NNNNNN``)."""
     device: str | None = runtime_field(None)
     """Torch device; None: the plan's."""
 

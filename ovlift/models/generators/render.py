@@ -41,7 +41,7 @@ class RenderConfig(GeneratorConfig):
 
 class RenderGenerator(ImageGenerator[RenderConfig]):
     name = "render"
-    version = "1"
+    version = "2"  # 2: walls aimed at along their own axis
 
     def generate(self, class_name: str) -> GeneratedImages:
         cfg = self.config
