@@ -175,7 +175,7 @@ def capability_spearman(runner: Runner) -> dict:
 
 def teacher_pixel_iou(runner: Runner, teachers: list[str], classes: list[str], scenes: list[str]) -> np.ndarray:
     """(T, K) each teacher's per-class IoU over the frames of ``scenes`` against their pixel
-    labels, its pixels labelled as the capability stage labels them (NaN: class absent)."""
+    labels, its pixels labelled as the capability stage labels them (NaN: class absent from the frames)."""
     import torch
 
     from ovlift.cache_schema.groups.extract2d import TeacherFeatures
@@ -207,7 +207,10 @@ def teacher_pixel_iou(runner: Runner, teachers: list[str], classes: list[str], s
                 truth = torch.from_numpy(scene_input.array("frames/labels")[int(frame)][None].astype(np.int64))
                 truth = resize_nearest(truth, (h, w))[0].numpy().ravel()
                 confusion += confusion_matrix(np.where(truth >= 0, to_class[truth], -1), label, len(classes))
-        result[t] = scores(confusion).iou
+        score = scores(confusion)
+        # a class absent from the scenes has IoU 0 when predicted (ScanNet's rule), which says
+        # nothing about how well the teacher recognises it: such pairs are left out
+        result[t] = np.where(score.without_ground_truth, np.nan, score.iou)
     return result
 
 
