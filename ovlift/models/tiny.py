@@ -12,6 +12,21 @@ from pathlib import Path
 import torch
 
 
+def tiny_text_config(vocab_size: int) -> dict:
+    """The tiny CLIP text tower both the tiny CLIP and the tiny Stable Diffusion use."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+
+
 def clip_folder(path: Path, projection_dim: int = 24, seed: int = 0) -> Path:
     from tokenizers import pre_tokenizers
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -24,17 +39,7 @@ def clip_folder(path: Path, projection_dim: int = 24, seed: int = 0) -> Path:
             vocab[c + suffix] = len(vocab)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        ),
+        text_config=tiny_text_config(len(vocab)),
         vision_config=dict(
             hidden_size=32,
             intermediate_size=64,
@@ -212,19 +217,7 @@ def stable_diffusion_folder(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tokenizer = clip_word_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**tiny_text_config(len(tokenizer))))
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
