@@ -29,6 +29,8 @@ class Frame:
     """(H, W) int16 ground-truth class per pixel (synthetic data only)."""
     instances: np.ndarray | None = None
     """(H, W) int32 ground-truth instance per pixel (synthetic data only)."""
+    timestamp: float | None = None
+    """Capture time in seconds relative to the scene's key frame (LiDAR-camera data)."""
 
 
 @dataclass
@@ -47,6 +49,11 @@ class SceneSource:
     labels: np.ndarray | None = None
     instances: np.ndarray | None = None
     faces: np.ndarray | None = None
+    sweep: np.ndarray | None = None
+    """(N,) LiDAR sweep of each point: 0 = the key frame, k = the k-th earlier sweep (registered
+    into the key frame's world by the ego poses); None for one cloud (RGB-D reconstructions)."""
+    timestamp: np.ndarray | None = None
+    """(N,) capture time of each point's sweep, seconds relative to the key frame (<= 0)."""
     extra: dict = field(default_factory=dict)
 
     @property

@@ -66,6 +66,7 @@ class InputStage(Stage[InputConfig]):
                 arrays[key] = out.create(f"frames/{key}", (num, height, width))
         intrinsics = np.zeros((num, 3, 3), np.float32)
         poses = np.zeros((num, 4, 4), np.float64)
+        timestamps = np.zeros(num, np.float64) if first.timestamp is not None else None
         for i in progress(range(num), f"{ctx.scene_id}: frames", unit="frame"):
             where = ctx.where(source.frame_names[i])
             frame = first if i == 0 else read_frame(source, i, where)
@@ -74,6 +75,12 @@ class InputStage(Stage[InputConfig]):
                 arrays[key][i] = value
             intrinsics[i] = frame.intrinsics
             poses[i] = frame.cam_to_world
+            if (timestamps is not None) != (frame.timestamp is not None):
+                raise StageInputError(f"{where}: array 'frames/timestamp' present in some frames and missing in others")
+            if timestamps is not None:
+                if not np.isfinite(frame.timestamp):
+                    raise StageInputError(f"{where}: array 'frames/timestamp' is {frame.timestamp}; expected seconds")
+                timestamps[i] = frame.timestamp
         rigid, valid = rigid_poses(torch.from_numpy(poses))
         valid = valid.numpy()
         if not valid.any():
@@ -89,6 +96,8 @@ class InputStage(Stage[InputConfig]):
         out.write("frames/intrinsics", intrinsics)
         out.write("frames/cam_to_world", rigid.numpy())
         out.write("frames/pose_valid", valid)
+        if timestamps is not None:
+            out.write("frames/timestamp", timestamps)
 
 
 def read_frame(source: SceneSource, index: int, where: str) -> Frame:
@@ -131,6 +140,7 @@ def check_points(source: SceneSource, where: str) -> dict[str, np.ndarray]:
         out["labels"] = check_labels(labels, source.class_names, labels.shape, "labels", where)
     if source.instances is not None:
         out["instances"] = np.asarray(source.instances).astype(np.int32)
+    out.update(check_sweeps(source, len(points), where))
     if source.faces is not None:
         faces = np.asarray(source.faces)  # checked before the cast, which could wrap int64 indices
         n = len(points)
@@ -141,6 +151,29 @@ def check_points(source: SceneSource, where: str) -> dict[str, np.ndarray]:
             )
         out["faces"] = faces.astype(np.int32)
     return out
+
+
+def check_sweeps(source: SceneSource, num_points: int, where: str) -> dict[str, np.ndarray]:
+    """LiDAR sweeps: indices >= 0 with key-frame points (0) present, and finite times; the
+    two arrays come together (a sweep index without its time cannot order sweeps)."""
+    if (source.sweep is None) != (source.timestamp is None):
+        raise StageInputError(f"{where}: arrays 'sweep' and 'timestamp' must be given together (or neither)")
+    if source.sweep is None or source.timestamp is None:
+        return {}
+    sweep, time = np.asarray(source.sweep), np.asarray(source.timestamp)
+    for name, value in (("sweep", sweep), ("timestamp", time)):
+        if value.shape != (num_points,):
+            raise StageInputError(f"{where}: array '{name}' expected shape ({num_points},), found {value.shape}")
+    if not np.issubdtype(sweep.dtype, np.integer) or sweep.min() < 0 or sweep.max() > np.iinfo(np.int16).max:
+        raise StageInputError(
+            f"{where}: array 'sweep' expected integer sweep indices >= 0 (0 = key frame), "
+            f"found {sweep.dtype} in [{sweep.min()}, {sweep.max()}]"
+        )
+    if not (sweep == 0).any():
+        raise StageInputError(f"{where}: array 'sweep' has no key-frame points (sweep 0)")
+    if not np.isfinite(time).all():
+        raise StageInputError(f"{where}: array 'timestamp' has non-finite values; expected seconds")
+    return {"sweep": sweep.astype(np.int16), "timestamp": time.astype(np.float32)}
 
 
 def check_labels(

@@ -23,6 +23,22 @@ INPUT_SPEC = GroupSpec(
             required=False,
         ),
         ArraySpec("instances", "int32", ("N",), (POINT_CHUNK,), "ground-truth instance id", required=False),
+        ArraySpec(
+            "sweep",
+            "int16",
+            ("N",),
+            (POINT_CHUNK,),
+            "LiDAR sweep of each point: 0 = key frame, k = k-th earlier sweep (LiDAR data only)",
+            required=False,
+        ),
+        ArraySpec(
+            "timestamp",
+            "float32",
+            ("N",),
+            (POINT_CHUNK,),
+            "capture time of the point's sweep, seconds relative to the key frame (LiDAR data only)",
+            required=False,
+        ),
         ArraySpec("faces", "int32", ("F", 3), (POINT_CHUNK, None), "mesh triangles indexing points", required=False),
         ArraySpec("frames/color", "uint8", ("T", "H", "W", 3), (1, None, None, None), "RGB image, one frame per chunk"),
         ArraySpec(
@@ -40,6 +56,14 @@ INPUT_SPEC = GroupSpec(
             ("T", 4, 4),
             (None, None, None),
             "camera-to-world pose (OpenCV axes), metres, exactly rigid; NaN where invalid",
+        ),
+        ArraySpec(
+            "frames/timestamp",
+            "float64",
+            ("T",),
+            (None,),
+            "capture time, seconds relative to the key frame (LiDAR-camera data only)",
+            required=False,
         ),
         ArraySpec("frames/pose_valid", "bool", ("T",), (None,), "false for frames whose source pose was unusable"),
         ArraySpec(
