@@ -118,6 +118,40 @@ def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule):
     assert not set(got.frame_index.tolist()) & {2, 4}  # invalid poses skipped
 
 
+def reference_zbuffer(points, world_to_cam, intrinsics, hw, radius):
+    """The obvious z-buffer: every point splats its z over its square, the least wins, 0 = empty."""
+    height, width = hw
+    zbuf = np.full((len(world_to_cam), height, width), np.inf)
+    for f in range(len(world_to_cam)):
+        m, k = world_to_cam[f].tolist(), intrinsics[f].tolist()
+        for px, py, pz in points.tolist():
+            cx = m[0][0] * px + m[0][1] * py + m[0][2] * pz + m[0][3]
+            cy = m[1][0] * px + m[1][1] * py + m[1][2] * pz + m[1][3]
+            z = m[2][0] * px + m[2][1] * py + m[2][2] * pz + m[2][3]
+            if not z > 0:
+                continue
+            col, row = round(k[0][0] * cx / z + k[0][2]), round(k[1][1] * cy / z + k[1][2])
+            if 0 <= col < width and 0 <= row < height:
+                r0, r1, c0, c1 = max(row - radius, 0), row + radius + 1, max(col - radius, 0), col + radius + 1
+                zbuf[f, r0:r1, c0:c1] = np.minimum(zbuf[f, r0:r1, c0:c1], z)
+    return np.where(np.isfinite(zbuf), zbuf, 0.0)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_lidar_zbuffer_equals_the_depth_test_against_the_points_own_depth_image(seed, radius):
+    points, w2c, k, _, _, hw = random_scene(seed)
+    valid = torch.ones(len(w2c), dtype=torch.bool)
+    valid[[2, 4]] = False  # invalid poses: their rows of w2c are identity stand-ins
+    rule = VisibilityRule(0.1, "relative", 1, zbuffer_px=radius)
+    got = visible_correspondences(torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule, None, valid)
+    zbuf = reference_zbuffer(points, w2c.numpy(), k, hw, radius)
+    expected = reference_visibility(points, w2c.numpy(), k, hw, rule, zbuf, valid.numpy())
+    without = reference_visibility(points, w2c.numpy(), k, hw, rule, None, valid.numpy())
+    assert as_tuples(got) == expected
+    assert 50 < len(expected) < len(without)  # the test removes occluded points, and only those
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_kernel_matches_the_reference_loop_exactly_without_depth(seed):
     points, w2c, k, _, pose_valid, hw = random_scene(seed)

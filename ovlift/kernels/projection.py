@@ -10,7 +10,12 @@ Rules (OpenScene's fusion scripts, as config):
   tolerance is ``depth_tolerance * depth(row, col)`` (relative, OpenScene 0.25)
   or ``depth_tolerance`` metres (absolute, SAS 0.2 on ScanNet); depth 0 (invalid)
   never matches;
-* without depth (LiDAR + cameras): only ``z > 0`` and the bounds count;
+* without depth (LiDAR + cameras): only ``z > 0`` and the bounds count, unless
+  ``zbuffer_px`` is set: then the points themselves are the depth image (each
+  point with z > 0 inside the image writes its z over a square of
+  ``2 * zbuffer_px + 1`` pixels, the nearest wins) and the same tolerance test
+  runs against it, so a point behind a nearer point at its pixel is not paired
+  (OpenScene has no such test on nuScenes: that is the default);
 * points behind the camera (z <= 0) never match; frames whose pose is invalid
   are skipped.
 
@@ -37,6 +42,9 @@ class VisibilityRule:
     tolerance_kind: ToleranceKind = "relative"
     cut_bound: int = 10
     """Border in pixels excluded on every side."""
+    zbuffer_px: int | None = None
+    """Without depth: occlusion test against a z-buffer of the points, each covering
+    (2r+1)^2 pixels (None: no test)."""
 
 
 @dataclass
@@ -177,6 +185,8 @@ def visible_correspondences(
     col = torch.round(x)
     row = torch.round(y)
     cut = rule.cut_bound
+    if depth is None and rule.zbuffer_px is not None:
+        depth = points_zbuffer(z, row, col, image_hw, rule.zbuffer_px)
     mask = (z > 0) & (col >= cut) & (row >= cut) & (col < width - cut) & (row < height - cut)
     frame, point = torch.nonzero(mask, as_tuple=True)
     row_i = row[frame, point].to(torch.int64)
@@ -190,3 +200,20 @@ def visible_correspondences(
     if keep is not None:
         frame = keep[frame]
     return Correspondences(point, frame, torch.stack([row_i, col_i], dim=1))
+
+
+def points_zbuffer(z: torch.Tensor, row: torch.Tensor, col: torch.Tensor, image_hw: tuple[int, int], radius: int):
+    """(B, H, W) depth image of the points themselves: per pixel the least z of the points (z > 0,
+    rounded pixel inside the image) whose (2 radius + 1)^2 square covers it; 0 where none does."""
+    height, width = image_hw
+    batch = z.shape[0]
+    inside = (z > 0) & (col >= 0) & (row >= 0) & (col < width) & (row < height)
+    frame, point = torch.nonzero(inside, as_tuple=True)
+    flat = (frame * height + row[frame, point].long()) * width + col[frame, point].long()
+    zbuf = torch.full((batch * height * width,), torch.inf, dtype=z.dtype, device=z.device)
+    zbuf.scatter_reduce_(0, flat, z[frame, point], reduce="amin")
+    zbuf = zbuf.view(batch, 1, height, width)
+    if radius > 0:
+        zbuf = -F.max_pool2d(-zbuf, 2 * radius + 1, stride=1, padding=radius)
+    zbuf = zbuf[:, 0]
+    return torch.where(torch.isfinite(zbuf), zbuf, torch.zeros_like(zbuf))

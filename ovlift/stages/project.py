@@ -36,6 +36,10 @@ class ProjectConfig(FrozenConfig):
     SAS: 0.2 m absolute (ScanNet); CUS3D: 0.05 m absolute."""
     cut_bound: int = Field(10, ge=0)
     """Pixels excluded at each image border (OpenScene: 10; nuScenes: 5)."""
+    lidar_zbuffer_px: int | None = Field(None, ge=0)
+    """Scenes without depth (LiDAR + cameras): pair a point only if no point of the scene is
+    nearer at its pixel (within ``depth_tolerance``), each point covering (2r+1)^2 pixels of
+    the feature grid; None: no occlusion test (OpenScene and CLIP2Scene on nuScenes)."""
     frame_stride: int = Field(1, ge=1)
     """Project every k-th frame (SAS and OpenScene on ScanNet: 20)."""
     feature_height: int | None = Field(None, ge=1)
@@ -58,7 +62,7 @@ class ProjectConfig(FrozenConfig):
         return self
 
     def rule(self) -> VisibilityRule:
-        return VisibilityRule(self.depth_tolerance, self.tolerance_kind, self.cut_bound)
+        return VisibilityRule(self.depth_tolerance, self.tolerance_kind, self.cut_bound, self.lidar_zbuffer_px)
 
 
 class ProjectStage(Stage[ProjectConfig]):
