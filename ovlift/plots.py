@@ -11,14 +11,24 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+LOSS_NAMES = {
+    "cosine_loss": "1 - cos",
+    "label_loss": "label CE",
+    "superpoint_loss": "superpoint 1 - cos",
+    "tesd_loss": "TESD CE",
+    "semantic_loss": "semantic consistency",
+    "ssr_loss": "spatial-temporal consistency",
+}
+"""Legend names of the training log's loss columns (others: the column name)."""
+
 
 def training_curves(rows: list[dict], path: Path) -> Path:
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
     steps = [r["step"] for r in rows]
     ax_loss.plot(steps, [r["loss"] for r in rows], label="total")
-    ax_loss.plot(steps, [r["cosine_loss"] for r in rows], label="1 - cos", alpha=0.7)
-    for key, name in (("label_loss", "label CE"), ("superpoint_loss", "superpoint 1 - cos"), ("tesd_loss", "TESD CE")):
+    for key in (k for k in rows[0] if k.endswith("_loss")) if rows else ():
         if any(r.get(key) for r in rows):
+            name = LOSS_NAMES.get(key, key.removesuffix("_loss").replace("_", " "))
             ax_loss.plot(steps, [r.get(key) or 0.0 for r in rows], label=name, alpha=0.7)
     ax_loss.set(xlabel="step", ylabel="loss", title="distillation loss")
     ax_loss.legend()

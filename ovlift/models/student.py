@@ -106,8 +106,17 @@ class MinkUNet(nn.Module):
                 nn.Linear(channels, out_channels),
             )
 
+    @property
+    def trunk_channels(self) -> int:
+        """Channels of ``trunk``'s features (the last decoder level's)."""
+        return self.config.planes[-1]
+
     def forward(self, x: spconv.SparseConvTensor) -> torch.Tensor:
         """(V, D) features of the input voxels, in the input's order."""
+        return self.head(self.trunk(x))
+
+    def trunk(self, x: spconv.SparseConvTensor) -> torch.Tensor:
+        """(V, trunk_channels) decoder features before the head (CLIP2Scene puts a second head there)."""
         out = self.stem(x)
         skips = [out]
         for down, blocks in zip(self.downs, self.down_blocks):
@@ -117,7 +126,7 @@ class MinkUNet(nn.Module):
             out = up(out)
             out = out.replace_feature(torch.cat([out.features, skips[3 - j].features], dim=1))
             out = blocks(out)
-        return self.head(out.features)
+        return out.features
 
 
 def sparse_input(

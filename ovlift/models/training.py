@@ -68,6 +68,13 @@ class Schedule:
     kind: str
     weight_decay: float
 
+    def optimizer_for(self, params) -> torch.optim.Optimizer:
+        """Adam, AdamW, or CLIP2Scene's SGD (momentum 0.9, dampening 0.1)."""
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9, dampening=0.1, weight_decay=self.weight_decay)
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.optimizer]
+        return cls(params, lr=self.lr, weight_decay=self.weight_decay)
+
     def lr_at(self, step: int, total: int) -> float:
         """Cosine or linear from ``lr`` to ``final_lr`` over ``total`` steps."""
         t = min(step / max(total, 1), 1.0)
@@ -397,8 +404,7 @@ def train(
             raise ValueError(f"batch_size {batch_size} is smaller than the {size} distributed processes")
         torch.manual_seed(seed)
         model = MinkUNet(student, out_channels, device).to(device)
-        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[schedule.optimizer]
-        optimizer = opt_cls(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+        optimizer = schedule.optimizer_for(model.parameters())
         rows: list[dict] = []
         bank: list[torch.Tensor] | None = None
         start = 0
@@ -587,7 +593,7 @@ LOG_FIELDS = ("epoch", "step", "loss", "cosine_loss", "label_loss", "lr", "super
 """Columns of the training log (rows of a run started before a column existed leave it empty)."""
 
 
-def write_log(rows: list[dict], folder: Path) -> tuple[Path, Path]:
+def write_log(rows: list[dict], folder: Path, fields: tuple[str, ...] = LOG_FIELDS) -> tuple[Path, Path]:
     """The per-step loss and learning rate as CSV and as a PNG plot (rank 0 writes)."""
     from ovlift.plots import training_curves
 
@@ -595,7 +601,7 @@ def write_log(rows: list[dict], folder: Path) -> tuple[Path, Path]:
     if world()[0] != 0:
         return csv_path, png_path
     with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(LOG_FIELDS))
+        writer = csv.DictWriter(f, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)
     return csv_path, training_curves(rows, png_path)

@@ -18,6 +18,7 @@ from ovlift.stages.base import Stage
 from ovlift.stages.capability import CapabilityStage
 from ovlift.stages.denoise import DenoiseStage
 from ovlift.stages.distill import DistillStage
+from ovlift.stages.distill_clip2scene import Clip2SceneDistillStage
 from ovlift.stages.evaluate import EvaluateStage
 from ovlift.stages.extract2d import Extract2DStage
 from ovlift.stages.fuse import FuseStage
@@ -36,7 +37,7 @@ STAGES: dict[str, dict[str, type[Stage]]] = {
     "capability": dict.fromkeys(GENERATORS, CapabilityStage),  # one stage class; the implementations are generators
     "denoise": {"cus3d": DenoiseStage},
     "fuse": {"sas": FuseStage},
-    "distill": {"openscene": DistillStage},
+    "distill": {"openscene": DistillStage, "clip2scene": Clip2SceneDistillStage},
     "predict": {"openscene": PredictStage},
     "evaluate": {"scannet": EvaluateStage},
 }

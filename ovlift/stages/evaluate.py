@@ -4,6 +4,8 @@ confusion-matrix pictures beside the store.
 
 Ground-truth labels are matched to the prediction vocabulary by class name
 (labels whose name the vocabulary lacks are ignored). Rules: ``ovlift.kernels.metrics``.
+A LiDAR scene is scored on its key-frame points only (``sweep`` 0), as nuScenes
+lidarseg labels them and CLIP2Scene evaluates; its earlier sweeps are context.
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ class EvaluateStage(Stage[EvaluateConfig]):
                 raise StageInputError(f"scene '{scene_id}': array 'labels': evaluation needs ground-truth labels")
             to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
             truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
+            if "sweep" in scene:
+                truth[scene.load("sweep") != 0] = -1
             for p in PREDICTORS:
                 if f"labels_{p}" not in predict:
                     continue

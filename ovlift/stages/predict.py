@@ -4,7 +4,8 @@ and OpenScene's 2D-3D ensemble.
 A label is the vocabulary class whose prompted text embedding is most similar
 (cosine) to the point's feature. The ensemble takes, per point, the label of the
 source (fused 2D or distilled 3D) with the higher maximum similarity; points no
-view saw use the 3D prediction.
+view saw use the 3D prediction. A student trained on one LiDAR sweep at a time
+(CLIP2Scene) predicts each sweep of a scene on its own, as it was trained.
 """
 
 from __future__ import annotations
@@ -81,9 +82,17 @@ class PredictStage(Stage[PredictConfig]):
         prompt_class = torch.tensor(vocab.prompt_class, dtype=torch.int64)
 
         colors = torch.from_numpy(scene.load("colors")) if "colors" in scene else None
-        features = student_features(
-            load_student(distill, device), torch.from_numpy(scene.load("points")), colors, device
-        )
+        points, model = torch.from_numpy(scene.load("points")), load_student(distill, device)
+        if distill.info.get("sweep_input") == "separate" and "sweep" in scene:
+            sweep = torch.from_numpy(scene.load("sweep"))
+            features = torch.zeros((len(points), int(distill.info["channels"])))
+            for s in torch.unique(sweep).tolist():
+                rows = torch.nonzero(sweep == s, as_tuple=True)[0]
+                features[rows] = student_features(
+                    model, points[rows], colors[rows] if colors is not None else None, device
+                )
+        else:
+            features = student_features(model, points, colors, device)
         sim_3d, labels_3d = classify(features, prompts, prompt_class)
 
         teacher, source = distill.info["teacher"], distill.info.get("source", "project")

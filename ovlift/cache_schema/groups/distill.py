@@ -23,5 +23,8 @@ DISTILL_SPEC = GroupSpec(
         "checkpoints": "folder of the per-epoch checkpoints (with SAS's TESD bank), the training log CSV and curve PNG",
         "superpoints": "SAS's superpoints: segment (the segment stage's) or none (every point its own)",
         "tesd": "SAS's TESD: its vocabulary (key), classes and first epoch (0-based); null when off",
+        "sweep_input": "LiDAR sweeps the student saw at once: separate (one sample per sweep, CLIP2Scene) or "
+        "merged (absent: the whole cloud)",
+        "clip2scene": "CLIP2Scene's text set (vocabulary key, classes) and the fraction of points paired with a pixel",
     },
 )

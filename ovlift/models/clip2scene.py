@@ -1,0 +1,361 @@
+"""CLIP2Scene's training terms (Chen et al., CVPR 2023) and their training loop.
+
+A scene is one LiDAR key frame with its earlier sweeps; each point that projects
+into a key-frame camera is paired with that pixel's 2D (MaskCLIP) feature and
+class. Every step draws K sweeps per scene - the key frame and K - 1 of the
+others at random, as CLIP2Scene's loader does - and trains on them with:
+
+* **semantic consistency** on the paired points, in the released code's form
+  (``ce``: cross-entropy of the point's logits ``p . t_c / tau`` over the class
+  texts against its pixel's class; p unnormalised, tau 1) or the paper's Eq. 1
+  (``paper_eq1``: per class c present, -log(sum over points of class c of
+  exp(D(t_c, p) / tau) / sum over the other points of exp(D(t_c, p) / tau)),
+  unit p, tau 0.5; averaged over the classes present, where the paper sums);
+* **spatial-temporal consistency** (Eq. 2-4): the paired points of the K sweeps,
+  in the key frame's coordinates, grouped in ``grid_m`` cells of the merged cloud,
+  at most ``max_per_grid`` per cell (the key frame's first: the cell's text is the
+  class of its first pixel, t^1); the cell centre f is an attention-weighted sum
+  of its pixel and point features (joint softmax of D(., t^1) / lambda; paper) or
+  of its point features only (code); the loss is the mean over packed points of
+  1 - sigmoid(D(p, f)). It uses its own linear head (``local``), as the paper
+  requires; the semantic term uses the student's head (``global``);
+* **switchable self-training** (S3) from ``self_training_start`` on: each step a
+  coin flip with ``self_training_p`` makes the semantic targets the network's own
+  argmax (per step, code; or per point); optionally a self-training term on the
+  points no camera sees (the code computes it, then overwrites it).
+
+Each sweep is its own sample in the sparse batch with its own augmentation
+(code), or the K sweeps merged into one sample (the paper's "3 sweeps as one
+input" row). Ground-truth labels are never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovlift.kernels.voxel import voxel_keys
+from ovlift.models.student import MinkUNet, sparse_input
+from ovlift.models.student_config import StudentConfig
+from ovlift.models.training import (
+    Augment,
+    ClassText,
+    Schedule,
+    deterministic_algorithms,
+    epoch_generator,
+    latest_checkpoint,
+    save_atomically,
+)
+from ovlift.progress import progress
+
+log = logging.getLogger("ovlift")
+
+LOG_FIELDS = ("epoch", "step", "loss", "semantic_loss", "ssr_loss", "unpaired_loss", "self_training", "lr")
+"""Columns of CLIP2Scene's training log."""
+
+
+@dataclass
+class SweepScene:
+    """One key frame with its sweeps and the 2D pairing of its points."""
+
+    scene_id: str
+    points: torch.Tensor
+    """(N, 3) float32, key-frame coordinates."""
+    sweep: torch.Tensor
+    """(N,) int64 sweep of each point (0 = key frame)."""
+    pixel_features: torch.Tensor
+    """(N, D) the paired pixel's 2D feature (0 where unpaired)."""
+    pixel_labels: torch.Tensor
+    """(N,) int64 the paired pixel's class, -1 where unpaired."""
+
+    def sweep_ids(self) -> list[int]:
+        return torch.unique(self.sweep).tolist()
+
+
+@dataclass(frozen=True)
+class Clip2SceneTerms:
+    semantic: Literal["ce", "paper_eq1"] = "ce"
+    semantic_temperature: float = 1.0
+    ssr_weight: float = 1.0
+    ssr_features: Literal["pixels_and_points", "points"] = "pixels_and_points"
+    ssr_lambda: float = 1.0
+    grid_m: float = 0.1
+    max_per_grid: int = 8
+    self_training_start: int | None = 10
+    self_training_p: float = 0.5
+    self_training_switch: Literal["batch", "point"] = "batch"
+    unpaired_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class Clip2SceneRun:
+    """What one training run needs besides the scenes."""
+
+    student: StudentConfig
+    channels: int
+    text: ClassText
+    """The class texts the semantic term classifies over."""
+    class_embeddings: torch.Tensor
+    """(K, D) one unit embedding per class (the cell text t^1 of the SSR term)."""
+    terms: Clip2SceneTerms
+    schedule: Schedule
+    augment: Augment
+    sweeps: int
+    """K: sweeps drawn per scene per step (the key frame and K - 1 others)."""
+    sweep_input: Literal["separate", "merged"]
+    epochs: int
+    batch_size: int
+    seed: int
+
+
+def choose_sweeps(available: list[int], k: int, generator: torch.Generator) -> list[int]:
+    """The key frame (0) and k - 1 of the other sweeps drawn without replacement (all if fewer)."""
+    others = [s for s in available if s != 0]
+    if k - 1 >= len(others):
+        return [0, *others]
+    picked = torch.randperm(len(others), generator=generator)[: k - 1]
+    return [0, *sorted(others[i] for i in picked.tolist())]
+
+
+def class_embeddings(text: ClassText) -> torch.Tensor:
+    """(K, D) unit mean of each class's prompt embeddings."""
+    summed = torch.zeros(text.num_classes, text.prompts.shape[1]).index_add_(0, text.prompt_class, text.prompts.float())
+    return F.normalize(summed, dim=1)
+
+
+def pack_grids(points: torch.Tensor, grid_m: float, max_per_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points kept in their ``grid_m`` cells, at most ``max_per_grid`` per cell, earliest (lowest
+    index) first, as (kept point indices, cell of each, numbered 0..G-1); within a cell in index order."""
+    _, key = voxel_keys(points, grid_m)
+    _, cell = torch.unique(key, return_inverse=True)
+    order = torch.sort(cell, stable=True).indices
+    sorted_cell = cell[order]
+    first = torch.searchsorted(sorted_cell, sorted_cell)
+    rank = torch.arange(len(order), device=points.device) - first
+    keep = order[rank < max_per_grid]
+    return keep, cell[keep]
+
+
+def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, count: int) -> torch.Tensor:
+    """Softmax of (n,) logits within each segment 0..count-1."""
+    top = logits.new_full((count,), -math.inf).scatter_reduce(0, segment, logits, reduce="amax", include_self=True)
+    e = torch.exp(logits - top[segment])
+    return e / e.new_zeros(count).index_add_(0, segment, e)[segment]
+
+
+def ssr_loss(
+    point: torch.Tensor,
+    pixel: torch.Tensor | None,
+    cell: torch.Tensor,
+    cell_text: torch.Tensor,
+    lam: float,
+) -> torch.Tensor:
+    """Eq. 2-4 over packed points: ``point`` (n, D) local-head features, ``pixel`` (n, D) their
+    pixels' features (None: points only, the code), ``cell`` (n,) cell 0..G-1, ``cell_text`` (G, D)."""
+    count = len(cell_text)
+    b = (point * cell_text[cell]).sum(1) / lam
+    if pixel is None:
+        w = segment_softmax(b, cell, count)
+        centre = point.new_zeros((count, point.shape[1])).index_add_(0, cell, w[:, None] * point)
+    else:
+        a = (pixel * cell_text[cell]).sum(1) / lam
+        both = segment_softmax(torch.cat([a, b]), torch.cat([cell, cell]), count)
+        wa, wb = both[: len(a)], both[len(a) :]
+        centre = point.new_zeros((count, point.shape[1])).index_add_(0, cell, wa[:, None] * pixel + wb[:, None] * point)
+    return (1 - torch.sigmoid((point * centre[cell]).sum(1))).mean()
+
+
+def semantic_eq1(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 from (P, K) logits D(t_c, p) / tau of unit points: per class present, positives over
+    the other classes' points (the denominator excludes the positives, as written); class mean."""
+    losses = []
+    for c in torch.unique(labels).tolist():
+        pos = labels == c
+        if pos.all():
+            continue
+        losses.append(torch.logsumexp(logits[~pos, c], 0) - torch.logsumexp(logits[pos, c], 0))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0
+
+
+@dataclass
+class StepBatch:
+    """One step's samples: what the forward pass needs and what the terms read."""
+
+    samples: list[tuple[torch.Tensor, None]]
+    """Per sample, its augmented points (no colours)."""
+    rows: list[torch.Tensor]
+    """Per sample, the indices of its points in their scene."""
+    scenes: list[int]
+    """Per sample, its scene."""
+
+
+def build_step(run: Clip2SceneRun, scenes: list[SweepScene], batch: list[int], generator: torch.Generator) -> StepBatch:
+    samples, rows, owners = [], [], []
+    for i in batch:
+        scene = scenes[i]
+        chosen = choose_sweeps(scene.sweep_ids(), run.sweeps, generator)
+        groups = [torch.nonzero(scene.sweep == s, as_tuple=True)[0] for s in chosen]
+        if run.sweep_input == "merged":
+            groups = [torch.cat(groups)]
+        for idx in groups:
+            samples.append((run.augment(scene.points[idx], generator), None))
+            rows.append(idx)
+            owners.append(i)
+    return StepBatch(samples, rows, owners)
+
+
+def terms_of_step(
+    run: Clip2SceneRun,
+    scenes: list[SweepScene],
+    step: StepBatch,
+    trunk: torch.Tensor,
+    maps: list[torch.Tensor],
+    heads: tuple[nn.Module, nn.Module],
+    self_train: bool,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, semantic, ssr, unpaired) of one step from the trunk's voxel features."""
+    terms, text = run.terms, run.text
+    global_head, local_head = heads
+    point_voxel = torch.cat(maps)
+    owner = torch.cat([torch.full((len(r),), s) for r, s in zip(step.rows, step.scenes)])
+    labels = torch.cat([scenes[s].pixel_labels[r] for r, s in zip(step.rows, step.scenes)]).to(device)
+    paired = labels >= 0
+    voxel_global = global_head(trunk)
+    zero = trunk.new_zeros(())
+    # semantic consistency on the paired points (logits per voxel, gathered per point)
+    paired_voxel = point_voxel[paired]
+    if terms.semantic == "ce":
+        logits = text.logits(voxel_global, terms.semantic_temperature)[paired_voxel]
+    else:
+        logits = text.logits(F.normalize(voxel_global, dim=1), terms.semantic_temperature)[paired_voxel]
+    targets = labels[paired]
+    if self_train:
+        own = logits.detach().argmax(1)
+        if terms.self_training_switch == "batch":
+            targets = own
+        else:
+            flip = torch.rand(len(own), generator=generator) < terms.self_training_p
+            targets = torch.where(flip.to(device), own, targets)
+    if len(targets) == 0:
+        semantic = zero
+    elif terms.semantic == "ce":
+        semantic = F.cross_entropy(logits, targets)
+    else:
+        semantic = semantic_eq1(logits, targets)
+    unpaired = zero
+    if terms.unpaired_weight > 0 and self_train and (~paired).any():
+        unpaired_logits = text.logits(voxel_global, terms.semantic_temperature)[point_voxel[~paired]]
+        unpaired = F.cross_entropy(unpaired_logits, unpaired_logits.detach().argmax(1))
+    ssr = zero
+    if terms.ssr_weight > 0 and paired.any():
+        # cells of the merged cloud in key-frame coordinates, per scene; earlier samples (the key frame) first
+        positions = torch.cat([scenes[s].points[r] for r, s in zip(step.rows, step.scenes)]).double()
+        idx = torch.nonzero(paired.cpu(), as_tuple=True)[0]
+        apart = (owner[idx].double() * 1e5)[:, None]  # scenes never share a cell
+        keep, cell = pack_grids(positions[idx] + apart, terms.grid_m, terms.max_per_grid)
+        keep, cell = idx[keep].to(device), cell.to(device)
+        first = torch.full((int(cell.max()) + 1,), len(keep), dtype=torch.int64, device=device)
+        first.scatter_reduce_(0, cell, torch.arange(len(keep), device=device), reduce="amin")
+        cell_text = run.class_embeddings.to(device)[labels[keep[first]]]
+        point = local_head(trunk)[point_voxel[keep]]
+        pixel = None
+        if terms.ssr_features == "pixels_and_points":
+            pixel_rows = [scenes[s].pixel_features[r] for r, s in zip(step.rows, step.scenes)]
+            pixel = F.normalize(torch.cat(pixel_rows)[keep.cpu()].float().to(device), dim=1)
+        ssr = ssr_loss(point, pixel, cell, cell_text, terms.ssr_lambda)
+    total = semantic + terms.ssr_weight * ssr + terms.unpaired_weight * unpaired
+    return total, semantic, ssr, unpaired
+
+
+def train_clip2scene(
+    scenes: list[SweepScene], run: Clip2SceneRun, device: torch.device, checkpoints: Path
+) -> tuple[MinkUNet, list[dict]]:
+    """Train (or resume from the last epoch checkpoint) and return the student and the log rows.
+
+    One process (no DDP). Deterministic from ``run.seed``: initialisation, and per epoch the
+    scene order, sweep draws, augmentations and switch coin flips from ``epoch_generator``.
+    """
+    with deterministic_algorithms():
+        torch.manual_seed(run.seed)
+        model = MinkUNet(run.student, run.channels, device).to(device)
+        local_head = nn.Linear(model.trunk_channels, run.channels).to(device)
+        params = list(model.parameters()) + list(local_head.parameters())
+        optimizer = run.schedule.optimizer_for(params)
+        rows: list[dict] = []
+        start = 0
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        resume = latest_checkpoint(checkpoints)
+        if resume is not None:
+            state = torch.load(resume, map_location=device, weights_only=True)
+            model.load_state_dict(state["model"])
+            local_head.load_state_dict(state["local_head"])
+            optimizer.load_state_dict(state["optimizer"])
+            rows, start = state["rows"], state["epoch"] + 1
+            log.info("distill: resuming from %s (epoch %d of %d)", resume, start, run.epochs)
+        text = run.text.to(device)
+        run_on_device = Clip2SceneRun(**{**run.__dict__, "text": text})
+        steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
+        total_steps = steps_per_epoch * run.epochs
+        st_start = run.terms.self_training_start
+        for epoch in progress(range(start, run.epochs), "distill (clip2scene)", unit="epoch"):
+            generator = epoch_generator(run.seed, epoch)
+            order = torch.randperm(len(scenes), generator=generator).tolist()
+            model.train()
+            local_head.train()
+            for step in range(steps_per_epoch):
+                batch = order[step * run.batch_size : (step + 1) * run.batch_size]
+                lr = run.schedule.lr_at(epoch * steps_per_epoch + step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                built = build_step(run, scenes, batch, generator)
+                coin = float(torch.rand((), generator=generator))
+                phase = st_start is not None and epoch >= st_start
+                self_train = phase and (run.terms.self_training_switch == "point" or coin < run.terms.self_training_p)
+                x, maps = sparse_input(built.samples, run.student, device)
+                trunk = model.trunk(x)
+                total, semantic, ssr, unpaired = terms_of_step(
+                    run_on_device,
+                    scenes,
+                    built,
+                    trunk,
+                    maps,
+                    (model.head, local_head),
+                    self_train,
+                    generator,
+                    device,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "step": epoch * steps_per_epoch + step,
+                        "loss": total.item(),
+                        "semantic_loss": semantic.item(),
+                        "ssr_loss": ssr.item(),
+                        "unpaired_loss": unpaired.item(),
+                        "self_training": int(self_train),
+                        "lr": lr,
+                    }
+                )
+            save_atomically(
+                {
+                    "model": model.state_dict(),
+                    "local_head": local_head.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch,
+                    "rows": rows,
+                },
+                checkpoints / f"epoch_{epoch:04d}.pt",
+            )
+        return model, rows
