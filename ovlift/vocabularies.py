@@ -346,8 +346,104 @@ NUSCENES16 = Vocabulary(
 )
 """OpenScene's nuScenes label set: 43 detailed names prompted, mapped back to 16."""
 
+CLIP2SCENE_NUSCENES16 = Vocabulary(
+    "clip2scene-nuscenes16",
+    "1",
+    NUSCENES16.classes,
+    prompts=(
+        "barrier",
+        "bicycle",
+        "bus",
+        "car",
+        "construction vehicle",
+        "motorcycle",
+        "pedestrian",
+        "traffic_cone",
+        "trailer",
+        "truck",
+        "driveable surface",
+        "other_flat",
+        "sidewalk",
+        "terrain",
+        "manmade",
+        "vegetation",
+    ),
+    prompt_class=tuple(range(16)),
+)
+"""CLIP2Scene's nuScenes text set: one prompt per class, spelled as its code's ``nuscenes_classes``
+(utils/prompt_engineering.py: "pedestrian", "traffic_cone", "driveable surface", "other_flat"), in
+nuScenes-16's class order and with its class names, so labels and evaluation match ``nuscenes16``."""
+
+CITYSCAPES19 = Vocabulary(
+    "cityscapes19",
+    "1",
+    (
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    ),
+)
+"""Cityscapes' 19 training classes (trainId 0-18), as CLIP2Scene's ``cityscapes_classes`` spells them:
+the "prompts of another label set" ablation (CLIP2Scene Tab. 1, Cityscapes prompts)."""
+
+SEMANTICKITTI19 = Vocabulary(
+    "semantickitti19",
+    "1",
+    (
+        "car",
+        "bicycle",
+        "motorcycle",
+        "truck",
+        "other vehicle",
+        "person",
+        "bicyclist",
+        "motorcyclist",
+        "road",
+        "parking",
+        "sidewalk",
+        "other ground",
+        "building",
+        "fence",
+        "vegetation",
+        "trunk",
+        "terrain",
+        "pole",
+        "traffic sign",
+    ),
+)
+"""SemanticKITTI's 19 evaluated classes (learning map 1-19, hyphens as spaces), as CLIP2Scene's
+``kitti_classes`` spells them: the "prompts of another label set" ablation (Tab. 1, SemanticKITTI prompts)."""
+
 VOCABULARIES: dict[str, Vocabulary] = {
-    v.name: v for v in (SCANNET20, SAS_SCANNET21, MATTERPORT21, MATTERPORT40, MATTERPORT80, MATTERPORT160, NUSCENES16)
+    v.name: v
+    for v in (
+        SCANNET20,
+        SAS_SCANNET21,
+        MATTERPORT21,
+        MATTERPORT40,
+        MATTERPORT80,
+        MATTERPORT160,
+        NUSCENES16,
+        CLIP2SCENE_NUSCENES16,
+        CITYSCAPES19,
+        SEMANTICKITTI19,
+    )
 }
 
 

@@ -48,9 +48,12 @@ class LoadedCLIP:
         return F.normalize(self.model.visual_projection(pooled), dim=-1)
 
     @torch.no_grad()
-    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """MaskCLIP features (B, C, gh, gw) of (B, 3, H, W) images (H, W multiples of the patch)."""
-        return maskclip_dense(self.model, normalize(images, self.device))
+    def dense_features(
+        self, images: torch.Tensor, with_keys: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """MaskCLIP features (B, C, gh, gw) of (B, 3, H, W) images (H, W multiples of the patch);
+        with ``with_keys`` also the last block's keys (B, D, gh, gw) (see ``maskclip_dense``)."""
+        return maskclip_dense(self.model, normalize(images, self.device), with_keys)
 
 
 def normalize(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -59,22 +62,33 @@ def normalize(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return (images.to(device, torch.float32) / 255.0 - mean) / std
 
 
-def maskclip_dense(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+def maskclip_dense(
+    model: Any, pixel_values: torch.Tensor, with_keys: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """MaskCLIP (Zhou et al. 2022): in the last transformer block every patch token
     takes the value path instead of attention -- v_proj and out_proj of its own
     token, with the block's residual and MLP -- then the post-layernorm and the
-    visual projection. Returns (B, C, gh, gw)."""
+    visual projection. Returns (B, C, gh, gw).
+
+    With ``with_keys``, returns (features, keys): keys (B, D, gh, gw) are the last
+    block's k_proj of the same layer-normed patch tokens (all heads concatenated),
+    what MaskCLIP's key smoothing compares patches by."""
     vision = model.vision_model
     hidden = vision(pixel_values=pixel_values, interpolate_pos_encoding=True, output_hidden_states=True).hidden_states
     x = hidden[-2]  # the last block's input
     block = vision.encoder.layers[-1]
-    v = block.self_attn.out_proj(block.self_attn.v_proj(block.layer_norm1(x)))
+    y = block.layer_norm1(x)
+    v = block.self_attn.out_proj(block.self_attn.v_proj(y))
     v = v + x
     v = v + block.mlp(block.layer_norm2(v))
     features = model.visual_projection(vision.post_layernorm(v[:, 1:]))
     b, _, h, w = pixel_values.shape
     ps = model.config.vision_config.patch_size
-    return features.transpose(1, 2).reshape(b, -1, h // ps, w // ps)
+    features = features.transpose(1, 2).reshape(b, -1, h // ps, w // ps)
+    if not with_keys:
+        return features
+    keys = block.self_attn.k_proj(y[:, 1:])
+    return features, keys.transpose(1, 2).reshape(b, -1, h // ps, w // ps)
 
 
 @lru_cache(maxsize=2)
