@@ -20,6 +20,12 @@ the students: pixel-point distillation, + superpoints, + TESD. Also
 ``capability_spearman``: the rank correlation, over (teacher, class) pairs, between the
 capability measured on single rendered objects and each teacher's true per-class IoU
 on the held-out scenes' frames against their pixel labels.
+
+clip2scene (paper Tab. 1, annotation-free nuScenes val): the baseline (1 sweep,
+semantic consistency only), + spatial-temporal consistency, + switchable
+self-training (the full method), each term removed, self-training alone, 1 / 3 / 5
+sweeps and 3 sweeps merged into one input, and pretraining on another label set's
+prompts (Cityscapes), always evaluated with nuScenes-16's, on toy streets.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ ALL_MASKS = {"extract2d.ovseg.overlap": "all"}
 SINGLE = {"fuse": None, "distill.source": "project", "distill.superpoints": "none", "distill.tesd_start": None}
 PIXEL_POINT = {"distill.superpoints": "none", "distill.superpoint_targets": False, "distill.superpoint_weight": 0.0}
 
+C2S_BASELINE = {"distill.sweeps": 1, "distill.ssr_weight": 0.0, "distill.self_training_start": None}
+
 METHODS: dict[str, tuple[str, str, list[Row]]] = {
     "cus3d": (
         "cus3d-toy.yaml",
@@ -72,6 +80,21 @@ METHODS: dict[str, tuple[str, str, list[Row]]] = {
             Row("both, ORACLE objects", "ground truth (oracle)", {"objects.source": "ground-truth"}),
             Row("both, feature loss only", "label-free", {"distill.label_weight": 0.0}, (None, 53.3)),
             Row("both, label loss only", "label-free", {"distill.cosine_weight": 0.0}, (None, 8.0)),
+        ],
+    ),
+    "clip2scene": (
+        "clip2scene-toy.yaml",
+        "sweeps",
+        [
+            Row("baseline (semantic only)", "1", {**C2S_BASELINE}, (None, 15.1)),
+            Row("+ spatial-temporal", "3", {"distill.self_training_start": None}, (None, 18.8)),
+            Row("+ switchable self-training (full)", "3", {}, (None, 20.8)),
+            Row("w/o spatial-temporal", "3", {"distill.ssr_weight": 0.0}, (None, 19.8)),
+            Row("self-training only", "3", {"distill.self_training_p": 1.0}, (None, 10.1)),
+            Row("full, 1 sweep", "1", {"distill.sweeps": 1}, (None, 18.7)),
+            Row("full, 5 sweeps", "5", {"distill.sweeps": 5}, (None, 20.6)),
+            Row("full, 3 sweeps merged", "3 merged", {"distill.sweep_input": "merged"}, (None, 18.6)),
+            Row("full, Cityscapes prompts", "3", {"distill.vocabulary": "cityscapes19"}, (None, 11.3)),
         ],
     ),
     "sas": (

@@ -45,8 +45,9 @@ class Clip2SceneDistillConfig(FrozenConfig):
     """Plan split of the training scenes (``all``: every scene)."""
     teacher: str | None = None
     """``project``'s fused teacher to learn from (None: the only one)."""
-    vocabulary: str = "nuscenes16"
-    """Class texts of the pixel labels and the semantic term (the text set of pretraining)."""
+    vocabulary: str = "clip2scene-nuscenes16"
+    """Class texts of the pixel labels and the semantic term: the text set of pretraining
+    (CLIP2Scene: the 16 nuScenes names as its code spells them)."""
     templates: Literal["single", "ensemble"] = "ensemble"
     """Prompt templates of the class texts (CLIP2Scene: the 85-template ensemble)."""
     student: StudentConfig = StudentConfig(voxel_size_m=0.1)
