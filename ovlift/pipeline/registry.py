@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
+from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.models.generators.registry import GENERATORS
@@ -48,6 +49,7 @@ RENAMED_IMPLEMENTATIONS: dict[str, dict[str, str]] = {"extract2d": RENAMED}
 DATASETS: dict[str, type[Dataset]] = {
     "toy": ToyDataset,
     "rgbd-folder": RGBDFolderDataset,
+    "nuscenes": NuScenesDataset,
 }
 
 
