@@ -11,6 +11,7 @@ from __future__ import annotations
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.datasets.nuscenes import NuScenesDataset
+from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.models.generators.registry import GENERATORS
@@ -50,6 +51,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "toy": ToyDataset,
     "rgbd-folder": RGBDFolderDataset,
     "nuscenes": NuScenesDataset,
+    "nuscenes-sample": NuScenesSampleDataset,
 }
 
 
