@@ -22,8 +22,15 @@ $(VENV)/.scatter: $(VENV)/.torch
 	MAX_JOBS=$$(nproc) $(PIP) install $(PINS) --no-build-isolation torch-scatter
 	touch $@
 
+# nuscenes-devkit 1.2.0 (the `nuscenes` dataset reader) declares numpy<2 and
+# Shapely~=2.0.3, but what ovlift uses of it (tables, splits, lidarseg classes)
+# works with our numpy 2 and never imports Shapely; installed with its
+# dependencies it would downgrade numpy under torch. So it goes in --no-deps,
+# after the project, and the imports it needs (pyquaternion, opencv, ...) are
+# listed in pyproject.toml.
 $(VENV)/.ovlift: $(VENV)/.scatter pyproject.toml constraints.txt
 	$(PIP) install $(PINS) -e '.[dev]'
+	$(PIP) install $(PINS) --no-deps nuscenes-devkit==1.2.0
 	touch $@
 
 demo: setup

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
+from ovlift.datasets.nuscenes import NuScenesDataset
+from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.models.generators.registry import GENERATORS
@@ -49,6 +51,8 @@ RENAMED_IMPLEMENTATIONS: dict[str, dict[str, str]] = {"extract2d": RENAMED}
 DATASETS: dict[str, type[Dataset]] = {
     "toy": ToyDataset,
     "rgbd-folder": RGBDFolderDataset,
+    "nuscenes": NuScenesDataset,
+    "nuscenes-sample": NuScenesSampleDataset,
 }
 
 
