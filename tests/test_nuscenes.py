@@ -286,3 +286,57 @@ def test_nuscenes_sample_ingests_and_projects_with_the_samples_calibration(tmp_p
     with pytest.raises(ValueError, match="no sample.json"):
         NuScenesSampleDataset(NuScenesSampleConfig(paths=(str(tmp_path),))).scene_ids()
     json.dumps(group.info)  # info stays plain JSON
+
+
+def test_the_tiny_dataset_trains_clip2scene_for_a_step_without_labels(tmp_path, demo):
+    """Ingest (no lidarseg: nothing to read), a tiny random MaskCLIP, depth-less projection with the
+    LiDAR z-buffer at nuScenes' 5 px border, one CLIP2Scene step, and a prediction per point."""
+    from conftest import TINY_STUDENT
+
+    from ovlift.models.tiny import clip_folder
+
+    devkit()
+    root = write_tiny_nuscenes(tmp_path / "nuscenes", demo)
+    clip = clip_folder(tmp_path / "clip")
+    plan = plan_from_dict(
+        {
+            "store": str(tmp_path / "s.zarr"),
+            "dataset": {"name": "nuscenes", "dataroot": str(root), "image_height": 90, "image_width": 160},
+            "splits": {"train": [SCENE_ID]},
+            "vocabulary": "nuscenes16",
+            "stages": {
+                "input": {},
+                "extract2d": {
+                    "maskclip": {
+                        "implementation": "maskclip",
+                        "clip_path": str(clip),
+                        "templates": "single",
+                        "feature_height": 45,
+                        "feature_width": 80,
+                    }
+                },
+                "project": {"cut_bound": 5, "lidar_zbuffer_px": 1},
+                "distill": {
+                    "implementation": "clip2scene",
+                    "templates": "single",
+                    "student": TINY_STUDENT,
+                    "epochs": 1,
+                    "batch_size": 1,
+                    "self_training_start": 0,
+                },
+                "predict": {"vocabulary": "nuscenes16"},
+            },
+        }
+    )
+    runner = Runner(plan)
+    report = runner.run(fail_fast=True)
+    assert not report.failed
+    scene = runner.store.read(f"scenes/{SCENE_ID}/input")
+    assert "labels" not in scene  # nothing to learn from but the images
+    project = runner.store.read(f"scenes/{SCENE_ID}/project")
+    paired = project.load("view_count") > 0
+    assert 0.1 < paired.mean() < 0.9  # the six cameras see part of the sweep, never the points below the car
+    distill = runner.store.read("global/distill")
+    assert len(distill.load("epoch_loss")) == 1 and np.isfinite(distill.load("epoch_loss")).all()
+    predicted = runner.store.read(f"scenes/{SCENE_ID}/predict").load("labels_3d")
+    assert len(predicted) == len(paired) and predicted.min() >= 0
