@@ -340,3 +340,18 @@ def test_the_tiny_dataset_trains_clip2scene_for_a_step_without_labels(tmp_path, 
     assert len(distill.load("epoch_loss")) == 1 and np.isfinite(distill.load("epoch_loss")).all()
     predicted = runner.store.read(f"scenes/{SCENE_ID}/predict").load("labels_3d")
     assert len(predicted) == len(paired) and predicted.min() >= 0
+
+
+def test_a_plan_split_can_name_a_nuscenes_split(tmp_path, demo):
+    devkit()
+    root = write_tiny_nuscenes(tmp_path / "nuscenes", demo)
+    data = {
+        "store": str(tmp_path / "s.zarr"),
+        "dataset": {"name": "nuscenes", "dataroot": str(root)},
+        "splits": {"train": "mini_train"},
+        "stages": {"input": {}},
+    }
+    assert plan_from_dict(data).splits == {"train": [SCENE_ID]}  # scene-0061 is in nuScenes' mini_train
+    data["splits"] = {"val": "mini_val"}  # a split without any of this dataset's scenes
+    with pytest.raises(PlanError, match=r"splits.val: dataset 'nuscenes' has no split 'mini_val'.*mini_train"):
+        plan_from_dict(data)

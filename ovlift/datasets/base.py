@@ -77,6 +77,11 @@ class Dataset(ABC, Configurable[ConfigT]):
     def fingerprint(self, scene_id: str) -> str:
         """Changes whenever what ``load(scene_id)`` returns could change."""
 
+    def named_splits(self) -> dict[str, list[str]]:
+        """The dataset's own splits (nuScenes' ``train``, ``val``, ...) as scene ids of this
+        config, for a plan's ``splits: {train: train}``; none by default."""
+        return {}
+
     @abstractmethod
     def load(self, scene_id: str) -> SceneSource:
         """The scene; frames are read on demand."""

@@ -201,6 +201,18 @@ class NuScenesDataset(Dataset[NuScenesConfig]):
     def scene_ids(self) -> list[str]:
         return list(self._samples)
 
+    def named_splits(self) -> dict[str, list[str]]:
+        """nuScenes' splits (``create_splits_scenes``) as the key frames of this config's scenes in each."""
+        from nuscenes.utils.splits import create_splits_scenes
+
+        result = {}
+        for split, names in create_splits_scenes(verbose=False).items():
+            wanted = set(names)
+            ids = [i for i in self._samples if i.rsplit("-", 1)[0] in wanted]
+            if ids:
+                result[split] = ids
+        return result
+
     def _key_frame(self, scene_id: str) -> _KeyFrame:
         if scene_id not in self._samples:
             raise StageInputError(f"nuscenes: unknown scene '{scene_id}' (expected '<scene name>-<sample index>')")

@@ -159,8 +159,9 @@ class PlanFile(FrozenConfig):
     """Classes of evaluation and queries."""
     device: str = "cpu"
     """Torch device of every stage that does not set its own."""
-    splits: dict[str, list[str]] = {}
-    """Named non-empty lists of scene ids (e.g. train, val)."""
+    splits: dict[str, list[str] | str] = {}
+    """Named non-empty lists of scene ids (e.g. train, val), or the name of one of the
+    dataset's own splits (nuScenes: ``train: train``, ``val: val``)."""
 
 
 ENV_VAR = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
@@ -261,7 +262,7 @@ def plan_from_dict(
         else:
             plan = _stage_plan(name, dict(entry), context, f"{source}: stages.{name}", None)
             stages[plan.key] = plan
-    splits = _splits(top.splits, scene_ids, dataset.name, source)
+    splits = _splits(top.splits, scene_ids, dataset, source)
     result = Plan(
         store=store,
         dataset=dataset,
@@ -290,15 +291,31 @@ def plan_from_dict(
     return result
 
 
-def _splits(data: dict[str, list[str]], scene_ids: list[str] | None, dataset: str, source: str) -> dict[str, list[str]]:
-    """The splits, each non-empty and (when the dataset was listed) of its scenes."""
+def _splits(
+    data: dict[str, list[str] | str], scene_ids: list[str] | None, dataset: Dataset, source: str
+) -> dict[str, list[str]]:
+    """The splits, each non-empty and (when the dataset was listed) of its scenes; a name
+    is the dataset's own split of that name (resolved only when the dataset was listed)."""
+    result = {}
     for name, scenes in data.items():
+        if isinstance(scenes, str):
+            if scene_ids is None:
+                result[name] = []
+                continue
+            named = dataset.named_splits()
+            if scenes not in named:
+                raise PlanError(
+                    f"{source}: splits.{name}: dataset '{dataset.name}' has no split '{scenes}' "
+                    f"(its splits here: {sorted(named) or 'none'})"
+                )
+            scenes = named[scenes]
         if not scenes:
             raise PlanError(f"{source}: splits.{name}: expected a non-empty list of scene ids")
         unknown = [s for s in scenes if scene_ids is not None and s not in scene_ids]
         if unknown:
-            raise PlanError(f"{source}: splits.{name}: scenes {unknown} are not in dataset '{dataset}'")
-    return dict(data)
+            raise PlanError(f"{source}: splits.{name}: scenes {unknown} are not in dataset '{dataset.name}'")
+        result[name] = list(scenes)
+    return result
 
 
 def _has_variants(name: str) -> bool:
