@@ -12,6 +12,7 @@ from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
+from ovlift.datasets.toy_street import ToyStreetDataset
 from ovlift.models.generators.registry import GENERATORS
 from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.stages.base import Stage
@@ -48,6 +49,7 @@ RENAMED_IMPLEMENTATIONS: dict[str, dict[str, str]] = {"extract2d": RENAMED}
 DATASETS: dict[str, type[Dataset]] = {
     "toy": ToyDataset,
     "rgbd-folder": RGBDFolderDataset,
+    "toy-street": ToyStreetDataset,
 }
 
 
