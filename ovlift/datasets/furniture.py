@@ -40,11 +40,29 @@ class Part:
                 raise ValueError(f"a cylinder along axis {self.axis} needs a square cross-section, got {width}")
 
 
-def _box(x0, y0, z0, x1, y1, z1, hidden: str = "") -> Part:
+def rotate_part(part: Part, quarter_turns: int, offset: np.ndarray) -> Part:
+    """Rotate a part by k * 90 degrees about z (counter-clockwise), then translate."""
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][quarter_turns % 4]
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    corners = np.array([part.lo, part.hi]) @ rot.T
+    lo, hi = corners.min(0) + offset, corners.max(0) + offset
+    hidden = set()
+    for face in part.hidden:
+        axis = "xyz".index(face[1])
+        direction = np.zeros(3)
+        direction[axis] = 1.0 if face[0] == "+" else -1.0
+        turned = rot @ direction
+        new_axis = int(np.argmax(np.abs(turned)))
+        hidden.add(("+" if turned[new_axis] > 0 else "-") + "xyz"[new_axis])
+    axis = None if part.axis is None else int(np.argmax(np.abs(rot[:, part.axis])))
+    return Part(tuple(lo), tuple(hi), frozenset(hidden), axis)
+
+
+def box_part(x0, y0, z0, x1, y1, z1, hidden: str = "") -> Part:
     return Part((x0, y0, z0), (x1, y1, z1), frozenset(hidden.split()))
 
 
-def _cylinder(
+def cylinder_part(
     axis: str, centre: tuple[float, float], radius: float, start: float, end: float, hidden: str = ""
 ) -> Part:
     """The cylinder along ``axis`` from ``start`` to ``end``; ``centre``: its other two
@@ -59,7 +77,7 @@ def _cylinder(
 def _legs(sx: float, sy: float, height: float, thick: float, inset: float) -> list[Part]:
     xs = (-sx / 2 + inset, sx / 2 - inset - thick)
     ys = (-sy / 2 + inset, sy / 2 - inset - thick)
-    return [_box(x, y, 0, x + thick, y + thick, height, "-z +z") for x in xs for y in ys]
+    return [box_part(x, y, 0, x + thick, y + thick, height, "-z +z") for x in xs for y in ys]
 
 
 def table(r: np.random.Generator) -> list[Part]:
@@ -67,66 +85,66 @@ def table(r: np.random.Generator) -> list[Part]:
     if r.uniform() < 1 / 3:
         return round_table(r)
     sx, sy, h = r.uniform(1.0, 1.6), r.uniform(0.7, 1.0), r.uniform(0.70, 0.78)
-    return [_box(-sx / 2, -sy / 2, h - 0.05, sx / 2, sy / 2, h), *_legs(sx, sy, h - 0.05, 0.06, 0.05)]
+    return [box_part(-sx / 2, -sy / 2, h - 0.05, sx / 2, sy / 2, h), *_legs(sx, sy, h - 0.05, 0.06, 0.05)]
 
 
 def round_table(r: np.random.Generator) -> list[Part]:
     """A round top on a pedestal standing on a disc foot."""
     radius, h = r.uniform(0.4, 0.6), r.uniform(0.70, 0.78)
-    top = _cylinder("z", (0, 0), radius, h - 0.04, h)
-    pedestal = _cylinder("z", (0, 0), 0.05, 0.03, h - 0.04, "-z +z")
-    foot = _cylinder("z", (0, 0), r.uniform(0.22, 0.28), 0, 0.03, "-z")
+    top = cylinder_part("z", (0, 0), radius, h - 0.04, h)
+    pedestal = cylinder_part("z", (0, 0), 0.05, 0.03, h - 0.04, "-z +z")
+    foot = cylinder_part("z", (0, 0), r.uniform(0.22, 0.28), 0, 0.03, "-z")
     return [top, pedestal, foot]
 
 
 def desk(r: np.random.Generator) -> list[Part]:
     sx, sy, h = r.uniform(1.2, 1.6), r.uniform(0.6, 0.8), r.uniform(0.72, 0.78)
-    top = _box(-sx / 2, -sy / 2, h - 0.04, sx / 2, sy / 2, h)
-    sides = [_box(x, -sy / 2, 0, x + 0.04, sy / 2, h - 0.04, "-z +z") for x in (-sx / 2, sx / 2 - 0.04)]
-    drawers = _box(sx / 2 - 0.5, -sy / 2 + 0.02, 0.35, sx / 2 - 0.04, sy / 2, h - 0.04, "+x +z")
+    top = box_part(-sx / 2, -sy / 2, h - 0.04, sx / 2, sy / 2, h)
+    sides = [box_part(x, -sy / 2, 0, x + 0.04, sy / 2, h - 0.04, "-z +z") for x in (-sx / 2, sx / 2 - 0.04)]
+    drawers = box_part(sx / 2 - 0.5, -sy / 2 + 0.02, 0.35, sx / 2 - 0.04, sy / 2, h - 0.04, "+x +z")
     return [top, *sides, drawers]
 
 
 def chair(r: np.random.Generator) -> list[Part]:
     s, h = r.uniform(0.42, 0.5), r.uniform(0.43, 0.48)
-    seat = _box(-s / 2, -s / 2, h - 0.05, s / 2, s / 2, h)
-    back = _box(-s / 2, s / 2 - 0.05, h, s / 2, s / 2, h + r.uniform(0.4, 0.5), "-z")
+    seat = box_part(-s / 2, -s / 2, h - 0.05, s / 2, s / 2, h)
+    back = box_part(-s / 2, s / 2 - 0.05, h, s / 2, s / 2, h + r.uniform(0.4, 0.5), "-z")
     return [seat, back, *_legs(s, s, h - 0.05, 0.04, 0.02)]
 
 
 def sofa(r: np.random.Generator) -> list[Part]:
     sx, sy = r.uniform(1.6, 2.2), r.uniform(0.85, 0.95)
-    base = _box(-sx / 2, -sy / 2, 0, sx / 2, sy / 2 - 0.2, 0.42, "-z")
-    back = _box(-sx / 2, sy / 2 - 0.2, 0, sx / 2, sy / 2, 0.85, "-z")
-    arms = [_box(x0, -sy / 2, 0.42, x0 + 0.18, sy / 2 - 0.2, 0.62, "-z +y") for x0 in (-sx / 2, sx / 2 - 0.18)]
+    base = box_part(-sx / 2, -sy / 2, 0, sx / 2, sy / 2 - 0.2, 0.42, "-z")
+    back = box_part(-sx / 2, sy / 2 - 0.2, 0, sx / 2, sy / 2, 0.85, "-z")
+    arms = [box_part(x0, -sy / 2, 0.42, x0 + 0.18, sy / 2 - 0.2, 0.62, "-z +y") for x0 in (-sx / 2, sx / 2 - 0.18)]
     # two bolster cushions on the seat against the back, 3 cm from the arms
     radius, length, end = r.uniform(0.08, 0.11), r.uniform(0.35, 0.5), sx / 2 - 0.18 - 0.03
     centre = (sy / 2 - 0.2 - radius, 0.42 + radius)
-    cushions = [_cylinder("x", centre, radius, x0, x0 + length) for x0 in (-end, end - length)]
+    cushions = [cylinder_part("x", centre, radius, x0, x0 + length) for x0 in (-end, end - length)]
     return [base, back, *arms, *cushions]
 
 
 def bed(r: np.random.Generator) -> list[Part]:
     sx, sy = r.uniform(1.9, 2.1), r.uniform(1.4, 1.8)
-    frame = _box(-sx / 2, -sy / 2, 0, sx / 2 - 0.08, sy / 2, 0.3, "-z +x")
-    mattress = _box(-sx / 2 + 0.03, -sy / 2 + 0.03, 0.3, sx / 2 - 0.08, sy / 2 - 0.03, 0.5, "-z +x")
-    head = _box(sx / 2 - 0.08, -sy / 2, 0, sx / 2, sy / 2, 1.1, "-z")
+    frame = box_part(-sx / 2, -sy / 2, 0, sx / 2 - 0.08, sy / 2, 0.3, "-z +x")
+    mattress = box_part(-sx / 2 + 0.03, -sy / 2 + 0.03, 0.3, sx / 2 - 0.08, sy / 2 - 0.03, 0.5, "-z +x")
+    head = box_part(sx / 2 - 0.08, -sy / 2, 0, sx / 2, sy / 2, 1.1, "-z")
     radius = r.uniform(0.09, 0.12)  # a bolster across the mattress at the head
-    bolster = _cylinder("y", (sx / 2 - 0.08 - radius, 0.5 + radius), radius, -sy / 2 + 0.13, sy / 2 - 0.13)
+    bolster = cylinder_part("y", (sx / 2 - 0.08 - radius, 0.5 + radius), radius, -sy / 2 + 0.13, sy / 2 - 0.13)
     return [frame, mattress, head, bolster]
 
 
 def cabinet(r: np.random.Generator) -> list[Part]:
     sx, sy, h = r.uniform(0.6, 1.0), r.uniform(0.4, 0.6), r.uniform(0.7, 1.0)
-    return [_box(-sx / 2, -sy / 2, 0, sx / 2, sy / 2, h, "-z")]
+    return [box_part(-sx / 2, -sy / 2, 0, sx / 2, sy / 2, h, "-z")]
 
 
 def bookshelf(r: np.random.Generator) -> list[Part]:
     sx, sy, h, t = r.uniform(0.8, 1.1), r.uniform(0.3, 0.4), r.uniform(1.6, 2.0), 0.03
-    sides = [_box(x, -sy / 2, 0, x + t, sy / 2, h, "-z") for x in (-sx / 2, sx / 2 - t)]
-    back = _box(-sx / 2 + t, sy / 2 - t, 0, sx / 2 - t, sy / 2, h, "-z -x +x")
+    sides = [box_part(x, -sy / 2, 0, x + t, sy / 2, h, "-z") for x in (-sx / 2, sx / 2 - t)]
+    back = box_part(-sx / 2 + t, sy / 2 - t, 0, sx / 2 - t, sy / 2, h, "-z -x +x")
     shelves = [
-        _box(-sx / 2 + t, -sy / 2, z, sx / 2 - t, sy / 2 - t, z + t, "-x +x +y" + (" -z" if z == 0 else ""))
+        box_part(-sx / 2 + t, -sy / 2, z, sx / 2 - t, sy / 2 - t, z + t, "-x +x +y" + (" -z" if z == 0 else ""))
         for z in np.linspace(0, h - t, 5)
     ]
     return [*sides, back, *shelves]
@@ -134,37 +152,37 @@ def bookshelf(r: np.random.Generator) -> list[Part]:
 
 def refrigerator(r: np.random.Generator) -> list[Part]:
     s, h = r.uniform(0.6, 0.8), r.uniform(1.7, 1.9)
-    return [_box(-s / 2, -s / 2, 0, s / 2, s / 2, h, "-z")]
+    return [box_part(-s / 2, -s / 2, 0, s / 2, s / 2, h, "-z")]
 
 
 def counter(r: np.random.Generator) -> list[Part]:
     sx, sy = r.uniform(1.4, 2.2), r.uniform(0.55, 0.65)
-    base = _box(-sx / 2, -sy / 2 + 0.05, 0, sx / 2, sy / 2, 0.86, "-z +z")
-    top = _box(-sx / 2 - 0.02, -sy / 2, 0.86, sx / 2 + 0.02, sy / 2, 0.9)
+    base = box_part(-sx / 2, -sy / 2 + 0.05, 0, sx / 2, sy / 2, 0.86, "-z +z")
+    top = box_part(-sx / 2 - 0.02, -sy / 2, 0.86, sx / 2 + 0.02, sy / 2, 0.9)
     return [base, top]
 
 
 def toilet(r: np.random.Generator) -> list[Part]:
-    bowl = _box(-0.19, -0.3, 0, 0.19, 0.1, 0.4, "-z")
-    tank = _box(-0.21, 0.1, 0, 0.21, 0.3, 0.8, "-z")
+    bowl = box_part(-0.19, -0.3, 0, 0.19, 0.1, 0.4, "-z")
+    tank = box_part(-0.21, 0.1, 0, 0.21, 0.3, 0.8, "-z")
     return [bowl, tank]
 
 
 def sink(r: np.random.Generator) -> list[Part]:
     sx, sy = r.uniform(0.5, 0.7), r.uniform(0.4, 0.5)
-    basin = _box(-sx / 2, -sy / 2, 0.7, sx / 2, sy / 2, 0.85)
-    pedestal = _box(-0.08, -0.08, 0, 0.08, 0.08, 0.7, "-z +z")
+    basin = box_part(-sx / 2, -sy / 2, 0.7, sx / 2, sy / 2, 0.85)
+    pedestal = box_part(-0.08, -0.08, 0, 0.08, 0.08, 0.7, "-z +z")
     return [basin, pedestal]
 
 
 def bathtub(r: np.random.Generator) -> list[Part]:
     sx, sy, h, t = r.uniform(1.5, 1.7), r.uniform(0.7, 0.8), 0.55, 0.08
     return [
-        _box(-sx / 2, -sy / 2, 0, sx / 2, sy / 2, 0.1, "-z"),
-        _box(-sx / 2, -sy / 2, 0.1, sx / 2, -sy / 2 + t, h, "-z"),
-        _box(-sx / 2, sy / 2 - t, 0.1, sx / 2, sy / 2, h, "-z"),
-        _box(-sx / 2, -sy / 2 + t, 0.1, -sx / 2 + t, sy / 2 - t, h, "-z -y +y"),
-        _box(sx / 2 - t, -sy / 2 + t, 0.1, sx / 2, sy / 2 - t, h, "-z -y +y"),
+        box_part(-sx / 2, -sy / 2, 0, sx / 2, sy / 2, 0.1, "-z"),
+        box_part(-sx / 2, -sy / 2, 0.1, sx / 2, -sy / 2 + t, h, "-z"),
+        box_part(-sx / 2, sy / 2 - t, 0.1, sx / 2, sy / 2, h, "-z"),
+        box_part(-sx / 2, -sy / 2 + t, 0.1, -sx / 2 + t, sy / 2 - t, h, "-z -y +y"),
+        box_part(sx / 2 - t, -sy / 2 + t, 0.1, sx / 2, sy / 2 - t, h, "-z -y +y"),
     ]
 
 
@@ -172,13 +190,13 @@ def otherfurniture(r: np.random.Generator) -> list[Part]:
     """A square block or (half of them) a round stool."""
     s, h = r.uniform(0.35, 0.6), r.uniform(0.4, 0.7)
     if r.uniform() < 0.5:
-        return [_cylinder("z", (0, 0), s / 2, 0, h, "-z")]
-    return [_box(-s / 2, -s / 2, 0, s / 2, s / 2, h, "-z")]
+        return [cylinder_part("z", (0, 0), s / 2, 0, h, "-z")]
+    return [box_part(-s / 2, -s / 2, 0, s / 2, s / 2, h, "-z")]
 
 
 def _panel(width: float, bottom: float, top: float, thick: float) -> list[Part]:
     """A flat object on a wall: the +y face rests on the wall."""
-    return [_box(-width / 2, -thick, bottom, width / 2, 0.0, top, "+y")]
+    return [box_part(-width / 2, -thick, bottom, width / 2, 0.0, top, "+y")]
 
 
 def door(r: np.random.Generator) -> list[Part]:

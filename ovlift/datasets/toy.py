@@ -50,7 +50,7 @@ from pydantic import Field, field_validator
 from ovlift.cache_schema import IGNORE_LABEL, canonical_json
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.furniture import CLASS_COLORS, FACES, FLOOR_TEMPLATES, WALL_TEMPLATES, Part
+from ovlift.datasets.furniture import CLASS_COLORS, FACES, FLOOR_TEMPLATES, WALL_TEMPLATES, Part, rotate_part
 from ovlift.kernels.raycast import BOX, ROOM_FACES, cast_rays, cylinder_radius, pixel_rays
 from ovlift.vocabularies import SCANNET20
 
@@ -319,24 +319,6 @@ def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
     return pose
 
 
-def _rotate(part: Part, quarter_turns: int, offset: np.ndarray) -> Part:
-    """Rotate a part by k * 90 degrees about z (counter-clockwise), then translate."""
-    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][quarter_turns % 4]
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
-    corners = np.array([part.lo, part.hi]) @ rot.T
-    lo, hi = corners.min(0) + offset, corners.max(0) + offset
-    hidden = set()
-    for face in part.hidden:
-        axis = "xyz".index(face[1])
-        direction = np.zeros(3)
-        direction[axis] = 1.0 if face[0] == "+" else -1.0
-        turned = rot @ direction
-        new_axis = int(np.argmax(np.abs(turned)))
-        hidden.add(("+" if turned[new_axis] > 0 else "-") + "xyz"[new_axis])
-    axis = None if part.axis is None else int(np.argmax(np.abs(rot[:, part.axis])))
-    return Part(tuple(lo), tuple(hi), frozenset(hidden), axis)
-
-
 def _bounds(parts: list[Part]) -> tuple[np.ndarray, np.ndarray]:
     return np.min([p.lo for p in parts], axis=0), np.max([p.hi for p in parts], axis=0)
 
@@ -354,7 +336,7 @@ def _place_on_floor(
     Two thirds of the objects go with their back against a wall, like real rooms."""
     for _ in range(tries):
         turns = int(rng.integers(4))
-        rotated = [_rotate(p, turns, np.zeros(3)) for p in local]
+        rotated = [rotate_part(p, turns, np.zeros(3)) for p in local]
         lo, hi = _bounds(rotated)
         extent = hi - lo
         if np.any(extent[:2] > size[:2] - 0.1):
@@ -372,7 +354,7 @@ def _place_on_floor(
         if np.min(np.linalg.norm(cameras_xy - nearest, axis=1)) < 0.4:
             continue
         footprints.append(box)
-        return [_rotate(p, turns, offset) for p in local]
+        return [rotate_part(p, turns, offset) for p in local]
     return None
 
 
@@ -387,7 +369,7 @@ def _place_on_wall(
     """Hang a flat object on a random wall, clear of other objects."""
     for _ in range(tries):
         wall = int(rng.integers(4))  # the wall the local +y faces: +y, -x, -y, +x
-        rotated = [_rotate(p, wall, np.zeros(3)) for p in local]
+        rotated = [rotate_part(p, wall, np.zeros(3)) for p in local]
         lo, hi = _bounds(rotated)
         along = 0 if wall in (0, 2) else 1
         across = 1 - along
@@ -397,7 +379,7 @@ def _place_on_wall(
         offset = np.zeros(3)
         offset[along] = rng.uniform(0.15, size[along] - span - 0.15) - lo[along]
         offset[across] = size[across] if wall in (0, 3) else 0.0
-        moved = [_rotate(p, wall, offset) for p in local]
+        moved = [rotate_part(p, wall, offset) for p in local]
         lo, hi = _bounds(moved)
         others = [_bounds([p]) for p in placed] + wall_boxes
         if any(np.all(lo < o_hi + 0.05) and np.all(o_lo < hi + 0.05) for o_lo, o_hi in others):

@@ -14,6 +14,7 @@ from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.toy import ToyDataset
+from ovlift.datasets.toy_street import ToyStreetDataset
 from ovlift.models.generators.registry import GENERATORS
 from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.stages.base import Stage
@@ -51,6 +52,7 @@ RENAMED_IMPLEMENTATIONS: dict[str, dict[str, str]] = {"extract2d": RENAMED}
 DATASETS: dict[str, type[Dataset]] = {
     "toy": ToyDataset,
     "rgbd-folder": RGBDFolderDataset,
+    "toy-street": ToyStreetDataset,
     "nuscenes": NuScenesDataset,
     "nuscenes-sample": NuScenesSampleDataset,
 }

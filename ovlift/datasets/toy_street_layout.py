@@ -1,0 +1,577 @@
+"""The street of a ``toy-street`` scene: ground, buildings, vegetation, traffic.
+
+Everything is drawn from one generator seeded by (seed, scene index), in a fixed
+order, and nothing here depends on the sensors (sweep count, image size), so a
+scene's layout is the same whatever is rendered of it. The frame is the street's
+map frame (x along the road, y left, z up, metres, ground at z = 0); the ego
+vehicle is at x = 0 at the key frame. ``toy_street.py``'s docstring describes the
+world; this module only places it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ovlift.datasets.furniture import Part, box_part, cylinder_part, rotate_part
+
+X_EXTENT_M = 85.0
+"""The world runs from x = -85 to 85 m (the LiDAR reaches 70 m from the ego's
+positions, x in [-5, 1] m); objects stand within +-78 m."""
+SKY_HEIGHT_M = 60.0
+"""The ceiling of the enclosing box (taller than any building)."""
+SWEEP_WINDOW_S = 0.5
+"""Movers are placed so that nothing collides over the last 0.5 s (ten 20 Hz sweeps):
+each occupies the footprint it sweeps in that time."""
+FOOTPRINT_HEIGHT_M = 2.3
+"""Parts starting below this height occupy ground (tree crowns, awnings and lamp arms
+above it may overhang)."""
+
+STREET_COLORS: dict[str, tuple[int, int, int]] = {
+    "barrier": (205, 205, 195),
+    "bicycle": (30, 90, 200),
+    "bus": (200, 45, 40),
+    "car": (140, 150, 165),
+    "construction vehicle": (240, 180, 20),
+    "motorcycle": (60, 60, 75),
+    "person": (125, 75, 140),
+    "traffic cone": (255, 110, 20),
+    "trailer": (235, 235, 228),
+    "truck": (90, 120, 175),
+    "drivable surface": (75, 75, 80),
+    "other flat": (170, 150, 120),
+    "sidewalk": (178, 178, 172),
+    "terrain": (120, 150, 70),
+    "manmade": (190, 160, 130),
+    "vegetation": (40, 115, 40),
+}
+"""Base colour per class (a photo-like palette, not nuScenes' label colours)."""
+SKY_COLORS = ((185, 210, 240), (95, 145, 215))
+"""Sky colour at the horizon and at the zenith."""
+
+Template = Callable[[np.random.Generator], list[tuple[str, list[Part]]]]
+"""An object in its local frame (heading +x, footprint centred on the origin, on the
+ground at z = 0): one or more (class, parts) instances that move together."""
+
+
+def _wheels(length_axles: list[float], width: float, radius: float, tread: float = 0.24) -> list[Part]:
+    """Two wheels per axle (cylinders along y), their outer faces just inside ``width``."""
+    out = []
+    for x in length_axles:
+        for y0 in (-width / 2 + 0.02, width / 2 - 0.02 - tread):
+            out.append(cylinder_part("y", (x, radius), radius, y0, y0 + tread))
+    return out
+
+
+def car(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A body box with a cabin on top and four wheels; one in four is a taller SUV/van."""
+    length, width = r.uniform(3.9, 4.9), r.uniform(1.7, 1.95)
+    tall = r.uniform() < 0.25
+    body_top, roof = (
+        (r.uniform(1.0, 1.1), r.uniform(1.7, 1.95)) if tall else (r.uniform(0.82, 0.95), r.uniform(1.4, 1.55))
+    )
+    front = length / 2 - (r.uniform(0.6, 0.9) if tall else r.uniform(1.1, 1.4))
+    parts = [
+        box_part(-length / 2, -width / 2, 0.28, length / 2, width / 2, body_top),
+        box_part(-length / 2 + 0.3, -width / 2 + 0.08, body_top, front, width / 2 - 0.08, roof),
+    ]
+    return [("car", parts + _wheels([-length / 2 + 0.8, length / 2 - 0.9], width, 0.32))]
+
+
+def truck(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A box truck: cab, cargo box, three axles."""
+    cab, cargo, width = r.uniform(1.9, 2.4), r.uniform(4.5, 7.5), 2.45
+    length = cab + 0.25 + cargo
+    x0 = -length / 2
+    parts = [
+        box_part(length / 2 - cab, -width / 2, 0.5, length / 2, width / 2, r.uniform(2.7, 3.2)),
+        box_part(x0, -width / 2, 0.95, x0 + cargo, width / 2, r.uniform(3.2, 3.8)),
+    ]
+    axles = [length / 2 - cab / 2, x0 + 1.0, x0 + 2.4]
+    return [("truck", parts + _wheels(axles, width, 0.5, 0.3))]
+
+
+def bus(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """One long box on two axles."""
+    length, width = r.uniform(10.0, 12.5), 2.55
+    body = box_part(-length / 2, -width / 2, 0.35, length / 2, width / 2, r.uniform(3.0, 3.3))
+    return [("bus", [body, *_wheels([-length / 2 + 2.8, length / 2 - 2.5], width, 0.5, 0.3)])]
+
+
+def trailer_parts(r: np.random.Generator, front_x: float, legs: bool) -> list[Part]:
+    """A semi-trailer whose front is at ``front_x``: box, two rear axles, landing legs."""
+    length, width = r.uniform(7.0, 12.0), 2.5
+    x0 = front_x - length
+    parts = [box_part(x0, -width / 2, 1.15, front_x, width / 2, r.uniform(3.6, 3.95))]
+    if legs:
+        parts.append(box_part(front_x - 2.2, -width / 2 + 0.2, 0.0, front_x - 1.9, width / 2 - 0.2, 1.15))
+    return parts + _wheels([x0 + 1.2, x0 + 2.5], width, 0.5, 0.3)
+
+
+def trailer(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A parked semi-trailer standing on its landing legs."""
+    parts = trailer_parts(r, 0.0, legs=True)
+    lo = min(p.lo[0] for p in parts)
+    return [("trailer", [rotate_part(p, 0, np.array([-lo / 2, 0.0, 0.0])) for p in parts])]
+
+
+def semi(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A tractor unit (class truck) pulling a semi-trailer (class trailer)."""
+    width = 2.5
+    tractor = [
+        box_part(3.2, -width / 2, 0.6, 5.6, width / 2, r.uniform(3.1, 3.6)),
+        box_part(0.0, -0.9, 0.6, 3.2, 0.9, 1.15),
+        *_wheels([0.9, 4.6], width, 0.5, 0.3),
+    ]
+    pulled = trailer_parts(r, 1.6, legs=False)
+    lo = min(p.lo[0] for p in pulled)
+    shift = np.array([-(lo + 5.6) / 2, 0.0, 0.0])
+    return [
+        ("truck", [rotate_part(p, 0, shift) for p in tractor]),
+        ("trailer", [rotate_part(p, 0, shift) for p in pulled]),
+    ]
+
+
+def construction_vehicle(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """An excavator: two tracks, a body, a cab and a boom with a bucket, pointing +x."""
+    width = r.uniform(2.3, 2.6)
+    body_top = r.uniform(1.9, 2.2)
+    parts = [
+        box_part(-2.0, -width / 2, 0.0, 2.0, -width / 2 + 0.55, 0.85),
+        box_part(-2.0, width / 2 - 0.55, 0.0, 2.0, width / 2, 0.85),
+        box_part(-1.8, -width / 2 + 0.1, 0.85, 1.2, width / 2 - 0.1, body_top),
+        box_part(0.0, -width / 2 + 0.1, body_top, 1.2, 0.0, body_top + 1.1),
+        box_part(1.2, 0.15, 2.2, 4.2, 0.55, 2.6),
+        box_part(3.8, 0.15, 0.6, 4.2, 0.55, 2.2),
+        box_part(3.6, -0.3, 0.0, 4.6, 1.0, 0.6),
+    ]
+    return [("construction vehicle", parts)]
+
+
+def motorcycle(r: np.random.Generator, rider: bool) -> list[tuple[str, list[Part]]]:
+    body = box_part(-0.9, -0.22, 0.35, 0.9, 0.22, r.uniform(0.95, 1.15))
+    wheels = [cylinder_part("y", (x, 0.32), 0.32, -0.07, 0.07) for x in (-0.7, 0.7)]
+    out = [("motorcycle", [body, *wheels])]
+    if rider:
+        out.append(("person", _person(r, 0.75, -0.15)))
+    return out
+
+
+def cyclist(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A bicycle (frame box, two thin wheels) with a person riding it."""
+    frame = box_part(-0.55, -0.05, 0.4, 0.55, 0.05, 1.0)
+    wheels = [cylinder_part("y", (x, 0.34), 0.34, -0.03, 0.03) for x in (-0.55, 0.55)]
+    return [("bicycle", [frame, *wheels]), ("person", _person(r, 0.85, -0.1))]
+
+
+def _person(r: np.random.Generator, base: float = 0.0, x: float = 0.0) -> list[Part]:
+    """A body cylinder and a head cylinder; ``base``: the height the body starts at."""
+    height, radius = r.uniform(1.55, 1.9), r.uniform(0.2, 0.26)
+    top = base + (height - 0.25) * (0.6 if base > 0 else 1.0)
+    return [
+        cylinder_part("z", (x, 0.0), radius, base, top),
+        cylinder_part("z", (x, 0.0), 0.11, top, top + 0.25),
+    ]
+
+
+def person(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    return [("person", _person(r))]
+
+
+def barrier(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A concrete (jersey) barrier segment along x."""
+    length, width = r.uniform(1.8, 2.2), r.uniform(0.35, 0.6)
+    return [("barrier", [box_part(-length / 2, -width / 2, 0, length / 2, width / 2, r.uniform(0.8, 1.05))])]
+
+
+def traffic_cone(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A square base plate and a (cylindrical) cone."""
+    radius, height = r.uniform(0.1, 0.14), r.uniform(0.45, 0.75)
+    return [
+        (
+            "traffic cone",
+            [box_part(-0.19, -0.19, 0, 0.19, 0.19, 0.04), cylinder_part("z", (0, 0), radius, 0.04, 0.04 + height)],
+        )
+    ]
+
+
+def street_light(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A pole with an arm reaching towards +x and a lamp under the arm's end."""
+    height, arm = r.uniform(6.0, 9.0), r.uniform(1.2, 2.2)
+    parts = [
+        cylinder_part("z", (0, 0), 0.1, 0, height),
+        box_part(0.1, -0.06, height - 0.15, arm, 0.06, height),
+        box_part(arm - 0.5, -0.15, height - 0.3, arm, 0.15, height - 0.15),
+    ]
+    return [("manmade", parts)]
+
+
+def traffic_sign(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    """A thin pole with a square sign facing x."""
+    height = r.uniform(2.2, 2.8)
+    sign = box_part(-0.03, -0.3, height - 0.6, 0.03, 0.3, height)
+    return [("manmade", [cylinder_part("z", (0, 0), 0.04, 0, height - 0.6), sign])]
+
+
+def tree(r: np.random.Generator, max_crown_m: float = 3.0) -> list[tuple[str, list[Part]]]:
+    """A trunk cylinder and a crown: a cylinder (two in three) or a box, from 2.5 m up."""
+    trunk_h, trunk_r = r.uniform(2.8, 4.0), r.uniform(0.12, 0.3)
+    crown_r = r.uniform(1.2, max(1.21, min(3.0, max_crown_m)))
+    crown_lo, crown_hi = max(2.5, trunk_h - 0.6), trunk_h + r.uniform(2.0, 5.0)
+    if r.uniform() < 2 / 3:
+        crown = cylinder_part("z", (0, 0), crown_r, crown_lo, crown_hi)
+    else:
+        crown = box_part(-crown_r, -crown_r, crown_lo, crown_r, crown_r, crown_hi)
+    return [("vegetation", [cylinder_part("z", (0, 0), trunk_r, 0, trunk_h), crown])]
+
+
+def bush(r: np.random.Generator) -> list[tuple[str, list[Part]]]:
+    radius, height = r.uniform(0.4, 1.0), r.uniform(0.6, 1.4)
+    if r.uniform() < 0.5:
+        return [("vegetation", [cylinder_part("z", (0, 0), radius, 0, height)])]
+    return [("vegetation", [box_part(-radius * 1.5, -radius, 0, radius * 1.5, radius, height)])]
+
+
+MOVING_VEHICLES: tuple[tuple[Template, float], ...] = (
+    (car, 0.62),
+    (truck, 0.1),
+    (bus, 0.1),
+    (semi, 0.06),
+    (construction_vehicle, 0.03),
+    (lambda r: motorcycle(r, rider=True), 0.09),
+)
+"""Vehicles driving in the lanes, with their weights."""
+PARKED_VEHICLES: tuple[tuple[Template, float], ...] = (
+    (car, 0.8),
+    (truck, 0.06),
+    (trailer, 0.05),
+    (construction_vehicle, 0.03),
+    (lambda r: motorcycle(r, rider=False), 0.06),
+)
+"""Vehicles parked in the parking strips, with their weights."""
+
+
+@dataclass(frozen=True)
+class EgoMotion:
+    """The ego vehicle's planar motion: constant speed and yaw rate, at x = 0 at time 0."""
+
+    y: float
+    """Lateral position at the key frame (the centre of its lane), metres."""
+    yaw: float
+    """Heading at the key frame, radians from +x (small: the ego drifts in its lane)."""
+    speed: float
+    """Metres per second."""
+    yaw_rate: float
+    """Radians per second."""
+
+    def pose(self, time: float) -> np.ndarray:
+        """(4, 4) ego-to-map at ``time`` seconds from the key frame (exact arc of a circle)."""
+        yaw = self.yaw + self.yaw_rate * time
+        if abs(self.yaw_rate) < 1e-12:
+            dx, dy = self.speed * time * math.cos(self.yaw), self.speed * time * math.sin(self.yaw)
+        else:
+            radius = self.speed / self.yaw_rate
+            dx, dy = radius * (math.sin(yaw) - math.sin(self.yaw)), -radius * (math.cos(yaw) - math.cos(self.yaw))
+        pose = np.eye(4)
+        pose[:2, :2] = [[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]]
+        pose[:2, 3] = [dx, self.y + dy]
+        return pose
+
+
+@dataclass
+class StreetLayout:
+    """Solids, instances and motion of one street, in its map frame at the key frame (time 0)."""
+
+    bounds_min: np.ndarray
+    bounds_max: np.ndarray
+    """(3,) the enclosing box: its floor is the ground, its walls and ceiling are sky."""
+    part_min: np.ndarray
+    part_max: np.ndarray
+    """(P, 3) part boxes at time 0."""
+    part_axis: np.ndarray
+    """(P,) ``BOX`` (-1), or the axis of the cylinder inscribed in the part's box."""
+    part_instance: np.ndarray
+    """(P,) instance of each part."""
+    instance_class: list[str | None]
+    """Class name per instance; instance 0 is the sky (None), 1 the ground outside every region."""
+    instance_velocity: np.ndarray
+    """(I, 3) metres per second (zero for static instances)."""
+    floor_regions: np.ndarray
+    """(K, 4) x0, y0, x1, y1 rectangles of the ground; a later region wins where they overlap."""
+    floor_instance: np.ndarray
+    """(K,) instance of each region."""
+    ego: EgoMotion
+
+
+class _Builder:
+    """Collects instances and parts, refusing objects whose ground footprint, swept over
+    the sweep window, overlaps one already placed."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.classes: list[str | None] = [None, "terrain"]
+        self.velocity: list[np.ndarray] = [np.zeros(3), np.zeros(3)]
+        self.parts: list[tuple[Part, int]] = []
+        self.occupied: list[np.ndarray] = []  # (2, 2) xy lo/hi
+
+    def instance(self, name: str, velocity: np.ndarray | None = None) -> int:
+        self.classes.append(name)
+        self.velocity.append(np.zeros(3) if velocity is None else np.asarray(velocity, float))
+        return len(self.classes) - 1
+
+    def place(
+        self,
+        template: list[tuple[str, list[Part]]],
+        xy: tuple[float, float],
+        turns: int = 0,
+        velocity: tuple[float, float] = (0.0, 0.0),
+        margin: float | tuple[float, float] = 0.3,
+        z: float = 0.0,
+        occupy: bool = True,
+    ) -> bool:
+        """Turn the object by ``turns`` quarter turns, move it to ``xy`` (and up by ``z``);
+        add it if its swept footprint (grown by ``margin``, or by (x, y) margins) is free."""
+        offset = np.array([xy[0], xy[1], z])
+        moved = [(name, [rotate_part(p, turns, offset) for p in parts]) for name, parts in template]
+        v = np.array([velocity[0], velocity[1], 0.0])
+        margin = np.broadcast_to(np.asarray(margin, float), (2,))
+        low = [p for _, parts in moved for p in parts if p.lo[2] < z + FOOTPRINT_HEIGHT_M]
+        if low:
+            lo = np.min([p.lo[:2] for p in low], axis=0) - np.maximum(0, v[:2] * SWEEP_WINDOW_S) - margin
+            hi = np.max([p.hi[:2] for p in low], axis=0) - np.minimum(0, v[:2] * SWEEP_WINDOW_S) + margin
+            if any(np.all(lo < o[1]) and np.all(o[0] < hi) for o in self.occupied):
+                return False
+            if occupy:
+                self.occupied.append(np.array([lo + margin, hi - margin]))
+        for name, parts in moved:
+            index = self.instance(name, v)
+            self.parts += [(p, index) for p in parts]
+        return True
+
+    def solid(self, name: str, lo: tuple[float, ...], hi: tuple[float, ...], occupy: bool = False) -> int:
+        """A static box of its own instance (sidewalks, the island: ground others stand on)."""
+        index = self.instance(name)
+        self.parts.append((Part(tuple(lo), tuple(hi)), index))
+        if occupy:
+            self.occupied.append(np.array([lo[:2], hi[:2]], float))
+        return index
+
+
+def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int, cyclists: int) -> StreetLayout:
+    """Draw one street; see ``toy_street.py``'s docstring for what it holds."""
+    b = _Builder(rng)
+    lanes, lane_w = int(rng.integers(1, 3)), rng.uniform(3.0, 3.6)
+    median = rng.uniform(0.6, 1.6) if rng.uniform() < 0.6 else 0.0  # half-width of a traffic island
+    parking = [rng.uniform(2.1, 2.5) if rng.uniform() < 0.65 else 0.0 for _ in range(2)]  # right, left
+    road = [median + lanes * lane_w + p for p in parking]  # road edge distance, right (-y) and left (+y)
+    walk = [rng.uniform(1.8, 4.0) for _ in range(2)]
+    grass = [rng.uniform(0.0, 4.0) for _ in range(2)]
+    curb = rng.uniform(0.12, 0.18)
+    cross = None  # x range of a cross street (an intersection), ahead or behind
+    if rng.uniform() < 0.5:
+        centre = rng.choice([-1, 1]) * rng.uniform(18, 55)
+        half = rng.uniform(3.2, 4.5)
+        cross = (centre - half, centre + half)
+    front = [road[s] + walk[s] + grass[s] for s in range(2)]
+    depth_max = [front[s] + 3.0 + 16.0 for s in range(2)]
+    x_lo, x_hi = -X_EXTENT_M, X_EXTENT_M
+    bounds_min = np.array([x_lo, -depth_max[0] - 8.0, 0.0])
+    bounds_max = np.array([x_hi, depth_max[1] + 8.0, SKY_HEIGHT_M])
+
+    def along(lo: float, hi: float) -> list[tuple[float, float]]:
+        """The x intervals of [lo, hi] outside the cross street (and its corners, by ``pad``)."""
+        if cross is None:
+            return [(lo, hi)]
+        return [(a, b) for a, b in ((lo, min(hi, cross[0])), (max(lo, cross[1]), hi)) if b > a]
+
+    # Ground: the road surface (with the cross street), sidewalks and the island.
+    road_instance = b.instance("drivable surface")
+    regions = [(x_lo, -road[0], x_hi, road[1])]
+    if cross is not None:
+        regions.append((cross[0], bounds_min[1], cross[1], bounds_max[1]))
+    if median > 0:
+        for a, c in along(x_lo, x_hi):
+            b.solid("other flat", (a + 1.0 * (a > x_lo), -median, 0.0), (c - 1.0 * (c < x_hi), median, curb))
+    for s, sign in ((0, -1.0), (1, 1.0)):
+        y0, y1 = sorted((sign * road[s], sign * (road[s] + walk[s])))
+        for a, c in along(x_lo, x_hi):
+            b.solid("sidewalk", (a, y0, 0.0), (c, y1, curb))
+        if cross is not None:  # the cross street's sidewalks, along y
+            far = bounds_max[1] if sign > 0 else bounds_min[1]
+            ya, yb = sorted((sign * road[s], far))
+            width = walk[s]
+            b.solid("sidewalk", (cross[0] - width, ya, 0.0), (cross[0], yb, curb))
+            b.solid("sidewalk", (cross[1], ya, 0.0), (cross[1] + width, yb, curb))
+    b.occupied.append(np.array([[x_lo, -median], [x_hi, median]]))  # nothing stands on the island but its own
+
+    # The ego: in a lane of the right side, driving +x; its corridor is kept free.
+    lane = int(rng.integers(lanes))
+    ego = EgoMotion(
+        y=-(median + (lane + 0.5) * lane_w),
+        yaw=float(np.clip(rng.normal(0, math.radians(1.5)), -0.05, 0.05)),
+        speed=rng.uniform(5.0, 10.0),
+        yaw_rate=rng.uniform(-0.04, 0.04),
+    )
+    b.occupied.append(np.array([[-ego.speed * SWEEP_WINDOW_S - 2.5, ego.y - 1.6], [6.5, ego.y + 1.6]]))
+
+    # Buildings with gaps; fences and bushes in some gaps.
+    for s, sign in ((0, -1.0), (1, 1.0)):
+        for a, c in along(-78.0, 78.0):
+            if cross is not None:
+                a = a if a < cross[0] else a + walk[s] + 1.0
+                c = c if c > cross[1] else c - walk[s] - 1.0
+            x = a + rng.uniform(0, 6)
+            while x < c - 4:
+                length = min(rng.uniform(8, 32), c - x)
+                if rng.uniform() < 0.85:
+                    _building(b, rng, x, length, sign, front[s] + rng.uniform(0, 3.0))
+                elif rng.uniform() < 0.5:
+                    y = sign * (front[s] + 0.3)
+                    b.place([("manmade", [box_part(0, -0.1, 0, length, 0.1, rng.uniform(1.0, 2.0))])], (x, y))
+                x += length
+                gap = rng.uniform(2, 12) if rng.uniform() < 0.6 else 0.0
+                if gap > 3 and rng.uniform() < 0.6:
+                    b.place(bush(rng), (x + gap / 2, sign * (front[s] + rng.uniform(1, 4))))
+                x += gap
+
+    # Street lights, signs and trees along the curbs; trees and bushes on the grass.
+    for s, sign in ((0, -1.0), (1, 1.0)):
+        turns = 1 if sign < 0 else 3  # the light's arm reaches over the road
+        for a, c in along(-78.0, 78.0):
+            x = a + rng.uniform(2, 15)
+            while x < c - 1:
+                b.place(street_light(rng), (x, sign * (road[s] + 0.4)), turns, z=curb)
+                x += rng.uniform(20, 35)
+            for _ in range(int(rng.integers(0, 3))):
+                sign_xy = (rng.uniform(a, c), sign * (road[s] + 0.35))
+                b.place(traffic_sign(rng), sign_xy, int(rng.integers(2)) * 2, z=curb)
+            x = a + rng.uniform(1, 8)
+            while x < c - 1:
+                if grass[s] > 1.4:
+                    where, room = sign * (road[s] + walk[s] + grass[s] / 2), walk[s] + grass[s] / 2
+                    b.place(tree(rng, room + 0.3), (x, where))
+                elif walk[s] > 2.6 and rng.uniform() < 0.5:
+                    b.place(tree(rng, 1.5), (x, sign * (road[s] + 0.8)), z=curb)
+                if grass[s] > 1.0 and rng.uniform() < 0.3:
+                    b.place(bush(rng), (x + rng.uniform(3, 6), sign * (road[s] + walk[s] + grass[s] / 2)))
+                x += rng.uniform(7, 16)
+    if median >= 0.9:
+        for x in np.arange(x_lo + rng.uniform(5, 20), x_hi - 5, rng.uniform(20, 40)):
+            b.place(street_light(rng) if rng.uniform() < 0.5 else tree(rng, 2.0), (x, 0.0), z=curb, occupy=False)
+
+    # A construction zone on the left side: barriers along its road side, cones at its
+    # ends, an excavator inside.
+    if rng.uniform() < 0.5 and (parking[1] > 0 or lanes == 2):
+        x0, length = rng.uniform(-60, 40), rng.uniform(12, 25)
+        inner = road[1] - 3.4
+        if b.place(construction_vehicle(rng), (x0 + length / 2, road[1] - 1.5), int(rng.integers(2)) * 2, margin=0.0):
+            b.occupied.append(np.array([[x0 - 1, inner], [x0 + length + 1, road[1]]]))
+            for x in np.arange(x0, x0 + length, 2.2):
+                b.place(barrier(rng), (x + 1.1, inner + 0.3), occupy=False)
+            for x, y in ((x0 - 0.8, inner + 0.6), (x0 - 1.6, inner + 1.6), (x0 + length + 0.8, inner + 0.6)):
+                b.place(traffic_cone(rng), (x, y), occupy=False)
+
+    # Parked vehicles along the curbs, facing their side's traffic.
+    for s, sign in ((0, -1.0), (1, 1.0)):
+        if parking[s] == 0:
+            continue
+        y = sign * (road[s] - parking[s] / 2)
+        for a, c in along(-78.0, 78.0):
+            x = a + rng.uniform(0, 5)
+            while x < c - 3:
+                if rng.uniform() < 0.55:
+                    template = _choose(rng, PARKED_VEHICLES)
+                    b.place(template, (x + 3.0, y), 0 if sign < 0 else 2, margin=0.2)
+                x += rng.uniform(6.5, 9.0)
+    for _ in range(int(rng.integers(0, 3))):  # a few barriers or cones on a sidewalk
+        s = int(rng.integers(2))
+        sign = -1.0 if s == 0 else 1.0
+        x, item = rng.uniform(-60, 60), barrier if rng.uniform() < 0.5 else traffic_cone
+        for k in range(int(rng.integers(2, 6))):
+            b.place(item(rng), (x + 2.3 * k, sign * (road[s] + walk[s] / 2)), z=curb)
+
+    # Traffic: vehicles in the lanes (right side drives +x), cross traffic, cyclists.
+    lane_y = [(sign, -sign * (median + (k + 0.5) * lane_w)) for sign in (1.0, -1.0) for k in range(lanes)]
+    for _ in range(moving_vehicles):
+        for _try in range(20):
+            direction, y = lane_y[int(rng.integers(len(lane_y)))]
+            speed = rng.uniform(4.0, 14.0)
+            if b.place(
+                _choose(rng, MOVING_VEHICLES),
+                (rng.uniform(-70, 70), y),
+                0 if direction > 0 else 2,
+                (direction * speed, 0.0),
+                (1.5, 0.2),
+            ):
+                break
+    if cross is not None:
+        centre, half = (cross[0] + cross[1]) / 2, (cross[1] - cross[0]) / 2
+        for _ in range(int(rng.integers(0, 3))):
+            direction = rng.choice([-1.0, 1.0])
+            x, y = centre + direction * half / 2, rng.uniform(bounds_min[1] + 8, bounds_max[1] - 8)
+            b.place(car(rng), (x, y), 1 if direction > 0 else 3, (0.0, direction * rng.uniform(4, 10)), (0.2, 1.5))
+    for _ in range(cyclists):
+        direction, y = lane_y[0 if rng.uniform() < 0.5 else -1]
+        y = -direction * (median + lanes * lane_w - 0.7)
+        speed = direction * rng.uniform(3.0, 7.0)
+        b.place(cyclist(rng), (rng.uniform(-60, 60), y), 0 if direction > 0 else 2, (speed, 0.0), 0.5)
+
+    # Pedestrians on the sidewalks, walking along them or standing; some cross at the cross street.
+    for _ in range(pedestrians):
+        s = int(rng.integers(2))
+        sign = -1.0 if s == 0 else 1.0
+        y = sign * (road[s] + rng.uniform(0.5, walk[s] - 0.5))
+        speed = 0.0 if rng.uniform() < 0.3 else rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.7)
+        b.place(person(rng), (rng.uniform(-70, 70), y), velocity=(speed, 0.0), margin=0.15, z=curb)
+    if cross is not None and rng.uniform() < 0.7:
+        x = cross[0] - 1.5
+        for _ in range(int(rng.integers(1, 4))):
+            direction = rng.choice([-1.0, 1.0])
+            b.place(
+                person(rng),
+                (x + rng.uniform(-0.8, 0.8), rng.uniform(-road[0], road[1])),
+                velocity=(0.0, direction * rng.uniform(0.9, 1.6)),
+                margin=0.15,
+            )
+
+    part_min = np.array([p.lo for p, _ in b.parts], float).reshape(-1, 3)
+    part_max = np.array([p.hi for p, _ in b.parts], float).reshape(-1, 3)
+    return StreetLayout(
+        bounds_min=bounds_min,
+        bounds_max=bounds_max,
+        part_min=part_min,
+        part_max=part_max,
+        part_axis=np.array([-1 if p.axis is None else p.axis for p, _ in b.parts], dtype=np.int64),
+        part_instance=np.array([i for _, i in b.parts], dtype=np.int64),
+        instance_class=b.classes,
+        instance_velocity=np.array(b.velocity),
+        floor_regions=np.array(regions, float),
+        floor_instance=np.full(len(regions), road_instance, dtype=np.int64),
+        ego=ego,
+    )
+
+
+def _building(b: _Builder, rng: np.random.Generator, x: float, length: float, sign: float, front: float) -> None:
+    """A block of ``length`` along x whose facade is ``front`` metres from the road axis:
+    a main box, sometimes a set-back upper storey or an annex, sometimes an awning."""
+    depth, height = rng.uniform(8, 16), rng.uniform(4, 25)
+    parts = [box_part(0, 0, 0, length, depth, height)]
+    if rng.uniform() < 0.35 and height > 8:
+        parts.append(box_part(length * 0.15, 2.0, height, length * 0.85, depth - 1.0, height + rng.uniform(3, 8)))
+    elif rng.uniform() < 0.3:
+        parts.append(box_part(length * 0.1, depth, 0, length * 0.7, depth + 3.0, rng.uniform(3, 5)))
+    if rng.uniform() < 0.3:  # an awning over the sidewalk side of the ground floor
+        parts.append(box_part(length * 0.2, -1.2, 2.8, length * 0.8, 0.0, 3.0))
+    # Local +y runs away from the road; on the right side (-y) that is a half turn.
+    turns = 0 if sign > 0 else 2
+    xy = (x, sign * front) if sign > 0 else (x + length, sign * front)
+    b.place([("manmade", parts)], xy, turns, margin=0.0)
+
+
+def _choose(rng: np.random.Generator, table: tuple[tuple[Template, float], ...]) -> list[tuple[str, list[Part]]]:
+    weights = np.array([w for _, w in table])
+    template = table[int(rng.choice(len(table), p=weights / weights.sum()))][0]
+    return template(rng)
