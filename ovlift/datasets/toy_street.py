@@ -72,11 +72,15 @@ y left, z up):
   per-instance tint, times Lambert shading under a fixed sun; sky is a gradient.
   No depth is given (LiDAR-camera data); ``render_camera`` keeps it for tests.
 
-Speed: each ray group (an azimuth sector of a sweep, a tile of an image) is cast
-only against the parts whose bounding sphere meets the group's cone of rays
-(and, for the LiDAR, lies within range), which is exact - a culled part cannot
-be hit - and makes a key frame with 10 sweeps and six 225x400 images a few
-seconds on two CPU cores (``benchmarks/toy_street.py``).
+Speed: each ray group (an azimuth sector x elevation band of a sweep, a 48 px tile
+of an image) is cast only against the parts whose bounding sphere meets the
+group's cone of rays and lies before every ray of the group has left the
+enclosing box (and, for the LiDAR, within range). That is exact - a culled part cannot be hit first - and
+keeps each group to a few dozen parts. The groups are small, so they are cast on
+one torch thread (five times faster than two, measured). LiDAR rays are cast in
+float64 (float32 puts points millimetres off a thin pole 50 m away), pixels in
+float32. A key frame with 10 sweeps and six 225x400 images takes about 1.5 s on
+two CPU cores (``benchmarks/toy_street.py``).
 """
 
 from __future__ import annotations
