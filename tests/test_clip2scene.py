@@ -72,3 +72,88 @@ def test_sweep_draws_keep_the_key_frame_and_draw_distinct_others():
     assert all(d[0] == 0 and len(set(d)) == 3 and set(d) <= set(range(6)) for d in draws)
     assert len({tuple(d) for d in draws}) == 10  # every pair of the 5 others turns up
     assert choose_sweeps([0, 2], 5, g) == [0, 2] and choose_sweeps([0], 1, g) == [0]
+
+
+def random_scenes(count=2, n=300, d=8, classes=4, seed=0):
+    from ovlift.models.clip2scene import SweepScene
+
+    g = torch.Generator().manual_seed(seed)
+    scenes = []
+    for i in range(count):
+        points = torch.rand(n, 3, generator=g) * torch.tensor([4.0, 4.0, 2.0])  # 16+ voxels a side: 4 levels
+        sweep = torch.randint(0, 4, (n,), generator=g)
+        labels = torch.randint(-1, classes, (n,), generator=g)
+        features = torch.randn(n, d, generator=g).half() * (labels >= 0)[:, None]
+        scenes.append(SweepScene(f"s{i}", points, sweep, features, labels))
+    return scenes
+
+
+def tiny_run(**terms):
+    from conftest import TINY_STUDENT
+
+    from ovlift.models.clip2scene import Clip2SceneRun, Clip2SceneTerms, class_embeddings
+    from ovlift.models.student_config import StudentConfig
+    from ovlift.models.training import Augment, ClassText, Schedule
+
+    g = torch.Generator().manual_seed(9)
+    text = ClassText(F.normalize(torch.randn(4, 8, generator=g), dim=1), torch.arange(4), 4)
+    return Clip2SceneRun(
+        student=StudentConfig(**TINY_STUDENT),
+        channels=8,
+        text=text,
+        class_embeddings=class_embeddings(text),
+        terms=Clip2SceneTerms(**{"self_training_start": 1, **terms}),
+        schedule=Schedule("sgd", 0.05, 0.0, "cosine", 1e-4),
+        augment=Augment(),
+        sweeps=2,
+        sweep_input="separate",
+        epochs=3,
+        batch_size=2,
+        seed=0,
+    )
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_ends(tmp_path):
+    import shutil
+
+    from ovlift.models.clip2scene import train_clip2scene
+
+    scenes, run = random_scenes(), tiny_run()
+    whole, rows = train_clip2scene(scenes, run, torch.device("cpu"), tmp_path / "a")
+    assert [r["self_training"] for r in rows][:2] == [0, 0] and len(rows) == 3  # no switch before epoch 1
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "epoch_0000.pt", tmp_path / "b")  # killed after the first epoch
+    resumed, rows_b = train_clip2scene(scenes, run, torch.device("cpu"), tmp_path / "b")
+    assert rows_b == rows
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_self_training_targets_ignore_the_pixel_labels_and_the_switch_is_a_coin_per_step(tmp_path):
+    from dataclasses import replace
+
+    from ovlift.models.clip2scene import build_step, terms_of_step, train_clip2scene
+    from ovlift.models.student import MinkUNet, sparse_input
+
+    run = tiny_run(ssr_weight=0.0)
+    scenes = random_scenes()
+    relabelled = [
+        replace(s, pixel_labels=torch.where(s.pixel_labels >= 0, (s.pixel_labels + 1) % 4, -1)) for s in scenes
+    ]
+    torch.manual_seed(0)
+    model = MinkUNet(run.student, run.channels)
+    losses = {}
+    for name, data in (("labels", scenes), ("relabelled", relabelled)):
+        for self_train in (False, True):
+            step = build_step(run, data, [0, 1], torch.Generator().manual_seed(1))
+            x, maps = sparse_input(step.samples, run.student, torch.device("cpu"))
+            out = terms_of_step(
+                run, data, step, model.trunk(x), maps, (model.head, model.head), self_train, torch.Generator(), "cpu"
+            )
+            losses[name, self_train] = out[1].item()
+    assert losses["labels", False] != pytest.approx(losses["relabelled", False])  # pixel labels are the targets
+    assert losses["labels", True] == pytest.approx(losses["relabelled", True])  # own predictions are
+    # the released code's switch: one coin per step for the whole batch, heads about half the time
+    _, rows = train_clip2scene(scenes, replace(run, epochs=40), torch.device("cpu"), tmp_path / "coin")
+    flips = [r["self_training"] for r in rows if r["epoch"] >= 1]
+    assert 0.3 < sum(flips) / len(flips) < 0.7
