@@ -157,3 +157,80 @@ def test_self_training_targets_ignore_the_pixel_labels_and_the_switch_is_a_coin_
     _, rows = train_clip2scene(scenes, replace(run, epochs=40), torch.device("cpu"), tmp_path / "coin")
     flips = [r["self_training"] for r in rows if r["epoch"] >= 1]
     assert 0.3 < sum(flips) / len(flips) < 0.7
+
+
+def street_plan(store) -> dict:
+    from conftest import TINY_STUDENT
+
+    scenes = [f"toy_street_{i:04d}" for i in range(3)]
+    return {
+        "store": str(store),
+        "dataset": {
+            "name": "toy-street",
+            "num_scenes": 3,
+            "num_sweeps": 2,
+            "azimuth_steps": 128,
+            "image_height": 45,
+            "image_width": 80,
+        },
+        "splits": {"train": scenes[:2], "val": scenes[2:]},
+        "vocabulary": "nuscenes16",
+        "stages": {
+            "input": {},
+            "extract2d": {
+                "maskclip": {
+                    "implementation": "synthetic",
+                    "feature_height": 45,
+                    "feature_width": 80,
+                    "confusion": {"truck": {"car": 0.5}},
+                    "noise_std": 0.2,
+                }
+            },
+            "project": {"cut_bound": 2},
+            "distill": {
+                "implementation": "clip2scene",
+                "templates": "single",
+                "student": TINY_STUDENT,
+                "epochs": 2,
+                "batch_size": 2,
+                "sweeps": 2,
+                "self_training_start": 1,
+            },
+            "predict": {"vocabulary": "nuscenes16"},
+            "evaluate": {},
+        },
+    }
+
+
+def test_clip2scene_learns_without_3d_labels_on_toy_streets(tmp_path, monkeypatch):
+    """The whole pipeline on toy streets, once labelled and once with the points' labels and
+    instances removed (the 2D stand-in teacher still renders from the images' labels, as
+    MaskCLIP would see the images), predicts the same: no training path reads them."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ovlift.datasets.toy_street import ToyStreetDataset
+    from ovlift.pipeline.plan import plan_from_dict
+    from ovlift.pipeline.runner import Runner
+
+    labelled = Runner(plan_from_dict(street_plan(tmp_path / "a.zarr")))
+    report = labelled.run()
+    assert not report.failed, [o.error for o in report.failed]
+    scene = labelled.store.read("scenes/toy_street_0002/input")
+    assert set(np.unique(scene.load("sweep"))) == {0, 1, 2}
+    evaluate = labelled.store.read("global/evaluate")
+    assert evaluate.info["metrics"]["3d"]["miou"] is not None
+    distill = labelled.store.read("global/distill")
+    assert distill.info["sweep_input"] == "separate" and 0.2 < distill.info["clip2scene"]["paired_fraction"] < 0.95
+
+    load = ToyStreetDataset.load
+    monkeypatch.setattr(ToyStreetDataset, "load", lambda self, s: replace(load(self, s), labels=None, instances=None))
+    unlabelled = Runner(plan_from_dict(street_plan(tmp_path / "b.zarr")))
+    report = unlabelled.run(stages=["input", "extract2d", "project", "distill", "predict"])
+    assert not report.failed, [o.error for o in report.failed]
+    assert "labels" not in unlabelled.store.read("scenes/toy_street_0000/input")
+    for s in ("toy_street_0000", "toy_street_0002"):
+        a, b = (r.store.read(f"scenes/{s}/predict") for r in (labelled, unlabelled))
+        for name in ("labels_3d", "labels_2d"):
+            np.testing.assert_array_equal(a.load(name), b.load(name))
