@@ -50,7 +50,7 @@ from ovlift.models.training import (
     Schedule,
     deterministic_algorithms,
     epoch_generator,
-    latest_checkpoint,
+    resume,
     save_atomically,
 )
 from ovlift.progress import progress
@@ -290,17 +290,7 @@ def train_clip2scene(
         local_head = nn.Linear(model.trunk_channels, run.channels).to(device)
         params = list(model.parameters()) + list(local_head.parameters())
         optimizer = run.schedule.optimizer_for(params)
-        rows: list[dict] = []
-        start = 0
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        resume = latest_checkpoint(checkpoints)
-        if resume is not None:
-            state = torch.load(resume, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            local_head.load_state_dict(state["local_head"])
-            optimizer.load_state_dict(state["optimizer"])
-            rows, start = state["rows"], state["epoch"] + 1
-            log.info("distill: resuming from %s (epoch %d of %d)", resume, start, run.epochs)
+        rows, start, _ = resume(checkpoints, device, optimizer, run.epochs, model=model, local_head=local_head)
         text = run.text.to(device)
         run_on_device = Clip2SceneRun(**{**run.__dict__, "text": text})
         steps_per_epoch = math.ceil(len(scenes) / run.batch_size)

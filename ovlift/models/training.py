@@ -363,6 +363,23 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def resume(
+    checkpoints: Path, device: torch.device, optimizer: torch.optim.Optimizer, epochs: int, **modules: nn.Module
+) -> tuple[list[dict], int, dict]:
+    """Load the latest epoch checkpoint in ``checkpoints`` (created if missing) into the optimizer
+    and the named modules; returns its log rows, the next epoch and the whole state ({}: none)."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    found = latest_checkpoint(checkpoints)
+    if found is None:
+        return [], 0, {}
+    state = torch.load(found, map_location=device, weights_only=True)
+    for name, module in modules.items():
+        module.load_state_dict(state[name])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("distill: resuming from %s (epoch %d of %d)", found, state["epoch"] + 1, epochs)
+    return state["rows"], state["epoch"] + 1, state
+
+
 def save_atomically(obj: object, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -405,18 +422,10 @@ def train(
         torch.manual_seed(seed)
         model = MinkUNet(student, out_channels, device).to(device)
         optimizer = schedule.optimizer_for(model.parameters())
-        rows: list[dict] = []
+        rows, start, state = resume(checkpoints, device, optimizer, epochs, model=model)
         bank: list[torch.Tensor] | None = None
-        start = 0
-        checkpoints.mkdir(parents=True, exist_ok=True)
-        resume = latest_checkpoint(checkpoints)
-        if resume is not None:
-            state = torch.load(resume, map_location=device, weights_only=True)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            rows, start = state["rows"], state["epoch"] + 1
-            bank = [b.cpu() for b in state["tesd_bank"]] if state.get("tesd_bank") is not None else None
-            log.info("distill: resuming from %s (epoch %d of %d)", resume, start, epochs)
+        if state.get("tesd_bank") is not None:
+            bank = [b.cpu() for b in state["tesd_bank"]]
         ddp: nn.Module = nn.parallel.DistributedDataParallel(model) if size > 1 else model
         steps_per_epoch = math.ceil(len(scenes) / batch_size)
         total = steps_per_epoch * epochs

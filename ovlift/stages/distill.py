@@ -19,7 +19,6 @@ gives point and superpoint pseudo labels, whose cross-entropy terms join
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Literal
 
@@ -28,7 +27,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ovlift.cache_schema import GroupWriter, StageGroup
-from ovlift.cache_schema.groups.distill import DISTILL_SPEC
+from ovlift.cache_schema.groups.distill import DISTILL_SPEC, write_student
 from ovlift.cache_schema.groups.lifted import FeatureSource, lifted_features
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
@@ -224,14 +223,7 @@ class DistillStage(Stage[DistillConfig]):
             tesd,
         )
         write_log(rows, ctx.files)
-        buffer = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
-        out.write("weights", np.frombuffer(buffer.getvalue(), dtype=np.uint8))
-        epochs = sorted({r["epoch"] for r in rows})
-        out.write(
-            "epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32)
-        )
-        out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
+        write_student(out, model.state_dict(), rows)
         out.set_info(
             teacher=teacher,
             source=cfg.source,

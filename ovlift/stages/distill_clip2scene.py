@@ -21,7 +21,6 @@ switch from epoch 10 (0-based; the code's ``epoch > 10`` starts one later).
 
 from __future__ import annotations
 
-import io
 from typing import Literal
 
 import numpy as np
@@ -29,7 +28,7 @@ import torch
 from pydantic import Field
 
 from ovlift.cache_schema import GroupWriter
-from ovlift.cache_schema.groups.distill import DISTILL_SPEC
+from ovlift.cache_schema.groups.distill import DISTILL_SPEC, write_student
 from ovlift.cache_schema.groups.lifted import lifted_features
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
@@ -189,14 +188,7 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
         assert ctx.files is not None
         model, rows = train_clip2scene(scenes, run, device, ctx.files)
         write_log(rows, ctx.files, LOG_FIELDS)
-        buffer = io.BytesIO()
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
-        out.write("weights", np.frombuffer(buffer.getvalue(), dtype=np.uint8))
-        epochs = sorted({r["epoch"] for r in rows})
-        out.write(
-            "epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32)
-        )
-        out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
+        write_student(out, model.state_dict(), rows)
         paired = sum(int((s.pixel_labels >= 0).sum()) for s in scenes)
         out.set_info(
             teacher=teacher,

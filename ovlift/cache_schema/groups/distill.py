@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+
 from ovlift.cache_schema.specs import ArraySpec, GroupSpec, Scope
+from ovlift.cache_schema.store import GroupWriter
 
 DISTILL_SPEC = GroupSpec(
     stage="distill",
@@ -28,3 +33,18 @@ DISTILL_SPEC = GroupSpec(
         "clip2scene": "CLIP2Scene's text set (vocabulary key, classes) and the fraction of points paired with a pixel",
     },
 )
+
+
+def write_student(out: GroupWriter, state_dict: dict, rows: list[dict]) -> None:
+    """The student's weights (``torch.save`` bytes, on the CPU) and its per-epoch loss and learning
+    rate from the training log rows (``epoch``, ``loss``, ``lr``)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in state_dict.items()}, buffer)
+    out.write("weights", np.frombuffer(buffer.getvalue(), dtype=np.uint8))
+    epochs = sorted({r["epoch"] for r in rows})
+    out.write(
+        "epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32)
+    )
+    out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
