@@ -94,6 +94,24 @@ CASES = {
         lambda s: replace(s, read_frame=lambda i, r=s.read_frame: replace(r(i), cam_to_world=np.full((4, 4), -np.inf))),
         r"scene 'toy_0000': array 'frames/cam_to_world': none of the 4 poses is valid",
     ),
+    "sweep without its times": (
+        lambda s: replace(s, sweep=np.zeros(len(s.points), np.int16)),
+        r"scene 'toy_0000': arrays 'sweep' and 'timestamp' must be given together",
+    ),
+    "negative sweep index": (
+        lambda s: replace(
+            s, sweep=np.where(np.arange(len(s.points)) == 5, -1, 0), timestamp=np.zeros(len(s.points), np.float32)
+        ),
+        r"scene 'toy_0000': array 'sweep' expected integer sweep indices >= 0 .*found int64 in \[-1, 0\]",
+    ),
+    "no key-frame points": (
+        lambda s: replace(s, sweep=np.ones(len(s.points), np.int16), timestamp=np.full(len(s.points), -0.05)),
+        r"scene 'toy_0000': array 'sweep' has no key-frame points \(sweep 0\)",
+    ),
+    "frame timestamp in some frames only": (
+        lambda s: with_frame(s, 2, timestamp=lambda f: 0.01),
+        r"scene 'toy_0000', frame 'frame-000002': array 'frames/timestamp' present in some frames and missing",
+    ),
     "frame label outside the label set": (
         lambda s: with_frame(s, 3, labels=lambda f: np.full_like(f.labels, 99)),
         r"scene 'toy_0000', frame 'frame-000003': array 'frames/labels' has 4800 values outside the label set",
