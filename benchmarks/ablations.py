@@ -66,7 +66,8 @@ ALL_MASKS = {"extract2d.ovseg.overlap": "all"}
 SINGLE = {"fuse": None, "distill.source": "project", "distill.superpoints": "none", "distill.tesd_start": None}
 PIXEL_POINT = {"distill.superpoints": "none", "distill.superpoint_targets": False, "distill.superpoint_weight": 0.0}
 
-C2S_BASELINE = {"distill.sweeps": 1, "distill.ssr_weight": 0.0, "distill.self_training_start": None}
+NO_SWITCH = {"distill.self_training_p": 0.0}  # never a coin's head (None would drop the field: the plan's 10)
+C2S_BASELINE = {"distill.sweeps": 1, "distill.ssr_weight": 0.0, **NO_SWITCH}
 
 METHODS: dict[str, tuple[str, str, list[Row]]] = {
     "cus3d": (
@@ -86,8 +87,8 @@ METHODS: dict[str, tuple[str, str, list[Row]]] = {
         "clip2scene-toy.yaml",
         "sweeps",
         [
-            Row("baseline (semantic only)", "1", {**C2S_BASELINE}, (None, 15.1)),
-            Row("+ spatial-temporal", "3", {"distill.self_training_start": None}, (None, 18.8)),
+            Row("baseline (semantic only)", "1", C2S_BASELINE, (None, 15.1)),
+            Row("+ spatial-temporal", "3", NO_SWITCH, (None, 18.8)),
             Row("+ switchable self-training (full)", "3", {}, (None, 20.8)),
             Row("w/o spatial-temporal", "3", {"distill.ssr_weight": 0.0}, (None, 19.8)),
             Row("self-training only", "3", {"distill.self_training_p": 1.0}, (None, 10.1)),
