@@ -127,8 +127,9 @@ def ablation_bars(rows: list[dict], path: Path, title: str) -> Path:
         bars = ax.bar(x + offset, values, 0.4, label=label)
         ax.bar_label(bars, labels=[f"{v:.1f}" if r[key] is not None else "" for v, r in zip(values, rows)], fontsize=7)
     ax.set_xticks(x, [r["name"] for r in rows], rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="mIoU (%)", title=title)
-    ax.legend()
+    top = max((100 * r[k] for r in rows for k in ("fused_miou", "student_miou") if r[k] is not None), default=1)
+    ax.set(ylabel="mIoU (%)", title=title, ylim=(0, 1.25 * top))  # headroom: the legend clears the bars
+    ax.legend(loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
