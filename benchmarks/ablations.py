@@ -91,6 +91,7 @@ METHODS: dict[str, tuple[str, str, list[Row]]] = {
         "sweeps",
         [
             Row("baseline (semantic only)", "1", C2S_BASELINE, (None, 15.1)),
+            Row("3 sweeps, semantic only", "3", {"distill.ssr_weight": 0.0, **NO_SWITCH}),
             Row("+ spatial-temporal", "3", NO_SWITCH, (None, 18.8)),
             Row("+ switchable self-training (full)", "3", {}, (None, 20.8)),
             Row("w/o spatial-temporal", "3", {"distill.ssr_weight": 0.0}, (None, 19.8)),

@@ -12,10 +12,11 @@ from ovlift.models.clip2scene import choose_sweeps, pack_grids, semantic_eq1, ss
 def test_grids_keep_the_first_points_of_each_cell_up_to_the_limit():
     g = torch.Generator().manual_seed(0)
     points = torch.rand(400, 3, generator=g, dtype=torch.float64) * 0.5
-    keep, cell = pack_grids(points, 0.1, 3)
+    owner = torch.randint(0, 2, (400,), generator=g) * 10**6  # far apart: a key product would overflow
+    keep, cell = pack_grids(points, owner, 0.1, 3)
     cells: dict[tuple, list[int]] = {}
-    for i, p in enumerate(points.tolist()):
-        cells.setdefault(tuple(math.floor(v / 0.1) for v in p), []).append(i)
+    for i, (p, o) in enumerate(zip(points.tolist(), owner.tolist())):
+        cells.setdefault((o, *(math.floor(v / 0.1) for v in p)), []).append(i)  # scenes never share a cell
     expected = sorted(i for members in cells.values() for i in members[:3])
     assert sorted(keep.tolist()) == expected
     assert any(len(m) > 3 for m in cells.values())  # the limit bites

@@ -22,7 +22,8 @@ others at random, as CLIP2Scene's loader does - and trains on them with:
 * **switchable self-training** (S3) from ``self_training_start`` on: each step a
   coin flip with ``self_training_p`` makes the semantic targets the network's own
   argmax (per step, code; or per point); optionally a self-training term on the
-  points no camera sees (the code computes it, then overwrites it).
+  points no camera sees, on the steps that self-train (the code computes it,
+  then overwrites it).
 
 Each sweep is its own sample in the sparse batch with its own augmentation
 (code), or the K sweeps merged into one sample (the paper's "3 sweeps as one
@@ -40,8 +41,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch_scatter import scatter_softmax
 
-from ovlift.kernels.voxel import voxel_keys
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.training import (
@@ -52,6 +53,7 @@ from ovlift.models.training import (
     epoch_generator,
     resume,
     save_atomically,
+    voxel_cross_entropy,
 )
 from ovlift.progress import progress
 
@@ -130,24 +132,19 @@ def class_embeddings(text: ClassText) -> torch.Tensor:
     return F.normalize(summed, dim=1)
 
 
-def pack_grids(points: torch.Tensor, grid_m: float, max_per_grid: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The points kept in their ``grid_m`` cells, at most ``max_per_grid`` per cell, earliest (lowest
-    index) first, as (kept point indices, cell of each, numbered 0..G-1); within a cell in index order."""
-    _, key = voxel_keys(points, grid_m)
-    _, cell = torch.unique(key, return_inverse=True)
+def pack_grids(
+    points: torch.Tensor, owner: torch.Tensor, grid_m: float, max_per_grid: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The points kept in their ``grid_m`` cells (a cell is one owner's: scenes never share one), at most
+    ``max_per_grid`` per cell, earliest (lowest index) first, as (kept point indices, cell of each,
+    numbered 0..G-1)."""
+    cells = torch.cat([owner[:, None], torch.floor(points / grid_m).to(torch.int64)], dim=1)
+    _, cell = torch.unique(cells, dim=0, return_inverse=True)
     order = torch.sort(cell, stable=True).indices
     sorted_cell = cell[order]
-    first = torch.searchsorted(sorted_cell, sorted_cell)
-    rank = torch.arange(len(order), device=points.device) - first
+    rank = torch.arange(len(order), device=points.device) - torch.searchsorted(sorted_cell, sorted_cell)
     keep = order[rank < max_per_grid]
     return keep, cell[keep]
-
-
-def segment_softmax(logits: torch.Tensor, segment: torch.Tensor, count: int) -> torch.Tensor:
-    """Softmax of (n,) logits within each segment 0..count-1."""
-    top = logits.new_full((count,), -math.inf).scatter_reduce(0, segment, logits, reduce="amax", include_self=True)
-    e = torch.exp(logits - top[segment])
-    return e / e.new_zeros(count).index_add_(0, segment, e)[segment]
 
 
 def ssr_loss(
@@ -162,11 +159,11 @@ def ssr_loss(
     count = len(cell_text)
     b = (point * cell_text[cell]).sum(1) / lam
     if pixel is None:
-        w = segment_softmax(b, cell, count)
+        w = scatter_softmax(b, cell, dim=0, dim_size=count)
         centre = point.new_zeros((count, point.shape[1])).index_add_(0, cell, w[:, None] * point)
     else:
         a = (pixel * cell_text[cell]).sum(1) / lam
-        both = segment_softmax(torch.cat([a, b]), torch.cat([cell, cell]), count)
+        both = scatter_softmax(torch.cat([a, b]), torch.cat([cell, cell]), dim=0, dim_size=count)
         wa, wb = both[: len(a)], both[len(a) :]
         centre = point.new_zeros((count, point.shape[1])).index_add_(0, cell, wa[:, None] * pixel + wb[:, None] * point)
     return (1 - torch.sigmoid((point * centre[cell]).sum(1))).mean()
@@ -233,13 +230,11 @@ def terms_of_step(
     zero = trunk.new_zeros(())
     # semantic consistency on the paired points (logits per voxel, gathered per point)
     paired_voxel = point_voxel[paired]
-    if terms.semantic == "ce":
-        logits = text.logits(voxel_global, terms.semantic_temperature)[paired_voxel]
-    else:
-        logits = text.logits(F.normalize(voxel_global, dim=1), terms.semantic_temperature)[paired_voxel]
+    unit = F.normalize(voxel_global, dim=1) if terms.semantic == "paper_eq1" else voxel_global
+    voxel_logits = text.logits(unit, terms.semantic_temperature)
     targets = labels[paired]
     if self_train:
-        own = logits.detach().argmax(1)
+        own = voxel_logits.detach().argmax(1)[paired_voxel]
         if terms.self_training_switch == "batch":
             targets = own
         else:
@@ -247,21 +242,20 @@ def terms_of_step(
             targets = torch.where(flip.to(device), own, targets)
     if len(targets) == 0:
         semantic = zero
-    elif terms.semantic == "ce":
-        semantic = F.cross_entropy(logits, targets)
+    elif terms.semantic == "ce":  # per-voxel label counts: autograd never sees a (P, K) gather
+        semantic = voxel_cross_entropy(voxel_logits, paired_voxel, targets)
     else:
-        semantic = semantic_eq1(logits, targets)
+        semantic = semantic_eq1(voxel_logits[paired_voxel], targets)
     unpaired = zero
     if terms.unpaired_weight > 0 and self_train and (~paired).any():
-        unpaired_logits = text.logits(voxel_global, terms.semantic_temperature)[point_voxel[~paired]]
-        unpaired = F.cross_entropy(unpaired_logits, unpaired_logits.detach().argmax(1))
+        unpaired_voxel = point_voxel[~paired]
+        unpaired = voxel_cross_entropy(voxel_logits, unpaired_voxel, voxel_logits.detach().argmax(1)[unpaired_voxel])
     ssr = zero
     if terms.ssr_weight > 0 and paired.any():
         # cells of the merged cloud in key-frame coordinates, per scene; earlier samples (the key frame) first
         positions = torch.cat([scenes[s].points[r] for r, s in zip(step.rows, step.scenes)]).double()
         idx = torch.nonzero(paired.cpu(), as_tuple=True)[0]
-        apart = (owner[idx].double() * 1e5)[:, None]  # scenes never share a cell
-        keep, cell = pack_grids(positions[idx] + apart, terms.grid_m, terms.max_per_grid)
+        keep, cell = pack_grids(positions[idx], owner[idx], terms.grid_m, terms.max_per_grid)
         keep, cell = idx[keep].to(device), cell.to(device)
         first = torch.full((int(cell.max()) + 1,), len(keep), dtype=torch.int64, device=device)
         first.scatter_reduce_(0, cell, torch.arange(len(keep), device=device), reduce="amin")
@@ -269,8 +263,15 @@ def terms_of_step(
         point = local_head(trunk)[point_voxel[keep]]
         pixel = None
         if terms.ssr_features == "pixels_and_points":
-            pixel_rows = [scenes[s].pixel_features[r] for r, s in zip(step.rows, step.scenes)]
-            pixel = F.normalize(torch.cat(pixel_rows)[keep.cpu()].float().to(device), dim=1)
+            offsets = torch.cumsum(torch.tensor([0] + [len(r) for r in step.rows]), 0)
+            kept = keep.cpu()
+            sample = torch.searchsorted(offsets, kept, right=True) - 1  # gather per sample, not all rows
+            rows = torch.cat(step.rows)[kept]
+            pixel = torch.empty((len(kept), run.channels))
+            for i, s in enumerate(step.scenes):
+                mine = sample == i
+                pixel[mine] = scenes[s].pixel_features[rows[mine]].float()
+            pixel = F.normalize(pixel.to(device), dim=1)
         ssr = ssr_loss(point, pixel, cell, cell_text, terms.ssr_lambda)
     total = semantic + terms.ssr_weight * ssr + terms.unpaired_weight * unpaired
     return total, semantic, ssr, unpaired

@@ -76,7 +76,7 @@ class Clip2SceneDistillConfig(FrozenConfig):
     self_training_switch: Literal["batch", "point"] = "batch"
     """One coin flip per step for the whole batch (code) or one per point."""
     unpaired_weight: float = Field(0.0, ge=0)
-    """Self-training term on points no camera sees, from the switch on (the code's dead term; 0: off)."""
+    """Self-training term on points no camera sees, on the steps that self-train (the code's dead term; 0: off)."""
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     """Optimiser (code: SGD, momentum 0.9, dampening 0.1)."""
     lr: float = Field(0.1, gt=0)
@@ -110,7 +110,7 @@ class Clip2SceneDistillConfig(FrozenConfig):
 
 class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
     implementation = "clip2scene"
-    version = "1"
+    version = "2"  # 2: semantic CE from per-voxel label counts (same value, other rounding)
     spec = DISTILL_SPEC
     reads = ("input", "project")
     writes_files = True
@@ -201,6 +201,7 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
             superpoints="none",
             tesd=None,
             sweep_input=cfg.sweep_input,
+            sweeps=cfg.sweeps,
             clip2scene={
                 "vocabulary": vocab.key,
                 "classes": list(vocab.classes),

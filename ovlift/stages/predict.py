@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from typing import Literal
 
+import numpy as np
 import torch
 
 from ovlift.cache_schema import IGNORE_LABEL, GroupWriter, StageGroup
@@ -65,6 +66,17 @@ def student_features(
     return model(x)[point_map].cpu()
 
 
+def student_points(distill_info: dict, sweep: np.ndarray | None, num_points: int) -> torch.Tensor:
+    """Indices of the points the student labels: every point of a scene without sweeps or of a
+    student trained on whole clouds; else the sweeps it was trained to see at once - the key frame
+    alone (``separate``, CLIP2Scene) or the key frame and the K - 1 latest sweeps (``merged``)."""
+    mode = distill_info.get("sweep_input")
+    if sweep is None or mode is None:
+        return torch.arange(num_points)
+    k = 1 if mode == "separate" else int(distill_info["sweeps"])
+    return torch.from_numpy(np.flatnonzero(sweep < k))
+
+
 class PredictStage(Stage[PredictConfig]):
     implementation = "openscene"
     version = "1"
@@ -83,17 +95,14 @@ class PredictStage(Stage[PredictConfig]):
 
         colors = torch.from_numpy(scene.load("colors")) if "colors" in scene else None
         points, model = torch.from_numpy(scene.load("points")), load_student(distill, device)
-        if distill.info.get("sweep_input") == "separate" and "sweep" in scene:
-            sweep = torch.from_numpy(scene.load("sweep"))
-            features = torch.zeros((len(points), int(distill.info["channels"])))
-            for s in torch.unique(sweep).tolist():
-                rows = torch.nonzero(sweep == s, as_tuple=True)[0]
-                features[rows] = student_features(
-                    model, points[rows], colors[rows] if colors is not None else None, device
-                )
-        else:
-            features = student_features(model, points, colors, device)
+        rows = student_points(distill.info, scene.load("sweep") if "sweep" in scene else None, len(points))
+        features = torch.zeros((len(points), int(distill.info["channels"])))
+        features[rows] = student_features(model, points[rows], colors[rows] if colors is not None else None, device)
         sim_3d, labels_3d = classify(features, prompts, prompt_class)
+        predicted = torch.zeros(len(points), dtype=torch.bool)
+        predicted[rows] = True
+        sim_3d = torch.where(predicted, sim_3d, torch.full_like(sim_3d, -float("inf")))
+        labels_3d = torch.where(predicted, labels_3d, torch.full_like(labels_3d, IGNORE_LABEL))
 
         teacher, source = distill.info["teacher"], distill.info.get("source", "project")
         sim_2d, labels_2d = teacher_labels(

@@ -30,6 +30,7 @@ DISTILL_SPEC = GroupSpec(
         "tesd": "SAS's TESD: its vocabulary (key), classes and first epoch (0-based); null when off",
         "sweep_input": "LiDAR sweeps the student saw at once: separate (one sample per sweep, CLIP2Scene) or "
         "merged (absent: the whole cloud)",
+        "sweeps": "K, the sweeps drawn per scene per step (CLIP2Scene)",
         "clip2scene": "CLIP2Scene's text set (vocabulary key, classes) and the fraction of points paired with a pixel",
     },
 )
