@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -293,7 +293,7 @@ def train_clip2scene(
         optimizer = run.schedule.optimizer_for(params)
         rows, start, _ = resume(checkpoints, device, optimizer, run.epochs, model=model, local_head=local_head)
         text = run.text.to(device)
-        run_on_device = Clip2SceneRun(**{**run.__dict__, "text": text})
+        run_on_device = replace(run, text=text)
         steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
         total_steps = steps_per_epoch * run.epochs
         st_start = run.terms.self_training_start

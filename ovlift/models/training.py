@@ -38,7 +38,9 @@ from torch import nn
 
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
+from ovlift.models.text import TextEmbedder, TextEncoderConfig
 from ovlift.progress import progress
+from ovlift.vocabularies import Vocabulary
 
 log = logging.getLogger("ovlift")
 
@@ -114,6 +116,14 @@ class ClassText:
     prompt_class: torch.Tensor
     """(P,) class of each prompt."""
     num_classes: int
+
+    @staticmethod
+    def embed(vocabulary: Vocabulary, text: TextEmbedder, encoder: dict, templates: str) -> ClassText:
+        """The vocabulary's prompts embedded by ``text`` with ``encoder`` (a normalised text encoder
+        config, e.g. a teacher's) and ``templates``."""
+        config = TextEncoderConfig(**{**encoder, "templates": templates})
+        prompts = text(config, list(vocabulary.prompts))
+        return ClassText(prompts, torch.tensor(vocabulary.prompt_class), len(vocabulary.classes))
 
     def to(self, device: torch.device) -> ClassText:
         return ClassText(self.prompts.to(device), self.prompt_class.to(device), self.num_classes)

@@ -33,7 +33,6 @@ from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
-from ovlift.models.text import TextEncoderConfig
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import Vocabulary, get_vocabulary
 
@@ -183,8 +182,8 @@ class DistillStage(Stage[DistillConfig]):
 
         def class_text(name: str) -> tuple[ClassText, Vocabulary]:
             vocab = get_vocabulary(name)
-            prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
-            return ClassText(prompts, torch.tensor(vocab.prompt_class), len(vocab.classes)), vocab
+            assert ctx.text is not None and text_encoder is not None
+            return ClassText.embed(vocab, ctx.text, text_encoder, cfg.templates), vocab
 
         text = None
         if cfg.label_weight > 0:

@@ -34,7 +34,6 @@ from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
-from ovlift.models.text import TextEncoderConfig
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
 
@@ -134,10 +133,8 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
             lifted = lifted_features(groups, "project", cfg.teacher, f"scene '{scene_id}'")
             teacher, text_encoder = lifted.teacher, lifted.text_encoder
             if text is None:
-                encoder = TextEncoderConfig(**{**text_encoder, "templates": cfg.templates})
-                text = ClassText(
-                    ctx.text(encoder, list(vocab.prompts)), torch.tensor(vocab.prompt_class), len(vocab.classes)
-                )
+                assert ctx.text is not None
+                text = ClassText.embed(vocab, ctx.text, text_encoder, cfg.templates)
             points = groups["input"]
             features = torch.from_numpy(lifted.features)
             labels = classify(features, text.prompts, text.prompt_class)[1]
