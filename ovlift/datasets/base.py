@@ -22,15 +22,22 @@ class Frame:
     depth: np.ndarray | None
     """(H, W) float32 z-depth in metres, 0 where invalid; None for LiDAR-camera data."""
     intrinsics: np.ndarray
-    """(3, 3) pinhole intrinsics in pixels of this image."""
+    """(3, 3) pinhole intrinsics in pixels of the colour image."""
     cam_to_world: np.ndarray
-    """(4, 4) camera-to-world pose in metres; may be non-finite (invalid pose)."""
+    """(4, 4) colour camera-to-world pose in metres; may be non-finite (invalid pose)."""
     labels: np.ndarray | None = None
     """(H, W) int16 ground-truth class per pixel (synthetic data only)."""
     instances: np.ndarray | None = None
     """(H, W) int32 ground-truth instance per pixel (synthetic data only)."""
     timestamp: float | None = None
     """Capture time in seconds relative to the scene's key frame (LiDAR-camera data)."""
+    depth_intrinsics: np.ndarray | None = None
+    """(3, 3) intrinsics in pixels of the depth image, for sensors whose depth camera differs
+    from the colour camera (ScanNet: 640x480 depth, 1296x968 colour). None: the depth image
+    is registered to the colour image (same size, same intrinsics)."""
+    depth_to_color: np.ndarray | None = None
+    """(4, 4) rigid transform from depth-camera to colour-camera coordinates, metres (only with
+    ``depth_intrinsics``); None: identity (the two cameras share a centre)."""
 
 
 @dataclass
