@@ -430,6 +430,28 @@ SEMANTICKITTI19 = Vocabulary(
 """SemanticKITTI's 19 evaluated classes (learning map 1-19, hyphens as spaces), as CLIP2Scene's
 ``kitti_classes`` spells them: the "prompts of another label set" ablation (Tab. 1, SemanticKITTI prompts)."""
 
+S3DIS13 = Vocabulary(
+    "s3dis13",
+    "1",
+    (
+        "ceiling",
+        "floor",
+        "wall",
+        "beam",
+        "column",
+        "window",
+        "door",
+        "table",
+        "chair",
+        "sofa",
+        "bookcase",
+        "board",
+        "clutter",
+    ),
+)
+"""S3DIS's 13 classes in the benchmark's order (pointnet's ``sem_seg/meta/class_names.txt``, Pointcept's
+S3DIS ``class_names``), the classes of the Stanford 2D-3D-S annotations; label value = index here."""
+
 VOCABULARIES: dict[str, Vocabulary] = {
     v.name: v
     for v in (
@@ -443,6 +465,7 @@ VOCABULARIES: dict[str, Vocabulary] = {
         CLIP2SCENE_NUSCENES16,
         CITYSCAPES19,
         SEMANTICKITTI19,
+        S3DIS13,
     )
 }
 
