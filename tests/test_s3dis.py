@@ -103,6 +103,21 @@ def test_frames_carry_the_published_pose_depth_and_semantic_labels(written):
         assert frame.depth_intrinsics is None and frame.instances is None
 
 
+def test_frames_may_be_stored_smaller_with_their_intrinsics(written):
+    layout, rooms, scene = written
+    room = rooms[OFFICE]
+    full = _dataset(layout).load(OFFICE).read_frame(1)
+    half = _dataset(layout, image_height=36, image_width=48).load(OFFICE).read_frame(1)
+    assert half.color.shape == (36, 48, 3) and half.depth.shape == (36, 48) and half.labels.shape == (36, 48)
+    k = scene.views[room.views[1]].color.intrinsics
+    np.testing.assert_allclose(half.intrinsics[[0, 1], [0, 1]], k[[0, 1], [0, 1]] / 2)
+    np.testing.assert_allclose(half.intrinsics[:2, 2], (k[:2, 2] + 0.5) / 2 - 0.5)
+    # nearest pixel centre: every stored depth and label is one of the full image's, never a blend
+    np.testing.assert_array_equal(half.depth, full.depth[1::2, 1::2])
+    np.testing.assert_array_equal(half.labels, full.labels[1::2, 1::2])
+    np.testing.assert_array_equal(half.cam_to_world, full.cam_to_world)
+
+
 def test_area_5b_poses_stay_in_area_5b_coordinates_without_the_correction(written):
     layout, rooms, _ = written
     room = rooms[OFFICE]
@@ -252,8 +267,10 @@ def test_fingerprint_follows_file_contents_and_config(copied):
     assert _dataset(copied).fingerprint(OFFICE) != changed
 
 
-@pytest.mark.parametrize("align_rooms", [False, True])
-def test_input_and_project_put_points_on_pixels_of_their_own_label(written, tmp_path, align_rooms):
+@pytest.mark.parametrize(
+    ("align_rooms", "size"), [(False, None), (True, (60, 80))], ids=["as-published", "aligned-smaller"]
+)
+def test_input_and_project_put_points_on_pixels_of_their_own_label(written, tmp_path, align_rooms, size):
     """The point cloud projected into the 2D-3D-S frames (5b's through the correction, with or
     without alignment) lands on pixels whose semantic image has the point's class: every
     pixel inside a label region agrees; only pixels on a region's border may not (a point
@@ -269,6 +286,8 @@ def test_input_and_project_put_points_on_pixels_of_their_own_label(written, tmp_
                 "images_root": str(layout.images_root),
                 "areas": [5],
                 "align_rooms": align_rooms,
+                "image_height": size and size[0],
+                "image_width": size and size[1],
             },
             "stages": {"input": {}, "project": {"cut_bound": 2, "depth_tolerance": 0.02}},
         }
