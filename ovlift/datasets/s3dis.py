@@ -32,20 +32,23 @@ Decisions, and why:
   ``instances``: the file's index in that order. No normals, no faces.
 - **Frame of reference**: the unaligned release. Its rooms are in the coordinates of
   the 2D-3D-S camera poses (the same scan; Pointcept and others project 2D-3D-S
-  images onto it unchanged). The ``_Aligned_Version`` rotates each room about an
-  undocumented centre and omits the angle files, so it is refused. With
+  images onto it unchanged). The ``_Aligned_Version`` turns each room about a
+  centre it does not document (and, by superpoint_transformer's account, lacks the
+  angle files), so a root of that name is refused. With
   ``align_rooms`` the reader produces the aligned orientation itself: each room
   and its camera poses are rotated about z by minus the room's alignment angle,
   about the centre of the room's bounding box (Pointcept's ``preprocess_s3dis.py``
   convention), so the images still fit the points.
 - **area_5b** is published in its own coordinates (2D-3D-S issue #40): its poses
   are mapped into Area_5's by the fixed transform ``AREA_5B_TO_AREA_5`` (Pointcept's
-  and DeepViewAgg's calibration), unless ``correct_area_5b`` is off.
+  calibration; other public 2D-3D-S loaders use the same numbers), unless
+  ``correct_area_5b`` is off.
 - **Poses**: ``camera_rt_matrix`` is world-to-camera ``[R|t]``, 3x4 (the 2D-3D-S
   README says 4x3; the files hold 3 rows), OpenCV axes; ``cam_to_world`` is its
   inverse. A non-finite matrix gives a NaN pose, which the input stage marks invalid.
   Intrinsics: ``camera_k_matrix`` of each frame (the field of view varies by frame);
-  colour and depth share size (1080x1080) and intrinsics.
+  colour and depth share size (1080x1080) and intrinsics, so frames need no
+  ``depth_intrinsics``. ``image_height``/``image_width`` store them smaller.
 - **Depth**: z-depth (the README: perspective images store plane depth, panoramas
   range), uint16 / 512 = metres; 65535 ("missing") and 0 become 0.
 - **Frame labels** (with ``frame_labels``): the semantic PNG decoded as
@@ -345,7 +348,6 @@ class S3DISDataset(Dataset[S3DISConfig]):
             class_names=S3DIS13.classes,
             frame_names=[f"{image_area}/{stem}" for image_area, stem in frames],
             read_frame=read_frame,
-            extra={"area": area, "room": room, "to_aligned": to_aligned},
         )
 
     def _angle_file(self, area: int) -> Path:
