@@ -299,3 +299,17 @@ def test_input_and_project_pair_vertices_with_pixels_of_their_class(written, tmp
     np.maximum.at(high, faces, face_object)
     check = (labels[point] >= 0) & (low == high)[point]  # labelled, all faces of one object
     assert check.sum() > 5000 and (rendered[check] == labels[point][check]).mean() > 0.995
+
+
+def test_load_decodes_no_image_and_unknown_scans_or_scenes_are_named(written, tmp_path):
+    scan = copy_scan(written[0], tmp_path)
+    color = scan.scan_dir / "undistorted_color_images" / f"{scan.view_names[2]}.jpg"
+    color.unlink()
+    src = dataset(scan).load(REGION0)  # frames stream: nothing decoded yet
+    src.read_frame(1)
+    with pytest.raises(ValueError, match=rf"cannot read image '.*{color.name}'"):
+        src.read_frame(2)
+    with pytest.raises(FileNotFoundError, match=r"scans \['nope'\] have no region_segmentations/ folder"):
+        dataset(scan, scans=["nope"]).scene_ids()
+    with pytest.raises(KeyError, match=r"no scene '17DRP5sb8fy_room0' \(expected <scan>_region<N>"):
+        dataset(scan).load("17DRP5sb8fy_room0")

@@ -23,8 +23,17 @@ row-major 4x4 camera-to-world pose in metres. Optional ``depth_directory`` /
 Matterport's camera axes are OpenGL's (x right, y up, z backward); ovlift's are
 OpenCV's, so the pose's y and z columns are negated (as OpenScene's
 ``preprocess_2d_matterport.py`` does). The undistorted colour and depth images share
-their size (1280x1024) and intrinsics, so a frame needs no ``depth_intrinsics``; a
-depth image of another size is an error.
+their size (1280x1024) and intrinsics (OpenScene's fusion projects into both with the
+one matrix), so a frame needs no ``depth_intrinsics``; a depth image of another size is
+an error. Frames keep the ``.conf`` order and their full size (OpenScene resizes to
+640x512 before extracting features; that is the 2D stage's business here).
+
+Labels and objects are per face in Matterport; a vertex takes the value most of its
+faces carry (OpenScene's vote, with "unlabelled" as one candidate that wins ties).
+Objects are the ``segGroups`` of ``.semseg.json`` through the faces' ``segIndices``.
+OpenScene's matterport40/80/160 are not Matterport's mpcat40: they are the 40/80/160
+most frequent ``nyuClass`` names of ``category_mapping.tsv`` (checked against its rows),
+so the ``mpcat40`` columns are not used.
 """
 
 from __future__ import annotations
