@@ -313,3 +313,14 @@ def test_load_decodes_no_image_and_unknown_scans_or_scenes_are_named(written, tm
         dataset(scan, scans=["nope"]).scene_ids()
     with pytest.raises(KeyError, match=r"no scene '17DRP5sb8fy_room0' \(expected <scan>_region<N>"):
         dataset(scan).load("17DRP5sb8fy_room0")
+
+
+def test_named_splits_are_the_regions_of_the_listed_scans(written, tmp_path):
+    scan = written[0]
+    (tmp_path / "scenes_val.txt").write_text("17DRP5sb8fy\nzsNo4HB9uLZ\n")  # the second scan is not here
+    (tmp_path / "scenes_train.txt").write_text("2t7WUuJeko7\n")
+    splits = dataset(scan, splits_dir=str(tmp_path)).named_splits()
+    assert splits == {"train": [], "val": [REGION0, REGION1]}
+    assert dataset(scan).named_splits() == {}
+    with pytest.raises(FileNotFoundError, match="has none of scenes_"):
+        dataset(scan, splits_dir=str(tmp_path / "scans")).named_splits()

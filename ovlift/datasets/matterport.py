@@ -87,6 +87,9 @@ class MatterportConfig(FrozenConfig):
     """Ingest every k-th of the region's frames (Matterport's views are sparse: 1 keeps all)."""
     depth_scale: float = Field(4000.0, gt=0)
     """Raw depth units per metre (Matterport: 0.25 mm)."""
+    splits_dir: LocalPath | None = None
+    """Folder with Matterport's ``scenes_{train,val,test}.txt`` (scan ids, one a line; in its
+    ``tasks/benchmark`` and OpenScene's ``dataset/matterport``) for ``named_splits``."""
     nearest_views: int = Field(100, ge=0)
     """A region with no camera inside its box takes this many cameras nearest to the box centre
     (OpenScene's rule for its test split; without it such a region has no frames). 0: none."""
@@ -139,6 +142,24 @@ class MatterportDataset(Dataset[MatterportConfig]):
             ids += [f"{scan}_region{n}" for n in numbers]
         return ids
 
+    def named_splits(self) -> dict[str, list[str]]:
+        """The benchmark's splits of scans, as the regions of those scans that are present."""
+        if self.config.splits_dir is None:
+            return {}
+        regions: dict[str, list[str]] = {}
+        for scene in self.scene_ids():
+            regions.setdefault(scene.rpartition("_region")[0], []).append(scene)
+        splits = {}
+        for split in ("train", "val", "test"):
+            path = Path(self.config.splits_dir) / f"scenes_{split}.txt"
+            if path.is_file():
+                splits[split] = [r for scan in path.read_text().split() for r in regions.get(scan, [])]
+        if not splits:
+            raise FileNotFoundError(
+                f"matterport3d: splits_dir '{self.config.splits_dir}' has none of scenes_{{train,val,test}}.txt"
+            )
+        return splits
+
     def _region(self, scene_id: str) -> tuple[Path, Path]:
         """(scan folder, region path without suffix) of a scene id."""
         scan, sep, number = scene_id.rpartition("_region")
@@ -166,7 +187,7 @@ class MatterportDataset(Dataset[MatterportConfig]):
     def fingerprint(self, scene_id: str) -> str:
         """Hash of the config, the region's files, the camera file, the table and the kept
         frames' image contents (``ovlift.content_hash`` remembers digests, so this is quick)."""
-        digest = hashlib.sha256(self.config.model_dump_json(exclude={"root", "category_table"}).encode())
+        digest = hashlib.sha256(self.config.model_dump_json(exclude={"root", "category_table", "splits_dir"}).encode())
         files = self._files(scene_id)
         paths = list(files.values()) + ([Path(self.config.category_table)] if self.config.category_table else [])
         images = [p for _, color, depth in self._frames(scene_id, files)[1] for p in (color, depth)]
