@@ -195,9 +195,9 @@ class MatterportDataset(Dataset[MatterportConfig]):
         digest.update(";".join(file_digests(paths + images)).encode())
         return digest.hexdigest()
 
-    def _frames(self, scene_id: str, files: dict[str, Path], mesh: PlyMesh | None = None):
+    def _frames(self, scene_id: str, files: dict[str, Path]) -> tuple[PlyMesh, list[tuple[ConfImage, Path, Path]]]:
         """(mesh, [(image, colour path, depth path)]) of the region's kept frames."""
-        mesh = mesh or _read_mesh(scene_id, files["ply"])
+        mesh = _read_mesh(scene_id, files["ply"])
         cameras = read_conf(scene_id, files["conf"])
         centres = np.array([c.cam_to_world[:3, 3] for c in cameras.images]).reshape(-1, 3)
         chosen = cameras_in_box(centres, mesh.points.min(axis=0), mesh.points.max(axis=0), self.config.nearest_views)
@@ -331,7 +331,7 @@ def vertex_vote(faces: np.ndarray, face_value: np.ndarray, num_vertices: int) ->
 def cameras_in_box(centres: np.ndarray, low: np.ndarray, high: np.ndarray, nearest: int) -> np.ndarray:
     """Indices (in file order) of the camera centres strictly inside the box; if none, of the
     ``nearest`` centres closest to the box centre (OpenScene's fallback for regions such as
-    closets that no tripod stood in)."""
+    closets that no tripod stood in). A non-finite centre (an invalid pose) is never inside."""
     inside = np.all((centres > low) & (centres < high), axis=1)
     if inside.any() or nearest == 0:
         return np.flatnonzero(inside)
