@@ -22,7 +22,12 @@ row-major 4x4 camera-to-world pose in metres. Optional ``depth_directory`` /
 
 Matterport's camera axes are OpenGL's (x right, y up, z backward); ovlift's are
 OpenCV's, so the pose's y and z columns are negated (as OpenScene's
-``preprocess_2d_matterport.py`` does). The undistorted colour and depth images share
+``preprocess_2d_matterport.py`` does; Matterport's own ``matterport_camera_poses`` are
+the same poses with those columns negated). The intrinsics are used as published, with
+image rows counted from the top, as OpenScene does; Matterport's notes say the images
+"have their origins in the bottom-left", and were ``cy`` counted from the bottom the
+rows would be off by ``H - 1 - 2 cy`` (about 5 of 1024 with the published numbers):
+unchecked here for want of a real scan. The undistorted colour and depth images share
 their size (1280x1024) and intrinsics (OpenScene's fusion projects into both with the
 one matrix), so a frame needs no ``depth_intrinsics``; a depth image of another size is
 an error. Frames keep the ``.conf`` order and their full size (OpenScene resizes to
