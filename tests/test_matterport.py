@@ -324,3 +324,15 @@ def test_named_splits_are_the_regions_of_the_listed_scans(written, tmp_path):
     assert dataset(scan).named_splits() == {}
     with pytest.raises(FileNotFoundError, match="has none of scenes_"):
         dataset(scan, splits_dir=str(tmp_path / "scans")).named_splits()
+
+
+def test_category_table_needs_an_id_or_index_column(tmp_path):
+    path = tmp_path / "t.tsv"
+    path.write_text("raw_category\tnyu40id\tmpcat40index\nwall\t1\t1\n")
+    with pytest.raises(ValueError, match=r"t\.tsv: expected .*one of \['id', 'index'\]"):
+        CategoryTable.read(path)
+    path.write_text("index\traw_category\tnyu40id\tmpcat40index\nx\twall\t1\t1\n")
+    with pytest.raises(ValueError, match=r"t\.tsv, line 2: expected an integer index, found 'x'"):
+        CategoryTable.read(path)
+    real = CategoryTable.read(shared_data("scannet-meta") / "scannetv2-labels.combined.tsv")
+    assert real.id_column == "id" and real.rows_of_ids([2])[0]["raw_category"] == "chair"
