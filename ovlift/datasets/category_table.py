@@ -36,7 +36,8 @@ class CategoryTable:
     id_column: str = "id"
     """``id`` (ScanNet's table) or ``index`` (Matterport's ``category_mapping.tsv``)."""
     by_id: dict[int, dict[str, str]] = field(default_factory=dict)
-    """The id column's value -> the row."""
+    """The id column's value -> its first row (ScanNet repeats an id for variants of one
+    category, e.g. 'chair' and 'stack of chairs'; Matterport's index is unique)."""
 
     @classmethod
     def read(cls, path: str | Path) -> CategoryTable:
@@ -59,7 +60,7 @@ class CategoryTable:
         by_id = {}
         for line, row in enumerate(table, start=2):
             try:
-                by_id[int(row[id_column])] = row
+                by_id.setdefault(int(row[id_column]), row)
             except (TypeError, ValueError):
                 raise ValueError(
                     f"{path}, line {line}: expected an integer {id_column}, found {row[id_column]!r}"
