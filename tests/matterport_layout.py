@@ -119,8 +119,10 @@ def write_mapping_table(path: Path) -> Path:
     return path
 
 
-def write_region_ply(path: Path, points, normals, colors, faces, segments, categories) -> None:
-    """Binary little-endian PLY with the property names and types Matterport publishes."""
+def write_region_ply(path: Path, points, normals, colors, faces, segments, objects, categories) -> None:
+    """Binary little-endian PLY with the property names and types Matterport publishes; per face
+    (Matterport's notes) material_id is the segment, segment_id the object, category_id the
+    category_mapping.tsv index."""
     vertex = np.zeros(
         len(points),
         dtype=[(n, "<f4") for n in ("x", "y", "z", "nx", "ny", "nz", "tx", "ty")]
@@ -136,7 +138,7 @@ def write_region_ply(path: Path, points, normals, colors, faces, segments, categ
         dtype=[("vertex_indices", "<i4", (3,)), ("material_id", "<i4"), ("segment_id", "<i4"), ("category_id", "<i4")],
     )
     face["vertex_indices"] = faces
-    face["segment_id"], face["category_id"] = segments, categories
+    face["material_id"], face["segment_id"], face["category_id"] = segments, objects, categories
     elements = [
         PlyElement.describe(vertex, "vertex"),
         PlyElement.describe(face, "face", val_types={"vertex_indices": "i4"}, len_types={"vertex_indices": "u1"}),
@@ -149,7 +151,9 @@ def write_region(folder: Path, scan: str, number: int, points, normals, colors, 
     each object is split into two segments (Matterport groups over-segments into objects)."""
     segments = 2 * face_instance + (np.arange(len(faces)) % 2) + 100
     categories = np.array([MAPPING_ROWS[raw_category[i]][0] for i in face_instance], np.int32)
-    write_region_ply(folder / f"region{number}.ply", points, normals, colors, faces, segments, categories)
+    write_region_ply(
+        folder / f"region{number}.ply", points, normals, colors, faces, segments, face_instance, categories
+    )
     scene = f"{scan}_region{number}"
     (folder / f"region{number}.fsegs.json").write_text(json.dumps({"sceneId": scene, "segIndices": segments.tolist()}))
     groups = [

@@ -237,7 +237,7 @@ def test_missing_and_malformed_region_files_name_scene_file_and_expectation(writ
         dataset(scan).load(REGION1)
     # a region PLY without Matterport's face categories, read through Matterport's table
     corners = np.eye(3)
-    write_region_ply(regions / "region1.ply", corners, corners, np.zeros((3, 3)), [[0, 1, 2]], [7], [1])
+    write_region_ply(regions / "region1.ply", corners, corners, np.zeros((3, 3)), [[0, 1, 2]], [7], [0], [1])
     mesh = regions / "region1.ply"
     mesh.write_bytes(mesh.read_bytes().replace(b"property int category_id", b"property int categoryxid"))
     (regions / "region1.semseg.json").write_text('{"segGroups": []}')
