@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
+from ovlift.datasets.matterport import MatterportDataset
 from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
@@ -56,6 +57,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "toy-street": ToyStreetDataset,
     "nuscenes": NuScenesDataset,
     "nuscenes-sample": NuScenesSampleDataset,
+    "matterport3d": MatterportDataset,
     "s3dis": S3DISDataset,
 }
 
