@@ -170,6 +170,21 @@ def test_frames_poses_depth_and_intrinsics(written):
         assert np.abs(frame.color.astype(int) - view.color.color).mean() < 4  # JPEG
 
 
+def test_frames_may_be_stored_smaller(written):
+    """``image_height``/``image_width``: colour bilinear with its intrinsics (half-pixel rule),
+    depth to the nearest pixel centre (no blend of valid and invalid), the pose unchanged."""
+    scan, _ = written
+    full = dataset(scan).load(REGION0).read_frame(1)
+    half = dataset(scan, image_height=48, image_width=60).load(REGION0).read_frame(1)
+    assert half.color.shape == (48, 60, 3) and half.depth.shape == (48, 60)
+    np.testing.assert_allclose(half.intrinsics[0, 0], full.intrinsics[0, 0] / 2)
+    np.testing.assert_allclose(half.intrinsics[0, 2], (full.intrinsics[0, 2] + 0.5) / 2 - 0.5)
+    np.testing.assert_array_equal(half.depth, full.depth[1::2, 1::2])  # nearest centres of 2x2 blocks
+    np.testing.assert_array_equal(half.cam_to_world, full.cam_to_world)
+    with pytest.raises(ValueError, match="set both image_height and image_width"):
+        dataset(scan, image_height=48)
+
+
 def test_fingerprint_follows_the_kept_frames(written, tmp_path):
     scan = copy_scan(written[0], tmp_path)
     ds = dataset(scan)

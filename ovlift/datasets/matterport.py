@@ -30,8 +30,8 @@ rows would be off by ``H - 1 - 2 cy`` (about 5 of 1024 with the published number
 unchecked here for want of a real scan. The undistorted colour and depth images share
 their size (1280x1024) and intrinsics (OpenScene's fusion projects into both with the
 one matrix), so a frame needs no ``depth_intrinsics``; a depth image of another size is
-an error. Frames keep the ``.conf`` order and their full size (OpenScene resizes to
-640x512 before extracting features; that is the 2D stage's business here).
+an error. Frames keep the ``.conf`` order and their full size unless
+``image_height``/``image_width`` say otherwise (OpenScene resizes to 640x512).
 
 Labels and objects are per face in Matterport; a vertex takes the value most of its
 faces carry (OpenScene's vote, with "unlabelled" as one candidate that wins ties).
@@ -55,9 +55,9 @@ import numpy as np
 from pydantic import Field
 
 from ovlift.cache_schema import IGNORE_LABEL
-from ovlift.config import FrozenConfig, LocalPath
+from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.base import Dataset, Frame, SceneSource, StoredImageSize, resized_frame
 from ovlift.datasets.category_table import CategoryTable, label_indices
 from ovlift.datasets.rgbd_folder import _read_color, _read_image
 from ovlift.ply import PlyMesh, read_ply
@@ -75,7 +75,10 @@ MATTERPORT21_NYU40 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33,
 ids, 39 (otherfurniture) as 'other', then 22 (ceiling)."""
 
 
-class MatterportConfig(FrozenConfig):
+class MatterportConfig(StoredImageSize):
+    """``image_height``/``image_width`` store the 1280x1024 frames smaller (OpenScene fuses at
+    640x512; a full-size frame is ~9 MB in the store)."""
+
     root: LocalPath
     """The folder holding one folder per scan (``v1/scans``)."""
     scans: tuple[str, ...] = ()
@@ -242,13 +245,14 @@ class MatterportDataset(Dataset[MatterportConfig]):
                     f"scene '{scene_id}': {depth_path} is {raw.shape} but {color_path.name} is {color.shape[:2]}; "
                     "expected Matterport's undistorted depth at the colour image's size"
                 )
-            return Frame(
+            frame = Frame(
                 name=color_path.stem,
                 color=color,
                 depth=raw.astype(np.float32) / depth_scale,  # 0 stays 0: no measurement
                 intrinsics=image.intrinsics.copy(),
                 cam_to_world=image.cam_to_world @ OPENGL_TO_OPENCV,
             )
+            return resized_frame(frame, self.config.image_size)
 
         return SceneSource(
             scene_id=scene_id,

@@ -76,15 +76,13 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from ovlift.cache_schema import IGNORE_LABEL
-from ovlift.config import FrozenConfig, LocalPath
+from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource, resized_color
+from ovlift.datasets.base import Dataset, Frame, SceneSource, StoredImageSize, resized_frame
 from ovlift.datasets.rgbd_folder import _read_image
-from ovlift.kernels.projection import resize_depth
 from ovlift.vocabularies import S3DIS13
 
 READER_VERSION = "1"
@@ -120,7 +118,10 @@ FRAME_FILES = {
 _CLASS_INDEX = {name: i for i, name in enumerate(S3DIS13.classes)}
 
 
-class S3DISConfig(FrozenConfig):
+class S3DISConfig(StoredImageSize):
+    """``image_height``/``image_width`` store the 1080x1080 frames smaller (a frame is ~10 MB
+    uncompressed at full size)."""
+
     s3dis_root: LocalPath
     """``Stanford3dDataset_v1.2`` (the unaligned release): the folder holding Area_1 ... Area_6."""
     images_root: LocalPath
@@ -137,12 +138,6 @@ class S3DISConfig(FrozenConfig):
     """Map area_5b's poses into Area_5's coordinates (``AREA_5B_TO_AREA_5``)."""
     frame_labels: bool = True
     """Give each frame its 2D-3D-S semantic image as labels (needs semantic/ and assets/)."""
-    image_height: int | None = Field(None, ge=8)
-    """Rows the frames are stored at (None: as published, 1080). Colour is resized bilinearly
-    with its intrinsics (``resized_color``), depth and labels to the nearest pixel centre
-    (never blending across an edge). A 1080x1080 frame stores ~10 MB uncompressed."""
-    image_width: int | None = Field(None, ge=8)
-    """Columns the frames are stored at (None: as published, 1080)."""
 
     @field_validator("areas")
     @classmethod
@@ -151,12 +146,6 @@ class S3DISConfig(FrozenConfig):
         if unknown or not value:
             raise ValueError(f"areas {unknown or '()'}: expected a non-empty subset of {list(AREAS)}")
         return tuple(sorted(set(value)))
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> S3DISConfig:
-        if (self.image_height is None) != (self.image_width is None):
-            raise ValueError("set both image_height and image_width, or neither")
-        return self
 
 
 class S3DISDataset(Dataset[S3DISConfig]):
@@ -308,7 +297,6 @@ class S3DISDataset(Dataset[S3DISConfig]):
             to_aligned = alignment_transform(angle, (points.max(0) + points.min(0)) / 2)
             points = points @ to_aligned[:3, :3].T + to_aligned[:3, 3]
         frames = self._frames(scene_id)
-        size = None if self.config.image_height is None else (self.config.image_height, self.config.image_width)
         label_lut = None
         if self.config.frame_labels:
             label_lut = read_label_names(Path(self.config.images_root) / LABEL_NAMES, scene_id)
@@ -320,24 +308,15 @@ class S3DISDataset(Dataset[S3DISConfig]):
             cam_to_world = np.linalg.inv(world_to_cam) if np.isfinite(world_to_cam).all() else np.full((4, 4), np.nan)
             if image_area == "area_5b" and self.config.correct_area_5b:
                 cam_to_world = AREA_5B_TO_AREA_5 @ cam_to_world
-            color = _read_image(files["rgb"], "RGB").astype(np.uint8)
-            depth = torch.from_numpy(read_depth(files["depth"], scene_id))[None]
-            labels = None if label_lut is None else read_semantic(files["semantic"], label_lut, scene_id)
-            if size is not None:
-                color, intrinsics = resized_color(color, intrinsics, size)
-                depth = resize_depth(depth, size)
-                if labels is not None:
-                    # the same nearest-pixel-centre resize; class indices are exact in float32
-                    labels = resize_depth(torch.from_numpy(labels.astype(np.float32))[None], size)[0]
-                    labels = labels.numpy().astype(np.int16)
-            return Frame(
+            frame = Frame(
                 name=f"{image_area}/{stem}",
-                color=color,
-                depth=depth[0].numpy(),
+                color=_read_image(files["rgb"], "RGB").astype(np.uint8),
+                depth=read_depth(files["depth"], scene_id),
                 intrinsics=intrinsics,
                 cam_to_world=to_aligned @ cam_to_world,
-                labels=labels,
+                labels=None if label_lut is None else read_semantic(files["semantic"], label_lut, scene_id),
             )
+            return resized_frame(frame, self.config.image_size)
 
         return SceneSource(
             scene_id=scene_id,
