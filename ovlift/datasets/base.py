@@ -4,16 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-import torch
-from PIL import Image
-from pydantic import Field, model_validator
 
-from ovlift.config import ConfigT, Configurable, FrozenConfig
-from ovlift.kernels.projection import resize_depth, scale_intrinsics
+from ovlift.config import ConfigT, Configurable
 
 
 @dataclass
@@ -70,63 +66,6 @@ class SceneSource:
     @property
     def num_frames(self) -> int:
         return len(self.frame_names)
-
-
-def resized_color(color: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A colour image resized to ``size`` (rows, cols; bilinear) with its intrinsics scaled by
-    the half-pixel rule (``kernels.projection.scale_intrinsics``); unchanged at that size."""
-    image_hw = color.shape[:2]
-    if tuple(image_hw) == tuple(size):
-        return color, intrinsics
-    resized = np.asarray(Image.fromarray(color).resize((size[1], size[0]), Image.Resampling.BILINEAR))
-    return resized, scale_intrinsics(torch.from_numpy(np.asarray(intrinsics)), image_hw, size).numpy()
-
-
-def resized_frame(frame: Frame, size: tuple[int, int] | None) -> Frame:
-    """``frame`` stored at ``size`` (rows, cols): colour bilinear with its intrinsics
-    (``resized_color``); labels, instances and registered depth to the nearest pixel centre
-    (never blending across an edge or with invalid depth). A depth camera of its own keeps
-    its depth as it is. None: unchanged."""
-    if size is None or tuple(frame.color.shape[:2]) == tuple(size):
-        return frame
-    color, intrinsics = resized_color(frame.color, frame.intrinsics, size)
-
-    def nearest(image: np.ndarray | None) -> np.ndarray | None:
-        if image is None:
-            return None
-        # exact for class and instance ids below 2^24 (float32 mantissa)
-        resized = resize_depth(torch.from_numpy(np.asarray(image, np.float32))[None], size)[0].numpy()
-        return resized.astype(np.asarray(image).dtype)
-
-    depth = frame.depth if frame.depth_intrinsics is not None else nearest(frame.depth)
-    return replace(
-        frame,
-        color=color,
-        intrinsics=intrinsics,
-        depth=depth,
-        labels=nearest(frame.labels),
-        instances=nearest(frame.instances),
-    )
-
-
-class StoredImageSize(FrozenConfig):
-    """Config of readers that can store frames smaller than the sensor's (a store of full-size
-    frames can be larger than the dataset: colour is stored decoded)."""
-
-    image_height: int | None = Field(None, ge=8)
-    """Rows the frames are stored at (None: as published); see ``resized_frame``."""
-    image_width: int | None = Field(None, ge=8)
-    """Columns the frames are stored at (None: as published)."""
-
-    @model_validator(mode="after")
-    def _both_or_neither(self) -> StoredImageSize:
-        if (self.image_height is None) != (self.image_width is None):
-            raise ValueError("set both image_height and image_width, or neither")
-        return self
-
-    @property
-    def image_size(self) -> tuple[int, int] | None:
-        return None if self.image_height is None else (self.image_height, self.image_width)
 
 
 class Dataset(ABC, Configurable[ConfigT]):

@@ -57,9 +57,9 @@ from pydantic import Field
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource, StoredImageSize, resized_frame
+from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.category_table import CategoryTable, label_indices
-from ovlift.datasets.rgbd_folder import _read_color, _read_image
+from ovlift.datasets.images import StoredImageSize, read_color, read_image, resized_frame
 from ovlift.ply import PlyMesh, read_ply
 from ovlift.vocabularies import MATTERPORT21, get_vocabulary
 
@@ -238,8 +238,8 @@ class MatterportDataset(Dataset[MatterportConfig]):
 
         def read_frame(i: int) -> Frame:
             image, color_path, depth_path = frames[i]
-            color = _read_color(color_path)
-            raw = _read_image(depth_path)
+            color = read_color(color_path)
+            raw = read_image(depth_path)
             if raw.shape != color.shape[:2]:
                 raise ValueError(
                     f"scene '{scene_id}': {depth_path} is {raw.shape} but {color_path.name} is {color.shape[:2]}; "

@@ -61,8 +61,8 @@ from pydantic import Field
 
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import FrozenConfig, LocalPath
-from ovlift.datasets.base import Dataset, Frame, SceneSource, resized_color
-from ovlift.datasets.rgbd_folder import _read_image
+from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.images import read_image, resized_color
 from ovlift.errors import StageInputError
 from ovlift.vocabularies import NUSCENES16
 
@@ -354,7 +354,7 @@ def camera_frame(
     size: tuple[int, int],
 ) -> Frame:
     """A camera image as a depth-less frame, resized to ``size`` (rows, cols) with its intrinsics."""
-    color, intrinsics = resized_color(_read_image(path, "RGB").astype(np.uint8), intrinsics, size)
+    color, intrinsics = resized_color(read_image(path, "RGB").astype(np.uint8), intrinsics, size)
     return Frame(
         name=name, color=color, depth=None, intrinsics=intrinsics, cam_to_world=cam_to_world, timestamp=timestamp
     )

@@ -33,12 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from pydantic import Field
 
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.images import read_color, read_image
 from ovlift.kernels.geometry import backproject_depth, rigid_poses
 from ovlift.kernels.projection import project_points, rigid_inverse
 from ovlift.kernels.voxel import voxel_downsample
@@ -147,7 +147,7 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
             pose = _read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4))
             return Frame(
                 name=name,
-                color=_read_color(_color_path(prefix)),
+                color=read_color(_color_path(prefix)),
                 depth=_read_depth(prefix.with_name(prefix.name + ".depth.png"), self.config),
                 intrinsics=color_k if color_k is not None else intrinsics,
                 cam_to_world=pose @ color_from_depth_pose if separate else pose,
@@ -227,21 +227,8 @@ def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return matrix
 
 
-def _read_image(path: Path, mode: str | None = None) -> np.ndarray:
-    """The pixels of an image file; an unreadable or truncated file is a ValueError naming it."""
-    try:
-        with Image.open(path) as image:
-            return np.array(image.convert(mode) if mode else image)  # decodes now, a writable copy
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image '{path}': {err}") from None
-
-
-def _read_color(path: Path) -> np.ndarray:
-    return _read_image(path, "RGB").astype(np.uint8)
-
-
 def _read_depth(path: Path, config: RGBDFolderConfig) -> np.ndarray:
-    raw = _read_image(path).astype(np.int64)
+    raw = read_image(path).astype(np.int64)
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel depth image, found shape {raw.shape}")
     depth = raw.astype(np.float32) / np.float32(config.depth_scale)

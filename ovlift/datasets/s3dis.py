@@ -81,8 +81,8 @@ from pydantic import Field, field_validator
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource, StoredImageSize, resized_frame
-from ovlift.datasets.rgbd_folder import _read_image
+from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.images import StoredImageSize, read_image, resized_frame
 from ovlift.vocabularies import S3DIS13
 
 READER_VERSION = "1"
@@ -310,7 +310,7 @@ class S3DISDataset(Dataset[S3DISConfig]):
                 cam_to_world = AREA_5B_TO_AREA_5 @ cam_to_world
             frame = Frame(
                 name=f"{image_area}/{stem}",
-                color=_read_image(files["rgb"], "RGB").astype(np.uint8),
+                color=read_image(files["rgb"], "RGB").astype(np.uint8),
                 depth=read_depth(files["depth"], scene_id),
                 intrinsics=intrinsics,
                 cam_to_world=to_aligned @ cam_to_world,
@@ -438,7 +438,7 @@ def read_pose(path: Path, scene_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_depth(path: Path, scene_id: str) -> np.ndarray:
     """Metres (float32), 0 where 2D-3D-S has no reading (65535)."""
-    raw = _read_image(path)
+    raw = read_image(path)
     if raw.dtype == np.int32 and raw.size and 0 <= raw.min() and raw.max() <= DEPTH_MISSING:
         raw = raw.astype(np.uint16)  # older Pillow opens 16-bit PNGs as mode "I"
     if raw.ndim != 2 or raw.dtype != np.uint16:
@@ -471,7 +471,7 @@ def read_label_names(path: Path, scene_id: str) -> np.ndarray:
 
 def read_semantic(path: Path, label_lut: np.ndarray, scene_id: str) -> np.ndarray:
     """(H, W) int16 S3DIS13 labels of a 2D-3D-S semantic image (index = R*65536 + G*256 + B)."""
-    rgb = _read_image(path, "RGB").astype(np.int64)
+    rgb = read_image(path, "RGB").astype(np.int64)
     index = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     known = index < len(label_lut)  # #0D0D0D (missing mesh) lies past the end
     return np.where(known, label_lut[np.where(known, index, 0)], IGNORE_LABEL).astype(np.int16)
