@@ -13,6 +13,7 @@ from ovlift.datasets.base import Dataset
 from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
+from ovlift.datasets.scannet import ScanNetDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.datasets.toy_street import ToyStreetDataset
 from ovlift.models.generators.registry import GENERATORS
@@ -55,6 +56,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "toy-street": ToyStreetDataset,
     "nuscenes": NuScenesDataset,
     "nuscenes-sample": NuScenesSampleDataset,
+    "scannet": ScanNetDataset,
 }
 
 
