@@ -59,6 +59,17 @@ def with_frame(source, index, **changes):
     return replace(source, read_frame=read_frame)
 
 
+def with_depth_camera(source, depth_to_color):
+    """Every frame with a depth camera of its own (its intrinsics = the colour's)."""
+    read = source.read_frame
+
+    def read_frame(i):
+        frame = read(i)
+        return replace(frame, depth_intrinsics=frame.intrinsics, depth_to_color=depth_to_color(frame))
+
+    return replace(source, read_frame=read_frame)
+
+
 def nan_points(s):
     points = s.points.copy()
     points[7, 1] = np.nan
@@ -85,6 +96,18 @@ CASES = {
     "color/depth sizes disagree": (
         lambda s: with_frame(s, 2, depth=lambda f: f.depth[:-4]),
         r"scene 'toy_0000', frame 'frame-000002': array 'frames/depth' is 56x80 but the colour image is 60x80",
+    ),
+    "depth camera in some frames only": (
+        lambda s: with_frame(s, 2, depth_intrinsics=lambda f: f.intrinsics),
+        r"scene 'toy_0000', frame 'frame-000002': array 'frames/depth_intrinsics' present in some frames and missing",
+    ),
+    "depth camera not rigid": (
+        lambda s: with_depth_camera(s, lambda f: np.diag([1.0, 2.0, 1.0, 1.0])),
+        r"scene 'toy_0000', frame 'frame-000000': array 'frames/depth_to_color' expected a finite rigid 4x4 transform",
+    ),
+    "depth camera's depth changes size": (
+        lambda s: with_frame(with_depth_camera(s, lambda f: np.eye(4)), 1, depth=lambda f: f.depth[:-4]),
+        r"frame 'frame-000001': array 'frames/depth' expected 60x80 \(the size of the first frame's depth\), found",
     ),
     "depth in millimetres": (
         lambda s: with_frame(s, 1, depth=lambda f: f.depth * 1000),

@@ -1,11 +1,16 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from conftest import toy_plan_dict
+from layout_scene import layout_scene
 from test_projection import reference_visibility
 
 from ovlift.cache_schema import ArraySpec, GroupSpec
 from ovlift.config import FrozenConfig
+from ovlift.datasets.base import SceneSource
+from ovlift.datasets.toy import ToyDataset
 from ovlift.kernels.projection import VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.pipeline.plan import Plan, PlanError, StagePlan, plan_from_dict
 from ovlift.pipeline.runner import Runner
@@ -86,3 +91,67 @@ def test_rerun_is_a_hit_and_a_tolerance_change_reruns_project_and_downstream(tmp
 def test_feature_size_needs_both_sides(tmp_path):
     with pytest.raises(PlanError, match="set both feature_height and feature_width"):
         plan_with(tmp_path / "s.zarr", feature_height=24)
+
+
+class TwoCameraRoom(ToyDataset):
+    """A toy room seen by a ScanNet-like sensor: colour and depth of different sizes and
+    intrinsics, the depth camera 6 cm beside the colour camera."""
+
+    def load(self, scene_id):
+        room = layout_scene(num_frames=4, color_hw=(97, 130), depth_hw=(48, 64), depth_offset_m=(0.06, 0.0, 0.0))
+
+        def read_frame(i):
+            view = room.views[i]
+            return replace(
+                view.color,
+                depth=view.depth.depth,
+                depth_intrinsics=room.depth_intrinsics,
+                depth_to_color=room.depth_to_color,
+            )
+
+        return SceneSource(
+            scene_id=scene_id,
+            points=room.scene.points,
+            labels=room.labels,
+            class_names=room.class_names,
+            frame_names=[v.color.name for v in room.views],
+            read_frame=read_frame,
+        )
+
+
+def test_a_separate_depth_camera_is_stored_and_tested_in_its_own_image(tmp_path):
+    """Pixels come from the colour camera, occlusion from the depth camera: nearly every
+    correspondence lands on a colour pixel of the vertex's own class, and the stored pairs
+    equal the reference loop run with the depth camera."""
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1)
+    data["stages"]["project"] = {"cut_bound": 2, "tolerance_kind": "absolute", "depth_tolerance": 0.05}
+    base = plan_from_dict(data)
+    plan = Plan(base.store, TwoCameraRoom(base.dataset.config), base.vocabulary, "cpu", base.stages)
+    runner = Runner(plan)
+    runner.run(fail_fast=True)
+    scene = runner.store.read("scenes/toy_0000/input")
+    assert scene.load("frames/color").shape == (4, 97, 130, 3)
+    assert scene.load("frames/depth").shape == (4, 48, 64)
+    np.testing.assert_allclose(scene.load("frames/depth_to_color")[0][:3, 3], [0.06, 0, 0])
+    group = runner.store.read("scenes/toy_0000/project")
+    assert group.info["feature_size"] == [97, 130]
+    w2c = rigid_inverse(torch.from_numpy(scene.load("frames/cam_to_world")))
+    w2d = rigid_inverse(torch.from_numpy(scene.load("frames/cam_to_world") @ scene.load("frames/depth_to_color")))
+    rule = VisibilityRule(0.05, "absolute", 2)
+    points = scene.load("points").astype(np.float64)
+    expected = reference_visibility(
+        points,
+        w2c.numpy(),
+        scene.load("frames/intrinsics").astype(np.float64),
+        (97, 130),
+        rule,
+        scene.load("frames/depth"),
+        None,
+        (w2d.numpy(), scene.load("frames/depth_intrinsics").astype(np.float64)),
+    )
+    point, frame, pixel = group.load("point_index"), group.load("frame_index"), group.load("pixel")
+    assert sorted(zip(point.tolist(), frame.tolist(), pixel[:, 0].tolist(), pixel[:, 1].tolist())) == expected
+    room = layout_scene(num_frames=4, color_hw=(97, 130), depth_hw=(48, 64), depth_offset_m=(0.06, 0.0, 0.0))
+    rendered = np.stack([v.color.labels for v in room.views])[frame, pixel[:, 0], pixel[:, 1]]
+    assert len(point) > 5000
+    assert (rendered == scene.load("labels")[point]).mean() > 0.97

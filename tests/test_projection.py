@@ -17,6 +17,7 @@ from ovlift.kernels.fusion import (
 )
 from ovlift.kernels.projection import (
     Correspondences,
+    DepthCamera,
     VisibilityRule,
     project_points,
     resize_depth,
@@ -26,27 +27,41 @@ from ovlift.kernels.projection import (
 )
 
 
-def reference_visibility(points, world_to_cam, intrinsics, hw, rule, depth=None, pose_valid=None):
-    """The obvious loop: every frame, every point, the rules written out in Python floats."""
+def reference_pixel(m, k, p):
+    """Camera z and rounded (row, col) of point p, in Python floats."""
+    px, py, pz = p
+    cx = m[0][0] * px + m[0][1] * py + m[0][2] * pz + m[0][3]
+    cy = m[1][0] * px + m[1][1] * py + m[1][2] * pz + m[1][3]
+    z = m[2][0] * px + m[2][1] * py + m[2][2] * pz + m[2][3]
+    if not z > 0:
+        return z, -1, -1
+    return z, round(k[1][1] * cy / z + k[1][2]), round(k[0][0] * cx / z + k[0][2])  # half to even, like torch
+
+
+def reference_visibility(points, world_to_cam, intrinsics, hw, rule, depth=None, pose_valid=None, depth_camera=None):
+    """The obvious loop: every frame, every point, the rules written out in Python floats.
+    ``depth_camera``: (world_to_depth, depth intrinsics) of a depth image at its own size."""
     height, width = hw
     found = []
     for f in range(len(world_to_cam)):
         if pose_valid is not None and not pose_valid[f]:
             continue
         m, k = world_to_cam[f].tolist(), intrinsics[f].tolist()
-        for i, (px, py, pz) in enumerate(points.tolist()):
-            cx = m[0][0] * px + m[0][1] * py + m[0][2] * pz + m[0][3]
-            cy = m[1][0] * px + m[1][1] * py + m[1][2] * pz + m[1][3]
-            z = m[2][0] * px + m[2][1] * py + m[2][2] * pz + m[2][3]
+        for i, p in enumerate(points.tolist()):
+            z, row, col = reference_pixel(m, k, p)
             if not z > 0:
                 continue
-            col = round(k[0][0] * cx / z + k[0][2])  # Python rounds half to even, like torch
-            row = round(k[1][1] * cy / z + k[1][2])
             cut = rule.cut_bound
             if not (cut <= col < width - cut and cut <= row < height - cut):
                 continue
-            if depth is not None:
+            if depth is not None and depth_camera is not None:
+                md, kd = depth_camera[0][f].tolist(), depth_camera[1][f].tolist()
+                z, row_d, col_d = reference_pixel(md, kd, p)
+                inside = z > 0 and 0 <= row_d < depth.shape[1] and 0 <= col_d < depth.shape[2]
+                d = float(depth[f, row_d, col_d]) if inside else 0.0
+            elif depth is not None:
                 d = float(depth[f, row, col])
+            if depth is not None:
                 tol = rule.depth_tolerance * d if rule.tolerance_kind == "relative" else rule.depth_tolerance
                 if not (d > 0 and abs(d - z) <= tol):
                     continue
@@ -83,9 +98,15 @@ def random_scene(seed, frames=6, n=400, hw=(24, 32)):
     k = np.array([[20.0, 0, 15.5], [0, 20.0, 11.5], [0, 0, 1]])
     intrinsics = np.repeat(k[None], frames, 0)
     w2c = rigid_inverse(torch.from_numpy(np.where(pose_valid[:, None, None], poses, np.eye(4))))
+    depth = noisy_depth(points, w2c, intrinsics, hw, rng)
+    return points, w2c, intrinsics, depth, pose_valid, hw
+
+
+def noisy_depth(points, w2c, intrinsics, hw, rng):
+    """Depth images of the points (z-buffer) with noise, holes (0) and clutter."""
     z, x, y = project_points(torch.from_numpy(points), w2c, torch.from_numpy(intrinsics))
-    depth = np.zeros((frames, *hw))
-    for f in range(frames):
+    depth = np.zeros((len(w2c), *hw))
+    for f in range(len(w2c)):
         zbuf = np.full(hw, np.inf)
         for zi, xi, yi in zip(z[f].numpy(), x[f].numpy(), y[f].numpy()):
             r, c = int(np.round(yi)), int(np.round(xi))
@@ -95,7 +116,7 @@ def random_scene(seed, frames=6, n=400, hw=(24, 32)):
         depth[f][filled] = zbuf[filled] * rng.uniform(0.9, 1.1, filled.sum())
         depth[f][~filled] = rng.uniform(0.5, 4, (~filled).sum())
         depth[f][rng.uniform(size=hw) < 0.15] = 0.0  # invalid depth
-    return points, w2c, intrinsics, depth, pose_valid, hw
+    return depth
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -116,6 +137,40 @@ def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule):
     assert len(expected) > 50  # the scene really exercises visibility
     assert as_tuples(got) == expected
     assert not set(got.frame_index.tolist()) & {2, 4}  # invalid poses skipped
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("rule", [VisibilityRule(0.25, "relative", 2), VisibilityRule(0.1, "absolute", 0)])
+def test_kernel_matches_the_reference_loop_with_a_separate_depth_camera(seed, rule):
+    """ScanNet-like: the depth image has its own size, intrinsics and a small offset from the
+    colour camera; pixels come from colour, the depth test from the depth camera."""
+    points, w2c, k, _, pose_valid, hw = random_scene(seed)
+    rng = np.random.default_rng(100 + seed)
+    depth_hw = (15, 21)
+    kd = np.repeat(np.array([[11.0, 0, 10.2], [0, 12.0, 7.1], [0, 0, 1]])[None], len(k), 0)
+    depth_to_color = np.eye(4)
+    depth_to_color[:3, :3] = (
+        look_at(np.zeros(3), np.array([0.05, 1.0, 0.02]))[:3, :3]
+        @ look_at(np.zeros(3), np.array([0.0, 1.0, 0.0]))[:3, :3].T
+    )  # a small rotation
+    depth_to_color[:3, 3] = rng.normal(0, 0.05, 3)
+    w2d = rigid_inverse(rigid_inverse(w2c) @ torch.from_numpy(depth_to_color))
+    depth = noisy_depth(points, w2d, kd, depth_hw, rng)
+    camera = DepthCamera(w2d, torch.from_numpy(kd))
+    got = visible_correspondences(
+        torch.from_numpy(points),
+        w2c,
+        torch.from_numpy(k),
+        hw,
+        rule,
+        depth=torch.from_numpy(depth),
+        pose_valid=torch.from_numpy(pose_valid),
+        depth_camera=camera,
+    )
+    expected = reference_visibility(points, w2c.numpy(), k, hw, rule, depth, pose_valid, (w2d.numpy(), kd))
+    registered = reference_visibility(points, w2c.numpy(), k, hw, rule, None, pose_valid)
+    assert 30 < len(expected) < len(registered)  # the depth camera's test really removes pairs
+    assert as_tuples(got) == expected
 
 
 def reference_zbuffer(points, world_to_cam, intrinsics, hw, radius):

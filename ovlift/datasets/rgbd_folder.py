@@ -7,9 +7,22 @@ Layout of one scene folder::
     [seq-XX/]frame-XXXXXX.depth.png    uint16, ``depth_scale`` units per metre, 0 invalid
     [seq-XX/]frame-XXXXXX.pose.txt     4x4 camera-to-world (metres)
 
+Optional, for sensors whose colour camera is not the depth camera (7-Scenes and
+3DMatch publish neither: their colour is taken as registered to depth)::
+
+    color-intrinsics.txt               3x3 intrinsics of the colour images; camera-intrinsics.txt
+                                       is then the depth camera's, and the sizes may differ
+    depth-to-color.txt                 4x4 rigid depth-camera -> colour-camera transform (metres)
+
+With either file the poses in ``frame-*.pose.txt`` are the depth camera's (the
+camera the scene was reconstructed from, as tsdf-fusion uses them); the colour
+camera's pose is ``pose @ inv(depth_to_color)``.
+
 Frames may sit in the folder itself or in ``seq-*`` subfolders (taken in name
 order). Such data has no point cloud: one is built by back-projecting the depth
-of every ``cloud_frame_stride``-th frame and averaging it per voxel.
+of every ``cloud_frame_stride``-th frame and averaging it per voxel (each point
+coloured from the colour image at its projection, the nearest pixel, clamped to
+the image).
 """
 
 from __future__ import annotations
@@ -27,10 +40,13 @@ from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.kernels.geometry import backproject_depth, rigid_poses
+from ovlift.kernels.projection import project_points, rigid_inverse
 from ovlift.kernels.voxel import voxel_downsample
 from ovlift.progress import progress
 
 INTRINSICS_FILE = "camera-intrinsics.txt"
+COLOR_INTRINSICS_FILE = "color-intrinsics.txt"
+DEPTH_TO_COLOR_FILE = "depth-to-color.txt"
 
 
 class RGBDFolderConfig(FrozenConfig):
@@ -100,7 +116,9 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
         (``ovlift.content_hash`` remembers image digests, so an unchanged scene is quick)."""
         digest = hashlib.sha256(self.config.model_dump_json(exclude={"paths"}).encode())
         folder = self._folders[scene_id]
-        digest.update((folder / INTRINSICS_FILE).read_bytes())
+        for name in (INTRINSICS_FILE, COLOR_INTRINSICS_FILE, DEPTH_TO_COLOR_FILE):
+            if (folder / name).is_file():
+                digest.update(name.encode() + (folder / name).read_bytes())
         frames = self._frames(scene_id)
         images = [
             p for _, prefix in frames for p in (_color_path(prefix), prefix.with_name(prefix.name + ".depth.png"))
@@ -114,16 +132,27 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
     def load(self, scene_id: str) -> SceneSource:
         folder = self._folders[scene_id]
         intrinsics = _read_matrix(folder / INTRINSICS_FILE, (3, 3))
+        color_k, depth_to_color = (
+            _optional_matrix(folder / COLOR_INTRINSICS_FILE, (3, 3)),
+            _optional_matrix(folder / DEPTH_TO_COLOR_FILE, (4, 4)),
+        )
+        separate = color_k is not None or depth_to_color is not None
+        if depth_to_color is None:
+            depth_to_color = np.eye(4)
+        color_from_depth_pose = np.linalg.inv(depth_to_color)
         frames = self._frames(scene_id)
 
         def read_frame(i: int) -> Frame:
             name, prefix = frames[i]
+            pose = _read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4))
             return Frame(
                 name=name,
                 color=_read_color(_color_path(prefix)),
                 depth=_read_depth(prefix.with_name(prefix.name + ".depth.png"), self.config),
-                intrinsics=intrinsics,
-                cam_to_world=_read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4)),
+                intrinsics=color_k if color_k is not None else intrinsics,
+                cam_to_world=pose @ color_from_depth_pose if separate else pose,
+                depth_intrinsics=intrinsics if separate else None,
+                depth_to_color=depth_to_color if separate else None,
             )
 
         points, colors = self._build_cloud(scene_id, read_frame, len(frames))
@@ -147,19 +176,37 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
             pose, valid = rigid_poses(torch.from_numpy(frame.cam_to_world)[None])  # as the input stage stores it
             if frame.depth is None or not bool(valid[0]):
                 continue
+            depth_k, depth_to_color = frame.depth_intrinsics, frame.depth_to_color
+            depth_pose = pose[0] if depth_to_color is None else pose[0] @ torch.from_numpy(depth_to_color)
             pts, index = backproject_depth(
                 torch.from_numpy(frame.depth),
-                torch.from_numpy(frame.intrinsics),
-                pose[0],
+                torch.from_numpy(frame.intrinsics if depth_k is None else depth_k),
+                depth_pose,
                 cfg.min_depth_m,
                 cfg.max_depth_m,
             )
             chunks.append(pts)
-            colors.append(torch.from_numpy(frame.color.reshape(-1, 3))[index])
+            colors.append(_colors_at(frame, pose[0], pts, index))
         if not chunks:
             return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8)
         points, (mean_color,), _ = voxel_downsample(torch.cat(chunks), cfg.voxel_size_m, torch.cat(colors))
         return points.float().numpy(), mean_color.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def _colors_at(frame: Frame, cam_to_world: torch.Tensor, points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(M, 3) colour of back-projected points: the depth pixel's own colour when colour is
+    registered to depth, else the colour image at the point's nearest projected pixel (clamped)."""
+    color = torch.from_numpy(frame.color)
+    if frame.depth_intrinsics is None:
+        return color.reshape(-1, 3)[index]
+    z, x, y = project_points(points, rigid_inverse(cam_to_world)[None], torch.from_numpy(frame.intrinsics)[None])
+    rows = torch.round(y[0]).clamp(0, color.shape[0] - 1).long()
+    cols = torch.round(x[0]).clamp(0, color.shape[1] - 1).long()
+    return color[rows, cols]
+
+
+def _optional_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    return _read_matrix(path, shape) if path.is_file() else None
 
 
 def _color_path(prefix: Path) -> Path:

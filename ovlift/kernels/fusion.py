@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch_scatter import scatter_add, scatter_max
 
-from ovlift.kernels.projection import Correspondences, VisibilityRule, visible_correspondences
+from ovlift.kernels.projection import Correspondences, DepthCamera, VisibilityRule, visible_correspondences
 
 Reduce = Literal["mean", "max"]
 
@@ -211,9 +211,11 @@ class FrameBatch:
     world_to_cam: torch.Tensor
     intrinsics: torch.Tensor
     depth: torch.Tensor | None = None
-    """(B, h, w) metres, or None (no depth)."""
+    """(B, h, w) metres, or None (no depth); with ``depth_camera``, at the depth image's size."""
     teachers: dict[str, TeacherBatch] = field(default_factory=dict)
     """2D features to fuse, by teacher."""
+    depth_camera: DepthCamera | None = None
+    """The depth image's own camera, when it is not the colour camera (None: registered)."""
 
 
 def project_and_fuse(
@@ -232,7 +234,9 @@ def project_and_fuse(
     fusions = fusions or {}
     parts = []
     for batch in batches:
-        corr = visible_correspondences(points, batch.world_to_cam, batch.intrinsics, feature_hw, rule, batch.depth)
+        corr = visible_correspondences(
+            points, batch.world_to_cam, batch.intrinsics, feature_hw, rule, batch.depth, depth_camera=batch.depth_camera
+        )
         for name, teacher in batch.teachers.items():
             positions = teacher.positions.to(corr.frame_index.device)
             if torch.equal(positions, torch.arange(len(batch.frames), device=positions.device)):

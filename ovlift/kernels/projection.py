@@ -16,6 +16,11 @@ Rules (OpenScene's fusion scripts, as config):
   ``2 * zbuffer_px + 1`` pixels, the nearest wins) and the same tolerance test
   runs against it, so a point behind a nearer point at its pixel is not paired
   (OpenScene has no such test on nuScenes: that is the default);
+* with a separate depth camera (ScanNet: 640x480 depth beside 1296x968 colour;
+  ``DepthCamera``): the pixel still comes from the colour camera, but the depth
+  test runs in the depth camera - the point is projected into the depth image at
+  its own resolution (rounded likewise, any pixel of the image, no border cut) and
+  its depth-camera z is compared with the depth there;
 * points behind the camera (z <= 0) never match; frames whose pose is invalid
   are skipped.
 
@@ -45,6 +50,19 @@ class VisibilityRule:
     zbuffer_px: int | None = None
     """Without depth: occlusion test against a z-buffer of the points, each covering
     (2r+1)^2 pixels (None: no test)."""
+
+
+@dataclass
+class DepthCamera:
+    """The depth image's own camera, for B frames (its depth is at the image's own size)."""
+
+    world_to_depth: torch.Tensor
+    """(B, 4, 4) world -> depth-camera coordinates."""
+    intrinsics: torch.Tensor
+    """(B, 3, 3) pinhole intrinsics in pixels of the depth image."""
+
+    def select(self, frames: torch.Tensor | slice) -> DepthCamera:
+        return DepthCamera(self.world_to_depth[frames], self.intrinsics[frames])
 
 
 @dataclass
@@ -162,14 +180,17 @@ def visible_correspondences(
     rule: VisibilityRule,
     depth: torch.Tensor | None = None,
     pose_valid: torch.Tensor | None = None,
+    depth_camera: DepthCamera | None = None,
 ) -> Correspondences:
     """Visible (point, frame, pixel) triples for a batch of B frames.
 
     Args:
         points: (N, 3) world coordinates.
         world_to_cam, intrinsics: (B, 4, 4) and (B, 3, 3), intrinsics at ``image_hw``.
-        depth: (B, H, W) metres at ``image_hw`` (0 = invalid), or None (no depth).
+        depth: (B, H, W) metres at ``image_hw`` (0 = invalid), or None (no depth);
+            with ``depth_camera``, (B, Hd, Wd) at the depth image's own size.
         pose_valid: (B,) bool; frames with False are skipped.
+        depth_camera: the depth image's own camera, when it is not the colour camera.
     """
     height, width = image_hw
     device = points.device
@@ -179,6 +200,7 @@ def visible_correspondences(
             return Correspondences.empty(device)
         world_to_cam, intrinsics = world_to_cam[keep], intrinsics[keep]
         depth = depth[keep] if depth is not None else None
+        depth_camera = depth_camera.select(keep) if depth_camera is not None else None
     else:
         keep = None
     z, x, y = project_points(points, world_to_cam, intrinsics)
@@ -191,15 +213,33 @@ def visible_correspondences(
     frame, point = torch.nonzero(mask, as_tuple=True)
     row_i = row[frame, point].to(torch.int64)
     col_i = col[frame, point].to(torch.int64)
-    if depth is not None:
+    if depth is not None and depth_camera is not None:
+        zp, d = _depth_camera_lookup(points, frame, point, depth, depth_camera)
+    elif depth is not None:
         d = depth[frame, row_i, col_i].to(torch.float64)
         zp = z[frame, point]
+    if depth is not None:
         tolerance = rule.depth_tolerance * d if rule.tolerance_kind == "relative" else rule.depth_tolerance
         ok = (d > 0) & ((d - zp).abs() <= tolerance)
         frame, point, row_i, col_i = frame[ok], point[ok], row_i[ok], col_i[ok]
     if keep is not None:
         frame = keep[frame]
     return Correspondences(point, frame, torch.stack([row_i, col_i], dim=1))
+
+
+def _depth_camera_lookup(
+    points: torch.Tensor, frame: torch.Tensor, point: torch.Tensor, depth: torch.Tensor, camera: DepthCamera
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth-camera z of each (frame, point) pair and the measured depth at its rounded
+    depth-image pixel (0 where it falls outside the image or behind the depth camera)."""
+    height, width = depth.shape[-2:]
+    zd, xd, yd = project_points(points, camera.world_to_depth, camera.intrinsics)
+    zd, col, row = zd[frame, point], torch.round(xd[frame, point]), torch.round(yd[frame, point])
+    inside = (zd > 0) & (col >= 0) & (row >= 0) & (col < width) & (row < height)
+    row_i = torch.where(inside, row, 0).to(torch.int64)
+    col_i = torch.where(inside, col, 0).to(torch.int64)
+    measured = depth[frame, row_i, col_i].to(torch.float64)
+    return zd, torch.where(inside, measured, torch.zeros_like(measured))
 
 
 def points_zbuffer(z: torch.Tensor, row: torch.Tensor, col: torch.Tensor, image_hw: tuple[int, int], radius: int):

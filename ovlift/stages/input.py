@@ -58,21 +58,32 @@ class InputStage(Stage[InputConfig]):
             raise StageInputError(f"{ctx.where()}: no frames")
         first = read_frame(source, 0, ctx.where(source.frame_names[0]))
         height, width = first.color.shape[:2]
+        separate_depth = first.depth is not None and first.depth_intrinsics is not None
+        depth_hw = np.asarray(first.depth).shape if separate_depth else (height, width)
         arrays = {"color": out.create("frames/color", (num, height, width, 3))}
         if first.depth is not None:
-            arrays["depth"] = out.create("frames/depth", (num, height, width))
+            arrays["depth"] = out.create("frames/depth", (num, *depth_hw))
         for key in ("labels", "instances"):
             if getattr(first, key) is not None:
                 arrays[key] = out.create(f"frames/{key}", (num, height, width))
         intrinsics = np.zeros((num, 3, 3), np.float32)
         poses = np.zeros((num, 4, 4), np.float64)
+        depth_camera = (
+            (np.zeros((num, 3, 3), np.float32), np.zeros((num, 4, 4), np.float64)) if separate_depth else None
+        )
         timestamps = np.zeros(num, np.float64) if first.timestamp is not None else None
         for i in progress(range(num), f"{ctx.scene_id}: frames", unit="frame"):
             where = ctx.where(source.frame_names[i])
             frame = first if i == 0 else read_frame(source, i, where)
-            checked = check_frame(frame, (height, width), set(arrays), source.class_names, self.config, where)
+            checked = check_frame(frame, (height, width), depth_hw, set(arrays), source.class_names, self.config, where)
             for key, value in checked.items():
                 arrays[key][i] = value
+            if depth_camera is not None:
+                depth_camera[0][i], depth_camera[1][i] = check_depth_camera(frame, where)
+            elif frame.depth_intrinsics is not None or frame.depth_to_color is not None:
+                raise StageInputError(
+                    f"{where}: array 'frames/depth_intrinsics' present in some frames and missing in others"
+                )
             intrinsics[i] = frame.intrinsics
             poses[i] = frame.cam_to_world
             if (timestamps is not None) != (frame.timestamp is not None):
@@ -94,6 +105,9 @@ class InputStage(Stage[InputConfig]):
                 ctx.where(source.frame_names[i]),
             )
         out.write("frames/intrinsics", intrinsics)
+        if depth_camera is not None:
+            out.write("frames/depth_intrinsics", depth_camera[0])
+            out.write("frames/depth_to_color", depth_camera[1])
         out.write("frames/cam_to_world", rigid.numpy())
         out.write("frames/pose_valid", valid)
         if timestamps is not None:
@@ -195,9 +209,42 @@ def check_labels(
     return labels.astype(np.int16)
 
 
+def check_intrinsics(matrix: np.ndarray, name: str, where: str) -> np.ndarray:
+    intrinsics = np.asarray(matrix, dtype=np.float64)
+    if (
+        intrinsics.shape != (3, 3)
+        or not np.isfinite(intrinsics).all()
+        or intrinsics[0, 0] <= 0
+        or intrinsics[1, 1] <= 0
+    ):
+        raise StageInputError(
+            f"{where}: array '{name}' expected a finite 3x3 matrix with fx, fy > 0, found {intrinsics.tolist()}"
+        )
+    return intrinsics
+
+
+def check_depth_camera(frame: Frame, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The depth camera's intrinsics and its rigid transform into the colour camera (identity if
+    the reader gives none)."""
+    if frame.depth_intrinsics is None:
+        raise StageInputError(f"{where}: array 'frames/depth_intrinsics' present in some frames and missing in others")
+    intrinsics = check_intrinsics(frame.depth_intrinsics, "frames/depth_intrinsics", where)
+    if frame.depth_to_color is None:
+        return intrinsics, np.eye(4)
+    transform = np.asarray(frame.depth_to_color, dtype=np.float64)
+    rigid, valid = rigid_poses(torch.from_numpy(transform[None] if transform.shape == (4, 4) else np.eye(4)[None]))
+    if transform.shape != (4, 4) or not bool(valid[0]):
+        raise StageInputError(
+            f"{where}: array 'frames/depth_to_color' expected a finite rigid 4x4 transform (depth camera -> colour "
+            f"camera, metres), found {transform.tolist()}"
+        )
+    return intrinsics, rigid[0].numpy()
+
+
 def check_frame(
     frame: Frame,
     size: tuple[int, int],
+    depth_size: tuple[int, int],
     arrays: set[str],
     class_names: tuple[str, ...] | None,
     config: InputConfig,
@@ -216,10 +263,16 @@ def check_frame(
         raise StageInputError(f"{where}: array 'frames/depth' present in some frames and missing in others")
     if frame.depth is not None:
         depth = np.asarray(frame.depth, dtype=np.float32)
-        if depth.shape != (height, width):
+        if depth.shape != tuple(depth_size):
+            if frame.depth_intrinsics is None:
+                raise StageInputError(
+                    f"{where}: array 'frames/depth' is {'x'.join(map(str, depth.shape))} but the colour image is "
+                    f"{height}x{width}; expected equal sizes, or the depth camera's own intrinsics "
+                    "(Frame.depth_intrinsics) from the reader"
+                )
             raise StageInputError(
-                f"{where}: array 'frames/depth' is {depth.shape[0]}x{depth.shape[1]} but the colour image is "
-                f"{height}x{width}; expected equal sizes (resize colour to depth when reading)"
+                f"{where}: array 'frames/depth' expected {depth_size[0]}x{depth_size[1]} (the size of the first "
+                f"frame's depth), found {'x'.join(map(str, depth.shape))}"
             )
         depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)  # NaN/inf = no measurement
         if (depth < 0).any():
@@ -231,17 +284,7 @@ def check_frame(
                 f"(< {config.max_median_depth_m:g}); the depth is probably in millimetres: set the reader's depth_scale"
             )
         out["depth"] = depth
-    intrinsics = np.asarray(frame.intrinsics, dtype=np.float64)
-    if (
-        intrinsics.shape != (3, 3)
-        or not np.isfinite(intrinsics).all()
-        or intrinsics[0, 0] <= 0
-        or intrinsics[1, 1] <= 0
-    ):
-        raise StageInputError(
-            f"{where}: array 'frames/intrinsics' expected a finite 3x3 matrix with fx, fy > 0, "
-            f"found {intrinsics.tolist()}"
-        )
+    check_intrinsics(frame.intrinsics, "frames/intrinsics", where)
     pose = np.asarray(frame.cam_to_world)
     if pose.shape != (4, 4):
         raise StageInputError(f"{where}: array 'frames/cam_to_world' expected shape (4, 4), found {pose.shape}")

@@ -5,7 +5,9 @@ the visible correspondences sorted by point (frames ascending within a point),
 plus each point's number of views, and per teacher the per-point reduction (mean
 or max) of its features over the views that have them. Pixels are expressed at
 the 2D feature size (intrinsics rescaled, depth resized to it), so they index
-teacher feature maps directly.
+teacher feature maps directly. A scene whose depth camera is not its colour camera
+(``frames/depth_intrinsics``) keeps its depth at its own size and is tested in
+the depth camera (``kernels.projection.DepthCamera``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ovlift.cache_schema.groups.project import PROJECT_SPEC
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, project_and_fuse
-from ovlift.kernels.projection import VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
+from ovlift.kernels.projection import DepthCamera, VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
 
@@ -119,6 +121,14 @@ class ProjectStage(Stage[ProjectConfig]):
             torch.from_numpy(scene.load("frames/intrinsics")).double()[frames], image_hw, feature_hw
         ).to(device)
         depth_array = scene.array("frames/depth") if "frames/depth" in scene else None
+        depth_camera = None
+        if depth_array is not None and "frames/depth_intrinsics" in scene:
+            # the depth camera's own (ScanNet: 640x480 beside 1296x968 colour): depth stays at its size
+            depth_to_color = torch.from_numpy(scene.load("frames/depth_to_color"))[frames]
+            depth_camera = DepthCamera(
+                rigid_inverse(cam_to_world @ depth_to_color).to(device),
+                torch.from_numpy(scene.load("frames/depth_intrinsics")).double()[frames].to(device),
+            )
         batch = self.config.frames_per_batch
 
         def batches() -> Iterator[FrameBatch]:
@@ -126,14 +136,20 @@ class ProjectStage(Stage[ProjectConfig]):
                 sel = frames[start : start + batch]
                 depth = None
                 if depth_array is not None:
-                    depth = resize_depth(torch.from_numpy(depth_array.oindex[sel.numpy()]), feature_hw).to(device)
+                    depth = torch.from_numpy(depth_array.oindex[sel.numpy()])
+                    depth = (depth if depth_camera else resize_depth(depth, feature_hw)).to(device)
                 batch_teachers = {}
                 for name, features in teachers.items():
                     positions, local = features.positions(sel.numpy())
                     if len(positions):
                         batch_teachers[name] = TeacherBatch(features.read(local, device), torch.from_numpy(positions))
                 yield FrameBatch(
-                    sel, world_to_cam[start : start + batch], intrinsics[start : start + batch], depth, batch_teachers
+                    sel,
+                    world_to_cam[start : start + batch],
+                    intrinsics[start : start + batch],
+                    depth,
+                    batch_teachers,
+                    depth_camera.select(slice(start, start + batch)) if depth_camera else None,
                 )
 
         fusions = {
