@@ -698,6 +698,15 @@ VOCABULARIES: dict[str, Vocabulary] = {
 }
 
 
+def class_splits(classes: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The class splits (head/common/tail) of the built-in vocabulary with exactly these
+    classes; none for other class lists (stages record class names, not vocabulary names)."""
+    for vocab in VOCABULARIES.values():
+        if vocab.splits and vocab.classes == tuple(classes):
+            return dict(vocab.splits)
+    return {}
+
+
 def load_vocabulary_file(path: str | Path) -> Vocabulary:
     """One class per line; ``sofa | couch`` prompts both names for class 'sofa'."""
     path = Path(path)
