@@ -77,7 +77,9 @@ def sens_bytes(layout: LayoutScene, num_frames: int | None = None, jpeg_quality:
     return buf.getvalue()
 
 
-def sens_header(layout: LayoutScene, num_frames: int, color_hw, depth_hw) -> bytes:
+def sens_header(
+    color_k: np.ndarray, depth_k: np.ndarray, depth_to_color: np.ndarray, num_frames: int, color_hw, depth_hw
+) -> bytes:
     def mat(m: np.ndarray) -> bytes:
         return struct.pack("<16f", *np.asarray(m, np.float32).reshape(-1))
 
@@ -89,8 +91,8 @@ def sens_header(layout: LayoutScene, num_frames: int, color_hw, depth_hw) -> byt
     name = b"StructureSensor"
     # sensorData.h: extrinsics are world(rig)-to-camera; the rig is the colour camera here
     head = struct.pack("<IQ", 4, len(name)) + name
-    head += mat(k4(layout.color_intrinsics)) + mat(np.eye(4))
-    head += mat(k4(layout.depth_intrinsics)) + mat(np.linalg.inv(layout.depth_to_color))
+    head += mat(k4(color_k)) + mat(np.eye(4))
+    head += mat(k4(depth_k)) + mat(np.linalg.inv(depth_to_color))
     head += struct.pack("<ii", 2, 1)  # jpeg, zlib_ushort
     head += struct.pack("<IIIIfQ", color_hw[1], color_hw[0], depth_hw[1], depth_hw[0], DEPTH_SHIFT, num_frames)
     return head
@@ -118,32 +120,48 @@ def frame_pose(layout: LayoutScene, i: int) -> np.ndarray:
 
 def write_sens(f, layout: LayoutScene, num_frames: int | None = None, jpeg_quality: int = 95) -> None:
     views = layout.views[:num_frames]
-    f.write(sens_header(layout, len(views), views[0].color.color.shape, views[0].depth.depth.shape))
+    f.write(
+        sens_header(
+            layout.color_intrinsics,
+            layout.depth_intrinsics,
+            layout.depth_to_color,
+            len(views),
+            views[0].color.color.shape,
+            views[0].depth.depth.shape,
+        )
+    )
     for i, view in enumerate(views):
         f.write(frame_record(frame_pose(layout, i), i, view.color.color, view.depth.depth, jpeg_quality))
 
 
 def write_mesh(folder: Path, scene_id: str, layout: LayoutScene, labels_ply: bool = False) -> None:
     scene = layout.scene
-    n = len(scene.points)
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1")]
     colors = scene.instance_color[scene.point_instance].astype(np.uint8)
-    vertex = np.empty(n, fields + ([("label", "<u2")] if labels_ply else []))
+    suffix = "_vh_clean_2.labels.ply" if labels_ply else "_vh_clean_2.ply"
+    write_scannet_ply(
+        folder / f"{scene_id}{suffix}", scene.points, colors, scene.faces, nyu40_ids(layout) if labels_ply else None
+    )
+
+
+def write_scannet_ply(path: Path, points, colors, faces, labels=None) -> None:
+    """A PLY with ScanNet's header: x y z float, red green blue alpha uchar [label ushort];
+    faces as ``list uchar int vertex_indices``."""
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1")]
+    vertex = np.empty(len(points), fields + ([("label", "<u2")] if labels is not None else []))
     for axis, name in enumerate("xyz"):
-        vertex[name] = scene.points[:, axis]
+        vertex[name] = points[:, axis]
     for axis, name in enumerate(("red", "green", "blue")):
         vertex[name] = colors[:, axis]
     vertex["alpha"] = 255
-    if labels_ply:
-        vertex["label"] = nyu40_ids(layout)
-    face = np.empty(len(scene.faces), [("vertex_indices", "O")])
-    face["vertex_indices"] = list(scene.faces.astype(np.int32))
+    if labels is not None:
+        vertex["label"] = labels
+    face = np.empty(len(faces), [("vertex_indices", "O")])
+    face["vertex_indices"] = list(faces.astype(np.int32))
     elements = [
         PlyElement.describe(vertex, "vertex"),
         PlyElement.describe(face, "face", val_types={"vertex_indices": "i4"}, len_types={"vertex_indices": "u1"}),
     ]
-    suffix = "_vh_clean_2.labels.ply" if labels_ply else "_vh_clean_2.ply"
-    PlyData(elements, text=False, byte_order="<").write(str(folder / f"{scene_id}{suffix}"))
+    PlyData(elements, text=False, byte_order="<").write(str(path))
 
 
 def write_annotations(folder: Path, scene_id: str, layout: LayoutScene) -> None:

@@ -177,7 +177,9 @@ class ScanNetDataset(Dataset[ScanNetConfig]):
     def fingerprint(self, scene_id: str) -> str:
         """Hash of the config and the contents of every file read (``.sens`` whole: frames
         are in it; exported: the kept frames' files)."""
-        digest = hashlib.sha256(self.config.model_dump_json(exclude={"paths", "exported_root", "splits_dir"}).encode())
+        digest = hashlib.sha256(
+            self.config.model_dump_json(exclude={"paths", "exported_root", "splits_dir", "label_table"}).encode()
+        )
         files = [self._files(scene_id)["_vh_clean_2.ply"], *self._label_files(scene_id)]
         if self._uses_sens(scene_id):
             files.append(self._files(scene_id)[".sens"])
