@@ -84,6 +84,21 @@ def test_sens_reader_agrees_with_scannets_sensordata_py(scans):
     assert np.isneginf(ours.frame(INVALID_POSE_FRAME).camera_to_world).all()
 
 
+def test_written_mesh_has_scannets_ply_header(scans, layout):
+    raw = (scans / "scans" / SCENE / f"{SCENE}_vh_clean_2.ply").read_bytes()
+    header = raw[: raw.index(b"end_header\n")].decode().splitlines()
+    n, f = len(layout.scene.points), len(layout.scene.faces)
+    assert header == [
+        "ply",
+        "format binary_little_endian 1.0",
+        f"element vertex {n}",
+        *(f"property float {a}" for a in "xyz"),
+        *(f"property uchar {c}" for c in ("red", "green", "blue", "alpha")),
+        f"element face {f}",
+        "property list uchar int vertex_indices",
+    ]
+
+
 def test_scene_round_trips_mesh_labels_instances_and_both_cameras(scans, layout):
     data = dataset(scans)
     assert data.scene_ids() == [SCENE]
