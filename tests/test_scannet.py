@@ -288,3 +288,13 @@ def test_input_and_project_through_the_runner_put_mesh_vertices_on_pixels_of_the
     agree = (rendered[annotated] == labels[annotated]).mean()
     print(f"scannet: {len(point)} correspondences, {annotated.mean():.1%} annotated, {agree:.2%} on their label")
     assert annotated.mean() > 0.5 and agree > 0.97
+
+
+def test_exported_layout_without_colour_intrinsics_is_named(scans, tmp_path):
+    shutil.copytree(scans / "exported", tmp_path / "exported")
+    (tmp_path / "exported" / SCENE / "intrinsic" / "intrinsic_color.txt").unlink()
+    data = dataset(scans, frames="exported", exported_root=str(tmp_path / "exported"))
+    with pytest.raises(
+        FileNotFoundError, match=rf"scene '{SCENE}': no .*intrinsic_color.txt \(expected reader.py's 4x4"
+    ):
+        data.load(SCENE)
