@@ -679,6 +679,28 @@ SCANNET200 = Vocabulary(
     splits=tuple((split, tuple(n for _, n, s in _SCANNET200 if s == split)) for split in ("head", "common", "tail")),
 )
 
+S3DIS13 = Vocabulary(
+    "s3dis13",
+    "1",
+    (
+        "ceiling",
+        "floor",
+        "wall",
+        "beam",
+        "column",
+        "window",
+        "door",
+        "table",
+        "chair",
+        "sofa",
+        "bookcase",
+        "board",
+        "clutter",
+    ),
+)
+"""S3DIS's 13 classes in the benchmark's order (pointnet's ``sem_seg/meta/class_names.txt``, Pointcept's
+S3DIS ``class_names``), the classes of the Stanford 2D-3D-S annotations; label value = index here."""
+
 VOCABULARIES: dict[str, Vocabulary] = {
     v.name: v
     for v in (
@@ -694,6 +716,7 @@ VOCABULARIES: dict[str, Vocabulary] = {
         CLIP2SCENE_NUSCENES16,
         CITYSCAPES19,
         SEMANTICKITTI19,
+        S3DIS13,
     )
 }
 

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+import torch
+from PIL import Image
 
 from ovlift.config import ConfigT, Configurable
+from ovlift.kernels.projection import scale_intrinsics
 
 
 @dataclass
@@ -66,6 +69,16 @@ class SceneSource:
     @property
     def num_frames(self) -> int:
         return len(self.frame_names)
+
+
+def resized_color(color: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A colour image resized to ``size`` (rows, cols; bilinear) with its intrinsics scaled by
+    the half-pixel rule (``kernels.projection.scale_intrinsics``); unchanged at that size."""
+    image_hw = color.shape[:2]
+    if tuple(image_hw) == tuple(size):
+        return color, intrinsics
+    resized = np.asarray(Image.fromarray(color).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return resized, scale_intrinsics(torch.from_numpy(np.asarray(intrinsics)), image_hw, size).numpy()
 
 
 class Dataset(ABC, Configurable[ConfigT]):

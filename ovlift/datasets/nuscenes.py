@@ -57,16 +57,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from pydantic import Field
 
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import FrozenConfig, LocalPath
-from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.base import Dataset, Frame, SceneSource, resized_color
 from ovlift.datasets.rgbd_folder import _read_image
 from ovlift.errors import StageInputError
-from ovlift.kernels.projection import scale_intrinsics
 from ovlift.vocabularies import NUSCENES16
 
 NUSCENES_CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
@@ -357,11 +354,7 @@ def camera_frame(
     size: tuple[int, int],
 ) -> Frame:
     """A camera image as a depth-less frame, resized to ``size`` (rows, cols) with its intrinsics."""
-    color = _read_image(path, "RGB").astype(np.uint8)
-    image_hw = color.shape[:2]
-    if image_hw != size:
-        color = np.asarray(Image.fromarray(color).resize((size[1], size[0]), Image.Resampling.BILINEAR))
-        intrinsics = scale_intrinsics(torch.from_numpy(intrinsics), image_hw, size).numpy()
+    color, intrinsics = resized_color(_read_image(path, "RGB").astype(np.uint8), intrinsics, size)
     return Frame(
         name=name, color=color, depth=None, intrinsics=intrinsics, cam_to_world=cam_to_world, timestamp=timestamp
     )
