@@ -3,9 +3,10 @@
 Reading takes what scanners and datasets write (ScanNet's ``*_vh_clean_2.ply``,
 Matterport regions, S3DIS exports): ``x y z`` and, when present, ``red green blue``
 colours, ``nx ny nz`` normals, triangle faces (``vertex_indices`` or
-``vertex_index``), and every other vertex property by name (e.g. ScanNet's
-``label``). Writing is binary little-endian, to a temporary file renamed into
-place, so a killed writer never leaves half a file.
+``vertex_index``), and every other vertex and face property by name (e.g.
+ScanNet's ``label``, Matterport's face ``category_id``). Writing is binary
+little-endian, to a temporary file renamed into place, so a killed writer never
+leaves half a file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from plyfile import PlyData, PlyElement, PlyParseError
+
+FACE_LISTS = ("vertex_indices", "vertex_index")
+TRIANGLES = {"face": dict.fromkeys(FACE_LISTS, 3)}
+"""plyfile's ``known_list_len``: faces of three vertices."""
 
 
 @dataclass
@@ -30,6 +35,8 @@ class PlyMesh:
     """(F, 3) int32 triangles indexing the vertices, if the file has faces."""
     vertex_properties: dict[str, np.ndarray] = field(default_factory=dict)
     """Every other per-vertex property by name (e.g. ``label``, ``alpha``)."""
+    face_properties: dict[str, np.ndarray] = field(default_factory=dict)
+    """Every scalar per-face property by name (e.g. Matterport's ``category_id``, ``segment_id``)."""
 
 
 def _columns(vertex: np.ndarray, names: tuple[str, ...], dtype: str) -> np.ndarray | None:
@@ -42,7 +49,12 @@ def read_ply(path: str | os.PathLike[str]) -> PlyMesh:
     """A PLY file's vertices (and triangles); errors name the file and what is wrong."""
     path = Path(path)
     try:
-        ply = PlyData.read(str(path))
+        try:  # triangles as one array: plyfile maps them at once instead of a Python loop per face
+            ply = PlyData.read(str(path), known_list_len=TRIANGLES)
+        except PlyParseError as err:
+            if "unexpected list length" not in str(err):
+                raise
+            ply = PlyData.read(str(path))  # polygons: reported below
     except (OSError, PlyParseError, ValueError) as err:
         raise ValueError(f"cannot read PLY '{path}': {err}") from None
     if "vertex" not in ply:
@@ -52,12 +64,18 @@ def read_ply(path: str | os.PathLike[str]) -> PlyMesh:
     if points is None:
         raise ValueError(f"PLY '{path}': vertices need x, y, z; found properties {list(vertex.dtype.names)}")
     known = {"x", "y", "z", "red", "green", "blue", "nx", "ny", "nz"}
+    face = ply["face"].data if "face" in ply else None
     return PlyMesh(
         points=points,
         colors=_columns(vertex, ("red", "green", "blue"), "uint8"),
         normals=_columns(vertex, ("nx", "ny", "nz"), "float32"),
         faces=_faces(ply, path, len(points)),
         vertex_properties={n: np.asarray(vertex[n]) for n in vertex.dtype.names if n not in known},
+        face_properties={
+            n: np.array(face[n])  # a copy: the file stays mapped otherwise
+            for n in (face.dtype.names if face is not None else ())
+            if n not in FACE_LISTS and face[n].dtype != object
+        },
     )
 
 
@@ -65,13 +83,17 @@ def _faces(ply: PlyData, path: Path, num_vertices: int) -> np.ndarray | None:
     if "face" not in ply or ply["face"].count == 0:
         return None
     data = ply["face"].data
-    name = next((n for n in ("vertex_indices", "vertex_index") if n in data.dtype.names), None)
+    name = next((n for n in FACE_LISTS if n in data.dtype.names), None)
     if name is None:
         raise ValueError(f"PLY '{path}': faces need vertex_indices; found properties {list(data.dtype.names)}")
-    sizes = {len(f) for f in data[name]}
-    if sizes != {3}:
-        raise ValueError(f"PLY '{path}': only triangle faces are supported, found faces of {sorted(sizes)} vertices")
-    faces = np.stack(data[name]).astype(np.int64)
+    faces = data[name]
+    if faces.dtype == object:  # one array per face: ASCII files, or not all triangles
+        sizes = {len(f) for f in faces}
+        if sizes != {3}:
+            found = sorted(sizes)
+            raise ValueError(f"PLY '{path}': only triangle faces are supported, found faces of {found} vertices")
+        faces = np.stack(faces)
+    faces = np.asarray(faces).astype(np.int64)
     if faces.min() < 0 or faces.max() >= num_vertices:
         bad = int(faces.max()) if faces.max() >= num_vertices else int(faces.min())
         raise ValueError(f"PLY '{path}': a face indexes vertex {bad}, expected indices in [0, {num_vertices})")

@@ -6,20 +6,26 @@ table: ``nyu40id`` (NYU40, and ScanNet-20 as a subset of it), ``id`` (the raw
 category id that ScanNet-200 selects from) and ``mpcat40index`` (Matterport's 40
 categories). ScanNet ships it at the top of the dataset; a copy is in
 ``../shared/data/scannet-meta``.
+
+Matterport3D's ``metadata/category_mapping.tsv`` has the same columns with ``index``
+in place of ``id``; its rows are what the ``category_id`` of a region mesh's faces
+counts (1-based), so both tables are read here, and ``id_column`` says which one it is.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ovlift.cache_schema import IGNORE_LABEL
 
-REQUIRED_COLUMNS = ("id", "raw_category", "nyu40id", "mpcat40index")
+REQUIRED_COLUMNS = ("raw_category", "nyu40id", "mpcat40index")
+ID_COLUMNS = ("id", "index")
+"""ScanNet's raw-category id; Matterport's row number (what face ``category_id`` holds)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,11 @@ class CategoryTable:
     path: Path
     rows: dict[str, dict[str, str]]
     """raw_category -> the row (column -> text)."""
+    id_column: str = "id"
+    """``id`` (ScanNet's table) or ``index`` (Matterport's ``category_mapping.tsv``)."""
+    by_id: dict[int, dict[str, str]] = field(default_factory=dict)
+    """The id column's value -> its first row (ScanNet repeats an id for variants of one
+    category, e.g. 'chair' and 'stack of chairs'; Matterport's index is unique)."""
 
     @classmethod
     def read(cls, path: str | Path) -> CategoryTable:
@@ -34,29 +45,45 @@ class CategoryTable:
         try:
             with path.open(newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f, delimiter="\t")
-                missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
-                if missing:
+                found = reader.fieldnames or ()
+                missing = [c for c in REQUIRED_COLUMNS if c not in found]
+                id_column = next((c for c in ID_COLUMNS if c in found), None)
+                if missing or id_column is None:
                     raise ValueError(
-                        f"{path}: expected ScanNet's label table with columns {list(REQUIRED_COLUMNS)}; "
-                        f"missing {missing} (found {reader.fieldnames})"
+                        f"{path}: expected ScanNet's label table (or Matterport's category_mapping.tsv) with "
+                        f"columns {list(REQUIRED_COLUMNS)} and one of {list(ID_COLUMNS)}; "
+                        f"missing {missing or list(ID_COLUMNS)} (found {reader.fieldnames})"
                     )
-                rows = {row["raw_category"]: row for row in reader}
+                table = list(reader)
         except OSError as err:
             raise FileNotFoundError(f"cannot read ScanNet's label table '{path}': {err}") from None
-        return cls(path, rows)
+        by_id = {}
+        for line, row in enumerate(table, start=2):
+            try:
+                by_id.setdefault(int(row[id_column]), row)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}, line {line}: expected an integer {id_column}, found {row[id_column]!r}"
+                ) from None
+        return cls(path, {row["raw_category"]: row for row in table}, id_column, by_id)
 
     def lookup(self, raw_categories: Sequence[str], column: str) -> np.ndarray:
         """(len(raw_categories),) int64 values of ``column`` per raw category; 0 (ScanNet's
         "unannotated") for a category the table lacks or a blank cell."""
-        out = np.zeros(len(raw_categories), np.int64)
-        for i, name in enumerate(raw_categories):
-            row = self.rows.get(name)
-            if row is None:
-                continue
-            if column not in row:
+        texts = self.text([self.rows.get(name) for name in raw_categories], column)
+        return np.array([int(t) if t else 0 for t in texts], np.int64)
+
+    def rows_of_ids(self, ids: Sequence[int]) -> list[dict[str, str] | None]:
+        """The row of each value of the id column (None for an id the table lacks)."""
+        return [self.by_id.get(int(i)) for i in ids]
+
+    def text(self, rows: Sequence[dict[str, str] | None], column: str) -> list[str]:
+        """``column`` of each row, stripped; "" for a missing row or a blank cell."""
+        out = []
+        for row in rows:
+            if row is not None and column not in row:
                 raise KeyError(f"{self.path}: no column '{column}' (columns: {list(row)})")
-            text = row[column].strip()
-            out[i] = int(text) if text else 0
+            out.append((row[column] or "").strip() if row is not None else "")
         return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
+from ovlift.datasets.matterport import MatterportDataset
 from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
@@ -58,6 +59,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "nuscenes": NuScenesDataset,
     "nuscenes-sample": NuScenesSampleDataset,
     "scannet": ScanNetDataset,
+    "matterport3d": MatterportDataset,
     "s3dis": S3DISDataset,
 }
 
