@@ -24,6 +24,9 @@ class Vocabulary:
     """Names that are embedded (defaults to ``classes``)."""
     prompt_class: tuple[int, ...] = field(default=())
     """Class index of each prompt (defaults to the identity)."""
+    splits: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Named subsets of the classes a benchmark reports apart (ScanNet-200's head/common/tail);
+    not part of ``key`` (they change how results are summarised, not what is embedded)."""
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -35,6 +38,9 @@ class Vocabulary:
             )
         if not all(0 <= c < len(self.classes) for c in self.prompt_class):
             raise ValueError(f"vocabulary '{self.name}': a prompt maps outside its {len(self.classes)} classes")
+        for split, names in self.splits:
+            if unknown := sorted(set(names) - set(self.classes)):
+                raise ValueError(f"vocabulary '{self.name}': split '{split}' names unknown classes {unknown}")
 
     def index(self, class_name: str) -> int:
         return self.classes.index(class_name)
@@ -46,8 +52,8 @@ class Vocabulary:
         return f"{self.name}-v{self.version}-{digest}"
 
 
-SCANNET20 = Vocabulary(
-    "scannet20",
+NYU40 = Vocabulary(
+    "nyu40",
     "1",
     (
         "wall",
@@ -62,16 +68,45 @@ SCANNET20 = Vocabulary(
         "bookshelf",
         "picture",
         "counter",
+        "blinds",
         "desk",
+        "shelves",
         "curtain",
+        "dresser",
+        "pillow",
+        "mirror",
+        "floor mat",
+        "clothes",
+        "ceiling",
+        "books",
         "refrigerator",
+        "television",
+        "paper",
+        "towel",
         "shower curtain",
+        "box",
+        "whiteboard",
+        "person",
+        "night stand",
         "toilet",
         "sink",
+        "lamp",
         "bathtub",
+        "bag",
+        "otherstructure",
         "otherfurniture",
+        "otherprop",
     ),
 )
+"""NYU Depth v2's 40 classes, class i = NYU40 id i + 1, as ``scannetv2-labels.combined.tsv``'s ``nyu40class``
+spells them except "refridgerator", spelled as ScanNet-20 spells it so the two sets share names."""
+NYU40_IDS = tuple(range(1, 41))
+
+SCANNET20_NYU40_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)
+"""NYU40 id of each ScanNet-20 class, in class order (ScanNet's ``VALID_CLASS_IDS``)."""
+SCANNET20 = Vocabulary("scannet20", "1", tuple(NYU40.classes[i - 1] for i in SCANNET20_NYU40_IDS))
+"""ScanNet's 20 benchmark classes: NYU40 classes, named as ScanNet's ``CLASS_LABELS`` name them."""
+
 
 MATTERPORT21 = Vocabulary(
     "matterport21",
@@ -430,6 +465,220 @@ SEMANTICKITTI19 = Vocabulary(
 """SemanticKITTI's 19 evaluated classes (learning map 1-19, hyphens as spaces), as CLIP2Scene's
 ``kitti_classes`` spells them: the "prompts of another label set" ablation (Tab. 1, SemanticKITTI prompts)."""
 
+_SCANNET200 = (
+    (1, "wall", "head"),
+    (2, "chair", "head"),
+    (3, "floor", "head"),
+    (4, "table", "head"),
+    (5, "door", "head"),
+    (6, "couch", "head"),
+    (7, "cabinet", "head"),
+    (8, "shelf", "head"),
+    (9, "desk", "head"),
+    (10, "office chair", "head"),
+    (11, "bed", "head"),
+    (13, "pillow", "head"),
+    (14, "sink", "head"),
+    (15, "picture", "head"),
+    (16, "window", "head"),
+    (17, "toilet", "head"),
+    (18, "bookshelf", "head"),
+    (19, "monitor", "head"),
+    (21, "curtain", "head"),
+    (22, "book", "head"),
+    (23, "armchair", "head"),
+    (24, "coffee table", "head"),
+    (26, "box", "head"),
+    (27, "refrigerator", "head"),
+    (28, "lamp", "head"),
+    (29, "kitchen cabinet", "head"),
+    (31, "towel", "head"),
+    (32, "clothes", "head"),
+    (33, "tv", "head"),
+    (34, "nightstand", "head"),
+    (35, "counter", "head"),
+    (36, "dresser", "head"),
+    (38, "stool", "head"),
+    (39, "cushion", "common"),
+    (40, "plant", "head"),
+    (41, "ceiling", "head"),
+    (42, "bathtub", "head"),
+    (44, "end table", "common"),
+    (45, "dining table", "common"),
+    (46, "keyboard", "common"),
+    (47, "bag", "common"),
+    (48, "backpack", "head"),
+    (49, "toilet paper", "common"),
+    (50, "printer", "common"),
+    (51, "tv stand", "head"),
+    (52, "whiteboard", "head"),
+    (54, "blanket", "common"),
+    (55, "shower curtain", "head"),
+    (56, "trash can", "head"),
+    (57, "closet", "head"),
+    (58, "stairs", "head"),
+    (59, "microwave", "common"),
+    (62, "stove", "head"),
+    (63, "shoe", "common"),
+    (64, "computer tower", "common"),
+    (65, "bottle", "common"),
+    (66, "bin", "common"),
+    (67, "ottoman", "common"),
+    (68, "bench", "common"),
+    (69, "board", "head"),
+    (70, "washing machine", "head"),
+    (71, "mirror", "head"),
+    (72, "copier", "head"),
+    (73, "basket", "common"),
+    (74, "sofa chair", "head"),
+    (75, "file cabinet", "head"),
+    (76, "fan", "common"),
+    (77, "laptop", "common"),
+    (78, "shower", "head"),
+    (79, "paper", "tail"),
+    (80, "person", "common"),
+    (82, "paper towel dispenser", "common"),
+    (84, "oven", "common"),
+    (86, "blinds", "head"),
+    (87, "rack", "common"),
+    (88, "plate", "tail"),
+    (89, "blackboard", "head"),
+    (90, "piano", "common"),
+    (93, "suitcase", "common"),
+    (95, "rail", "common"),
+    (96, "radiator", "head"),
+    (97, "recycling bin", "head"),
+    (98, "container", "common"),
+    (99, "wardrobe", "head"),
+    (100, "soap dispenser", "tail"),
+    (101, "telephone", "common"),
+    (102, "bucket", "tail"),
+    (103, "clock", "tail"),
+    (104, "stand", "common"),
+    (105, "light", "common"),
+    (106, "laundry basket", "common"),
+    (107, "pipe", "common"),
+    (110, "clothes dryer", "head"),
+    (112, "guitar", "tail"),
+    (115, "toilet paper holder", "tail"),
+    (116, "seat", "common"),
+    (118, "speaker", "tail"),
+    (120, "column", "common"),
+    (121, "bicycle", "common"),
+    (122, "ladder", "common"),
+    (125, "bathroom stall", "head"),
+    (128, "shower wall", "head"),
+    (130, "cup", "tail"),
+    (131, "jacket", "common"),
+    (132, "storage bin", "common"),
+    (134, "coffee maker", "common"),
+    (136, "dishwasher", "common"),
+    (138, "paper towel roll", "tail"),
+    (139, "machine", "common"),
+    (140, "mat", "common"),
+    (141, "windowsill", "common"),
+    (145, "bar", "tail"),
+    (148, "toaster", "tail"),
+    (154, "bulletin board", "common"),
+    (155, "ironing board", "tail"),
+    (156, "fireplace", "common"),
+    (157, "soap dish", "tail"),
+    (159, "kitchen counter", "head"),
+    (161, "doorframe", "head"),
+    (163, "toilet paper dispenser", "tail"),
+    (165, "mini fridge", "common"),
+    (166, "fire extinguisher", "tail"),
+    (168, "ball", "tail"),
+    (169, "hat", "tail"),
+    (170, "shower curtain rod", "tail"),
+    (177, "water cooler", "common"),
+    (180, "paper cutter", "tail"),
+    (185, "tray", "tail"),
+    (188, "shower door", "common"),
+    (191, "pillar", "common"),
+    (193, "ledge", "common"),
+    (195, "toaster oven", "tail"),
+    (202, "mouse", "tail"),
+    (208, "toilet seat cover dispenser", "tail"),
+    (213, "furniture", "common"),
+    (214, "cart", "common"),
+    (221, "storage container", "tail"),
+    (229, "scale", "tail"),
+    (230, "tissue box", "tail"),
+    (232, "light switch", "tail"),
+    (233, "crate", "tail"),
+    (242, "power outlet", "tail"),
+    (250, "decoration", "common"),
+    (261, "sign", "tail"),
+    (264, "projector", "tail"),
+    (276, "closet door", "common"),
+    (283, "vacuum cleaner", "common"),
+    (286, "candle", "tail"),
+    (300, "plunger", "tail"),
+    (304, "stuffed animal", "tail"),
+    (312, "headphones", "tail"),
+    (323, "dish rack", "common"),
+    (325, "broom", "tail"),
+    (331, "guitar case", "tail"),
+    (342, "range hood", "common"),
+    (356, "dustpan", "tail"),
+    (370, "hair dryer", "tail"),
+    (392, "water bottle", "tail"),
+    (395, "handicap bar", "tail"),
+    (399, "purse", "tail"),
+    (408, "vent", "tail"),
+    (417, "shower floor", "tail"),
+    (488, "water pitcher", "tail"),
+    (540, "mailbox", "head"),
+    (562, "bowl", "tail"),
+    (570, "paper bag", "tail"),
+    (572, "alarm clock", "tail"),
+    (581, "music stand", "tail"),
+    (609, "projector screen", "common"),
+    (748, "divider", "common"),
+    (776, "laundry detergent", "tail"),
+    (1156, "bathroom counter", "common"),
+    (1163, "object", "head"),
+    (1164, "bathroom vanity", "head"),
+    (1165, "closet wall", "head"),
+    (1166, "laundry hamper", "common"),
+    (1167, "bathroom stall door", "common"),
+    (1168, "ceiling light", "common"),
+    (1169, "trash bin", "common"),
+    (1170, "dumbbell", "tail"),
+    (1171, "stair rail", "head"),
+    (1172, "tube", "tail"),
+    (1173, "bathroom cabinet", "common"),
+    (1174, "cd case", "tail"),
+    (1175, "closet rod", "tail"),
+    (1176, "coffee kettle", "tail"),
+    (1178, "structure", "common"),
+    (1179, "shower head", "tail"),
+    (1180, "keyboard piano", "tail"),
+    (1181, "case of water bottles", "tail"),
+    (1182, "coat rack", "tail"),
+    (1183, "storage organizer", "common"),
+    (1184, "folded chair", "tail"),
+    (1185, "fire alarm", "tail"),
+    (1186, "power strip", "tail"),
+    (1187, "calendar", "tail"),
+    (1188, "poster", "tail"),
+    (1189, "potted plant", "common"),
+    (1190, "luggage", "tail"),
+    (1191, "mattress", "common"),
+)
+"""ScanNet-200 (Rozenberszki et al. 2022) as ScanNet's ``BenchmarkScripts/ScanNet200``
+(``scannet200_constants.py``, ``scannet200_splits.py``) defines it: per class, in class order, the raw-category
+id (``scannetv2-labels.combined.tsv``'s ``id`` column, ``VALID_CLASS_IDS_200``), the label
+(``CLASS_LABELS_200``) and the head/common/tail split by annotated-point frequency."""
+SCANNET200_IDS = tuple(i for i, _, _ in _SCANNET200)
+SCANNET200 = Vocabulary(
+    "scannet200",
+    "1",
+    tuple(name for _, name, _ in _SCANNET200),
+    splits=tuple((split, tuple(n for _, n, s in _SCANNET200 if s == split)) for split in ("head", "common", "tail")),
+)
+
 S3DIS13 = Vocabulary(
     "s3dis13",
     "1",
@@ -456,6 +705,8 @@ VOCABULARIES: dict[str, Vocabulary] = {
     v.name: v
     for v in (
         SCANNET20,
+        NYU40,
+        SCANNET200,
         SAS_SCANNET21,
         MATTERPORT21,
         MATTERPORT40,
@@ -468,6 +719,15 @@ VOCABULARIES: dict[str, Vocabulary] = {
         S3DIS13,
     )
 }
+
+
+def class_splits(classes: list[str] | tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """The class splits (head/common/tail) of the built-in vocabulary with exactly these
+    classes; none for other class lists (stages record class names, not vocabulary names)."""
+    for vocab in VOCABULARIES.values():
+        if vocab.splits and vocab.classes == tuple(classes):
+            return dict(vocab.splits)
+    return {}
 
 
 def load_vocabulary_file(path: str | Path) -> Vocabulary:

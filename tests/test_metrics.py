@@ -93,3 +93,21 @@ def test_a_misspelt_class_in_unseen_or_valid_classes_is_an_error():
     assert class_mask(("chair",), classes, "unseen_classes").tolist() == [False, True, False]
     with pytest.raises(StageInputError, match=r"unseen_classes \['chiar'\] are not in the vocabulary"):
         class_mask(("chiar",), classes, "unseen_classes")
+
+
+def test_scannet200_reports_head_common_and_tail_miou():
+    from ovlift.stages.evaluate import markdown_table, scores_json
+    from ovlift.vocabularies import SCANNET20, SCANNET200, class_splits
+
+    classes = list(SCANNET200.classes)
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 200, 20_000)
+    pred = np.where(rng.random(20_000) < 0.6, truth, rng.integers(0, 200, 20_000))
+    s = scores(confusion_matrix(truth, pred, 200))
+    out = scores_json(s, classes, class_splits(classes))
+    for split, members in SCANNET200.splits:
+        expected = np.nanmean([s.iou[classes.index(c)] for c in members])
+        assert out["split_miou"][split] == pytest.approx(expected, abs=1e-6)
+    assert class_splits(list(SCANNET20.classes)) == {} and "split_miou" not in scores_json(s, classes)
+    table = markdown_table({"fused": out}, classes, [], (), {"fused": "2D fused"})
+    assert "| predictor | head mIoU | common mIoU | tail mIoU |" in table

@@ -81,6 +81,12 @@ def scores(confusion: np.ndarray, valid: np.ndarray | None = None, unseen: np.nd
     return result
 
 
+def subset_miou(result: Scores, classes: np.ndarray | list[bool]) -> float:
+    """Mean IoU over the counted classes among ``classes`` (a mask): ScanNet-200's
+    head/common/tail mIoU (its benchmark script averages each split's class IoUs)."""
+    return _mean(result.iou[np.asarray(classes, bool)])
+
+
 def _mean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if len(values) else float("nan")

@@ -15,6 +15,7 @@ from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.s3dis import S3DISDataset
+from ovlift.datasets.scannet import ScanNetDataset
 from ovlift.datasets.toy import ToyDataset
 from ovlift.datasets.toy_street import ToyStreetDataset
 from ovlift.models.generators.registry import GENERATORS
@@ -57,6 +58,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "toy-street": ToyStreetDataset,
     "nuscenes": NuScenesDataset,
     "nuscenes-sample": NuScenesSampleDataset,
+    "scannet": ScanNetDataset,
     "matterport3d": MatterportDataset,
     "s3dis": S3DISDataset,
 }

@@ -19,9 +19,10 @@ from ovlift.cache_schema import GroupWriter, oracles_of
 from ovlift.cache_schema.groups.evaluate import EVALUATE_SPEC, PREDICTORS, predictor_names
 from ovlift.config import FrozenConfig
 from ovlift.errors import StageInputError
-from ovlift.kernels.metrics import Scores, confusion_matrix, scores
+from ovlift.kernels.metrics import Scores, confusion_matrix, scores, subset_miou
 from ovlift.plots import confusion as plot_confusion
 from ovlift.stages.base import Stage, StageContext
+from ovlift.vocabularies import class_splits
 
 
 class EvaluateConfig(FrozenConfig):
@@ -33,11 +34,14 @@ class EvaluateConfig(FrozenConfig):
     """Classes held out as unseen, for seen/unseen mIoU and hIoU."""
 
 
-def scores_json(result: Scores, classes: list[str]) -> dict:
+def scores_json(result: Scores, classes: list[str], splits: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """The scores as JSON; with ``splits`` (ScanNet-200's head/common/tail) also each split's
+    mIoU, the mean IoU of its counted classes as ScanNet-200's benchmark script reports it."""
+
     def num(x: float) -> float | None:
         return None if math.isnan(x) else round(float(x), 6)
 
-    return {
+    out = {
         "miou": num(result.miou),
         "macc": num(result.macc),
         "overall_accuracy": num(result.overall_accuracy),
@@ -46,6 +50,11 @@ def scores_json(result: Scores, classes: list[str]) -> dict:
         "hiou": num(result.hiou),
         "per_class_iou": {c: num(v) for c, v in zip(classes, result.iou) if not math.isnan(v)},
     }
+    if splits:
+        out["split_miou"] = {
+            name: num(subset_miou(result, [c in members for c in classes])) for name, members in splits.items()
+        }
+    return out
 
 
 RULE = (
@@ -76,6 +85,12 @@ def markdown_table(
         f"| {names[p]} | " + " | ".join(_pct(m[k]) for k in ("miou", "macc", "overall_accuracy", "hiou")) + " |"
         for p, m in metrics.items()
     ]
+    splits = list(next(iter(metrics.values())).get("split_miou", {})) if metrics else []
+    if splits:
+        lines += ["", "| predictor | " + " | ".join(f"{s} mIoU" for s in splits) + " |", "|---|" + "---|" * len(splits)]
+        lines += [
+            f"| {names[p]} | " + " | ".join(_pct(m["split_miou"][s]) for s in splits) + " |" for p, m in metrics.items()
+        ]
     lines += ["", "| class | " + " | ".join(names[p] for p in metrics) + " |", "|---|" + "---|" * len(metrics)]
     lines += [
         f"| {c} | " + " | ".join(_pct(m["per_class_iou"].get(c)) for m in metrics.values()) + " |" for c in present
@@ -113,7 +128,8 @@ class EvaluateStage(Stage[EvaluateConfig]):
                 matrices[p] = matrices.get(p, 0) + m
         unseen = class_mask(cfg.unseen_classes, classes, "unseen_classes")
         results = {p: scores(m, valid, unseen) for p, m in matrices.items()}
-        metrics = {p: scores_json(r, classes) for p, r in results.items()}
+        splits = class_splits(classes)
+        metrics = {p: scores_json(r, classes, splits) for p, r in results.items()}
         absent = [c for c, a in zip(classes, next(iter(results.values())).without_ground_truth) if a]
         assert ctx.files is not None
         ctx.files.mkdir(parents=True, exist_ok=True)

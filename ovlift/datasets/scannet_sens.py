@@ -1,0 +1,198 @@
+"""ScanNet's ``<scene>.sens`` RGB-D stream, read lazily.
+
+Layout (ScanNet's ``SensReader/c++/src/sensorData.h``, read by its ``SensorData.py``),
+little-endian::
+
+    uint32 version (4)
+    uint64 n; n bytes sensor name
+    4 x float32[16]   colour intrinsics, colour extrinsics, depth intrinsics, depth extrinsics (row-major 4x4)
+    int32 colour compression (-1 unknown, 0 raw, 1 png, 2 jpeg)
+    int32 depth compression  (-1 unknown, 0 raw_ushort, 1 zlib_ushort, 2 occi_ushort)
+    uint32 colour width, colour height, depth width, depth height
+    float32 depth shift (raw depth units per metre, 1000)
+    uint64 number of frames, then per frame:
+        float32[16] camera-to-world; uint64 colour timestamp, depth timestamp (microseconds);
+        uint64 colour bytes c, depth bytes d; c bytes colour; d bytes depth
+    (IMU frames may follow; ScanNet's reader ignores them and so does this one)
+
+A scene holds thousands of frames (a few GB), so ``SensFile`` parses the header
+once, then indexes every frame by seeking past its blobs (one 96-byte read per
+frame) and decodes a frame only when asked. Poses and timestamps are kept from
+the index (they are small); images never are.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SENS_VERSION = 4
+COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
+DEPTH_COMPRESSION = {-1: "unknown", 0: "raw_ushort", 1: "zlib_ushort", 2: "occi_ushort"}
+SUPPORTED_COLOR = ("raw", "png", "jpeg")
+SUPPORTED_DEPTH = ("raw_ushort", "zlib_ushort")  # occi is a proprietary codec; ScanNet never used it
+FRAME_HEAD = struct.Struct("<16f4Q")  # pose, timestamps, blob sizes
+
+
+@dataclass(frozen=True)
+class SensHeader:
+    version: int
+    sensor_name: str
+    intrinsic_color: np.ndarray
+    """(4, 4) float32, pixels of the colour image."""
+    extrinsic_color: np.ndarray
+    """(4, 4) float32; sensorData.h: 'world-to-camera' of the colour camera (identity in released scans)."""
+    intrinsic_depth: np.ndarray
+    extrinsic_depth: np.ndarray
+    color_compression: str
+    depth_compression: str
+    color_width: int
+    color_height: int
+    depth_width: int
+    depth_height: int
+    depth_shift: float
+    """Raw depth units per metre."""
+    num_frames: int
+
+
+@dataclass
+class SensFrame:
+    camera_to_world: np.ndarray
+    """(4, 4) float32 as stored; ScanNet writes -inf for frames its tracker lost."""
+    timestamp_color: int
+    timestamp_depth: int
+    color: np.ndarray
+    """(H, W, 3) uint8 RGB at the colour size."""
+    depth_raw: np.ndarray
+    """(h, w) uint16 at the depth size, ``depth_shift`` units per metre, 0 invalid."""
+
+
+class SensFile:
+    """An indexed ``.sens`` file; ``frame(i)`` decodes frame i. Errors name the file and where."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            size = self.path.stat().st_size
+            with self.path.open("rb") as f:
+                self.header = self._read_header(f, size)
+                self._index(f, size)
+        except OSError as err:
+            raise FileNotFoundError(f"cannot read ScanNet sensor stream '{self.path}': {err.strerror}") from None
+
+    def _fail(self, offset: int, what: str) -> ValueError:
+        return ValueError(f"'{self.path}' at byte {offset}: {what} (expected ScanNet's .sens layout, version 4)")
+
+    def _read(self, f, n: int, what: str) -> bytes:
+        offset = f.tell()
+        data = f.read(n)
+        if len(data) != n:
+            raise self._fail(offset, f"truncated: {what} needs {n} bytes, {len(data)} left")
+        return data
+
+    def _read_header(self, f, size: int) -> SensHeader:
+        (version,) = struct.unpack("<I", self._read(f, 4, "version"))
+        if version != SENS_VERSION:
+            raise self._fail(0, f"version {version}")
+        (name_len,) = struct.unpack("<Q", self._read(f, 8, "sensor name length"))
+        if name_len > size:
+            raise self._fail(4, f"sensor name length {name_len} exceeds the file size {size}")
+        name = self._read(f, name_len, "sensor name").decode("utf-8", "replace")
+        mats = np.frombuffer(self._read(f, 4 * 64, "calibration"), "<f4").reshape(4, 4, 4).copy()
+        offset = f.tell()
+        color_type, depth_type = struct.unpack("<2i", self._read(f, 8, "compression types"))
+        color = COLOR_COMPRESSION.get(color_type, f"code {color_type}")
+        depth = DEPTH_COMPRESSION.get(depth_type, f"code {depth_type}")
+        if color not in SUPPORTED_COLOR:
+            raise self._fail(offset, f"colour compression '{color}' is not supported ({SUPPORTED_COLOR} are)")
+        if depth not in SUPPORTED_DEPTH:
+            raise self._fail(offset + 4, f"depth compression '{depth}' is not supported ({SUPPORTED_DEPTH} are)")
+        cw, ch, dw, dh, shift, num = struct.unpack("<4IfQ", self._read(f, 28, "image sizes and frame count"))
+        if min(cw, ch, dw, dh) == 0 or not shift > 0:
+            raise self._fail(offset + 8, f"colour {cw}x{ch}, depth {dw}x{dh}, depth shift {shift}")
+        return SensHeader(version, name, *mats, color, depth, cw, ch, dw, dh, float(shift), int(num))
+
+    def _index(self, f, size: int) -> None:
+        """Byte offset of each frame's colour blob and both sizes; poses and timestamps."""
+        n = self.header.num_frames
+        if n * FRAME_HEAD.size > size:
+            raise self._fail(f.tell() - 8, f"{n} frames cannot fit in a file of {size} bytes")
+        self.poses = np.empty((n, 4, 4), np.float32)
+        self.timestamps = np.empty((n, 2), np.uint64)
+        self._blobs = np.empty((n, 3), np.int64)  # colour offset, colour bytes, depth bytes
+        for i in range(n):
+            start = f.tell()
+            head = f.read(FRAME_HEAD.size)
+            if len(head) != FRAME_HEAD.size:
+                raise self._fail(start, f"truncated: frame {i} of {n} has no header")
+            values = FRAME_HEAD.unpack(head)
+            color_bytes, depth_bytes = values[18], values[19]
+            end = start + FRAME_HEAD.size + color_bytes + depth_bytes
+            if end > size:
+                raise self._fail(start, f"truncated: frame {i} of {n} needs bytes up to {end}, the file has {size}")
+            self.poses[i] = np.asarray(values[:16], np.float32).reshape(4, 4)
+            self.timestamps[i] = values[16:18]
+            self._blobs[i] = (start + FRAME_HEAD.size, color_bytes, depth_bytes)
+            f.seek(end)
+
+    @property
+    def num_frames(self) -> int:
+        return self.header.num_frames
+
+    def frame(self, i: int) -> SensFrame:
+        """Frame i, decoded: colour as RGB uint8, depth as raw uint16."""
+        offset, color_bytes, depth_bytes = (int(v) for v in self._blobs[i])
+        try:
+            with self.path.open("rb") as f:
+                f.seek(offset)
+                color_blob = f.read(color_bytes)
+                depth_blob = f.read(depth_bytes)
+        except OSError as err:
+            raise FileNotFoundError(f"cannot read frame {i} of '{self.path}': {err.strerror}") from None
+        if len(color_blob) + len(depth_blob) != color_bytes + depth_bytes:
+            raise self._fail(offset, f"truncated: frame {i} (the file shrank since it was indexed)")
+        return SensFrame(
+            camera_to_world=self.poses[i].copy(),
+            timestamp_color=int(self.timestamps[i, 0]),
+            timestamp_depth=int(self.timestamps[i, 1]),
+            color=self._color(color_blob, i, offset),
+            depth_raw=self._depth(depth_blob, i, offset + color_bytes),
+        )
+
+    def _color(self, blob: bytes, i: int, offset: int) -> np.ndarray:
+        h = self.header
+        shape = (h.color_height, h.color_width, 3)
+        if h.color_compression == "raw":
+            if len(blob) != np.prod(shape):
+                raise self._fail(offset, f"frame {i}: raw colour of {len(blob)} bytes, expected {np.prod(shape)}")
+            return np.frombuffer(blob, np.uint8).reshape(shape).copy()
+        try:
+            with Image.open(io.BytesIO(blob)) as image:
+                color = np.array(image.convert("RGB"))
+        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+            raise self._fail(offset, f"frame {i}: cannot decode its {h.color_compression} colour ({err})") from None
+        if color.shape != shape:
+            raise self._fail(offset, f"frame {i}: colour image of shape {color.shape}, the header says {shape}")
+        return color
+
+    def _depth(self, blob: bytes, i: int, offset: int) -> np.ndarray:
+        h = self.header
+        if h.depth_compression == "zlib_ushort":
+            try:
+                blob = zlib.decompress(blob)
+            except zlib.error as err:
+                raise self._fail(offset, f"frame {i}: cannot inflate its zlib depth ({err})") from None
+        expected = 2 * h.depth_width * h.depth_height
+        if len(blob) != expected:
+            raise self._fail(
+                offset,
+                f"frame {i}: depth of {len(blob)} bytes, expected {expected} (uint16 {h.depth_width}x{h.depth_height})",
+            )
+        return np.frombuffer(blob, "<u2").reshape(h.depth_height, h.depth_width).copy()
