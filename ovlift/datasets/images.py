@@ -1,4 +1,5 @@
-"""Images as readers decode and store them: one way to read a file and to resize a frame."""
+"""Frame files as readers decode them (images, and the text matrices of intrinsics and poses),
+and frames stored smaller: one way to do each."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def read_image(path: Path, mode: str | None = None) -> np.ndarray:
 
 def read_color(path: Path) -> np.ndarray:
     return read_image(path, "RGB").astype(np.uint8)
+
+
+def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    try:
+        matrix = np.loadtxt(path, dtype=np.float64)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read a {shape[0]}x{shape[1]} matrix ({err})") from None
+    if matrix.shape != shape:
+        raise ValueError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, found shape {matrix.shape}")
+    return matrix
 
 
 def resized_color(color: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

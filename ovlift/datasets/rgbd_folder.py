@@ -38,7 +38,7 @@ from pydantic import Field
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.images import read_color, read_image
+from ovlift.datasets.images import read_color, read_image, read_matrix
 from ovlift.kernels.geometry import backproject_depth, rigid_poses
 from ovlift.kernels.projection import project_points, rigid_inverse
 from ovlift.kernels.voxel import voxel_downsample
@@ -131,7 +131,7 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
 
     def load(self, scene_id: str) -> SceneSource:
         folder = self._folders[scene_id]
-        intrinsics = _read_matrix(folder / INTRINSICS_FILE, (3, 3))
+        intrinsics = read_matrix(folder / INTRINSICS_FILE, (3, 3))
         color_k, depth_to_color = (
             _optional_matrix(folder / COLOR_INTRINSICS_FILE, (3, 3)),
             _optional_matrix(folder / DEPTH_TO_COLOR_FILE, (4, 4)),
@@ -144,7 +144,7 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
 
         def read_frame(i: int) -> Frame:
             name, prefix = frames[i]
-            pose = _read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4))
+            pose = read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4))
             return Frame(
                 name=name,
                 color=read_color(_color_path(prefix)),
@@ -206,7 +206,7 @@ def _colors_at(frame: Frame, cam_to_world: torch.Tensor, points: torch.Tensor, i
 
 
 def _optional_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
-    return _read_matrix(path, shape) if path.is_file() else None
+    return read_matrix(path, shape) if path.is_file() else None
 
 
 def _color_path(prefix: Path) -> Path:
@@ -215,16 +215,6 @@ def _color_path(prefix: Path) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"no colour image {prefix.name}.color.jpg or .color.png in {prefix.parent}")
-
-
-def _read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    try:
-        matrix = np.loadtxt(path, dtype=np.float64)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read a {shape[0]}x{shape[1]} matrix ({err})") from None
-    if matrix.shape != shape:
-        raise ValueError(f"{path}: expected a {shape[0]}x{shape[1]} matrix, found shape {matrix.shape}")
-    return matrix
 
 
 def _read_depth(path: Path, config: RGBDFolderConfig) -> np.ndarray:

@@ -49,7 +49,7 @@ from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.category_table import CategoryTable, label_indices
-from ovlift.datasets.rgbd_folder import _read_color, _read_image, _read_matrix
+from ovlift.datasets.images import read_color, read_image, read_matrix
 from ovlift.datasets.scannet_sens import SensFile
 from ovlift.ply import read_ply
 from ovlift.vocabularies import NYU40, NYU40_IDS, SCANNET20, SCANNET20_NYU40_IDS, SCANNET200, SCANNET200_IDS
@@ -292,15 +292,15 @@ class ScanNetDataset(Dataset[ScanNetConfig]):
         def read_frame(k: int) -> Frame:
             i = kept[k]
             depth_path = folder / "depth" / f"{i}.png"
-            raw = _read_image(depth_path)
+            raw = read_image(depth_path)
             if raw.ndim != 2:
                 raise ValueError(
                     f"scene '{scene_id}': {depth_path}: expected a single-channel uint16 depth image, "
                     f"found shape {raw.shape}"
                 )
             depth = raw.astype(np.float32) / scale
-            color = _read_color(folder / "color" / f"{i}.jpg")
-            return cameras.frame(str(i), color, depth, _read_matrix(folder / "pose" / f"{i}.txt", (4, 4)))
+            color = read_color(folder / "color" / f"{i}.jpg")
+            return cameras.frame(str(i), color, depth, read_matrix(folder / "pose" / f"{i}.txt", (4, 4)))
 
         return [str(i) for i in kept], read_frame
 
@@ -314,7 +314,7 @@ def _calibration(scene_id: str, folder: Path, name: str) -> np.ndarray:
         return np.eye(4)  # some exports write only the intrinsics; ScanNet's extrinsics are identity
     if not path.is_file():
         raise FileNotFoundError(f"scene '{scene_id}': no {path} (expected reader.py's 4x4 {name.replace('_', ' ')})")
-    return _read_matrix(path, (4, 4))
+    return read_matrix(path, (4, 4))
 
 
 @dataclass(frozen=True)
