@@ -215,7 +215,7 @@ def test_rgbd_folder_finds_frames_in_seq_subfolders():
 
 
 def test_rgbd_folder_rejects_a_folder_without_intrinsics(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no camera-intrinsics.txt"):
+    with pytest.raises(FileNotFoundError, match=r"no scene in .* \(expected <scene>/camera-intrinsics.txt\)"):
         RGBDFolderDataset(RGBDFolderConfig(paths=(str(tmp_path),))).scene_ids()
 
 

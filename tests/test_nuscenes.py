@@ -283,7 +283,7 @@ def test_nuscenes_sample_ingests_and_projects_with_the_samples_calibration(tmp_p
     assert ds.scene_ids() == ["a"] and ds.fingerprint("a") == NuScenesSampleDataset(
         NuScenesSampleConfig(paths=(str(demo),))
     ).fingerprint("nuscenes-demo")
-    with pytest.raises(ValueError, match="no sample.json"):
+    with pytest.raises(FileNotFoundError, match=r"no scene in .*\(expected <scene>/sample.json\)"):
         NuScenesSampleDataset(NuScenesSampleConfig(paths=(str(tmp_path),))).scene_ids()
     json.dumps(group.info)  # info stays plain JSON
 

@@ -208,7 +208,7 @@ def test_errors_name_the_scene_the_file_and_what_was_expected(scans, tmp_path):
     with pytest.raises(FileNotFoundError, match=rf"scene '{SCENE}': no .*{SCENE}.sens and no exported folder"):
         data.load(SCENE)
     (folder / f"{SCENE}_vh_clean_2.ply").unlink()
-    with pytest.raises(FileNotFoundError, match="no scene in .*scans': expected <scene>/<scene>_vh_clean_2.ply"):
+    with pytest.raises(FileNotFoundError, match=r"no scene in .*scans' .*\(expected <scene>/<scene>_vh_clean_2.ply"):
         dataset(tmp_path).scene_ids()
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -66,6 +67,24 @@ class SceneSource:
     @property
     def num_frames(self) -> int:
         return len(self.frame_names)
+
+
+def scene_folders(dataset: str, roots: Iterable[str | Path], is_scene: Callable[[Path], bool], expected: str):
+    """Scene id (folder name) -> folder: each root is a scene folder (``is_scene``) or holds scene
+    folders. A root that is not a folder or holds no scene is a FileNotFoundError saying what a
+    scene folder holds (``expected``); two scenes of one name are a ValueError naming both."""
+    folders: dict[str, Path] = {}
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{dataset}: '{root}' is not a folder")
+        candidates = [root] if is_scene(root) else sorted(p for p in root.iterdir() if p.is_dir() and is_scene(p))
+        if not candidates:
+            raise FileNotFoundError(f"{dataset}: no scene in '{root}' or its subfolders (expected {expected})")
+        for folder in candidates:
+            if folder.name in folders:
+                raise ValueError(f"{dataset}: two scenes named '{folder.name}': {folders[folder.name]} and {folder}")
+            folders[folder.name] = folder
+    return folders
 
 
 class Dataset(ABC, Configurable[ConfigT]):

@@ -39,7 +39,7 @@ from pydantic import Field
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.base import Dataset, Frame, SceneSource, scene_folders
 from ovlift.datasets.nuscenes import NUSCENES_CAMERAS, NUSCENES_IMAGE_HW, camera_frame, read_lidar_bin
 from ovlift.errors import StageInputError
 from ovlift.vocabularies import NUSCENES16
@@ -80,24 +80,9 @@ class NuScenesSampleDataset(Dataset[NuScenesSampleConfig]):
     @cached_property
     def _folders(self) -> dict[str, Path]:
         """Scene id -> folder, found on first use (so a plan validates without its data)."""
-        folders: dict[str, Path] = {}
-        for root in map(Path, self.config.paths):
-            if not root.is_dir():
-                raise ValueError(f"nuscenes-sample: '{root}' is not a folder")
-            candidates = (
-                [root]
-                if (root / SAMPLE_FILE).is_file()
-                else sorted(p for p in root.iterdir() if (p / SAMPLE_FILE).is_file())
-            )
-            if not candidates:
-                raise ValueError(f"nuscenes-sample: no {SAMPLE_FILE} in '{root}' or its subfolders")
-            for folder in candidates:
-                if folder.name in folders:
-                    raise ValueError(
-                        f"nuscenes-sample: two scenes named '{folder.name}': {folders[folder.name]} and {folder}"
-                    )
-                folders[folder.name] = folder
-        return folders
+        return scene_folders(
+            "nuscenes-sample", self.config.paths, lambda p: (p / SAMPLE_FILE).is_file(), f"<scene>/{SAMPLE_FILE}"
+        )
 
     def scene_ids(self) -> list[str]:
         return sorted(self._folders)

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.base import Dataset, Frame, SceneSource, scene_folders
 from ovlift.datasets.images import read_color, read_image, read_matrix
 from ovlift.kernels.geometry import backproject_depth, rigid_poses
 from ovlift.kernels.projection import project_points, rigid_inverse
@@ -76,24 +76,9 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
     @cached_property
     def _folders(self) -> dict[str, Path]:
         """Scene id -> folder, found on first use (so a plan validates without its data)."""
-        folders: dict[str, Path] = {}
-        for root in map(Path, self.config.paths):
-            if not root.is_dir():
-                raise FileNotFoundError(f"rgbd-folder: '{root}' is not a folder")
-            candidates = (
-                [root]
-                if (root / INTRINSICS_FILE).is_file()
-                else sorted(p for p in root.iterdir() if (p / INTRINSICS_FILE).is_file())
-            )
-            if not candidates:
-                raise FileNotFoundError(f"rgbd-folder: no {INTRINSICS_FILE} in '{root}' or its subfolders")
-            for folder in candidates:
-                if folder.name in folders:
-                    raise ValueError(
-                        f"rgbd-folder: two scenes named '{folder.name}': {folders[folder.name]} and {folder}"
-                    )
-                folders[folder.name] = folder
-        return folders
+        return scene_folders(
+            "rgbd-folder", self.config.paths, lambda p: (p / INTRINSICS_FILE).is_file(), f"<scene>/{INTRINSICS_FILE}"
+        )
 
     def scene_ids(self) -> list[str]:
         return sorted(self._folders)

@@ -47,7 +47,7 @@ from pydantic import Field
 
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.base import Dataset, Frame, SceneSource, scene_folders
 from ovlift.datasets.category_table import CategoryTable, label_indices
 from ovlift.datasets.images import read_color, read_image, read_matrix
 from ovlift.datasets.scannet_sens import SensFile
@@ -99,20 +99,7 @@ class ScanNetDataset(Dataset[ScanNetConfig]):
     @cached_property
     def _folders(self) -> dict[str, Path]:
         """Scene id -> folder (a folder holding ``<its name>_vh_clean_2.ply``), found on first use."""
-        folders: dict[str, Path] = {}
-        for root in map(Path, self.config.paths):
-            if not root.is_dir():
-                raise FileNotFoundError(f"scannet: '{root}' is not a folder")
-            candidates = [root] if _is_scene(root) else sorted(p for p in root.iterdir() if _is_scene(p))
-            if not candidates:
-                raise FileNotFoundError(
-                    f"scannet: no scene in '{root}': expected <scene>/<scene>_vh_clean_2.ply in it or its subfolders"
-                )
-            for folder in candidates:
-                if folder.name in folders:
-                    raise ValueError(f"scannet: two scenes named '{folder.name}': {folders[folder.name]} and {folder}")
-                folders[folder.name] = folder
-        return folders
+        return scene_folders("scannet", self.config.paths, _is_scene, "<scene>/<scene>_vh_clean_2.ply")
 
     def scene_ids(self) -> list[str]:
         return sorted(self._folders)
