@@ -61,7 +61,7 @@ from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.category_table import CategoryTable, label_indices
 from ovlift.datasets.images import StoredImageSize, read_color, read_image, resized_frame
 from ovlift.ply import PlyMesh, read_ply
-from ovlift.vocabularies import MATTERPORT21, get_vocabulary
+from ovlift.vocabularies import MATTERPORT21, SCANNET20_NYU40_IDS, get_vocabulary
 
 REGIONS = "region_segmentations"
 CAMERAS = "undistorted_camera_parameters"
@@ -70,7 +70,7 @@ REGION_PLY = re.compile(r"region(\d+)\.ply")
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
 """Right-multiplied onto a camera-to-world pose: flips the camera's y and z axes."""
 
-MATTERPORT21_NYU40 = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39, 22)
+MATTERPORT21_NYU40 = (*SCANNET20_NYU40_IDS, 22)
 """NYU40 id of each matterport21 class (OpenScene's ``preprocess_3d_matterport.py``): ScanNet-20's
 ids, 39 (otherfurniture) as 'other', then 22 (ceiling)."""
 
