@@ -126,6 +126,15 @@ def test_scene_round_trips_mesh_labels_instances_and_both_cameras(scans, layout)
             np.testing.assert_allclose(frame.cam_to_world, view.color.cam_to_world, atol=1e-5)
 
 
+def test_colour_may_be_stored_smaller_while_depth_keeps_its_camera(scans, layout):
+    full = dataset(scans).load(SCENE).read_frame(1)
+    small = dataset(scans, image_height=49, image_width=65).load(SCENE).read_frame(1)
+    assert small.color.shape == (49, 65, 3)
+    np.testing.assert_array_equal(small.depth, full.depth)  # the depth camera's own image
+    np.testing.assert_array_equal(small.depth_intrinsics, full.depth_intrinsics)
+    np.testing.assert_allclose(small.intrinsics[0, 0], full.intrinsics[0, 0] * 65 / 130)
+
+
 def test_frame_stride_keeps_stream_indices_in_both_layouts(scans):
     sens = dataset(scans, frame_stride=2).load(SCENE)
     exported = dataset(scans, frame_stride=2, frames="exported", exported_root=str(scans / "exported")).load(SCENE)
