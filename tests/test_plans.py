@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from ovlift.models.tiny import clip_folder
 from ovlift.pipeline.cli import app
-from ovlift.pipeline.plan import PlanError, load_plan
+from ovlift.pipeline.plan import PlanError, apply_overrides, load_plan
 
 PLANS = sorted((REPO / "plans").glob("*.yaml"))
 
@@ -97,3 +97,38 @@ def test_split_scene_ids_are_checked_when_the_dataset_is_listed(tmp_path):
     assert load_plan(path, list_scenes=False).splits == {"train": ["toy_0042"]}
     with pytest.raises(PlanError, match=r"splits.train: scenes \['toy_0042'\] are not in dataset 'toy'"):
         load_plan(path)
+
+
+def test_set_overrides_plan_keys_as_yaml_and_names_bad_ones(tmp_path):
+    data = {"store": "s.zarr", "dataset": {"name": "toy"}, "stages": {"input": {}}}
+    out = apply_overrides(data, ["dataset.num_scenes=3", "stages.project.cut_bound=2", "splits.train=[a, b]"], "p")
+    assert out["dataset"] == {"name": "toy", "num_scenes": 3}
+    assert out["stages"]["project"] == {"cut_bound": 2} and out["splits"]["train"] == ["a", "b"]
+    with pytest.raises(PlanError, match=r"--set 'dataset.num_scenes': expected KEY=VALUE"):
+        apply_overrides(data, ["dataset.num_scenes"], "p")
+    with pytest.raises(PlanError, match=r"p: --set 'store.root': 'store' is not a mapping"):
+        apply_overrides(data, ["store.root=/x"], "p")
+
+
+def test_a_committed_scannet_plan_validates_against_data_given_by_set(tmp_path, monkeypatch):
+    """``ovlift validate --check-paths --set dataset.paths=[...]``: the scenes are listed from
+    a tiny ScanNet in the published layout and the named splits resolve."""
+    from layout_scene import layout_scene
+    from scannet_layout import write_scene
+
+    root = tmp_path / "scannet"
+    write_scene(
+        root / "scans", "scene0000_00", layout_scene(num_frames=5)
+    )  # the scannet tests' room (its classes are in the tsv)
+    for split in ("train", "val"):
+        (root / f"scannetv2_{split}.txt").write_text("scene0000_00\n")
+    clip_folder(tmp_path / "models" / "clip-vit-base-patch16")
+    monkeypatch.setenv("OVLIFT_MODELS", str(tmp_path / "models"))
+    plan = str(REPO / "plans" / "openscene-scannet.yaml")
+    sets = [f"dataset.{key}={value}" for key, value in (("paths", f"[{root / 'scans'}]"), ("splits_dir", root))]
+    sets.append(f"dataset.label_table={root / 'scannetv2-labels.combined.tsv'}")
+    args = ["validate", "--check-paths", plan] + [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0 and "1 scenes" in result.output, result.output
+    result = CliRunner().invoke(app, ["validate", "--check-paths", plan, "--set", f"dataset.paths=[{tmp_path}/none]"])
+    assert result.exit_code == 1 and "none' does not exist" in " ".join(result.output.split())

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -24,6 +25,10 @@ err_console = Console(stderr=True)
 
 PlanArg = Annotated[Path, typer.Argument(help="Plan YAML (dataset, store, stages).", exists=True, dir_okay=False)]
 ScenesOpt = Annotated[list[str] | None, typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a plan key: KEY=VALUE, VALUE as YAML (dataset.paths=[/data/scans]); repeat."),
+]
 
 
 def _split(values: list[str] | None) -> list[str] | None:
@@ -36,11 +41,11 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-def _load(plan_path: Path):
+def _load(plan_path: Path, overrides: list[str] | None = None):
     try:
-        return load_plan(plan_path)
+        return load_plan(plan_path, overrides=overrides or ())
     except PlanError as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
 
 
@@ -54,18 +59,20 @@ def _finish(report: RunReport) -> None:
         raise typer.Exit(1)
 
 
-def _run(plan_path: Path, stages, scenes, force, fail_fast: bool, log_level: str, upstream: bool = True) -> RunReport:
+def _run(
+    plan_path: Path, stages, scenes, force, fail_fast: bool, log_level: str, upstream: bool = True, overrides=None
+) -> RunReport:
     _setup_logging(log_level)
-    plan = _load(plan_path)
+    plan = _load(plan_path, overrides)
     runner = Runner(plan)
     try:
         with logging_redirect_tqdm():
             return runner.run(stages=stages, scenes=scenes, force=force, fail_fast=fail_fast, upstream=upstream)
     except StaleUpstream as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {err.args[0]}")
+        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
         raise typer.Exit(2) from None
 
 
@@ -75,9 +82,10 @@ def ingest(
     scenes: ScenesOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-ingest even when cached.")] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+    overrides: SetOpt = None,
 ) -> None:
     """Read the plan's dataset into canonical scenes (the ``input`` stage)."""
-    _finish(_run(plan, ["input"], _split(scenes), ["input"] if force else [], False, log_level))
+    _finish(_run(plan, ["input"], _split(scenes), ["input"] if force else [], False, log_level, True, overrides))
 
 
 @app.command()
@@ -95,9 +103,14 @@ def run(
         bool, typer.Option("--no-upstream", help="With --stages: stop if a stage they read is stale, do not rerun it.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="Logging level.")] = "info",
+    overrides: SetOpt = None,
 ) -> None:
     """Run the plan's stages on its scenes, reusing every cached group."""
-    _finish(_run(plan, _split(stages), _split(scenes), _split(force) or [], fail_fast, log_level, not no_upstream))
+    _finish(
+        _run(
+            plan, _split(stages), _split(scenes), _split(force) or [], fail_fast, log_level, not no_upstream, overrides
+        )
+    )
 
 
 @app.command()
@@ -183,7 +196,7 @@ def query(
     try:
         paths, top = write_query_outputs(Store(store), scene, text, source, teacher, templates, out)
     except (QueryError, KeyError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(f"wrote {paths[0]} and {paths[1]}")
     if top:
@@ -196,15 +209,16 @@ def validate(
     check_paths: Annotated[
         bool, typer.Option("--check-paths", help="Also require the data and model paths to exist.")
     ] = False,
+    overrides: SetOpt = None,
 ) -> None:
     """Check plans without running anything: every config, the stages' inputs and the
     splits; with --check-paths also the dataset's scenes and every local path."""
     bad = 0
     for path in plans:
         try:
-            plan = load_plan(path, check_paths=check_paths, list_scenes=check_paths)
+            plan = load_plan(path, check_paths=check_paths, list_scenes=check_paths, overrides=overrides or ())
         except PlanError as err:
-            err_console.print(f"[red]invalid:[/red] {err}")
+            err_console.print(f"[red]invalid:[/red] {escape(str(err))}")
             bad += 1
             continue
         scenes = f", {len(plan.dataset.scene_ids())} scenes" if check_paths else ""
@@ -242,7 +256,7 @@ def demo(
         with logging_redirect_tqdm():
             run_demo(workdir, console, quick)
     except (FileNotFoundError, PlanError) as err:
-        err_console.print(f"[red]error:[/red] {err}")
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
 
 

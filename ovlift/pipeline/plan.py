@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,8 +192,11 @@ def expand_env(value: Any, source: str, key: str = "") -> Any:
     return ENV_VAR.sub(substitute, value)
 
 
-def load_plan(path: str | Path, check_paths: bool = False, list_scenes: bool = True) -> Plan:
-    """The plan in a YAML file; see ``plan_from_dict`` for the checks."""
+def load_plan(
+    path: str | Path, check_paths: bool = False, list_scenes: bool = True, overrides: Sequence[str] = ()
+) -> Plan:
+    """The plan in a YAML file, with ``overrides`` applied (``apply_overrides``); see
+    ``plan_from_dict`` for the checks."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -201,7 +204,34 @@ def load_plan(path: str | Path, check_paths: bool = False, list_scenes: bool = T
         raise PlanError(f"cannot read plan '{path}': {err.strerror}") from None
     except yaml.YAMLError as err:
         raise PlanError(f"{path}: not valid YAML: {err}") from None
+    data = apply_overrides(data, overrides, str(path))
     return plan_from_dict(data, path.resolve().parent, str(path), check_paths, list_scenes)
+
+
+def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
+    """``KEY=VALUE`` items (the CLI's ``--set``) written into the plan's mapping: KEY is a dotted
+    path (``dataset.paths``, ``stages.project.cut_bound``; missing mappings are created), VALUE
+    is YAML (``[/data/scans]``, ``20``, ``null``; anything else is a string). Applied before
+    ``${ENV}`` expansion and validation, so a value is checked like the file's own; a relative
+    path is, like every path of the plan, relative to the plan file."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise PlanError(f"--set '{item}': expected KEY=VALUE, e.g. dataset.paths=[/data/scannet/scans]")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node, parts = data, key.strip().split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, dict):
+                where = ".".join(parts[:depth]) or "the plan"
+                raise PlanError(f"{source}: --set '{key}': '{where}' is not a mapping")
+            if depth == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return data
 
 
 def plan_from_dict(
