@@ -153,14 +153,20 @@ def test_named_splits_train_on_areas_1_to_4_and_6_and_hold_out_area_5(written):
     assert _dataset(layout, areas=(1,)).named_splits() == {"train": ["Area_1_WC_1"]}
 
 
-def test_a_nul_byte_between_two_colour_values_is_read_as_a_space(written, copied):
-    """Area_5/hallway_6/Annotations/ceiling_1.txt line 180389 holds '185\\x00187'."""
+def test_the_releases_stray_control_bytes_are_repaired(written, copied, caplog):
+    """Area_5/hallway_6/Annotations/ceiling_1.txt line 180389 holds '185\\x00187' (a NUL for a
+    space); Area_5/office_19/Annotations/ceiling_1.txt line 323474 '103.0\\x100000' (a byte
+    inside a number)."""
     path = copied.s3dis_root / "Area_5/office_1/Annotations/ceiling_1.txt"
     lines = path.read_bytes().split(b"\n")
     x, y, z, r, g, b = lines[2].split(b" ")
     lines[2] = b" ".join([x, y, z, r]) + b"\x00" + b" ".join([g, b])
+    x, *rest = lines[3].split(b" ")
+    lines[3] = b" ".join([x[:2] + b"\x10" + x[2:], *rest])
     path.write_bytes(b"\n".join(lines))
-    source = _dataset(copied).load(OFFICE)
+    with caplog.at_level("WARNING", logger="ovlift.datasets.s3dis"):
+        source = _dataset(copied).load(OFFICE)
+    assert "ceiling_1.txt: 2 stray control byte(s) repaired" in caplog.text
     room = written[1][OFFICE]
     np.testing.assert_allclose(source.points, room.points_on_disk, atol=1e-5)
     np.testing.assert_array_equal(source.colors, room.colors)
@@ -168,7 +174,7 @@ def test_a_nul_byte_between_two_colour_values_is_read_as_a_space(written, copied
 
 @pytest.mark.parametrize(
     ("line", "expected"),
-    [(b"1.0 2.0 3.0 4 5\n", "columns changed from 6 to 5"), (b"19.302 -9.1\x160 1.785 146 137 106\n", "-9.1")],
+    [(b"1.0 2.0 3.0 4 5\n", "columns changed from 6 to 5"), (b"19.302 -9.1o0 1.785 146 137 106\n", "-9.1o0")],
 )
 def test_a_malformed_point_line_names_the_room_the_file_and_the_format(copied, line, expected):
     path = copied.s3dis_root / "Area_5/office_1/Annotations/chair_1.txt"
@@ -200,6 +206,10 @@ def test_missing_or_malformed_frame_files_name_the_scene_the_file_and_what_was_e
     depth_path = copied.images_root / f"area_5b/data/depth/{source.frame_names[2].split('/')[1]}_domain_depth.png"
     Image.fromarray(np.zeros(HW, np.uint8)).save(depth_path)
     with pytest.raises(ValueError, match=rf"scene '{OFFICE}'.*_domain_depth.png.*expected single-channel uint16"):
+        source.read_frame(2)
+    rgb_path = copied.images_root / f"area_5b/data/rgb/{source.frame_names[2].split('/')[1]}_domain_rgb.png"
+    rgb_path.write_bytes(rgb_path.read_bytes()[:40])  # truncated (read before the depth; input adds the scene)
+    with pytest.raises(ValueError, match=r"cannot read image '.*_domain_rgb.png' \(expected an 8-bit RGB PNG\)"):
         source.read_frame(2)
 
 

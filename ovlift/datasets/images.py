@@ -16,17 +16,18 @@ from ovlift.datasets.base import Frame
 from ovlift.kernels.projection import resize_depth, scale_intrinsics
 
 
-def read_image(path: Path, mode: str | None = None) -> np.ndarray:
-    """The pixels of an image file; an unreadable or truncated file is a ValueError naming it."""
+def read_image(path: Path, mode: str | None = None, expected: str = "an image file") -> np.ndarray:
+    """The pixels of an image file; an unreadable or truncated file is a ValueError naming it
+    and ``expected`` (what the dataset stores there: "a uint16 PNG in millimetres")."""
     try:
         with Image.open(path) as image:
             return np.array(image.convert(mode) if mode else image)  # decodes now, a writable copy
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ValueError(f"cannot read image '{path}': {err}") from None
+        raise ValueError(f"cannot read image '{path}' (expected {expected}): {err}") from None
 
 
-def read_color(path: Path) -> np.ndarray:
-    return read_image(path, "RGB").astype(np.uint8)
+def read_color(path: Path, expected: str = "a colour image (JPEG or PNG)") -> np.ndarray:
+    return read_image(path, "RGB", expected).astype(np.uint8)
 
 
 def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:

@@ -239,7 +239,7 @@ class MatterportDataset(Dataset[MatterportConfig]):
         def read_frame(i: int) -> Frame:
             image, color_path, depth_path = frames[i]
             color = read_color(color_path)
-            raw = read_image(depth_path)
+            raw = read_image(depth_path, expected=f"an undistorted uint16 depth PNG ({depth_scale:g} per metre)")
             if raw.shape != color.shape[:2]:
                 raise ValueError(
                     f"scene '{scene_id}': {depth_path} is {raw.shape} but {color_path.name} is {color.shape[:2]}; "

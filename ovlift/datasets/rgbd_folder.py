@@ -203,7 +203,7 @@ def _color_path(prefix: Path) -> Path:
 
 
 def _read_depth(path: Path, config: RGBDFolderConfig) -> np.ndarray:
-    raw = read_image(path).astype(np.int64)
+    raw = read_image(path, expected=f"a uint16 depth PNG ({config.depth_scale:g} per metre)").astype(np.int64)
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel depth image, found shape {raw.shape}")
     depth = raw.astype(np.float32) / np.float32(config.depth_scale)

@@ -56,11 +56,14 @@ Decisions, and why:
   the points' are; ``<UNK>`` and out-of-range indices (#0D0D0D marks missing mesh)
   are ignored. Pixel instances are not given: 2D-3D-S numbers objects per area, S3DIS
   per room, and the two numberings do not match.
-- **Known defect**: Area_5/hallway_6/Annotations/ceiling_1.txt line 180389 has a NUL
-  byte where a space belongs ("185\\x00187"); a file that fails to parse and holds
-  NUL bytes is parsed again with NULs read as spaces, as every public preprocessing
-  fixes it. Any other malformed line is an error naming the room, the file and the
-  line. A file named like ``wall_3 (1).txt`` (a duplicate some downloads hold in
+- **Known defects**: two annotation files hold a stray control byte.
+  Area_5/hallway_6/Annotations/ceiling_1.txt line 180389 has a NUL where a space
+  belongs ("185\\x00187", as pointnet and mmdet3d fix it), and
+  Area_5/office_19/Annotations/ceiling_1.txt line 323474 a 0x10 inside a number
+  ("103.0\\x100000", Pointcept's README: "103.000000"). A file that fails to parse
+  and holds control bytes is parsed again with NULs read as spaces and other
+  control bytes deleted. Any other malformed line is an error naming the room, the
+  file and the line. A file named like ``wall_3 (1).txt`` (a duplicate some downloads hold in
   Area_5/office_36) is a copy and is skipped.
 - Point files are parsed with ``np.loadtxt``: since numpy 1.23 it is a C parser
   (about 1 M lines/s here, faster than ``np.fromstring``) and names the bad row.
@@ -71,6 +74,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 from functools import cached_property
 from pathlib import Path
@@ -82,9 +86,10 @@ from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.images import StoredImageSize, read_image, resized_frame
+from ovlift.datasets.images import StoredImageSize, read_color, read_image, resized_frame
 from ovlift.vocabularies import S3DIS13
 
+log = logging.getLogger(__name__)
 READER_VERSION = "1"
 """Changes whenever the same files are read into different arrays (part of the fingerprint)."""
 AREAS = (1, 2, 3, 4, 5, 6)
@@ -105,6 +110,8 @@ applies it to area_5b's poses (2D-3D-S issue #40: area_5b's mesh does not line u
 DEPTH_UNITS_PER_M = 512.0
 DEPTH_MISSING = 65535
 POINT_COLUMNS = "x y z r g b"
+STRAY_BYTES = bytes(b for b in range(1, 32) if chr(b) not in "\t\n\r") + b"\x7f"
+"""Control bytes a point file's numbers never hold (the module docstring's known defects)."""
 ANNOTATION_NAME = re.compile(r"(?P<cls>[A-Za-z]+)_(?P<k>\d+)(?P<copy> \(\d+\))?\.txt")
 IMAGE_NAME = re.compile(r"camera_(?P<uuid>[0-9a-fA-F]+)_(?P<room>[A-Za-z]+_\d+)_frame_(?P<k>\d+)_domain_rgb\.png")
 LABEL_NAMES = "assets/semantic_labels.json"
@@ -129,7 +136,7 @@ class S3DISConfig(StoredImageSize):
     areas: tuple[int, ...] = AREAS
     """S3DIS areas whose rooms are scenes."""
     frame_stride: int = Field(1, ge=1)
-    """Ingest every k-th image of a room (2D-3D-S has about 70 per room)."""
+    """Ingest every k-th image of a room (2D-3D-S has about 260 per room: 70,496 for 272 rooms)."""
     align_rooms: bool = False
     """Rotate each room and its cameras by minus its ``Area_N_alignmentAngle.txt`` angle about
     its bounding-box centre: the orientation of S3DIS's aligned release. Off: the scan's own
@@ -310,7 +317,7 @@ class S3DISDataset(Dataset[S3DISConfig]):
                 cam_to_world = AREA_5B_TO_AREA_5 @ cam_to_world
             frame = Frame(
                 name=f"{image_area}/{stem}",
-                color=read_image(files["rgb"], "RGB").astype(np.uint8),
+                color=read_color(files["rgb"], FRAME_FILES["rgb"][1]),
                 depth=read_depth(files["depth"], scene_id),
                 intrinsics=intrinsics,
                 cam_to_world=to_aligned @ cam_to_world,
@@ -353,16 +360,21 @@ def read_point_file(path: Path, scene_id: str) -> np.ndarray:
         values = np.loadtxt(path, dtype=np.float64, ndmin=2)
     except ValueError as err:
         data = path.read_bytes()
-        if b"\x00" not in data:
+        repaired = data.replace(b"\x00", b" ").translate(None, STRAY_BYTES)
+        if repaired == data:
             raise ValueError(
                 f"scene '{scene_id}': malformed point file '{path}': {err} (expected '{POINT_COLUMNS}' per line)"
             ) from None
         try:
-            values = np.loadtxt(io.BytesIO(data.replace(b"\x00", b" ")), dtype=np.float64, ndmin=2)
+            values = np.loadtxt(io.BytesIO(repaired), dtype=np.float64, ndmin=2)
+            stray = sum(data.count(b) for b in b"\x00" + STRAY_BYTES)
+            log.warning(
+                "scene '%s': %s: %d stray control byte(s) repaired (a known S3DIS defect)", scene_id, path, stray
+            )
         except ValueError as again:
             raise ValueError(
-                f"scene '{scene_id}': malformed point file '{path}' (NUL bytes read as spaces): {again} "
-                f"(expected '{POINT_COLUMNS}' per line)"
+                f"scene '{scene_id}': malformed point file '{path}' (NUL read as space, other control bytes "
+                f"deleted): {again} (expected '{POINT_COLUMNS}' per line)"
             ) from None
     except OSError as err:
         raise FileNotFoundError(f"scene '{scene_id}': cannot read point file '{path}': {err}") from None
@@ -438,7 +450,7 @@ def read_pose(path: Path, scene_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_depth(path: Path, scene_id: str) -> np.ndarray:
     """Metres (float32), 0 where 2D-3D-S has no reading (65535)."""
-    raw = read_image(path)
+    raw = read_image(path, expected=FRAME_FILES["depth"][1])
     if raw.dtype == np.int32 and raw.size and 0 <= raw.min() and raw.max() <= DEPTH_MISSING:
         raw = raw.astype(np.uint16)  # older Pillow opens 16-bit PNGs as mode "I"
     if raw.ndim != 2 or raw.dtype != np.uint16:
@@ -471,7 +483,7 @@ def read_label_names(path: Path, scene_id: str) -> np.ndarray:
 
 def read_semantic(path: Path, label_lut: np.ndarray, scene_id: str) -> np.ndarray:
     """(H, W) int16 S3DIS13 labels of a 2D-3D-S semantic image (index = R*65536 + G*256 + B)."""
-    rgb = read_image(path, "RGB").astype(np.int64)
+    rgb = read_image(path, "RGB", FRAME_FILES["semantic"][1]).astype(np.int64)
     index = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     known = index < len(label_lut)  # #0D0D0D (missing mesh) lies past the end
     return np.where(known, label_lut[np.where(known, index, 0)], IGNORE_LABEL).astype(np.int16)

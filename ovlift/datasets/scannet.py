@@ -282,7 +282,9 @@ class ScanNetDataset(Dataset[ScanNetConfig]):
         def read_frame(k: int) -> Frame:
             i = kept[k]
             depth_path = folder / "depth" / f"{i}.png"
-            raw = read_image(depth_path)
+            raw = read_image(
+                depth_path, expected=f"reader.py's uint16 depth PNG ({self.config.depth_scale:g} per metre)"
+            )
             if raw.ndim != 2:
                 raise ValueError(
                     f"scene '{scene_id}': {depth_path}: expected a single-channel uint16 depth image, "
