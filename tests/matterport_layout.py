@@ -228,15 +228,16 @@ def write_matterport_scan(
     ]  # z + 10 m
     names, lines = [], []
     for i, pose in enumerate(poses + above):
-        pano = hashlib.md5(f"{scan}-{i // 3}".encode()).hexdigest()
-        camera, yaw = i % 3, i // 3
+        # Matterport's order: per panorama, per tripod camera (0-2) its six yaws (0-5)
+        pano = hashlib.md5(f"{scan}-{i // 18}".encode()).hexdigest()
+        camera, yaw = (i // 6) % 3, i % 6
         color_name, depth_name = f"{pano}_i{camera}_{yaw}.jpg", f"{pano}_d{camera}_{yaw}.png"
         view = room.views[i % len(room.views)]
         Image.fromarray(view.color.color).save(scan_dir / "undistorted_color_images" / color_name, quality=95)
         raw_depth = np.round(view.depth.depth.astype(np.float64) * 4000).astype(np.uint16)
         raw_depth[:2, :3] = 0  # no measurement
         Image.fromarray(raw_depth).save(scan_dir / "undistorted_depth_images" / depth_name)
-        if i % 3 == 0:  # one intrinsics line per tripod camera group, as Matterport writes them
+        if i % 6 == 0:  # one intrinsics line before each camera's six yaws, as Matterport writes them
             lines.append("intrinsics_matrix " + " ".join(f"{v:.6f}" for v in room.color_intrinsics.reshape(-1)))
         lines.append(f"scan {depth_name} {color_name} " + " ".join(f"{v:.9f}" for v in (pose @ OPENGL).reshape(-1)))
         names.append(Path(color_name).stem)

@@ -271,6 +271,9 @@ def test_depth_of_another_size_is_an_error_naming_the_file(written, tmp_path):
     src = dataset(scan).load(REGION0)
     with pytest.raises(ValueError, match=rf"scene '{REGION0}'.*{depth.name}.*expected Matterport's undistorted depth"):
         src.read_frame(0)
+    Image.fromarray(np.zeros(src.read_frame(1).color.shape[:2], np.uint8)).save(depth)  # 8-bit: not 1/4000 m
+    with pytest.raises(ValueError, match=rf"scene '{REGION0}'.*{depth.name} is uint8.*single-channel uint16 depth"):
+        src.read_frame(0)
 
 
 def test_input_and_project_pair_vertices_with_pixels_of_their_class(written, tmp_path):

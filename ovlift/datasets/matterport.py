@@ -99,8 +99,11 @@ class MatterportConfig(StoredImageSize):
     """Folder with Matterport's ``scenes_{train,val,test}.txt`` (scan ids, one a line; in its
     ``tasks/benchmark`` and OpenScene's ``dataset/matterport``) for ``named_splits``."""
     nearest_views: int = Field(100, ge=0)
-    """A region with no camera inside its box takes this many cameras nearest to the box centre
-    (OpenScene's rule for its test split; without it such a region has no frames). 0: none."""
+    """A region with no camera inside its box takes this many cameras nearest to the box centre.
+    OpenScene does so on its test split only and drops such regions from train and val; here it
+    applies to every region, because a scene without frames fails ``input`` and a failed scene
+    blocks the global stages (those few regions, closets mostly, get views from outside, whose
+    points the depth test mostly rejects). 0: no fallback (such a region is an error)."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,11 @@ class MatterportDataset(Dataset[MatterportConfig]):
             image, color_path, depth_path = frames[i]
             color = read_color(color_path)
             raw = read_image(depth_path, expected=f"an undistorted uint16 depth PNG ({depth_scale:g} per metre)")
+            if raw.ndim != 2 or raw.dtype not in (np.uint16, np.int32):  # int32: older Pillow's 16-bit mode "I"
+                raise ValueError(
+                    f"scene '{scene_id}': {depth_path} is {raw.dtype} {raw.shape}; expected Matterport's "
+                    f"single-channel uint16 depth ({depth_scale:g} per metre)"
+                )
             if raw.shape != color.shape[:2]:
                 raise ValueError(
                     f"scene '{scene_id}': {depth_path} is {raw.shape} but {color_path.name} is {color.shape[:2]}; "
