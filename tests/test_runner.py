@@ -235,3 +235,54 @@ def test_gc_on_the_command_line_needs_keep_and_reports_bytes_freed(tmp_path):
     assert done.exit_code == 0, done.output
     assert "removed scenes/toy_0000/input/" in done.output and "2 entries, freed" in done.output
     assert len(Store(tmp_path / "s.zarr").versions("scenes/toy_0000/input")) == 1
+
+
+class Flaky:
+    """``HeightStage.run`` that first raises the given errors (after a partial write), then runs."""
+
+    def __init__(self, run, *errors):
+        self.run, self.errors, self.calls = run, list(errors), 0
+
+    def __call__(self, stage, ctx, out):
+        self.calls += 1
+        if self.errors:
+            out.write("height", np.zeros(3, np.float32))  # half-written, then the error
+            raise self.errors.pop(0)
+        self.run(stage, ctx, out)
+
+
+def test_transient_io_errors_retry_with_backoff_and_bad_input_fails_at_once(tmp_path, monkeypatch):
+    import ovlift.pipeline.runner as runner_module
+    from ovlift.pipeline.runner import is_transient
+
+    class EndpointConnectionError(Exception):  # botocore's, matched by name
+        pass
+
+    slept = []
+    monkeypatch.setattr(runner_module.time, "sleep", slept.append)
+    flaky = Flaky(HeightStage.run, ConnectionResetError("connection reset by peer"), EndpointConnectionError("s3"))
+    monkeypatch.setattr(HeightStage, "run", lambda self, ctx, out: flaky(self, ctx, out))
+    plan = make_plan(tmp_path / "s.zarr", toy={"num_scenes": 1})
+    report = Runner(plan).run(stages=["height"])
+    assert statuses(report)[("toy_0000", "height")] == "ran" and flaky.calls == 3
+    assert slept == [2.0, 4.0]  # backoff doubles
+    z = Store(plan.store).read("scenes/toy_0000/height").load("height")
+    assert z.shape[0] > 3  # the published group is the good attempt's, not a half-written one
+
+    slept.clear()
+    flaky.errors, flaky.calls = [ValueError("scene 'toy_0000': array 'points' is empty")], 0
+    report = Runner(plan).run(stages=["height"], force=["height"])
+    assert statuses(report)[("toy_0000", "height")] == "failed" and flaky.calls == 1 and slept == []
+
+    flaky.errors, flaky.calls = [TimeoutError("read timed out")] * 4, 0
+    report = Runner(plan).run(stages=["height"], force=["height"])
+    assert statuses(report)[("toy_0000", "height")] == "failed" and flaky.calls == 4 and slept == [2.0, 4.0, 8.0]
+    assert is_transient(RuntimeError("wrapped")) is False
+    try:
+        try:
+            raise ConnectionRefusedError("refused")
+        except OSError as err:
+            raise RuntimeError("stage failed") from err
+    except RuntimeError as wrapped:
+        assert is_transient(wrapped)
+    assert not is_transient(FileNotFoundError("no such file"))

@@ -67,6 +67,10 @@ class RunOptions:
     """Plan keys rerun even on a cache hit (the named stages and their downstream)."""
     fail_fast: bool = False
     """Raise the first failure instead of reporting it and going on with other scenes."""
+    retries: int = 3
+    """Reruns of a stage that failed with a transient I/O error (``is_transient``)."""
+    retry_delay_s: float = 2.0
+    """Wait before the first rerun; doubled before each next one."""
 
 
 @dataclass
@@ -92,6 +96,36 @@ class RunReport:
 def failures(outcomes: Iterable[Outcome]) -> frozenset[tuple[str, str]]:
     """(scene or ``global``, key) of the failed and skipped outcomes."""
     return frozenset((o.scene_id, o.stage) for o in outcomes if not o.ok)
+
+
+TRANSIENT_ERRORS = frozenset(
+    {
+        # botocore / aiobotocore (s3fs)
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+        # aiohttp (s3fs, gcsfs, http)
+        "ClientConnectionError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+    }
+)
+"""Names of exception classes that mean the network or an object store hiccuped (matched
+by name along the class's MRO, so that no client library is imported to check)."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` (or what it was raised from) is an I/O error that a rerun may not meet:
+    a connection reset or refused, a timeout, an object store's connection errors. Bad input
+    (a missing file, a malformed array, a validation error) is never transient."""
+    while err is not None:
+        if isinstance(err, ConnectionError | TimeoutError):  # resets, refusals, broken pipes
+            return True
+        if any(c.__name__ in TRANSIENT_ERRORS for c in type(err).__mro__):
+            return True
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return False
 
 
 class StageFailed(RuntimeError):
@@ -232,14 +266,27 @@ class Runner:
         return self._attempt(None, key, options)
 
     def _attempt(self, scene_id: str | None, key: str, options: RunOptions) -> Outcome:
-        try:
-            return self.run_stage(scene_id, self.plan.stages[key], force=key in options.force)
-        except Exception as err:
-            if options.fail_fast:
-                raise
-            log.error("%s", err)
-            log.debug("%s", traceback.format_exc())
-            return Outcome(scene_id or GLOBAL, key, Status.FAILED, error=str(err))
+        """Run one stage; a transient I/O error reruns it (``options.retries`` times, with
+        backoff: nothing of a failed attempt is published), any other error fails it at once."""
+        attempt = 0
+        while True:
+            try:
+                return self.run_stage(scene_id, self.plan.stages[key], force=key in options.force)
+            except Exception as err:
+                if attempt < options.retries and is_transient(err):
+                    attempt += 1
+                    delay = options.retry_delay_s * 2 ** (attempt - 1)
+                    where = f"scene '{scene_id}', stage '{key}'" if scene_id else f"global stage '{key}'"
+                    log.warning(
+                        "%s: %s (transient); retry %d of %d in %.0f s", where, err, attempt, options.retries, delay
+                    )
+                    time.sleep(delay)
+                    continue
+                if options.fail_fast:
+                    raise
+                log.error("%s", err)
+                log.debug("%s", traceback.format_exc())
+                return Outcome(scene_id or GLOBAL, key, Status.FAILED, error=str(err))
 
     def _upstream_group(self, scene_id: str | None, key: str, upstream: str) -> tuple[str, StageGroup]:
         path = self.plan.stages[upstream].group_path(scene_id)

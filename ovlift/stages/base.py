@@ -22,6 +22,17 @@ from ovlift.datasets.base import Dataset
 from ovlift.models.text import TextEmbedder
 
 
+@dataclass(frozen=True)
+class Resources:
+    """What one run of a stage needs of the machine it runs on: where a scheduler may place
+    it (``ovlift.flows`` turns these into Dask worker resources)."""
+
+    gpu: bool = False
+    """Needs a CUDA device: it computes on its device and that device is CUDA."""
+    memory_gb: float = 2.0
+    """Peak host memory of one run, roughly (held against a worker's ``MEMORY`` resource)."""
+
+
 @dataclass
 class StageContext:
     scene_id: str | None
@@ -62,6 +73,11 @@ class Stage(ABC, Configurable[ConfigT]):
     """Whether it reads the dataset's source files (the ``input`` stage)."""
     writes_files: ClassVar[bool] = False
     """Whether it writes plain files beside the store (``ctx.files``)."""
+    computes_on_device: ClassVar[bool] = False
+    """Whether it runs tensors on its device (its config's ``device``, else the plan's):
+    a GPU stage when that device is CUDA."""
+    memory_gb: ClassVar[float] = 2.0
+    """Peak host memory of one run on a full-size scene, roughly (``Resources.memory_gb``)."""
 
     def __init__(self, config: ConfigT, variant: str | None = None) -> None:
         self.spec.check_variant(variant)
@@ -86,6 +102,14 @@ class Stage(ABC, Configurable[ConfigT]):
     @property
     def is_global(self) -> bool:
         return self.spec.scope is Scope.GLOBAL
+
+    def resources(self, plan_device: str, gpu_if_on_device: bool = False) -> Resources:
+        """What it needs given the plan's device; ``gpu_if_on_device`` counts a stage that
+        computes on its device as a GPU stage whatever the device (to place stages on GPU
+        workers while they run on the CPU, as the placement test does)."""
+        device = getattr(self.config, "device", None) or plan_device
+        gpu = self.computes_on_device and (gpu_if_on_device or str(device).startswith("cuda"))
+        return Resources(gpu=gpu, memory_gb=self.memory_gb)
 
     @property
     def implementation_id(self) -> str:

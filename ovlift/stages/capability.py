@@ -61,6 +61,9 @@ def image_name(index: int) -> str:
 class CapabilityStage(Stage[GeneratorConfig]):
     """The teacher-on-generated-images loop around whichever generator the config belongs to."""
 
+    computes_on_device = True
+    memory_gb = 16.0  # Stable Diffusion, SAM and the teachers
+
     spec = CAPABILITY_SPEC
     writes_files = True
 

@@ -49,6 +49,7 @@ class DenoiseStage(Stage[DenoiseConfig]):
 
     implementation = "cus3d"
     version = "1"
+    computes_on_device = True
     spec = DENOISE_SPEC
     reads = ("project", "objects")
     optional_reads = ("extract2d",)

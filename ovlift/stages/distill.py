@@ -121,6 +121,8 @@ class DistillStage(Stage[DistillConfig]):
     implementation = "openscene"
     version = "2"  # 2: losses regrouped per voxel (same value, other rounding)
     spec = DISTILL_SPEC
+    computes_on_device = True
+    memory_gb = 8.0  # every training scene in memory
     reads = ("input", "project")
     optional_reads = ("denoise", "fuse", "segment")
     writes_files = True

@@ -111,6 +111,8 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
     implementation = "clip2scene"
     version = "2"  # 2: semantic CE from per-voxel label counts (same value, other rounding)
     spec = DISTILL_SPEC
+    computes_on_device = True
+    memory_gb = 8.0  # every training scene in memory
     reads = ("input", "project")
     writes_files = True
 

@@ -26,6 +26,9 @@ from ovlift.stages.base import Stage, StageContext
 class Extract2DStage(Stage[TeacherConfig]):
     """The frame loop around whichever teacher the config belongs to."""
 
+    computes_on_device = True
+    memory_gb = 6.0
+
     spec = EXTRACT2D_SPEC
     reads = ("input",)
 

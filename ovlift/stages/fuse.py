@@ -94,6 +94,7 @@ class FuseStage(Stage[FuseConfig]):
 
     implementation = "sas"
     version = "1"
+    computes_on_device = True
     spec = FUSE_SPEC
     reads = ("project",)
     optional_reads = ("capability",)  # the global table, unless inline or not needed

@@ -35,6 +35,7 @@ class InputStage(Stage[InputConfig]):
 
     implementation = "canonical"
     version = "2"  # 2: valid poses stored exactly rigid (nearest rotation)
+    memory_gb = 4.0  # a ScanNet scene streams in under 1 GB (benchmarks/scannet_ingest.py)
     spec = INPUT_SPEC
     reads_dataset = True
 

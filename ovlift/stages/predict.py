@@ -81,6 +81,7 @@ class PredictStage(Stage[PredictConfig]):
     implementation = "openscene"
     version = "1"
     spec = PREDICT_SPEC
+    computes_on_device = True
     reads = ("input", "project", "distill")
     optional_reads = ("denoise", "fuse")  # read when configured; used when distill distilled it
 

@@ -72,6 +72,8 @@ class ProjectStage(Stage[ProjectConfig]):
 
     implementation = "openscene"
     version = "2"  # 2: a view counts only where the teacher has a feature
+    computes_on_device = True
+    memory_gb = 4.0
     spec = PROJECT_SPEC
     reads = ("input",)
     optional_reads = ("extract2d",)
