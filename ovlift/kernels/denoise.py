@@ -18,9 +18,9 @@ so it equals a per-point loop exactly (tests/test_denoise.py).
 from __future__ import annotations
 
 import torch
-from torch_scatter import scatter_add
 
 from ovlift.kernels.fusion import vote_counts
+from ovlift.kernels.scatter import scatter_add
 
 
 class ObjectDenoiser:

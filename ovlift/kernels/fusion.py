@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch_scatter import scatter_add, scatter_max
 
 from ovlift.kernels.projection import Correspondences, DepthCamera, VisibilityRule, visible_correspondences
+from ovlift.kernels.scatter import scatter_add, scatter_max
 
 Reduce = Literal["mean", "max"]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch_scatter import scatter_add
+
+from ovlift.kernels.scatter import scatter_add
 
 
 def voxel_keys(points: torch.Tensor, voxel_size: float) -> tuple[torch.Tensor, torch.Tensor]:

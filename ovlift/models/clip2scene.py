@@ -41,8 +41,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch_scatter import scatter_softmax
 
+from ovlift.kernels.scatter import scatter_softmax
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.training import (
