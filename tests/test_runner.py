@@ -1,5 +1,7 @@
 """Caching: unchanged plans recompute nothing; a change reruns exactly what it affects."""
 
+import errno
+
 import numpy as np
 import pytest
 import yaml
@@ -255,7 +257,10 @@ def test_transient_io_errors_retry_with_backoff_and_bad_input_fails_at_once(tmp_
     import ovlift.pipeline.runner as runner_module
     from ovlift.pipeline.runner import is_transient
 
-    class EndpointConnectionError(Exception):  # botocore's, matched by name
+    class ConnectionError(Exception):  # botocore's base of its connection errors, matched by name
+        pass
+
+    class EndpointConnectionError(ConnectionError):
         pass
 
     slept = []
@@ -286,3 +291,4 @@ def test_transient_io_errors_retry_with_backoff_and_bad_input_fails_at_once(tmp_
     except RuntimeError as wrapped:
         assert is_transient(wrapped)
     assert not is_transient(FileNotFoundError("no such file"))
+    assert is_transient(OSError(errno.EBUSY, "SlowDown")) and not is_transient(OSError(errno.EACCES, "denied"))

@@ -12,6 +12,7 @@ No Prefect here: ``ovlift.flows`` wraps this runner.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -100,17 +101,18 @@ def failures(outcomes: Iterable[Outcome]) -> frozenset[tuple[str, str]]:
 
 TRANSIENT_ERRORS = frozenset(
     {
-        # botocore / aiobotocore (s3fs)
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ConnectionClosedError",
+        # botocore / aiobotocore (s3fs): its ConnectionError is the base of EndpointConnectionError,
+        # ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError
+        "ConnectionError",
+        "HTTPClientError",
         # aiohttp (s3fs, gcsfs, http)
         "ClientConnectionError",
-        "ServerDisconnectedError",
+        "ClientPayloadError",
         "ServerTimeoutError",
     }
 )
+TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EREMOTEIO})
+"""s3fs's translation of HTTP 503 / SlowDown (EBUSY) and 500 InternalError (EREMOTEIO)."""
 """Names of exception classes that mean the network or an object store hiccuped (matched
 by name along the class's MRO, so that no client library is imported to check)."""
 
@@ -123,6 +125,8 @@ def is_transient(err: BaseException) -> bool:
         if isinstance(err, ConnectionError | TimeoutError):  # resets, refusals, broken pipes
             return True
         if any(c.__name__ in TRANSIENT_ERRORS for c in type(err).__mro__):
+            return True
+        if isinstance(err, OSError) and err.errno in TRANSIENT_ERRNOS:
             return True
         err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return False
