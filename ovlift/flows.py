@@ -1,56 +1,171 @@
 """Prefect flows over the plain runner: per scene, and per dataset.
 
-The dataset flow walks the plan's phases (``Runner.phases``): a run of per-scene
-stages is mapped over the scenes as Prefect tasks on the flow's task runner (a
-Dask cluster through prefect-dask), a global stage (distillation, evaluation)
-runs as one task once its upstream scenes are done. Tasks carry only strings,
-so any Dask worker that sees the same paths can run them. Offline, Prefect
-starts its temporary local server by itself.
+The dataset flow walks the plan's phases (``Runner.phases``). A run of per-scene
+stages is cut where the stages' resources change (``resource_phases``): each piece is
+one Prefect task per scene, chained to the scene's previous piece, so a scene's
+CPU stages run on any worker while its GPU stages wait for a GPU worker. A global
+stage (distillation, evaluation) runs as one task once its upstream scenes are
+done. Tasks carry only strings, so any Dask worker that sees the same paths (or
+the same object store) can run them.
+
+Placement: a task of GPU stages (``Stage.resources``: it computes on a CUDA device)
+is submitted with the Dask resource ``GPU: 1`` when the cluster's workers declare
+``GPU`` (``dask worker --resources GPU=1``), so it runs only there, one at a time per
+declared GPU: a machine's GPU count is its workers' ``GPU`` resources. Prefect's tag
+concurrency limits count across the whole server, not per machine, so they cannot
+do this. Stages also declare their peak memory, held against a ``MEMORY`` resource
+(GB) where workers declare one. A cluster without ``GPU`` workers runs GPU stages
+anywhere, with a warning. Each worker process uses ``torch_threads`` torch threads
+(1: processes, not threads, share the cores).
+
+After the run, the flow publishes a Markdown artifact (key ``ovlift-<plan>``): the
+run table and, after ``evaluate``, its metrics, so the Prefect UI shows results.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 # Every Dask worker process starts its own temporary server; on a loaded 2-core
 # machine that can take longer than Prefect's 20 s default.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
-from prefect import flow, task, unmapped
+import dask
+import distributed
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
-from ovlift.pipeline.plan import load_plan
+from ovlift.cache_schema.files import read_text
+from ovlift.pipeline.plan import Plan, load_plan
 from ovlift.pipeline.runner import Outcome, Runner, RunOptions, RunReport, Status, failures
+from ovlift.stages.base import Resources
+
+ARTIFACT_KEY = "ovlift-{plan}"
 
 
 def _options(force: list[str]) -> RunOptions:
     return RunOptions(frozenset(force))
 
 
-def _failures(failed: list[list[str]]) -> frozenset[tuple[str, str]]:
-    return frozenset((scene, key) for scene, key in failed)
+def _failures(failed: list[list[str]], previous: list[dict]) -> frozenset[tuple[str, str]]:
+    return frozenset((scene, key) for scene, key in failed) | failures(outcome(o) for o in previous)
 
 
-@task(name="ovlift-scene", task_run_name="{scene_id}")
+def _on_worker(threads: int) -> str | None:
+    """Inside a Dask worker: set torch's thread count (spawned workers ignore the parent's)
+    and return the worker's name; elsewhere None, the process left as configured."""
+    try:
+        worker = distributed.get_worker()
+    except ValueError:
+        return None
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return str(worker.name)
+
+
+def _record(outcomes, worker: str | None) -> list[dict]:
+    return [{**asdict(o), "worker": worker} for o in outcomes]
+
+
+@task(name="ovlift-scene", task_run_name="{scene_id}: {keys}")
 def scene_task(
-    plan_path: str, scene_id: str, keys: list[str], forced: list[str], failed: list[list[str]]
+    plan_path: str,
+    scene_id: str,
+    keys: list[str],
+    forced: list[str],
+    failed: list[list[str]],
+    previous: list[dict] | None = None,
+    torch_threads: int = 1,
 ) -> list[dict]:
+    """Per-scene stages ``keys`` of one scene; ``previous``: this scene's outcomes of the
+    piece before (a stage reading a failed one is skipped)."""
+    worker = _on_worker(torch_threads)
     runner = Runner(load_plan(plan_path))
-    return [asdict(o) for o in runner.run_scene(scene_id, keys, _options(forced), _failures(failed))]
+    done = runner.run_scene(scene_id, keys, _options(forced), _failures(failed, previous or []))
+    return (previous or []) + _record(done, worker)
 
 
 @task(name="ovlift-global", task_run_name="{key}")
-def global_task(plan_path: str, key: str, forced: list[str], failed: list[list[str]]) -> dict:
+def global_task(plan_path: str, key: str, forced: list[str], failed: list[list[str]], torch_threads: int = 1) -> dict:
+    worker = _on_worker(torch_threads)
     runner = Runner(load_plan(plan_path))
-    return asdict(runner.run_global(key, _options(forced), _failures(failed)))
+    return _record([runner.run_global(key, _options(forced), _failures(failed, []))], worker)[0]
 
 
 def outcome(data: dict) -> Outcome:
     """An outcome back from a task (tasks carry plain dicts and strings)."""
     return Outcome(**{**data, "status": Status(data["status"])})
+
+
+def stage_resources(plan: Plan, key: str, gpu_if_on_device: bool = False) -> Resources:
+    return plan.stages[key].stage.resources(plan.device, gpu_if_on_device)
+
+
+def resource_phases(
+    runner: Runner, keys: Sequence[str], gpu_if_on_device: bool = False
+) -> list[tuple[str, list[tuple[list[str], Resources]]]]:
+    """``Runner.phases`` with each per-scene run cut where the resources change:
+    [("scene", [([input], cpu), ([extract2d/a], gpu), ([project], cpu)]), ("global", [([distill], gpu)])].
+    A piece's memory is its stages' largest."""
+    result = []
+    for kind, phase_keys in runner.phases(keys):
+        pieces: list[tuple[list[str], Resources]] = []
+        for key in phase_keys:
+            res = stage_resources(runner.plan, key, gpu_if_on_device)
+            if pieces and pieces[-1][1].gpu == res.gpu:
+                piece_keys, piece_res = pieces[-1]
+                pieces[-1] = (piece_keys + [key], Resources(res.gpu, max(piece_res.memory_gb, res.memory_gb)))
+            else:
+                pieces.append(([key], res))
+        result.append((kind, pieces))
+    return result
+
+
+def declared_resources(task_runner) -> set[str]:
+    """Names of the resources any worker of the flow's Dask cluster declares (empty off Dask)."""
+    if not isinstance(task_runner, DaskTaskRunner):
+        return set()
+    workers = task_runner.client.scheduler_info(n_workers=-1)["workers"].values()
+    return {name for w in workers for name in (w.get("resources") or {})}
+
+
+def dask_resources(res: Resources, declared: set[str]) -> dict[str, float]:
+    """The Dask resources a task of ``res`` asks for, among those the cluster declares."""
+    wanted = {}
+    if res.gpu and "GPU" in declared:
+        wanted["GPU"] = 1
+    if "MEMORY" in declared:
+        wanted["MEMORY"] = res.memory_gb
+    return wanted
+
+
+def run_markdown(plan_path: str, report: RunReport) -> str:
+    """The artifact: the run table, then ``evaluate``'s metrics where it ran or was cached."""
+    parts = [f"# ovlift: {Path(plan_path).name}", "", report.markdown()]
+    runner = Runner(load_plan(plan_path))
+    for key, stage_plan in runner.plan.stages.items():
+        if stage_plan.name != "evaluate":
+            continue
+        group = runner.store.read(stage_plan.group_path(None))
+        metrics = read_text(group.info["report"], "metrics.md") if group is not None else None
+        if metrics is not None:
+            parts += [f"## {key}", "", metrics]
+    return "\n".join(parts)
+
+
+def artifact_key(plan_path: str) -> str:
+    """Prefect artifact keys take lowercase letters, digits and dashes."""
+    return ARTIFACT_KEY.format(plan=re.sub(r"[^a-z0-9-]+", "-", Path(plan_path).stem.lower()).strip("-"))
 
 
 @flow(name="ovlift-scene")
@@ -61,23 +176,87 @@ def scene_flow(plan_path: str, scene_id: str, stages: list[str] | None = None, f
     return scene_task(plan_path, scene_id, keys, sorted(runner.plan.downstream(list(force))), [])
 
 
-@flow(name="ovlift-dataset")
+def local_cluster(n_workers: int = 2, gpus: int = 0, memory_gb: float | None = None) -> distributed.SpecCluster:
+    """A Dask cluster on this machine: ``n_workers`` single-threaded worker processes on the
+    loopback, the first ``gpus`` of them declaring ``GPU=1`` and seeing only their own device
+    (``CUDA_VISIBLE_DEVICES``); ``memory_gb`` declares each worker's ``MEMORY``."""
+    from prefect.settings import get_current_settings
+
+    # The flow's API (the temporary server too): else every worker starts a server of its own
+    # on the same database (seconds each, and "database is locked").
+    api = get_current_settings().api.url
+    workers = {}
+    for i in range(n_workers):
+        options: dict = {"nthreads": 1, "host": "127.0.0.1", "resources": {}, "env": {}}
+        if api:
+            options["env"]["PREFECT_API_URL"] = api
+        if i < gpus:
+            options["resources"]["GPU"] = 1
+            options["env"]["CUDA_VISIBLE_DEVICES"] = str(i)
+        if memory_gb:
+            options["resources"]["MEMORY"] = memory_gb
+        workers[f"worker-{i}"] = {"cls": distributed.Nanny, "options": options}
+    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    return distributed.SpecCluster(workers=workers, scheduler=scheduler, name="ovlift")
+
+
+def task_runner_from_env() -> DaskTaskRunner:
+    """The dataset flow's task runner when nothing overrides it (deployments): the scheduler at
+    ``OVLIFT_DASK_ADDRESS``, else a ``local_cluster`` of ``OVLIFT_DASK_WORKERS`` (2) workers,
+    ``OVLIFT_DASK_GPUS`` (0) of them GPU workers."""
+    address = os.environ.get("OVLIFT_DASK_ADDRESS")
+    if address:
+        return DaskTaskRunner(address=address)
+    kwargs = {"n_workers": int(os.environ.get("OVLIFT_DASK_WORKERS", "2"))}
+    kwargs["gpus"] = int(os.environ.get("OVLIFT_DASK_GPUS", "0"))
+    return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs=kwargs)
+
+
+@flow(name="ovlift-dataset", task_runner=task_runner_from_env())
 def dataset_flow(
-    plan_path: str, stages: list[str] | None = None, scenes: list[str] | None = None, force: Sequence[str] = ()
+    plan_path: str,
+    stages: list[str] | None = None,
+    scenes: list[str] | None = None,
+    force: list[str] | None = None,
+    torch_threads: int = 1,
+    gpu_if_on_device: bool = False,
 ) -> list[dict]:
-    """Every stage of the plan: per-scene phases as mapped tasks, global stages as single tasks."""
+    """Every stage of the plan: per-scene pieces as tasks chained per scene, global stages
+    as single tasks; ends with the run-table artifact. ``gpu_if_on_device`` places stages
+    that compute on their device on GPU workers even when that device is the CPU."""
+    start = time.perf_counter()
+    logger = get_run_logger()
     runner = Runner(load_plan(plan_path))
     runner.store.clean_stale()
     scene_ids = runner.select_scenes(scenes)
-    forced = sorted(runner.plan.downstream(list(force)))
+    forced = sorted(runner.plan.downstream(list(force or [])))
+    context = FlowRunContext.get()
+    declared = declared_resources(context.task_runner if context else None)
     outcomes: list[dict] = []
-    for kind, keys in runner.phases(runner.select_stages(stages)):
+    warned = False
+    for kind, pieces in resource_phases(runner, runner.select_stages(stages), gpu_if_on_device):
         failed = [list(pair) for pair in sorted(failures(outcome(o) for o in outcomes))]
+        if any(res.gpu for _, res in pieces) and "GPU" not in declared and not warned:
+            logger.warning("GPU stages run on any worker: no Dask worker declares a GPU resource")
+            warned = True
         if kind == "global":
-            outcomes.append(global_task.submit(plan_path, keys[0], forced, failed).result())
+            (key,), res = pieces[0]
+            with dask.annotate(resources=dask_resources(res, declared)):
+                future = global_task.submit(plan_path, key, forced, failed, torch_threads)
+            outcomes.append(future.result())
             continue
-        futures = scene_task.map(unmapped(plan_path), scene_ids, unmapped(keys), unmapped(forced), unmapped(failed))
-        outcomes += [o for per_scene in futures.result() for o in per_scene]
+        chains: dict[str, object] = dict.fromkeys(scene_ids)
+        for keys, res in pieces:
+            with dask.annotate(resources=dask_resources(res, declared)):
+                chains = {
+                    s: scene_task.submit(plan_path, s, keys, forced, failed, chains[s], torch_threads)
+                    for s in scene_ids
+                }
+        outcomes += [o for s in scene_ids for o in chains[s].result()]
+    report = RunReport([outcome(o) for o in outcomes], time.perf_counter() - start)
+    create_markdown_artifact(
+        key=artifact_key(plan_path), markdown=run_markdown(plan_path, report), description=report.summary()
+    )
     return outcomes
 
 
@@ -88,13 +267,47 @@ def run_dataset_flow(
     force: Sequence[str] = (),
     workers: int = 2,
     dask_address: str | None = None,
+    gpus: int | None = None,
+    torch_threads: int = 1,
+    gpu_if_on_device: bool = False,
 ) -> RunReport:
-    """Run ``dataset_flow`` on a local Dask cluster of ``workers`` processes, or on
+    """Run ``dataset_flow`` on a local Dask cluster of ``workers`` processes (``gpus`` of them
+    GPU workers; None: as many as this machine has CUDA devices, at most ``workers``), or on
     the scheduler at ``dask_address``."""
     if dask_address:
         task_runner = DaskTaskRunner(address=dask_address)
     else:
-        task_runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+        if gpus is None:
+            import torch
+
+            gpus = min(workers, torch.cuda.device_count())
+        task_runner = DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs={"n_workers": workers, "gpus": gpus})
     start = time.perf_counter()
-    outcomes = dataset_flow.with_options(task_runner=task_runner)(plan_path, stages, scenes, list(force))
+    with prefect_api():
+        outcomes = dataset_flow.with_options(task_runner=task_runner)(
+            plan_path, stages, scenes, list(force), torch_threads, gpu_if_on_device
+        )
     return RunReport(outcomes=[outcome(o) for o in outcomes], seconds=time.perf_counter() - start)
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """The Prefect API the run reports to: ``PREFECT_API_URL`` if set, else a temporary local
+    server started here and stopped after, whose URL the Dask workers inherit (each would
+    otherwise start a server of its own on the same database)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        yield url
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        del os.environ["PREFECT_API_URL"]
+        server.stop()

@@ -39,3 +39,34 @@ def test_dataset_flow_on_two_dask_workers_then_all_cache_hits(tmp_path, monkeypa
         ("project", "ran"),
         ("predict", "ran"),
     ]
+
+
+@pytest.mark.slow
+def test_gpu_stages_run_on_the_gpu_worker_and_the_run_table_is_an_artifact(tmp_path, monkeypatch):
+    """Two workers, one declaring GPU=1: every stage that computes on its device goes there
+    (run on the CPU here: ``gpu_if_on_device``); the CPU stages use both workers."""
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_LOGGING_TO_API_ENABLED", "false")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from ovlift.flows import artifact_key, local_cluster, run_dataset_flow
+    from ovlift.pipeline.plan import load_plan
+
+    path = tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=1, num_scenes=4)
+    plan = load_plan(path)
+    with local_cluster(n_workers=2, gpus=1) as cluster:
+        report = run_dataset_flow(str(path), dask_address=cluster.scheduler_address, gpu_if_on_device=True)
+    assert report.counts() == {"ran": 4 * 4 + 2}
+    gpu = {o.stage for o in report.outcomes if plan.stages[o.stage].stage.resources(plan.device, True).gpu}
+    assert gpu == {"extract2d/t", "project", "distill", "predict"}
+    assert {o.worker for o in report.outcomes if o.stage in gpu} == {"worker-0"}
+    assert {o.worker for o in report.outcomes if o.stage == "input"} == {"worker-0", "worker-1"}
+
+    with get_client(sync_client=True) as client:
+        key = ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(str(path))]))
+        (artifact,) = client.read_latest_artifacts(artifact_filter=key)
+    assert "| scene | input | extract2d/t | project | distill | predict | evaluate |" in artifact.data
+    assert "| toy_0003 | ran | ran | ran |  | ran |  |" in artifact.data  # held out: no training stages
+    assert "| global |  |  |  | ran |  | ran |" in artifact.data
+    assert "## evaluate" in artifact.data and "mIoU" in artifact.data

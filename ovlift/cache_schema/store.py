@@ -176,6 +176,11 @@ class Store:
         """Where plain files of groups (checkpoints, reports) live: ``<store>.files`` (local stores)."""
         return self.local_root.with_name(self.local_root.name + ".files") if self.local_root else None
 
+    @property
+    def files_url(self) -> str:
+        """``files_root``, or ``<store URL>.files`` for an object store (``cache_schema.files``)."""
+        return str(self.files_root) if self.files_root is not None else f"{self.url.rstrip('/')}.files"
+
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 

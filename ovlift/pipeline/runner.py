@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 import traceback
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 
 from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, oracles_of, short
+from ovlift.cache_schema.files import group_files
 from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
 from ovlift.pipeline.status import State, store_status
 from ovlift.pipeline.text_cache import TextCache
@@ -54,6 +54,8 @@ class Outcome:
     seconds: float = 0.0
     fingerprint: str | None = None
     error: str | None = None
+    worker: str | None = None
+    """The Dask worker it ran on (flows), None in a plain run."""
 
     @property
     def ok(self) -> bool:
@@ -92,6 +94,30 @@ class RunReport:
             f"{len(self.outcomes)} scene-stages in {self.seconds:.1f} s: {c[Status.RAN]} ran, "
             f"{c[Status.CACHED]} cached, {c[Status.FAILED]} failed, {c[Status.SKIPPED]} skipped"
         )
+
+    def by_stage(self) -> dict[str, Counter]:
+        """Plan key -> how many of its scene-stages ran, were cached, failed, were skipped."""
+        rows: dict[str, Counter] = {}
+        for o in self.outcomes:
+            rows.setdefault(o.stage, Counter())[o.status] += 1
+        return rows
+
+    def markdown(self) -> str:
+        """The run table: a row per scene (``global`` last), a column per stage, the status in
+        each cell; then the failures with their errors."""
+        stages = list(dict.fromkeys(o.stage for o in self.outcomes))
+        cells: dict[str, dict[str, str]] = {}
+        for o in self.outcomes:
+            cells.setdefault(o.scene_id, {})[o.stage] = o.status.value
+        scenes = sorted(s for s in cells if s != GLOBAL) + ([GLOBAL] if GLOBAL in cells else [])
+        lines = [self.summary(), "", "| scene | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+        lines += [f"| {s} | " + " | ".join(cells[s].get(k, "") for k in stages) + " |" for s in scenes]
+        if self.failed:
+            lines += ["", "| scene | stage | status | error |", "|---|---|---|---|"]
+            for o in self.failed:
+                error = (o.error or "").partition("\n")[0].replace("|", "\\|")
+                lines.append(f"| {o.scene_id} | {o.stage} | {o.status} | {error} |")
+        return "\n".join(lines) + "\n"
 
 
 def failures(outcomes: Iterable[Outcome]) -> frozenset[tuple[str, str]]:
@@ -323,21 +349,6 @@ class Runner:
         fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
         return fps, groups, per_scene
 
-    def files_dir(self, stage_plan: StagePlan, scene_id: str | None, fp: str) -> Path:
-        """Plain files of a group (checkpoints, reports) live beside the store."""
-        if self.store.files_root is None:
-            raise StageFailed(f"stage '{stage_plan.key}' writes files beside the store, which needs a local store")
-        return self.store.files_root / stage_plan.group_path(scene_id) / short(fp)
-
-    def _fresh_files(self, path: str, files: Path, force: bool) -> Path:
-        """A forced rerun starts from scratch: earlier files of the group (e.g. the
-        checkpoints a run would resume from) are moved aside, not reused or deleted."""
-        if force and files.exists():
-            aside = files.with_name(f"{files.name}.before-force-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-            files.rename(aside)
-            log.info("%s: forced, so its earlier files were moved to %s", path, aside)
-        return files
-
     def run_stage(self, scene_id: str | None, stage_plan: StagePlan, force: bool = False) -> Outcome:
         stage = stage_plan.stage
         path = stage_plan.group_path(scene_id)
@@ -359,21 +370,24 @@ class Runner:
             info={},
             oracles=oracles_of([*groups.values(), *(g for s in per_scene.values() for g in s.values())], stage.oracle),
         )
-        ctx = StageContext(
-            scene_id=scene_id,
-            inputs=groups,
-            dataset=self.plan.dataset if stage.reads_dataset else None,
-            device=self.plan.device,
-            log=log,
-            text=self.text,
-            scene_inputs=per_scene,
-            files=self._fresh_files(path, self.files_dir(stage_plan, scene_id, fp), force)
-            if stage.writes_files
-            else None,
-        )
         where = f"scene '{scene_id}', stage '{stage_plan.key}'" if scene_id else f"global stage '{stage_plan.key}'"
-        with self.store.writer(path, stage.spec, meta, where) as out:
-            stage.run(ctx, out)
+        with ExitStack() as stack:
+            files = None
+            if stage.writes_files:
+                files = stack.enter_context(group_files(self.store.files_url, path, short(fp), force))
+            ctx = StageContext(
+                scene_id=scene_id,
+                inputs=groups,
+                dataset=self.plan.dataset if stage.reads_dataset else None,
+                device=self.plan.device,
+                log=log,
+                text=self.text,
+                scene_inputs=per_scene,
+                files=files.local if files else None,
+                files_url=files.url if files else None,
+            )
+            with self.store.writer(path, stage.spec, meta, where) as out:
+                stage.run(ctx, out)
         seconds = time.perf_counter() - start
         log.info("%s: ran in %.2f s (%s)", path, seconds, short(fp))
         return Outcome(scene_id or GLOBAL, stage_plan.key, Status.RAN, seconds, fp)

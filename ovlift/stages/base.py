@@ -50,6 +50,8 @@ class StageContext:
     """Global stages: per scene of their split, the per-scene groups they read."""
     files: Path | None = None
     """A folder beside the store for this group's plain files (checkpoints, reports, plots)."""
+    files_url: str | None = None
+    """Where ``files`` live (the folder, or its object-store prefix): what attrs record."""
 
     def where(self, frame: str | None = None) -> str:
         if self.scene_id is None:

@@ -189,7 +189,7 @@ class CapabilityStage(Stage[GeneratorConfig]):
             generator=self.implementation,
             iou=cfg.iou,
             templates=cfg.templates,
-            contact_sheets=str(ctx.files / "contact_sheets"),
+            contact_sheets=f"{ctx.files_url}/contact_sheets",
         )
         for name, row in zip(teachers, capability):
             ctx.log.info("capability of '%s': %s", name, ", ".join(f"{c} {v:.2f}" for c, v in zip(vocab.classes, row)))

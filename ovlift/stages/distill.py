@@ -232,7 +232,7 @@ class DistillStage(Stage[DistillConfig]):
             text_encoder=text_encoder,
             student=cfg.student.normalised(),
             train_scenes=[s.scene_id for s in scenes],
-            checkpoints=str(ctx.files),
+            checkpoints=ctx.files_url,
             superpoints=cfg.superpoints,
             tesd=tesd_info,
         )

@@ -196,7 +196,7 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
             text_encoder=text_encoder,
             student=cfg.student.normalised(),
             train_scenes=[s.scene_id for s in scenes],
-            checkpoints=str(ctx.files),
+            checkpoints=ctx.files_url,
             superpoints="none",
             tesd=None,
             sweep_input=cfg.sweep_input,

@@ -157,7 +157,7 @@ class EvaluateStage(Stage[EvaluateConfig]):
             classes=classes,
             metrics=metrics,
             scenes=sorted(ctx.scene_inputs),
-            report=str(ctx.files),
+            report=ctx.files_url,
             rule=RULE,
             classes_without_ground_truth=absent,
             source=source,

@@ -1,0 +1,93 @@
+"""Plain files of a group version (checkpoints, training logs, reports, plots).
+
+They live beside the store, under the same kind of URL, so that every machine of a
+cluster finds them where the store is: ``<store>.files/<group path>/<fp12>/`` - a
+folder for a local store, a prefix for an object store (``s3://b/run/store.zarr`` ->
+``s3://b/run/store.zarr.files/...``).
+
+Stages write files with ordinary file APIs (``torch.save``, matplotlib), so on an
+object store a stage writes into a local mirror of its prefix (under
+``OVLIFT_FILES_CACHE``, default ``~/.cache/ovlift/files``): what the prefix holds is
+downloaded first (a checkpoint to resume from) and the mirror is uploaded when the
+stage ends, also when it fails (so a rerun resumes from its last checkpoint). A
+checkpoint written during training reaches the object store only then: after a
+kill, the same machine resumes from its mirror; another machine starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+
+log = logging.getLogger("ovlift")
+
+
+def files_cache() -> Path:
+    return Path(os.environ.get("OVLIFT_FILES_CACHE", "~/.cache/ovlift/files")).expanduser()
+
+
+@dataclass(frozen=True)
+class GroupFiles:
+    local: Path
+    """Where the stage reads and writes them (the folder itself on a local store)."""
+    url: str
+    """Where they live: the local folder, or the object-store prefix."""
+
+
+def read_text(url: str, name: str) -> str | None:
+    """File ``name`` of a group's files folder (``GroupFiles.url``) as text; None if absent."""
+    try:
+        with fsspec.open(f"{url.rstrip('/')}/{name}", "rt") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+@contextmanager
+def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[GroupFiles]:
+    """The files folder ``<root_url>/<path>/<name>`` for one run of a stage. A forced rerun
+    starts from scratch: earlier files (the checkpoints a run would resume from) are moved
+    aside to ``<name>.before-force-<time>-<pid>``, never reused or deleted."""
+    fs, root = fsspec.core.url_to_fs(root_url)
+    remote = f"{root.rstrip('/')}/{path}/{name}"
+    if force and fs.exists(remote):
+        aside = f"{remote}.before-force-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        _move(fs, remote, aside)
+        log.info("%s: forced, so its earlier files were moved to %s", path, aside)
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        yield GroupFiles(Path(remote), remote)
+        return
+    url = fs.unstrip_protocol(remote)
+    local = files_cache() / hashlib.sha256(url.encode()).hexdigest()[:16]
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    for key in fs.find(remote):
+        target = local / key[len(remote) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(target))
+    try:
+        yield GroupFiles(local, url)
+    finally:
+        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+            fs.put_file(str(file), f"{remote}/{file.relative_to(local).as_posix()}")
+
+
+def _move(fs, src: str, dst: str) -> None:
+    """A folder's move: a rename on a local disk; file by file on an object store (s3fs's
+    recursive ``mv`` fails on nested prefixes)."""
+    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+        os.rename(src, dst)
+        return
+    for key in fs.find(src):
+        fs.mv(key, dst + key[len(src) :])
+    if fs.exists(src):
+        fs.rm(src, recursive=True)
