@@ -24,9 +24,11 @@ run table and, after ``evaluate``, its metrics, so the Prefect UI shows results.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -41,14 +43,18 @@ import distributed
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import FlowRunContext
+from prefect.futures import as_completed
+from prefect.types.entrypoint import EntrypointType
 from prefect_dask import DaskTaskRunner
 
 from ovlift.cache_schema.files import read_text
 from ovlift.pipeline.plan import Plan, load_plan
 from ovlift.pipeline.runner import Outcome, Runner, RunOptions, RunReport, Status, failures
+from ovlift.progress import progress
 from ovlift.stages.base import Resources
 
 ARTIFACT_KEY = "ovlift-{plan}"
+log = logging.getLogger("ovlift")
 
 
 def _options(force: list[str]) -> RunOptions:
@@ -196,7 +202,7 @@ def local_cluster(n_workers: int = 2, gpus: int = 0, memory_gb: float | None = N
         if memory_gb:
             options["resources"]["MEMORY"] = memory_gb
         workers[f"worker-{i}"] = {"cls": distributed.Nanny, "options": options}
-    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
     return distributed.SpecCluster(workers=workers, scheduler=scheduler, name="ovlift")
 
 
@@ -244,6 +250,7 @@ def dataset_flow(
             with dask.annotate(resources=dask_resources(res, declared)):
                 future = global_task.submit(plan_path, key, forced, failed, torch_threads)
             outcomes.append(future.result())
+            log.info("%s: %s", key, outcomes[-1]["status"])
             continue
         chains: dict[str, object] = dict.fromkeys(scene_ids)
         for keys, res in pieces:
@@ -252,7 +259,14 @@ def dataset_flow(
                     s: scene_task.submit(plan_path, s, keys, forced, failed, chains[s], torch_threads)
                     for s in scene_ids
                 }
-        outcomes += [o for s in scene_ids for o in chains[s].result()]
+        names = ", ".join(k for keys, _ in pieces for k in keys)
+        results = {
+            id(f): f.result() for f in progress(as_completed(list(chains.values())), names, len(chains), "scene")
+        }
+        done = [o for s in scene_ids for o in results[id(chains[s])]]
+        outcomes += done
+        counts = Counter(o["status"] for o in done)
+        log.info("%s on %d scenes: %s", names, len(scene_ids), ", ".join(f"{n} {st}" for st, n in counts.items()))
     report = RunReport([outcome(o) for o in outcomes], time.perf_counter() - start)
     create_markdown_artifact(
         key=artifact_key(plan_path), markdown=run_markdown(plan_path, report), description=report.summary()
@@ -299,15 +313,55 @@ def prefect_api() -> Iterator[str]:
     if url:
         yield url
         return
+    from prefect.logging.handlers import APILogWorker
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its heartbeat races the runs for sqlite
     server = SubprocessASGIServer()
     server.start(timeout=int(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
             yield server.api_url
+            APILogWorker.drain_all(timeout=10)  # else logs retry a stopped server for a minute at exit
     finally:
         del os.environ["PREFECT_API_URL"]
         server.stop()
+
+
+def deployment(
+    plan_path: str,
+    name: str,
+    cron: str | None = None,
+    work_pool: str | None = None,
+    stages: list[str] | None = None,
+    scenes: list[str] | None = None,
+    force: list[str] | None = None,
+):
+    """``dataset_flow`` of a plan as a Prefect deployment ``ovlift-dataset/<name>``. Its
+    entrypoint is the module path ``ovlift.flows.dataset_flow``: whoever runs it (``serve``,
+    or a work pool's worker) imports it from the installed ovlift, so no code is uploaded
+    and the plan path must be valid where it runs. Parameters: plan_path, stages, scenes, force."""
+    parameters = {"plan_path": str(Path(plan_path).resolve()), "stages": stages, "scenes": scenes, "force": force}
+    return dataset_flow.to_deployment(
+        name=name,
+        parameters=parameters,
+        cron=cron,
+        work_pool_name=work_pool,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        tags=["ovlift"],
+        description=f"ovlift plan {Path(plan_path).name}",
+    )
+
+
+def deploy(plan_path: str, name: str, cron: str | None = None, work_pool: str | None = None, **selection) -> str:
+    """Register (or update) the deployment on the Prefect server; returns its id."""
+    return str(deployment(plan_path, name, cron, work_pool, **selection).apply())
+
+
+def serve(deployments: Sequence) -> None:
+    """Serve deployments from this process until interrupted (no work pool needed)."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments, print_starting_message=False)

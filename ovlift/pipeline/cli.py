@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -158,6 +159,32 @@ def gc(
         typer.echo(f"{result.store}: {len(result.removed)} entries, {verb} {result.bytes_freed / 2**20:.1f} MiB")
 
 
+VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Show Prefect's and Dask's logs here too.")]
+LogFileOpt = Annotated[
+    Path | None, typer.Option("--log-file", help="Where Prefect's and Dask's logs go (default: $OVLIFT_LOG_DIR).")
+]
+
+
+def _flow_logging(plan: Path, verbose: bool, log_file: Path | None) -> None:
+    """Before Prefect is imported: its and Dask's chatter to a log file unless ``-v``."""
+    from ovlift import flow_logging
+
+    if verbose:
+        _setup_logging("info")
+        return
+    log_file = log_file or flow_logging.default_log_file(plan)
+    flow_logging.quiet(log_file)
+    flow_logging.ovlift_to_terminal()
+    err_console.print(f"Prefect and Dask logs: {log_file} (-v shows them here)")
+
+
+def _stage_table(report: RunReport) -> None:
+    table = Table("stage", "ran", "cached", "failed", "skipped", title="run")
+    for stage, counts in report.by_stage().items():
+        table.add_row(stage, *(str(counts[s]) for s in ("ran", "cached", "failed", "skipped")))
+    console.print(table)
+
+
 @app.command()
 def flow(
     plan: PlanArg,
@@ -165,19 +192,86 @@ def flow(
     scenes: ScenesOpt = None,
     force: Annotated[list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
     workers: Annotated[int, typer.Option("--workers", help="Start a local Dask cluster of this many workers.")] = 2,
+    gpus: Annotated[
+        int | None, typer.Option("--gpus", help="Local workers that get a GPU (default: this machine's CUDA devices).")
+    ] = None,
     dask_address: Annotated[
         str | None, typer.Option("--dask-address", help="Join this Dask scheduler instead.")
     ] = None,
+    torch_threads: Annotated[int, typer.Option("--torch-threads", help="Torch threads per worker task.")] = 1,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
 ) -> None:
     """Run the plan as Prefect flows, scenes mapped as tasks over Dask."""
+    _load(plan)  # fail early, before starting Prefect, on a bad plan
+    _flow_logging(plan, verbose, log_file)
     from ovlift.flows import run_dataset_flow  # Prefect is imported only here
 
-    _setup_logging("info")
-    _load(plan)  # fail early, before starting Prefect, on a bad plan
     report = run_dataset_flow(
-        str(plan), _split(stages), _split(scenes), _split(force) or [], workers=workers, dask_address=dask_address
+        str(plan),
+        _split(stages),
+        _split(scenes),
+        _split(force) or [],
+        workers=workers,
+        dask_address=dask_address,
+        gpus=gpus,
+        torch_threads=torch_threads,
     )
+    _stage_table(report)
     _finish(report)
+
+
+@app.command()
+def deploy(
+    plan: PlanArg,
+    name: Annotated[str, typer.Option("--name", help="Deployment name (ovlift-dataset/NAME).")],
+    cron: Annotated[str | None, typer.Option("--cron", help='Schedule, e.g. "0 2 * * *".')] = None,
+    work_pool: Annotated[str | None, typer.Option("--work-pool", help="Prefect work pool that runs it.")] = None,
+    stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these stages.")] = None,
+    scenes: ScenesOpt = None,
+    force: Annotated[list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
+) -> None:
+    """Register the plan's dataset flow as a Prefect deployment on the server at
+    PREFECT_API_URL; a work pool's workers run it (without --work-pool, `ovlift serve` does)."""
+    _load(plan)
+    if not os.environ.get("PREFECT_API_URL"):
+        err_console.print(
+            "[red]error:[/red] set PREFECT_API_URL to the server to deploy to (README: Running on a Prefect server)"
+        )
+        raise typer.Exit(2)
+    from ovlift.flows import deploy as deploy_flow
+
+    selection = {"stages": _split(stages), "scenes": _split(scenes), "force": _split(force)}
+    deployment_id = deploy_flow(str(plan), name, cron, work_pool, **selection)
+    console.print(
+        f"deployment ovlift-dataset/{name} ({deployment_id})" + (f" on work pool '{work_pool}'" if work_pool else "")
+    )
+    if not work_pool:
+        console.print(f"it runs while `ovlift serve {plan} --name {name}` runs")
+
+
+@app.command()
+def serve(
+    plans: Annotated[list[Path], typer.Argument(help="Plans to serve.", exists=True, dir_okay=False)],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Deployment name (one plan; default: the plan's stem).")
+    ] = None,
+    cron: Annotated[str | None, typer.Option("--cron", help='Schedule, e.g. "0 2 * * *".')] = None,
+    verbose: VerboseOpt = False,
+    log_file: LogFileOpt = None,
+) -> None:
+    """Serve the plans' dataset flows as deployments from this process until Ctrl-C: for
+    users without a work pool. Runs are triggered from the UI, the schedule or the client."""
+    if name and len(plans) > 1:
+        err_console.print("[red]error:[/red] --name names one deployment; serve several plans without it")
+        raise typer.Exit(2)
+    for path in plans:
+        _load(path)
+    _flow_logging(plans[0], verbose, log_file)
+    from ovlift.flows import deployment
+    from ovlift.flows import serve as serve_flows
+
+    serve_flows([deployment(str(p), name or p.stem, cron) for p in plans])
 
 
 @app.command()
