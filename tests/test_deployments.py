@@ -112,3 +112,22 @@ def test_served_and_pool_deployments_run_from_the_client_and_rerun_as_cache_hits
             assert f"0 ran, {stages} cached" in summaries[0]  # the same store: all cache hits
     finally:
         stop(worker)
+
+
+@pytest.mark.slow
+def test_the_committed_prefect_yaml_deploys(tmp_path, server):
+    """``prefect deploy --all`` takes the committed example: its deployment, schedule and pull step."""
+    from conftest import REPO
+    from prefect.client.orchestration import get_client
+
+    subprocess.run([PREFECT, "work-pool", "create", "ovlift", "--type", "process"], check=True, capture_output=True)
+    env = dict(os.environ, OVLIFT_REPO=str(REPO))
+    done = subprocess.run(
+        [PREFECT, "--no-prompt", "deploy", "--all"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("ovlift-dataset/demo-nightly")
+    assert deployment.parameters == {"plan_path": "plans/demo.yaml"} and deployment.work_pool_name == "ovlift"
+    assert deployment.schedules[0].schedule.cron == "0 2 * * *"
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
