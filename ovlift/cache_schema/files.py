@@ -28,6 +28,8 @@ from pathlib import Path
 
 import fsspec
 
+from ovlift.cache_schema.store import FRESH_LISTINGS
+
 log = logging.getLogger("ovlift")
 
 
@@ -57,7 +59,7 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
     """The files folder ``<root_url>/<path>/<name>`` for one run of a stage. A forced rerun
     starts from scratch: earlier files (the checkpoints a run would resume from) are moved
     aside to ``<name>.before-force-<time>-<pid>``, never reused or deleted."""
-    fs, root = fsspec.core.url_to_fs(root_url)
+    fs, root = fsspec.core.url_to_fs(root_url, **(FRESH_LISTINGS if "://" in root_url else {}))
     remote = f"{root.rstrip('/')}/{path}/{name}"
     if force and fs.exists(remote):
         aside = f"{remote}.before-force-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"

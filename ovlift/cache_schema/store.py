@@ -55,6 +55,9 @@ STAGING = "_staging"
 REFS = "refs"
 HEAD = "HEAD"
 GROUP_META = "zarr.json"
+FRESH_LISTINGS = {"use_listings_cache": False}
+"""fsspec options of an object store's filesystem: s3fs caches listings per instance (and
+instances per process), so without this a process never sees versions others published."""
 
 
 class StoreFormatError(ValueError):
@@ -157,8 +160,9 @@ class Store:
             self.local_root.mkdir(parents=True, exist_ok=True)
             self._zstore: Any = LocalStore(self.local_root)
         else:
-            self._zstore = FsspecStore.from_url(url)
-            self._fs, self._fs_root = fsspec.core.url_to_fs(url)
+            # no listing cache: other processes publish into the store while this one reads it
+            self._zstore = FsspecStore.from_url(url, storage_options=FRESH_LISTINGS)
+            self._fs, self._fs_root = fsspec.core.url_to_fs(url, **FRESH_LISTINGS)
         root = self._require_group("")
         found = root.attrs.get("ovlift_store_format")
         if found is None:
