@@ -97,6 +97,12 @@ def test_a_whole_plan_runs_on_s3_with_its_files_beside_the_store(s3, tmp_path):
     checkpoints = store.read("global/distill").info["checkpoints"]
     assert any(k.endswith(".pt") for k in s3fs.S3FileSystem().find(checkpoints))
     assert Runner(load_plan(path)).run().counts() == {"cached": 3 * 4 + 2}
+    forced = Runner(load_plan(path)).run(stages=["evaluate"], force=["evaluate"])  # its files move aside
+    assert forced.counts()["ran"] == 1
+    removed = [r for r in collect([load_plan(path)])[0].removed if ".files/" in r]
+    assert len(removed) == 1 and removed[0].startswith(f"s3://{BUCKET}/whole/store.zarr.files/global/evaluate/")
+    assert ".before-force-" in removed[0] and not s3fs.S3FileSystem().exists(removed[0])
+    assert "mIoU" in read_text(store.read("global/evaluate").info["report"], "metrics.md")
 
 
 def _plan(tmp_path, name):

@@ -12,11 +12,12 @@ Cached text embeddings stay. Run it when no run writes to the store.
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+
+import fsspec
 
 from ovlift.cache_schema import Store, short
+from ovlift.cache_schema.store import FRESH_LISTINGS
 from ovlift.pipeline.plan import Plan
 from ovlift.pipeline.status import expected_fingerprints
 
@@ -45,20 +46,30 @@ def collect(plans: list[Plan], dry_run: bool = False) -> list[Collected]:
                 keep.setdefault(path, set()).add(expected.fingerprint)
         removed, freed = store.gc(keep, dry_run)
         result = Collected(url, removed, freed)
-        if store.files_root is not None and store.files_root.is_dir():
-            _collect_files(store.files_root, keep, result, dry_run)
+        _collect_files(store.files_url, keep, result, dry_run)
         results.append(result)
     return results
 
 
-def _collect_files(root: Path, keep: dict[str, set[str]], result: Collected, dry_run: bool) -> None:
-    for folder in sorted(p for p in root.rglob("*") if p.is_dir() and _FILES_DIR.match(p.name)):
-        if not folder.exists():
+def _collect_files(url: str, keep: dict[str, set[str]], result: Collected, dry_run: bool) -> None:
+    """Files folders (``<group path>/<fp12>[.before-force-...]``) of fingerprints not kept,
+    on a local disk or an object store alike."""
+    fs, root = fsspec.core.url_to_fs(url, **(FRESH_LISTINGS if "://" in url else {}))
+    if not fs.isdir(root):
+        return
+    sizes: dict[str, int] = {}
+    for key, info in fs.find(root, detail=True).items():
+        parts = key[len(root.rstrip("/")) + 1 :].split("/")
+        depth = next((i for i, part in enumerate(parts[:-1]) if _FILES_DIR.match(part)), None)
+        if depth is not None:
+            folder = "/".join(parts[: depth + 1])
+            sizes[folder] = sizes.get(folder, 0) + int(info.get("size") or 0)
+    for folder, size in sorted(sizes.items()):
+        path, name = folder.rsplit("/", 1)
+        if name in {short(fp) for fp in keep.get(path, ())}:
             continue
-        path = str(folder.parent.relative_to(root))
-        if folder.name in {short(fp) for fp in keep.get(path, ())}:
-            continue
-        result.removed.append(str(folder))
-        result.bytes_freed += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        target = f"{root.rstrip('/')}/{folder}"
+        result.removed.append(target if "://" not in url else fs.unstrip_protocol(target))
+        result.bytes_freed += size
         if not dry_run:
-            shutil.rmtree(folder)
+            fs.rm(target, recursive=True)
