@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 PINS   := -c constraints.txt
 export OVLIFT_PROGRESS ?= $(if $(CI),0,1)
 
-.PHONY: setup demo test docs constraints clean
+.PHONY: setup demo test gpu-check docs constraints clean
 
 setup: $(VENV)/.ovlift
 
@@ -18,8 +18,18 @@ $(VENV)/.torch:
 	$(PIP) install $(PINS) torch==2.14.1 torchvision==0.29.1
 	touch $@
 
+# With nvcc on the PATH torch-scatter is built with CUDA kernels (FORCE_CUDA: the build
+# machine may have no GPU; --no-cache-dir: pip's cached CPU wheel has the same name);
+# if that build fails (nvcc's CUDA not torch's) it falls back to a CPU build, and ovlift
+# scatters CUDA tensors with torch's own scatter_reduce (make gpu-check says which).
 $(VENV)/.scatter: $(VENV)/.torch
-	MAX_JOBS=$$(nproc) $(PIP) install $(PINS) --no-build-isolation torch-scatter
+	if command -v nvcc >/dev/null; then \
+	  MAX_JOBS=$$(nproc) FORCE_CUDA=1 $(PIP) install $(PINS) --no-build-isolation --no-cache-dir torch-scatter \
+	  || { echo "torch-scatter: CUDA build failed, building for the CPU"; \
+	       MAX_JOBS=$$(nproc) $(PIP) install $(PINS) --no-build-isolation torch-scatter; }; \
+	else \
+	  MAX_JOBS=$$(nproc) $(PIP) install $(PINS) --no-build-isolation torch-scatter; \
+	fi
 	touch $@
 
 # nuscenes-devkit 1.2.0 (the `nuscenes` dataset reader) declares numpy<2 and
@@ -40,6 +50,10 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+# The GPU paths and benchmarks on a lent GPU, one table; without CUDA it says so, exit 0.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 docs: setup
 	$(VENV)/bin/ovlift schema > docs/cache_schema.md
