@@ -121,7 +121,7 @@ def resource_phases(
     runner: Runner, keys: Sequence[str], gpu_if_on_device: bool = False
 ) -> list[tuple[str, list[tuple[list[str], Resources]]]]:
     """``Runner.phases`` with each per-scene run cut where the resources change:
-    [("scene", [([input], cpu), ([extract2d/a], gpu), ([project], cpu)]), ("global", [([distill], gpu)])].
+    [("scene", [([input], cpu), ([extract2d/a, project], gpu), ([segment], cpu)]), ("global", [([distill], gpu)])].
     A piece's memory is its stages' largest."""
     result = []
     for kind, phase_keys in runner.phases(keys):
@@ -156,13 +156,16 @@ def dask_resources(res: Resources, declared: set[str]) -> dict[str, float]:
 
 
 def run_markdown(plan_path: str, report: RunReport) -> str:
-    """The artifact: the run table, then ``evaluate``'s metrics where it ran or was cached."""
+    """The artifact: the run table, then the metrics of each ``evaluate`` this run ran or found
+    cached (that version, not whatever an earlier run left as the latest)."""
     parts = [f"# ovlift: {Path(plan_path).name}", "", report.markdown()]
     runner = Runner(load_plan(plan_path))
-    for key, stage_plan in runner.plan.stages.items():
-        if stage_plan.name != "evaluate":
+    for o in report.outcomes:
+        stage_plan = runner.plan.stages[o.stage]
+        if stage_plan.name != "evaluate" or not o.ok:
             continue
-        group = runner.store.read(stage_plan.group_path(None))
+        key = o.stage
+        group = runner.store.read(stage_plan.group_path(None), fingerprint=o.fingerprint)
         metrics = read_text(group.info["report"], "metrics.md") if group is not None else None
         if metrics is not None:
             parts += [f"## {key}", "", metrics]
