@@ -137,10 +137,10 @@ TRANSIENT_ERRORS = frozenset(
         "ServerTimeoutError",
     }
 )
-TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EREMOTEIO})
-"""s3fs's translation of HTTP 503 / SlowDown (EBUSY) and 500 InternalError (EREMOTEIO)."""
 """Names of exception classes that mean the network or an object store hiccuped (matched
 by name along the class's MRO, so that no client library is imported to check)."""
+TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EREMOTEIO})
+"""s3fs's translation of HTTP 503 / SlowDown (EBUSY) and 500 InternalError (EREMOTEIO)."""
 
 
 def is_transient(err: BaseException) -> bool:
