@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -30,8 +31,6 @@ TERMINAL_LEVEL = "WARNING"
 
 def default_log_file(plan: Path) -> Path:
     """``$OVLIFT_LOG_DIR`` (default ``~/.cache/ovlift/logs``)/<plan>-<time>-<pid>.log."""
-    import time
-
     folder = Path(os.environ.get("OVLIFT_LOG_DIR", "~/.cache/ovlift/logs")).expanduser()
     return folder / f"{plan.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from ovlift.cache_schema.store import FRESH_LISTINGS
+from ovlift.cache_schema.store import url_to_fs
 
 log = logging.getLogger("ovlift")
 
@@ -59,13 +60,13 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
     """The files folder ``<root_url>/<path>/<name>`` for one run of a stage. A forced rerun
     starts from scratch: earlier files (the checkpoints a run would resume from) are moved
     aside to ``<name>.before-force-<time>-<pid>``, never reused or deleted."""
-    fs, root = fsspec.core.url_to_fs(root_url, **(FRESH_LISTINGS if "://" in root_url else {}))
+    fs, root = url_to_fs(root_url)
     remote = f"{root.rstrip('/')}/{path}/{name}"
     if force and fs.exists(remote):
         aside = f"{remote}.before-force-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         _move(fs, remote, aside)
         log.info("%s: forced, so its earlier files were moved to %s", path, aside)
-    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+    if isinstance(fs, LocalFileSystem):
         yield GroupFiles(Path(remote), remote)
         return
     url = fs.unstrip_protocol(remote)
@@ -86,7 +87,7 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
 def _move(fs, src: str, dst: str) -> None:
     """A folder's move: a rename on a local disk; file by file on an object store (s3fs's
     recursive ``mv`` fails on nested prefixes)."""
-    if isinstance(fs, fsspec.implementations.local.LocalFileSystem):
+    if isinstance(fs, LocalFileSystem):
         os.rename(src, dst)
         return
     for key in fs.find(src):

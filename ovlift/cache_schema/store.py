@@ -60,6 +60,11 @@ FRESH_LISTINGS = {"use_listings_cache": False}
 instances per process), so without this a process never sees versions others published."""
 
 
+def url_to_fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) of a store's URL or local path, listings never cached (``FRESH_LISTINGS``)."""
+    return fsspec.core.url_to_fs(url, **(FRESH_LISTINGS if "://" in url else {}))
+
+
 class StoreFormatError(ValueError):
     """The store was written by an ovlift with another layout."""
 
@@ -162,7 +167,7 @@ class Store:
         else:
             # no listing cache: other processes publish into the store while this one reads it
             self._zstore = FsspecStore.from_url(url, storage_options=FRESH_LISTINGS)
-            self._fs, self._fs_root = fsspec.core.url_to_fs(url, **FRESH_LISTINGS)
+            self._fs, self._fs_root = url_to_fs(url)
         root = self._require_group("")
         found = root.attrs.get("ovlift_store_format")
         if found is None:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-import fsspec
-
 from ovlift.cache_schema import Store, short
-from ovlift.cache_schema.store import FRESH_LISTINGS
+from ovlift.cache_schema.store import url_to_fs
 from ovlift.pipeline.plan import Plan
 from ovlift.pipeline.status import expected_fingerprints
 
@@ -54,7 +52,7 @@ def collect(plans: list[Plan], dry_run: bool = False) -> list[Collected]:
 def _collect_files(url: str, keep: dict[str, set[str]], result: Collected, dry_run: bool) -> None:
     """Files folders (``<group path>/<fp12>[.before-force-...]``) of fingerprints not kept,
     on a local disk or an object store alike."""
-    fs, root = fsspec.core.url_to_fs(url, **(FRESH_LISTINGS if "://" in url else {}))
+    fs, root = url_to_fs(url)
     if not fs.isdir(root):
         return
     sizes: dict[str, int] = {}
