@@ -26,6 +26,17 @@ def read_image(path: Path, mode: str | None = None, expected: str = "an image fi
         raise ValueError(f"cannot read image '{path}' (expected {expected}): {err}") from None
 
 
+def read_uint16_image(path: Path, scene_id: str, expected: str) -> np.ndarray:
+    """A single-channel 16-bit image (depth) as uint16 (older Pillow opens those as int32, mode
+    "I"); another kind of image is a ValueError naming the scene, the file and ``expected``."""
+    raw = read_image(path, expected=expected)
+    if raw.dtype == np.int32 and raw.size and 0 <= raw.min() and raw.max() <= np.iinfo(np.uint16).max:
+        raw = raw.astype(np.uint16)
+    if raw.ndim != 2 or raw.dtype != np.uint16:
+        raise ValueError(f"scene '{scene_id}': {path} is {raw.dtype} {raw.shape}; expected {expected}")
+    return raw
+
+
 def read_color(path: Path, expected: str = "a colour image (JPEG or PNG)") -> np.ndarray:
     return read_image(path, "RGB", expected).astype(np.uint8)
 

@@ -59,7 +59,7 @@ from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.category_table import CategoryTable, label_indices
-from ovlift.datasets.images import StoredImageSize, read_color, read_image, resized_frame
+from ovlift.datasets.images import StoredImageSize, read_color, read_uint16_image, resized_frame
 from ovlift.ply import PlyMesh, read_ply
 from ovlift.vocabularies import MATTERPORT21, SCANNET20_NYU40_IDS, get_vocabulary
 
@@ -242,12 +242,8 @@ class MatterportDataset(Dataset[MatterportConfig]):
         def read_frame(i: int) -> Frame:
             image, color_path, depth_path = frames[i]
             color = read_color(color_path)
-            raw = read_image(depth_path, expected=f"an undistorted uint16 depth PNG ({depth_scale:g} per metre)")
-            if raw.ndim != 2 or raw.dtype not in (np.uint16, np.int32):  # int32: older Pillow's 16-bit mode "I"
-                raise ValueError(
-                    f"scene '{scene_id}': {depth_path} is {raw.dtype} {raw.shape}; expected Matterport's "
-                    f"single-channel uint16 depth ({depth_scale:g} per metre)"
-                )
+            expected = f"Matterport's single-channel uint16 depth, undistorted ({depth_scale:g} per metre)"
+            raw = read_uint16_image(depth_path, scene_id, expected)
             if raw.shape != color.shape[:2]:
                 raise ValueError(
                     f"scene '{scene_id}': {depth_path} is {raw.shape} but {color_path.name} is {color.shape[:2]}; "

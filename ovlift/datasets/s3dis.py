@@ -86,7 +86,7 @@ from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.images import StoredImageSize, read_color, read_image, resized_frame
+from ovlift.datasets.images import StoredImageSize, read_color, read_image, read_uint16_image, resized_frame
 from ovlift.vocabularies import S3DIS13
 
 log = logging.getLogger(__name__)
@@ -450,14 +450,9 @@ def read_pose(path: Path, scene_id: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_depth(path: Path, scene_id: str) -> np.ndarray:
     """Metres (float32), 0 where 2D-3D-S has no reading (65535)."""
-    raw = read_image(path, expected=FRAME_FILES["depth"][1])
-    if raw.dtype == np.int32 and raw.size and 0 <= raw.min() and raw.max() <= DEPTH_MISSING:
-        raw = raw.astype(np.uint16)  # older Pillow opens 16-bit PNGs as mode "I"
-    if raw.ndim != 2 or raw.dtype != np.uint16:
-        raise ValueError(
-            f"scene '{scene_id}': depth image '{path}' is {raw.dtype} {raw.shape}; expected single-channel uint16 "
-            f"(1/{DEPTH_UNITS_PER_M:.0f} m)"
-        )
+    raw = read_uint16_image(
+        path, scene_id, f"single-channel uint16 depth, 1/{DEPTH_UNITS_PER_M:.0f} m ({DEPTH_MISSING}: no reading)"
+    )
     depth = raw.astype(np.float32) / np.float32(DEPTH_UNITS_PER_M)
     depth[raw == DEPTH_MISSING] = 0.0
     return depth
