@@ -150,6 +150,19 @@ def current_fingerprints(tmp_path: Path) -> dict[str, dict[str, str]]:
     }
     plan = plan_from_dict(data, base_dir=tmp_path)
     found["teachers"] = {path: e.fingerprint for path, e in expected_fingerprints(plan, Store(plan.store)).items()}
+    found.update(toy_plan_fingerprints(tmp_path))
+    return found
+
+
+def toy_plan_fingerprints(tmp_path: Path) -> dict[str, dict[str, str]]:
+    """The committed toy studies' global groups and their first scene's: every stage
+    implementation (capability, fuse, objects, denoise, both distills) at its plan's settings."""
+    found = {}
+    for name in ("cus3d-toy", "sas-toy", "clip2scene-toy"):
+        plan = load_plan(REPO / "plans" / f"{name}.yaml", overrides=[f"store={tmp_path / name}.zarr"])
+        first = f"scenes/{plan.dataset.scene_ids()[0]}/"
+        expected = expected_fingerprints(plan, Store(plan.store)).items()
+        found[name] = {p: e.fingerprint for p, e in expected if p.startswith(("global/", first))}
     return found
 
 
