@@ -8,9 +8,10 @@ becomes its description in ``--help`` output and generated docs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Generic, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, create_model
+from pydantic.fields import FieldInfo
 
 
 class FrozenConfig(BaseModel):
@@ -25,6 +26,23 @@ class FrozenConfig(BaseModel):
         """
         runtime = {name for name, f in type(self).model_fields.items() if (f.json_schema_extra or {}).get("runtime")}
         return self.model_dump(mode="json", exclude=runtime)
+
+    @classmethod
+    def with_defaults(cls, **defaults: Any) -> type[Self]:
+        """A subclass whose fields keep their types, bounds and docs but default to ``defaults``:
+        a method's config states only what it sets differently from the shared one
+        (``class Clip2SceneDistillConfig(TrainingConfig.with_defaults(lr=0.1))``)."""
+        unknown = sorted(set(defaults) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no fields {unknown}")
+        fields: Any = {
+            name: (
+                cls.model_fields[name].annotation,
+                FieldInfo.merge_field_infos(cls.model_fields[name], default=value),
+            )
+            for name, value in defaults.items()
+        }
+        return create_model(cls.__name__, __base__=cls, __module__=cls.__module__, **fields)
 
 
 def runtime_field(default: Any, **kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ from ovlift.models.training import (
     SuperpointBatch,
     Tesd,
     TesdBatch,
+    TrainRun,
     bank_entry,
     pseudo_labels,
     superpoint_targets,
@@ -149,8 +150,7 @@ def tiny_scenes(count: int = 2, channels: int = 8) -> list[SceneData]:
 
 
 def run_train(folder: Path, tesd: Tesd | None, epochs: int = 4, superpoint_weight: float = 1.0):
-    return train(
-        tiny_scenes(),
+    run = TrainRun(
         StudentConfig(**{**TINY_STUDENT, "voxel_size_m": 0.1}),
         8,
         Schedule("adam", 0.003, 0.0003, "cosine", 0.0),
@@ -159,11 +159,9 @@ def run_train(folder: Path, tesd: Tesd | None, epochs: int = 4, superpoint_weigh
         epochs,
         1,
         0,
-        torch.device("cpu"),
-        folder,
-        None,
-        tesd,
+        tesd=tesd,
     )
+    return train(tiny_scenes(), run, torch.device("cpu"), folder)
 
 
 def tesd_config(**kwargs) -> Tesd:

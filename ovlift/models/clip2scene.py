@@ -220,61 +220,89 @@ def terms_of_step(
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, semantic, ssr, unpaired) of one step from the trunk's voxel features."""
-    terms, text = run.terms, run.text
+    terms = run.terms
     global_head, local_head = heads
     point_voxel = torch.cat(maps)
-    owner = torch.cat([torch.full((len(r),), s) for r, s in zip(step.rows, step.scenes)])
     labels = torch.cat([scenes[s].pixel_labels[r] for r, s in zip(step.rows, step.scenes)]).to(device)
     paired = labels >= 0
-    voxel_global = global_head(trunk)
+    unit = F.normalize(global_head(trunk), dim=1) if terms.semantic == "paper_eq1" else global_head(trunk)
+    voxel_logits = run.text.logits(unit, terms.semantic_temperature)
+    semantic = semantic_term(terms, voxel_logits, point_voxel[paired], labels[paired], self_train, generator)
     zero = trunk.new_zeros(())
-    # semantic consistency on the paired points (logits per voxel, gathered per point)
-    paired_voxel = point_voxel[paired]
-    unit = F.normalize(voxel_global, dim=1) if terms.semantic == "paper_eq1" else voxel_global
-    voxel_logits = text.logits(unit, terms.semantic_temperature)
-    targets = labels[paired]
-    if self_train:
-        own = voxel_logits.detach().argmax(1)[paired_voxel]
-        if terms.self_training_switch == "batch":
-            targets = own
-        else:
-            flip = torch.rand(len(own), generator=generator) < terms.self_training_p
-            targets = torch.where(flip.to(device), own, targets)
-    if len(targets) == 0:
-        semantic = zero
-    elif terms.semantic == "ce":  # per-voxel label counts: autograd never sees a (P, K) gather
-        semantic = voxel_cross_entropy(voxel_logits, paired_voxel, targets)
-    else:
-        semantic = semantic_eq1(voxel_logits[paired_voxel], targets)
     unpaired = zero
     if terms.unpaired_weight > 0 and self_train and (~paired).any():
         unpaired_voxel = point_voxel[~paired]
         unpaired = voxel_cross_entropy(voxel_logits, unpaired_voxel, voxel_logits.detach().argmax(1)[unpaired_voxel])
     ssr = zero
     if terms.ssr_weight > 0 and paired.any():
-        # cells of the merged cloud in key-frame coordinates, per scene; earlier samples (the key frame) first
-        positions = torch.cat([scenes[s].points[r] for r, s in zip(step.rows, step.scenes)]).double()
-        idx = torch.nonzero(paired.cpu(), as_tuple=True)[0]
-        keep, cell = pack_grids(positions[idx], owner[idx], terms.grid_m, terms.max_per_grid)
-        keep, cell = idx[keep].to(device), cell.to(device)
-        first = torch.full((int(cell.max()) + 1,), len(keep), dtype=torch.int64, device=device)
-        first.scatter_reduce_(0, cell, torch.arange(len(keep), device=device), reduce="amin")
-        cell_text = run.class_embeddings.to(device)[labels[keep[first]]]
-        point = local_head(trunk)[point_voxel[keep]]
-        pixel = None
-        if terms.ssr_features == "pixels_and_points":
-            offsets = torch.cumsum(torch.tensor([0] + [len(r) for r in step.rows]), 0)
-            kept = keep.cpu()
-            sample = torch.searchsorted(offsets, kept, right=True) - 1  # gather per sample, not all rows
-            rows = torch.cat(step.rows)[kept]
-            pixel = torch.empty((len(kept), run.channels))
-            for i, s in enumerate(step.scenes):
-                mine = sample == i
-                pixel[mine] = scenes[s].pixel_features[rows[mine]].float()
-            pixel = F.normalize(pixel.to(device), dim=1)
-        ssr = ssr_loss(point, pixel, cell, cell_text, terms.ssr_lambda)
+        ssr = ssr_term(run, scenes, step, local_head(trunk), point_voxel, labels)
     total = semantic + terms.ssr_weight * ssr + terms.unpaired_weight * unpaired
     return total, semantic, ssr, unpaired
+
+
+def semantic_term(
+    terms: Clip2SceneTerms,
+    voxel_logits: torch.Tensor,
+    paired_voxel: torch.Tensor,
+    targets: torch.Tensor,
+    self_train: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Semantic consistency on the paired points (logits per voxel, gathered per point), against
+    their pixels' classes or, on a self-training step, the network's own argmax."""
+    if self_train:
+        own = voxel_logits.detach().argmax(1)[paired_voxel]
+        if terms.self_training_switch == "batch":
+            targets = own
+        else:
+            flip = torch.rand(len(own), generator=generator) < terms.self_training_p
+            targets = torch.where(flip.to(own.device), own, targets)
+    if len(targets) == 0:
+        return voxel_logits.new_zeros(())
+    if terms.semantic == "ce":  # per-voxel label counts: autograd never sees a (P, K) gather
+        return voxel_cross_entropy(voxel_logits, paired_voxel, targets)
+    return semantic_eq1(voxel_logits[paired_voxel], targets)
+
+
+def ssr_term(
+    run: Clip2SceneRun,
+    scenes: list[SweepScene],
+    step: StepBatch,
+    voxel_local: torch.Tensor,
+    point_voxel: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Spatial-temporal consistency: cells of the merged cloud in key-frame coordinates, per scene,
+    earlier samples (the key frame) first; each cell's text is its first point's pixel class."""
+    terms, device = run.terms, labels.device
+    owner = torch.cat([torch.full((len(r),), s) for r, s in zip(step.rows, step.scenes)])
+    positions = torch.cat([scenes[s].points[r] for r, s in zip(step.rows, step.scenes)]).double()
+    idx = torch.nonzero((labels >= 0).cpu(), as_tuple=True)[0]
+    keep, cell = pack_grids(positions[idx], owner[idx], terms.grid_m, terms.max_per_grid)
+    keep, cell = idx[keep].to(device), cell.to(device)
+    first = torch.full((int(cell.max()) + 1,), len(keep), dtype=torch.int64, device=device)
+    first.scatter_reduce_(0, cell, torch.arange(len(keep), device=device), reduce="amin")
+    cell_text = run.class_embeddings.to(device)[labels[keep[first]]]
+    point = voxel_local[point_voxel[keep]]
+    pixel = None
+    if terms.ssr_features == "pixels_and_points":
+        pixel = F.normalize(kept_pixel_features(run, scenes, step, keep.cpu()).to(device), dim=1)
+    return ssr_loss(point, pixel, cell, cell_text, terms.ssr_lambda)
+
+
+def kept_pixel_features(
+    run: Clip2SceneRun, scenes: list[SweepScene], step: StepBatch, kept: torch.Tensor
+) -> torch.Tensor:
+    """(n, D) float32 pixel features of the step's points ``kept`` (indices over all its samples),
+    gathered per sample rather than over all rows."""
+    offsets = torch.cumsum(torch.tensor([0] + [len(r) for r in step.rows]), 0)
+    sample = torch.searchsorted(offsets, kept, right=True) - 1
+    rows = torch.cat(step.rows)[kept]
+    pixel = torch.empty((len(kept), run.channels))
+    for i, s in enumerate(step.scenes):
+        mine = sample == i
+        pixel[mine] = scenes[s].pixel_features[rows[mine]].float()
+    return pixel
 
 
 def train_clip2scene(
@@ -289,64 +317,57 @@ def train_clip2scene(
         torch.manual_seed(run.seed)
         model = MinkUNet(run.student, run.channels, device).to(device)
         local_head = nn.Linear(model.trunk_channels, run.channels).to(device)
-        params = list(model.parameters()) + list(local_head.parameters())
-        optimizer = run.schedule.optimizer_for(params)
+        optimizer = run.schedule.optimizer_for(list(model.parameters()) + list(local_head.parameters()))
         rows, start, _ = resume(checkpoints, device, optimizer, run.epochs, model=model, local_head=local_head)
-        text = run.text.to(device)
-        run_on_device = replace(run, text=text)
-        steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
-        total_steps = steps_per_epoch * run.epochs
-        st_start = run.terms.self_training_start
+        run_on_device = replace(run, text=run.text.to(device))
         for epoch in progress(range(start, run.epochs), "distill (clip2scene)", unit="epoch"):
             generator = epoch_generator(run.seed, epoch)
             order = torch.randperm(len(scenes), generator=generator).tolist()
             model.train()
             local_head.train()
-            for step in range(steps_per_epoch):
+            for step in range(math.ceil(len(scenes) / run.batch_size)):
                 batch = order[step * run.batch_size : (step + 1) * run.batch_size]
-                lr = run.schedule.lr_at(epoch * steps_per_epoch + step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                built = build_step(run, scenes, batch, generator)
-                coin = float(torch.rand((), generator=generator))
-                phase = st_start is not None and epoch >= st_start
-                self_train = phase and (run.terms.self_training_switch == "point" or coin < run.terms.self_training_p)
-                x, maps = sparse_input(built.samples, run.student, device)
-                trunk = model.trunk(x)
-                total, semantic, ssr, unpaired = terms_of_step(
-                    run_on_device,
-                    scenes,
-                    built,
-                    trunk,
-                    maps,
-                    (model.head, local_head),
-                    self_train,
-                    generator,
-                    device,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
                 rows.append(
-                    {
-                        "epoch": epoch,
-                        "step": epoch * steps_per_epoch + step,
-                        "loss": total.item(),
-                        "semantic_loss": semantic.item(),
-                        "ssr_loss": ssr.item(),
-                        "unpaired_loss": unpaired.item(),
-                        "self_training": int(self_train),
-                        "lr": lr,
-                    }
+                    train_step(
+                        run_on_device, scenes, batch, (model, local_head), optimizer, epoch, step, generator, device
+                    )
                 )
-            save_atomically(
-                {
-                    "model": model.state_dict(),
-                    "local_head": local_head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch,
-                    "rows": rows,
-                },
-                checkpoints / f"epoch_{epoch:04d}.pt",
-            )
+            state = {"model": model.state_dict(), "local_head": local_head.state_dict()}
+            state |= {"optimizer": optimizer.state_dict(), "epoch": epoch, "rows": rows}
+            save_atomically(state, checkpoints / f"epoch_{epoch:04d}.pt")
         return model, rows
+
+
+def train_step(
+    run: Clip2SceneRun,
+    scenes: list[SweepScene],
+    batch: list[int],
+    modules: tuple[MinkUNet, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    generator: torch.Generator,
+    device: torch.device,
+) -> dict:
+    """One optimiser step on the scenes ``batch``; returns its log row."""
+    model, local_head = modules
+    steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
+    global_step = epoch * steps_per_epoch + step
+    lr = run.schedule.apply(optimizer, global_step, steps_per_epoch * run.epochs)
+    built = build_step(run, scenes, batch, generator)
+    coin = float(torch.rand((), generator=generator))
+    st_start = run.terms.self_training_start
+    phase = st_start is not None and epoch >= st_start
+    self_train = phase and (run.terms.self_training_switch == "point" or coin < run.terms.self_training_p)
+    x, maps = sparse_input(built.samples, run.student, device)
+    trunk = model.trunk(x)
+    heads = (model.head, local_head)
+    total, semantic, ssr, unpaired = terms_of_step(
+        run, scenes, built, trunk, maps, heads, self_train, generator, device
+    )
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    losses = {"loss": total, "semantic_loss": semantic, "ssr_loss": ssr, "unpaired_loss": unpaired}
+    row = {"epoch": epoch, "step": global_step, "self_training": int(self_train), "lr": lr}
+    return row | {name: value.item() for name, value in losses.items()}

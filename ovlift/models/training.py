@@ -84,6 +84,13 @@ class Schedule:
             return self.final_lr + (self.lr - self.final_lr) * (1 + math.cos(math.pi * t)) / 2
         return self.lr + (self.final_lr - self.lr) * t
 
+    def apply(self, optimizer: torch.optim.Optimizer, step: int, total: int) -> float:
+        """Set the optimiser's learning rate for ``step`` of ``total``; returns it."""
+        lr = self.lr_at(step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -409,129 +416,150 @@ def deterministic_algorithms():
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
+@dataclass(frozen=True)
+class TrainRun:
+    """What ``train`` needs besides the scenes (what ``DistillConfig`` turns into)."""
+
+    student: StudentConfig
+    channels: int
+    """Teacher feature channels D: the student's output."""
+    schedule: Schedule
+    augment: Augment
+    losses: Losses
+    epochs: int
+    batch_size: int
+    """Scenes per step, over all processes."""
+    seed: int
+    text: ClassText | None = None
+    """The label loss's classes."""
+    tesd: Tesd | None = None
+
+
 def train(
-    scenes: list[SceneData],
-    student: StudentConfig,
-    out_channels: int,
-    schedule: Schedule,
-    augment: Augment,
-    losses: Losses,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    device: torch.device,
-    checkpoints: Path,
-    text: ClassText | None = None,
-    tesd: Tesd | None = None,
+    scenes: list[SceneData], run: TrainRun, device: torch.device, checkpoints: Path
 ) -> tuple[MinkUNet, list[dict]]:
-    """Train (or resume) and return the model and the per-step log rows."""
+    """Train (or resume from the last epoch checkpoint in ``checkpoints``) and return the model
+    and the per-step log rows."""
     with deterministic_algorithms():
-        rank, size = world()
-        if batch_size < size:
-            raise ValueError(f"batch_size {batch_size} is smaller than the {size} distributed processes")
-        torch.manual_seed(seed)
-        model = MinkUNet(student, out_channels, device).to(device)
-        optimizer = schedule.optimizer_for(model.parameters())
-        rows, start, state = resume(checkpoints, device, optimizer, epochs, model=model)
-        bank: list[torch.Tensor] | None = None
+        trainer = Trainer(scenes, run, device, checkpoints)
+        for epoch in progress(range(trainer.start, run.epochs), "distill", unit="epoch"):
+            trainer.epoch(epoch)
+        return trainer.model, trainer.rows
+
+
+class Trainer:
+    """One distillation run: the model (DDP-wrapped under torchrun), its optimiser, the log rows
+    and TESD's bank, resumed from the last checkpoint if there is one."""
+
+    def __init__(self, scenes: list[SceneData], run: TrainRun, device: torch.device, checkpoints: Path) -> None:
+        self.scenes, self.run, self.device, self.checkpoints = scenes, run, device, checkpoints
+        self.rank, self.size = world()
+        if run.batch_size < self.size:
+            raise ValueError(f"batch_size {run.batch_size} is smaller than the {self.size} distributed processes")
+        torch.manual_seed(run.seed)
+        self.model = MinkUNet(run.student, run.channels, device).to(device)
+        self.optimizer = run.schedule.optimizer_for(self.model.parameters())
+        self.rows, self.start, state = resume(checkpoints, device, self.optimizer, run.epochs, model=self.model)
+        self.bank: list[torch.Tensor] | None = None
         if state.get("tesd_bank") is not None:
-            bank = [b.cpu() for b in state["tesd_bank"]]
-        ddp: nn.Module = nn.parallel.DistributedDataParallel(model) if size > 1 else model
-        steps_per_epoch = math.ceil(len(scenes) / batch_size)
-        total = steps_per_epoch * epochs
-        text_dev = text.to(device) if text is not None else None
-        tesd_text = tesd.text.to(device) if tesd is not None else None
-        teacher_superpoints = [
-            superpoint_targets(s) if losses.superpoint_weight > 0 and s.superpoints is not None else None
+            self.bank = [b.cpu() for b in state["tesd_bank"]]
+        self.ddp: nn.Module = nn.parallel.DistributedDataParallel(self.model) if self.size > 1 else self.model
+        self.steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
+        self.text = run.text.to(device) if run.text is not None else None
+        self.tesd_text = run.tesd.text.to(device) if run.tesd is not None else None
+        self.teacher_superpoints = [
+            superpoint_targets(s) if run.losses.superpoint_weight > 0 and s.superpoints is not None else None
             for s in scenes
         ]
-        for epoch in progress(range(start, epochs), "distill", unit="epoch"):
-            generator = epoch_generator(seed, epoch)
-            order = torch.randperm(len(scenes), generator=generator).tolist()
-            augmented = {i: augment(scenes[i].points, generator) for i in order}  # same draws on every rank
-            tesd_on = tesd is not None and epoch >= tesd.start_epoch
-            if tesd_on and bank is None:  # the switch epoch (a run resumed after it has the bank)
-                assert tesd is not None
-                bank = initial_bank(model, scenes, tesd, device, rank, size)
-                log.info("distill: TESD from epoch %d on", epoch)
-            ddp.train()
-            for step in range(steps_per_epoch):
-                scenes_in_step = order[step * batch_size : (step + 1) * batch_size]
-                batch, weights = rank_share(scenes_in_step, rank, size)
-                real = sum(weights)
-                lr = schedule.lr_at(epoch * steps_per_epoch + step, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, maps = sparse_input([(augmented[i], scenes[i].colors) for i in batch], student, device)
-                point_voxel, target, labels = [], [], []
-                for i, point_map in zip(batch, maps):
-                    seen = scenes[i].seen.to(device)
-                    point_voxel.append(point_map[seen])
-                    target.append(scenes[i].targets.to(device)[seen])
-                    if scenes[i].labels is not None:
-                        labels.append(scenes[i].labels.to(device)[seen])
-                superpoints = superpoint_batch([teacher_superpoints[i] for i in batch], device)
-                tesd_batch = None
-                if tesd_on:
-                    assert tesd is not None and tesd_text is not None and bank is not None
-                    tesd_batch = tesd_step_batch(
-                        [scenes[i] for i in batch], [bank[i] for i in batch], maps, tesd, tesd_text, device
-                    )
-                voxels = ddp(x)
-                terms = losses(
-                    voxels,
-                    torch.cat(point_voxel),
-                    torch.cat(target),
-                    torch.cat(labels) if labels else None,
-                    text_dev,
-                    superpoints,
-                    tesd_batch,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                # DDP averages gradients over ranks: weighting each rank by its share of the step's real
-                # scenes makes that average the scene-weighted mean, to which a padding-only rank adds
-                # zeros (the factor is 1 for a single process)
-                (terms.total * (real * size / len(scenes_in_step))).backward()
-                optimizer.step()
-                if tesd_on:
-                    assert tesd is not None and tesd_text is not None and bank is not None
-                    update_bank(bank, voxels.detach(), batch, weights, maps, scenes, tesd, tesd_text)
-                    if size > 1:  # every rank holds the whole bank: each visited scene from its rank
-                        for owner in range(size):
-                            for i, w in zip(*rank_share(scenes_in_step, owner, size)):
-                                if w:
-                                    broadcast_(bank[i], owner, device)
-                logged = torch.stack([t.detach() for t in terms])
-                if size > 1:  # every rank logs (and publishes) the same numbers: the mean over the real scenes
-                    summed = torch.cat([logged * real, logged.new_tensor([real])])
-                    dist.all_reduce(summed)
-                    logged = summed[:-1] / summed[-1]
-                rows.append(
-                    {
-                        "epoch": epoch,
-                        "step": epoch * steps_per_epoch + step,
-                        "loss": logged[0].item(),
-                        "cosine_loss": logged[1].item(),
-                        "label_loss": logged[2].item(),
-                        "lr": lr,
-                        "superpoint_loss": logged[3].item(),
-                        "tesd_loss": logged[4].item(),
-                    }
-                )
-            if rank == 0:
-                save_atomically(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "epoch": epoch,
-                        "rows": rows,
-                        "tesd_bank": bank,
-                    },
-                    checkpoints / f"epoch_{epoch:04d}.pt",
-                )
-            if size > 1:
-                dist.barrier()
-        return model, rows
+
+    def epoch(self, epoch: int) -> None:
+        """The epoch's steps in an order and with augmentations drawn from (seed, epoch), then
+        its checkpoint; TESD's bank is initialised at the start of its first epoch."""
+        run = self.run
+        generator = epoch_generator(run.seed, epoch)
+        order = torch.randperm(len(self.scenes), generator=generator).tolist()
+        augmented = {i: run.augment(self.scenes[i].points, generator) for i in order}  # same draws on every rank
+        tesd_on = run.tesd is not None and epoch >= run.tesd.start_epoch
+        if tesd_on and self.bank is None:  # the switch epoch (a run resumed after it has the bank)
+            assert run.tesd is not None
+            self.bank = initial_bank(self.model, self.scenes, run.tesd, self.device, self.rank, self.size)
+            log.info("distill: TESD from epoch %d on", epoch)
+        self.ddp.train()
+        for step in range(self.steps_per_epoch):
+            self.step(epoch, step, order[step * run.batch_size : (step + 1) * run.batch_size], augmented, tesd_on)
+        if self.rank == 0:
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            state |= {"epoch": epoch, "rows": self.rows, "tesd_bank": self.bank}
+            save_atomically(state, self.checkpoints / f"epoch_{epoch:04d}.pt")
+        if self.size > 1:
+            dist.barrier()
+
+    def step(
+        self, epoch: int, step: int, scenes_in_step: list[int], augmented: dict[int, torch.Tensor], tesd_on: bool
+    ) -> None:
+        run, scenes = self.run, self.scenes
+        batch, weights = rank_share(scenes_in_step, self.rank, self.size)
+        real = sum(weights)
+        global_step = epoch * self.steps_per_epoch + step
+        lr = run.schedule.apply(self.optimizer, global_step, self.steps_per_epoch * run.epochs)
+        x, maps = sparse_input([(augmented[i], scenes[i].colors) for i in batch], run.student, self.device)
+        point_voxel, target, labels = self.targets(batch, maps)
+        superpoints = superpoint_batch([self.teacher_superpoints[i] for i in batch], self.device)
+        tesd_batch = None
+        if tesd_on:
+            assert run.tesd is not None and self.tesd_text is not None and self.bank is not None
+            tesd_batch = tesd_step_batch(
+                [scenes[i] for i in batch], [self.bank[i] for i in batch], maps, run.tesd, self.tesd_text, self.device
+            )
+        voxels = self.ddp(x)
+        terms = run.losses(voxels, point_voxel, target, labels, self.text, superpoints, tesd_batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks: weighting each rank by its share of the step's real
+        # scenes makes that average the scene-weighted mean, to which a padding-only rank adds
+        # zeros (the factor is 1 for a single process)
+        (terms.total * (real * self.size / len(scenes_in_step))).backward()
+        self.optimizer.step()
+        if tesd_on:
+            self.update_bank(voxels.detach(), batch, weights, maps, scenes_in_step)
+        self.rows.append({"epoch": epoch, "step": global_step, "lr": lr, **self.logged(terms, real)})
+
+    def targets(
+        self, batch: list[int], maps: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step's points with teacher features: their voxel, feature and (label loss) class."""
+        point_voxel, target, labels = [], [], []
+        for i, point_map in zip(batch, maps):
+            scene = self.scenes[i]
+            seen = scene.seen.to(self.device)
+            point_voxel.append(point_map[seen])
+            target.append(scene.targets.to(self.device)[seen])
+            if scene.labels is not None:
+                labels.append(scene.labels.to(self.device)[seen])
+        return torch.cat(point_voxel), torch.cat(target), torch.cat(labels) if labels else None
+
+    def update_bank(
+        self, voxels: torch.Tensor, batch: list[int], weights: list[float], maps: list[torch.Tensor], step: list[int]
+    ) -> None:
+        """TESD's EMA from this visit; under DDP every rank then holds the whole bank, each visited
+        scene sent from the rank that visited it."""
+        assert self.run.tesd is not None and self.tesd_text is not None and self.bank is not None
+        update_bank(self.bank, voxels, batch, weights, maps, self.scenes, self.run.tesd, self.tesd_text)
+        if self.size > 1:
+            for owner in range(self.size):
+                for i, w in zip(*rank_share(step, owner, self.size)):
+                    if w:
+                        broadcast_(self.bank[i], owner, self.device)
+
+    def logged(self, terms: LossTerms, real: float) -> dict[str, float]:
+        """The step's loss terms as logged: under DDP every rank logs (and publishes) the same
+        numbers, the mean over the step's real scenes."""
+        logged = torch.stack([t.detach() for t in terms])
+        if self.size > 1:
+            summed = torch.cat([logged * real, logged.new_tensor([real])])
+            dist.all_reduce(summed)
+            logged = summed[:-1] / summed[-1]
+        names = ("loss", "cosine_loss", "label_loss", "superpoint_loss", "tesd_loss")
+        return {name: value.item() for name, value in zip(names, logged)}
 
 
 def superpoint_targets(scene: SceneData) -> SuperpointBatch:

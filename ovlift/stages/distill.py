@@ -20,62 +20,35 @@ gives point and superpoint pseudo labels, whose cross-entropy terms join
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ovlift.cache_schema import GroupWriter, StageGroup
+from ovlift.cache_schema import GroupWriter
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC, write_student
-from ovlift.cache_schema.groups.lifted import FeatureSource, lifted_features
-from ovlift.config import FrozenConfig, runtime_field
+from ovlift.cache_schema.groups.lifted import FeatureSource, TrainingScene, training_scenes
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
-from ovlift.models.student_config import StudentConfig
+from ovlift.models.training_config import TrainingConfig
 from ovlift.stages.base import Stage, StageContext
-from ovlift.vocabularies import Vocabulary, get_vocabulary
+from ovlift.vocabularies import get_vocabulary
+
+if TYPE_CHECKING:  # the training loop imports spconv, which takes seconds: imported when run
+    from ovlift.models.training import ClassText, SceneData, Tesd
 
 
-class DistillConfig(FrozenConfig):
-    split: str = "train"
-    """Plan split of the training scenes (``all``: every scene)."""
+class DistillConfig(TrainingConfig):
+    """OpenScene's cosine distillation, with CUS3D's label loss and SAS's objectives as options."""
+
     source: FeatureSource = "project"
     """Teacher features to distil: ``project`` (fused, OpenScene), ``denoise`` (CUS3D) or ``fuse`` (SAS)."""
-    teacher: str | None = None
-    """Teacher to distil (None: the only one; ``fuse``'s set is named ``fused:<a>+<b>``)."""
-    student: StudentConfig = StudentConfig()
-    """The 3D network."""
-    optimizer: Literal["adam", "adamw"] = "adam"
-    """Optimiser (OpenScene: Adam)."""
-    lr: float = Field(1e-4, gt=0)
-    """Initial learning rate (OpenScene, SAS: 1e-4)."""
-    final_lr: float = Field(1e-5, ge=0)
-    """Learning rate at the last step (SAS: linear 1e-4 -> 1e-5)."""
-    schedule: Literal["cosine", "linear"] = "cosine"
-    """Decay from lr to final_lr."""
-    weight_decay: float = Field(0.0, ge=0)
-    """Weight decay."""
-    epochs: int = Field(100, ge=1)
-    """Passes over the training scenes."""
-    batch_size: int = Field(2, ge=1)
-    """Scenes per step (over all processes)."""
-    rotate_z: bool = True
-    """Augment: rotation about z by up to +-pi."""
-    flip: bool = True
-    """Augment: random flips of x and y."""
-    scale: tuple[float, float] = (0.9, 1.1)
-    """Augment: uniform scaling range."""
     cosine_weight: float = Field(1.0, ge=0)
     """Weight of the cosine feature loss (1 - cos)."""
     label_weight: float = Field(0.0, ge=0)
     """Weight of CUS3D's label loss (student vs teacher classification over the vocabulary)."""
     label_temperature: float = Field(0.01, gt=0)
     """Temperature tau of the label loss's logits cos / tau (CUS3D: 0.01)."""
-    vocabulary: str = "scannet20"
-    """Vocabulary of the label loss."""
-    templates: Literal["single", "ensemble"] = "single"
-    """Templates of the class embeddings of the label loss and of TESD."""
     superpoints: Literal["none", "segment"] = "none"
     """SAS's superpoints: ``segment``'s (ScanNet's segmentator, paper and code) or ``none``: each point (nuScenes)."""
     superpoint_targets: bool = False
@@ -98,10 +71,6 @@ class DistillConfig(FrozenConfig):
     """EMA of class scores per point (paper Eq. 11) or per superpoint (code; needs tesd_point_target superpoint)."""
     tesd_bank_dtype: Literal["float16", "float32"] = "float16"
     """Bank precision (code: float16, whose rounding drops most EMA steps at alpha >= 0.999; float32 to sweep)."""
-    seed: int = 0
-    """Seeds initialisation, scene order and augmentation."""
-    device: str | None = runtime_field(None)
-    """Torch device; None: the plan's."""
 
     @model_validator(mode="after")
     def _check_tesd(self) -> DistillConfig:
@@ -140,96 +109,40 @@ class DistillStage(Stage[DistillConfig]):
             raise ValueError("superpoints 'segment' needs the segment stage configured (or superpoints: none)")
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
-        from ovlift.models.training import (
-            Augment,
-            ClassText,
-            Losses,
-            SceneData,
-            Schedule,
-            Tesd,
-            superpoint_targets,
-            train,
-            write_log,
-        )
+        from ovlift.models.training import Losses, TrainRun, train, write_log
 
         cfg = self.config
-        device = torch.device(cfg.device or ctx.device)
-        scenes, teacher, text_encoder = [], None, None
-        for scene_id, groups in ctx.scene_inputs.items():
-            lifted = lifted_features(groups, cfg.source, cfg.teacher, f"scene '{scene_id}'")
-            teacher, text_encoder = lifted.teacher, lifted.text_encoder
-            points = groups["input"]
-            scenes.append(
-                SceneData(
-                    scene_id=scene_id,
-                    points=torch.from_numpy(points.load("points")),
-                    colors=torch.from_numpy(points.load("colors")) if "colors" in points else None,
-                    targets=torch.from_numpy(lifted.features),
-                    seen=torch.from_numpy(lifted.seen),
-                    superpoints=scene_superpoints(groups["segment"], len(lifted.seen), f"scene '{scene_id}'")
-                    if cfg.superpoints == "segment"
-                    else None,
-                )
-            )
-        if not scenes:
-            raise StageInputError(f"{ctx.where()}: split '{cfg.split}' has no scenes to train on")
-        if cfg.student.use_color and any(s.colors is None for s in scenes):
-            raise StageInputError(f"{ctx.where()}: student.use_color needs point colours, which some scenes lack")
-        if cfg.superpoint_targets:  # the label loss below classifies these targets too
-            for s in scenes:
-                if s.superpoints is not None:
-                    sp = superpoint_targets(s)
-                    s.targets = torch.zeros_like(s.targets)
-                    s.targets[s.seen] = sp.targets[sp.point_superpoint].to(s.targets.dtype)
-
-        def class_text(name: str) -> tuple[ClassText, Vocabulary]:
-            vocab = get_vocabulary(name)
-            assert ctx.text is not None and text_encoder is not None
-            return ClassText.embed(vocab, ctx.text, text_encoder, cfg.templates), vocab
-
-        text = None
-        if cfg.label_weight > 0:
-            text = class_text(cfg.vocabulary)[0]
+        superpoints = cfg.superpoints == "segment"
+        loaded = training_scenes(ctx.scene_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.split)
+        scenes = self._scene_data(loaded, ctx)
+        lifted = loaded[-1].lifted
+        text = self._class_text(ctx, cfg.vocabulary, lifted.text_encoder) if cfg.label_weight > 0 else None
+        if text is not None:
             for s in scenes:
                 s.labels = classify(s.targets, text.prompts, text.prompt_class)[1]
-        tesd, tesd_info, start = None, None, cfg.tesd_start_epoch()
-        if start is not None:
-            tesd_text, tesd_vocab = class_text(cfg.tesd_vocabulary)
-            tesd = Tesd(
-                start,
-                tesd_text,
-                cfg.tesd_alpha,
-                cfg.tesd_temperature,
-                cfg.tesd_mode == "replace",
-                cfg.tesd_point_target,
-                cfg.tesd_bank,
-                getattr(torch, cfg.tesd_bank_dtype),
-            )
-            tesd_info = {"vocabulary": tesd_vocab.key, "classes": list(tesd_vocab.classes), "start_epoch": start}
+        tesd, tesd_info = self._tesd(ctx, lifted.text_encoder)
         channels = int(scenes[0].targets.shape[1])
-        assert ctx.files is not None
-        model, rows = train(
-            scenes,
+        run = TrainRun(
             cfg.student,
             channels,
-            Schedule(cfg.optimizer, cfg.lr, cfg.final_lr, cfg.schedule, cfg.weight_decay),
-            Augment(cfg.rotate_z, cfg.flip, cfg.scale),
+            cfg.optimisation(),
+            cfg.augmentation(),
             Losses(cfg.cosine_weight, cfg.label_weight, cfg.label_temperature, cfg.superpoint_weight),
             cfg.epochs,
             cfg.batch_size,
             cfg.seed,
-            device,
-            ctx.files,
             text,
             tesd,
         )
+        assert ctx.files is not None
+        model, rows = train(scenes, run, torch.device(cfg.device or ctx.device), ctx.files)
         write_log(rows, ctx.files)
         write_student(out, model.state_dict(), rows)
         out.set_info(
-            teacher=teacher,
+            teacher=lifted.teacher,
             source=cfg.source,
             channels=channels,
-            text_encoder=text_encoder,
+            text_encoder=lifted.text_encoder,
             student=cfg.student.normalised(),
             train_scenes=[s.scene_id for s in scenes],
             checkpoints=ctx.files_url,
@@ -237,12 +150,54 @@ class DistillStage(Stage[DistillConfig]):
             tesd=tesd_info,
         )
 
+    def _scene_data(self, loaded: list[TrainingScene], ctx: StageContext) -> list[SceneData]:
+        """The scenes as the training loop takes them; with ``superpoint_targets`` each point's
+        target is its superpoint's mean teacher feature (the label loss classifies these too)."""
+        from ovlift.models.training import SceneData, superpoint_targets
 
-def scene_superpoints(segment: StageGroup, num_points: int, where: str) -> torch.Tensor:
-    """(N,) int64 superpoints numbered 0..S-1; a point in none (-1) becomes a superpoint of its own."""
-    ids = torch.from_numpy(segment.load("superpoints").astype(np.int64))
-    if len(ids) != num_points:
-        raise StageInputError(f"{where}: array 'superpoints' has {len(ids)} points, the teacher features {num_points}")
-    none = ids < 0
-    ids[none] = (int(ids.max()) + 1 if len(ids) else 0) + torch.arange(int(none.sum()))
-    return torch.unique(ids, return_inverse=True)[1]
+        if self.config.student.use_color and any(s.colors is None for s in loaded):
+            raise StageInputError(f"{ctx.where()}: student.use_color needs point colours, which some scenes lack")
+        scenes = [
+            SceneData(
+                scene_id=s.scene_id,
+                points=torch.from_numpy(s.points),
+                colors=None if s.colors is None else torch.from_numpy(s.colors),
+                targets=torch.from_numpy(s.lifted.features),
+                seen=torch.from_numpy(s.lifted.seen),
+                superpoints=None if s.superpoints is None else torch.from_numpy(s.superpoints),
+            )
+            for s in loaded
+        ]
+        if self.config.superpoint_targets:
+            for s in scenes:
+                if s.superpoints is not None:
+                    sp = superpoint_targets(s)
+                    s.targets = torch.zeros_like(s.targets)
+                    s.targets[s.seen] = sp.targets[sp.point_superpoint].to(s.targets.dtype)
+        return scenes
+
+    def _class_text(self, ctx: StageContext, vocabulary: str, text_encoder: dict) -> ClassText:
+        from ovlift.models.training import ClassText
+
+        assert ctx.text is not None
+        return ClassText.embed(get_vocabulary(vocabulary), ctx.text, text_encoder, self.config.templates)
+
+    def _tesd(self, ctx: StageContext, text_encoder: dict) -> tuple[Tesd | None, dict | None]:
+        """SAS's TESD as configured, and what the group's info records of it (None, None: off)."""
+        from ovlift.models.training import Tesd
+
+        cfg, start = self.config, self.config.tesd_start_epoch()
+        if start is None:
+            return None, None
+        vocab = get_vocabulary(cfg.tesd_vocabulary)
+        tesd = Tesd(
+            start,
+            self._class_text(ctx, cfg.tesd_vocabulary, text_encoder),
+            cfg.tesd_alpha,
+            cfg.tesd_temperature,
+            cfg.tesd_mode == "replace",
+            cfg.tesd_point_target,
+            cfg.tesd_bank,
+            getattr(torch, cfg.tesd_bank_dtype),
+        )
+        return tesd, {"vocabulary": vocab.key, "classes": list(vocab.classes), "start_epoch": start}

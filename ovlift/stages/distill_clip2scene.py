@@ -21,7 +21,7 @@ switch from epoch 10 (0-based; the code's ``epoch > 10`` starts one later).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -29,27 +29,35 @@ from pydantic import Field
 
 from ovlift.cache_schema import GroupWriter
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC, write_student
-from ovlift.cache_schema.groups.lifted import lifted_features
-from ovlift.config import FrozenConfig, runtime_field
-from ovlift.errors import StageInputError
+from ovlift.cache_schema.groups.lifted import TrainingScene, training_scenes
 from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
+from ovlift.models.training_config import TrainingConfig
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
 
+if TYPE_CHECKING:  # the training loop imports spconv, which takes seconds: imported when run
+    from ovlift.models.clip2scene import Clip2SceneRun, SweepScene
+    from ovlift.models.training import ClassText
 
-class Clip2SceneDistillConfig(FrozenConfig):
-    split: str = "train"
-    """Plan split of the training scenes (``all``: every scene)."""
-    teacher: str | None = None
-    """``project``'s fused teacher to learn from (None: the only one)."""
-    vocabulary: str = "clip2scene-nuscenes16"
-    """Class texts of the pixel labels and the semantic term: the text set of pretraining
-    (CLIP2Scene: the 16 nuScenes names as its code spells them)."""
-    templates: Literal["single", "ensemble"] = "ensemble"
-    """Prompt templates of the class texts (CLIP2Scene: the 85-template ensemble)."""
-    student: StudentConfig = StudentConfig(voxel_size_m=0.1)
-    """The 3D network (CLIP2Scene: 0.1 m voxels)."""
+
+class Clip2SceneDistillConfig(
+    TrainingConfig.with_defaults(
+        vocabulary="clip2scene-nuscenes16",
+        templates="ensemble",
+        student=StudentConfig(voxel_size_m=0.1),
+        optimizer="sgd",
+        lr=0.1,
+        final_lr=0.0,
+        weight_decay=1e-4,
+        epochs=20,
+        batch_size=4,
+        scale=(1.0, 1.0),
+    )
+):
+    """CLIP2Scene's objective; the shared training fields default to CLIP2Scene's code (the
+    vocabulary: the 16 nuScenes names as its code spells them)."""
+
     sweeps: int = Field(3, ge=1)
     """K: sweeps per scene per step, the key frame and K - 1 drawn from the others (paper: 3)."""
     sweep_input: Literal["separate", "merged"] = "separate"
@@ -76,30 +84,6 @@ class Clip2SceneDistillConfig(FrozenConfig):
     """One coin flip per step for the whole batch (code) or one per point."""
     unpaired_weight: float = Field(0.0, ge=0)
     """Self-training term on points no camera sees, on the steps that self-train (the code's dead term; 0: off)."""
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    """Optimiser (code: SGD, momentum 0.9, dampening 0.1)."""
-    lr: float = Field(0.1, gt=0)
-    """Initial learning rate (code: 0.1)."""
-    final_lr: float = Field(0.0, ge=0)
-    """Learning rate at the last step."""
-    schedule: Literal["cosine", "linear"] = "cosine"
-    """Decay from lr to final_lr (code: cosine)."""
-    weight_decay: float = Field(1e-4, ge=0)
-    """Weight decay (code: 1e-4)."""
-    epochs: int = Field(20, ge=1)
-    """Passes over the training scenes (paper: 20)."""
-    batch_size: int = Field(4, ge=1)
-    """Key frames per step (code: 4 per GPU)."""
-    rotate_z: bool = True
-    """Augment: rotation about z by up to +-pi."""
-    flip: bool = True
-    """Augment: random flips of x and y."""
-    scale: tuple[float, float] = (1.0, 1.0)
-    """Augment: uniform scaling range (CLIP2Scene: none)."""
-    seed: int = 0
-    """Seeds initialisation, scene order, sweep draws, augmentation and the switch."""
-    device: str | None = runtime_field(None)
-    """Torch device; None: the plan's."""
 
     def temperature(self) -> float:
         if self.semantic_temperature is not None:
@@ -117,83 +101,27 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
     writes_files = True
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
-        from ovlift.models.clip2scene import (
-            LOG_FIELDS,
-            Clip2SceneRun,
-            Clip2SceneTerms,
-            SweepScene,
-            class_embeddings,
-            train_clip2scene,
-        )
-        from ovlift.models.training import Augment, ClassText, Schedule, write_log
+        from ovlift.models.clip2scene import LOG_FIELDS, train_clip2scene
+        from ovlift.models.training import write_log
 
         cfg = self.config
-        device = torch.device(cfg.device or ctx.device)
-        vocab = get_vocabulary(cfg.vocabulary)
-        scenes, teacher, text_encoder, text = [], None, None, None
-        for scene_id, groups in sorted(ctx.scene_inputs.items()):
-            lifted = lifted_features(groups, "project", cfg.teacher, f"scene '{scene_id}'")
-            teacher, text_encoder = lifted.teacher, lifted.text_encoder
-            if text is None:
-                assert ctx.text is not None
-                text = ClassText.embed(vocab, ctx.text, text_encoder, cfg.templates)
-            points = groups["input"]
-            features = torch.from_numpy(lifted.features)
-            labels = classify(features, text.prompts, text.prompt_class)[1]
-            n = len(features)
-            sweep = (
-                torch.from_numpy(points.load("sweep").astype(np.int64))
-                if "sweep" in points
-                else torch.zeros(n, dtype=torch.int64)
-            )
-            scenes.append(
-                SweepScene(
-                    scene_id,
-                    torch.from_numpy(points.load("points")),
-                    sweep,
-                    features,
-                    torch.where(torch.from_numpy(lifted.seen), labels, -1),
-                )
-            )
-        if not scenes or text is None:
-            raise StageInputError(f"{ctx.where()}: split '{cfg.split}' has no scenes to train on")
-        channels = int(scenes[0].pixel_features.shape[1])
-        run = Clip2SceneRun(
-            student=cfg.student,
-            channels=channels,
-            text=text,
-            class_embeddings=class_embeddings(text),
-            terms=Clip2SceneTerms(
-                cfg.semantic,
-                cfg.temperature(),
-                cfg.ssr_weight,
-                cfg.ssr_features,
-                cfg.ssr_lambda,
-                cfg.grid_m,
-                cfg.max_per_grid,
-                cfg.self_training_start,
-                cfg.self_training_p,
-                cfg.self_training_switch,
-                cfg.unpaired_weight,
-            ),
-            schedule=Schedule(cfg.optimizer, cfg.lr, cfg.final_lr, cfg.schedule, cfg.weight_decay),
-            augment=Augment(cfg.rotate_z, cfg.flip, cfg.scale),
-            sweeps=cfg.sweeps,
-            sweep_input=cfg.sweep_input,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
+        loaded = training_scenes(
+            dict(sorted(ctx.scene_inputs.items())), "project", cfg.teacher, False, ctx.where(), cfg.split
         )
+        lifted = loaded[-1].lifted
+        run = self._run_config(ctx, lifted.text_encoder, int(lifted.features.shape[1]))
+        scenes = [sweep_scene(s, run.text) for s in loaded]
         assert ctx.files is not None
-        model, rows = train_clip2scene(scenes, run, device, ctx.files)
+        model, rows = train_clip2scene(scenes, run, torch.device(cfg.device or ctx.device), ctx.files)
         write_log(rows, ctx.files, LOG_FIELDS)
         write_student(out, model.state_dict(), rows)
         paired = sum(int((s.pixel_labels >= 0).sum()) for s in scenes)
+        vocab = get_vocabulary(cfg.vocabulary)
         out.set_info(
-            teacher=teacher,
+            teacher=lifted.teacher,
             source="project",
-            channels=channels,
-            text_encoder=text_encoder,
+            channels=run.channels,
+            text_encoder=lifted.text_encoder,
             student=cfg.student.normalised(),
             train_scenes=[s.scene_id for s in scenes],
             checkpoints=ctx.files_url,
@@ -207,3 +135,51 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
                 "paired_fraction": paired / max(sum(len(s.points) for s in scenes), 1),
             },
         )
+
+    def _run_config(self, ctx: StageContext, text_encoder: dict, channels: int) -> Clip2SceneRun:
+        from ovlift.models.clip2scene import Clip2SceneRun, Clip2SceneTerms, class_embeddings
+        from ovlift.models.training import ClassText
+
+        cfg = self.config
+        assert ctx.text is not None
+        text = ClassText.embed(get_vocabulary(cfg.vocabulary), ctx.text, text_encoder, cfg.templates)
+        terms = Clip2SceneTerms(
+            cfg.semantic,
+            cfg.temperature(),
+            cfg.ssr_weight,
+            cfg.ssr_features,
+            cfg.ssr_lambda,
+            cfg.grid_m,
+            cfg.max_per_grid,
+            cfg.self_training_start,
+            cfg.self_training_p,
+            cfg.self_training_switch,
+            cfg.unpaired_weight,
+        )
+        return Clip2SceneRun(
+            student=cfg.student,
+            channels=channels,
+            text=text,
+            class_embeddings=class_embeddings(text),
+            terms=terms,
+            schedule=cfg.optimisation(),
+            augment=cfg.augmentation(),
+            sweeps=cfg.sweeps,
+            sweep_input=cfg.sweep_input,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+        )
+
+
+def sweep_scene(scene: TrainingScene, text: ClassText) -> SweepScene:
+    """A training scene as CLIP2Scene pairs it: each point with a pixel feature gets that
+    feature's nearest class text as its pixel class (MaskCLIP's argmax), the others -1."""
+    from ovlift.models.clip2scene import SweepScene
+
+    features = torch.from_numpy(scene.lifted.features)
+    labels = classify(features, text.prompts, text.prompt_class)[1]
+    n = len(features)
+    sweep = torch.zeros(n, dtype=torch.int64) if scene.sweep is None else torch.from_numpy(scene.sweep.astype(np.int64))
+    seen = torch.from_numpy(scene.lifted.seen)
+    return SweepScene(scene.scene_id, torch.from_numpy(scene.points), sweep, features, torch.where(seen, labels, -1))

@@ -45,3 +45,58 @@ def lifted_features(
     if teacher is not None and group.info["teacher"] != teacher:
         raise StageInputError(f"{where}: {source} holds teacher '{group.info['teacher']}', not '{teacher}'")
     return LiftedFeatures(group.load("features"), group.load("seen"), group.info["teacher"], group.info["text_encoder"])
+
+
+@dataclass
+class TrainingScene:
+    """What a ``distill`` implementation reads of one training scene."""
+
+    scene_id: str
+    points: np.ndarray
+    """(N, 3) float32."""
+    colors: np.ndarray | None
+    """(N, 3) uint8, where the input has colours."""
+    sweep: np.ndarray | None
+    """(N,) sweep of each point (LiDAR scenes; 0 = key frame)."""
+    lifted: LiftedFeatures
+    superpoints: np.ndarray | None = None
+    """(N,) int64 superpoint of each point, 0..S-1 (a point in none is one of its own)."""
+
+
+def training_scenes(
+    scene_inputs: Mapping[str, Mapping[str, StageGroup]],
+    source: FeatureSource,
+    teacher: str | None,
+    superpoints: bool,
+    where: str,
+    split: str,
+) -> list[TrainingScene]:
+    """Every training scene's points and lifted features, in ``scene_inputs``' order, with
+    ``segment``'s superpoints when asked; an error when the split has none."""
+    scenes = []
+    for scene_id, groups in scene_inputs.items():
+        lifted = lifted_features(groups, source, teacher, f"scene '{scene_id}'")
+        points = groups["input"]
+        scenes.append(
+            TrainingScene(
+                scene_id,
+                points.load("points"),
+                points.load("colors") if "colors" in points else None,
+                points.load("sweep") if "sweep" in points else None,
+                lifted,
+                scene_superpoints(groups["segment"], len(lifted.seen), f"scene '{scene_id}'") if superpoints else None,
+            )
+        )
+    if not scenes:
+        raise StageInputError(f"{where}: split '{split}' has no scenes to train on")
+    return scenes
+
+
+def scene_superpoints(segment: StageGroup, num_points: int, where: str) -> np.ndarray:
+    """(N,) int64 superpoints numbered 0..S-1; a point in none (-1) becomes a superpoint of its own."""
+    ids = segment.load("superpoints").astype(np.int64)
+    if len(ids) != num_points:
+        raise StageInputError(f"{where}: array 'superpoints' has {len(ids)} points, the teacher features {num_points}")
+    none = ids < 0
+    ids[none] = (int(ids.max()) + 1 if len(ids) else 0) + np.arange(int(none.sum()))
+    return np.unique(ids, return_inverse=True)[1].astype(np.int64)
