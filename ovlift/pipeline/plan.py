@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -46,6 +46,7 @@ from ovlift.stages.base import Stage
 from ovlift.vocabularies import get_vocabulary
 
 VARIANT_NAME = r"^[A-Za-z0-9_.-]+$"
+ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
 
 
 class PlanError(ValueError):
@@ -326,7 +327,7 @@ def _splits(
 ) -> dict[str, list[str]]:
     """The splits, each non-empty and (when the dataset was listed) of its scenes; a name
     is the dataset's own split of that name (resolved only when the dataset was listed)."""
-    result = {}
+    result: dict[str, list[str]] = {}
     for name, scenes in data.items():
         if isinstance(scenes, str):
             if scene_ids is None:
@@ -372,7 +373,7 @@ def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str 
         raise PlanError(f"{where}: {err}") from None
 
 
-def _validate(cls: type[FrozenConfig], data: dict, context: dict, where: str) -> FrozenConfig:
+def _validate(cls: type[ConfigT], data: dict, context: dict, where: str) -> ConfigT:
     try:
         return cls.model_validate(data, context=context)
     except ValidationError as err:
