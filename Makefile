@@ -49,6 +49,7 @@ demo: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # The GPU paths and benchmarks on a lent GPU, one table; without CUDA it says so, exit 0.

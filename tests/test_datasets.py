@@ -92,6 +92,10 @@ def test_cast_rays_stops_where_a_marching_ray_first_enters_a_box_or_cylinder():
     directions = (targets - origins) * rng.uniform(0.5, 2.0, (len(origins), 1))  # not unit length
     arrays = (origins, directions, part_min, part_max, room_min, room_max)
     t, hit, normal = (x.numpy() for x in cast_rays(*map(torch.from_numpy, arrays), torch.from_numpy(part_axis)))
+    # 50 rays x parts per block (12 rays a block for the 4 boxes, 5 for the 10 cylinders): the same hits
+    blocked = cast_rays(*map(torch.from_numpy, arrays), torch.from_numpy(part_axis), block=50)
+    for whole, part in zip((t, hit, normal), blocked):
+        np.testing.assert_array_equal(part.numpy(), whole)
 
     step = 5e-4  # metres along the ray
     speed = np.linalg.norm(directions, axis=1)

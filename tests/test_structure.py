@@ -102,6 +102,11 @@ def test_a_renamed_teacher_still_loads_with_a_warning_and_keeps_its_fingerprints
     }
     with pytest.warns(FutureWarning, match="stages.extract2d.cus3d: extract2d 'mask-clip' is now called 'mask-crops'"):
         plan_from_dict(data)
+    # the warning points at the line that loaded the plan, not inside ovlift
+    (tmp_path / "plan.yaml").write_text(json.dumps(data))
+    with pytest.warns(FutureWarning, match="is now called") as record:
+        load_plan(tmp_path / "plan.yaml")
+    assert [w.filename for w in record] == [__file__]
 
     def plan(implementation):
         entry = {"implementation": implementation, "segmenter_path": "/m/seg", "clip_path": "/m/clip"}

@@ -150,7 +150,8 @@ class StageGroup:
         return node
 
     def load(self, name: str) -> np.ndarray:
-        return self.array(name)[...]
+        # zarr types [...] as any of its scalars too; an array with dims reads as an ndarray
+        return np.asarray(self.array(name)[...])
 
 
 class Store:
@@ -327,10 +328,10 @@ class Store:
             folder = self.local_root / path / REFS
             names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
         else:
-            folder = self._key(f"{path}/{REFS}")
+            key = self._key(f"{path}/{REFS}")
             names = (
-                [e.rstrip("/").rsplit("/", 1)[-1] for e in self._fs.ls(folder, detail=False)]
-                if self._fs.exists(folder)
+                [e.rstrip("/").rsplit("/", 1)[-1] for e in self._fs.ls(key, detail=False)]
+                if self._fs.exists(key)
                 else []
             )
         found = {}
@@ -488,7 +489,7 @@ class GroupWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._staging is not None
+        assert self._staging is not None and self._group is not None
         if exc_type is not None:
             self.store._discard(self._staging)
             return
@@ -503,13 +504,13 @@ class GroupWriter:
     def create(self, name: str, shape: tuple[int, ...], dtype: str | None = None) -> zarr.Array:
         """Create an array to be filled piece by piece (e.g. one frame per chunk)."""
         spec = self.spec.array(name)
-        dtype = np.dtype(dtype or spec.dtype)
-        spec.check(tuple(shape), dtype, self.dims, self.where)
+        np_dtype = np.dtype(dtype or spec.dtype)
+        spec.check(tuple(shape), np_dtype, self.dims, self.where)
         if name in self.written:
             raise SchemaError(f"{self.where}: array '{name}' written twice")
         assert self._group is not None
         array = self._group.create_array(
-            name, shape=tuple(shape), dtype=dtype, chunks=spec.chunk_shape(tuple(shape)), fill_value=0
+            name, shape=tuple(shape), dtype=np_dtype, chunks=spec.chunk_shape(tuple(shape)), fill_value=0
         )
         self.written.add(name)
         return array

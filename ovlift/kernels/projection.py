@@ -193,16 +193,14 @@ def visible_correspondences(
         depth_camera: the depth image's own camera, when it is not the colour camera.
     """
     height, width = image_hw
-    device = points.device
+    keep = None
     if pose_valid is not None:
         keep = torch.nonzero(pose_valid, as_tuple=True)[0]
         if keep.numel() == 0:
-            return Correspondences.empty(device)
+            return Correspondences.empty(points.device)
         world_to_cam, intrinsics = world_to_cam[keep], intrinsics[keep]
         depth = depth[keep] if depth is not None else None
         depth_camera = depth_camera.select(keep) if depth_camera is not None else None
-    else:
-        keep = None
     z, x, y = project_points(points, world_to_cam, intrinsics)
     col = torch.round(x)
     row = torch.round(y)
@@ -213,18 +211,32 @@ def visible_correspondences(
     frame, point = torch.nonzero(mask, as_tuple=True)
     row_i = row[frame, point].to(torch.int64)
     col_i = col[frame, point].to(torch.int64)
-    if depth is not None and depth_camera is not None:
-        zp, d = _depth_camera_lookup(points, frame, point, depth, depth_camera)
-    elif depth is not None:
-        d = depth[frame, row_i, col_i].to(torch.float64)
-        zp = z[frame, point]
     if depth is not None:
-        tolerance = rule.depth_tolerance * d if rule.tolerance_kind == "relative" else rule.depth_tolerance
-        ok = (d > 0) & ((d - zp).abs() <= tolerance)
+        ok = _depth_agrees(points, z, (frame, point, row_i, col_i), depth, depth_camera, rule)
         frame, point, row_i, col_i = frame[ok], point[ok], row_i[ok], col_i[ok]
     if keep is not None:
         frame = keep[frame]
     return Correspondences(point, frame, torch.stack([row_i, col_i], dim=1))
+
+
+def _depth_agrees(
+    points: torch.Tensor,
+    z: torch.Tensor,
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    depth: torch.Tensor,
+    depth_camera: DepthCamera | None,
+    rule: VisibilityRule,
+) -> torch.Tensor:
+    """Which of the (frame, point, row, col) ``pairs`` pass the depth test: the measured
+    depth (at the pixel, or in the depth camera) is valid and within tolerance of z."""
+    frame, point, row_i, col_i = pairs
+    if depth_camera is not None:
+        zp, d = _depth_camera_lookup(points, frame, point, depth, depth_camera)
+    else:
+        d = depth[frame, row_i, col_i].to(torch.float64)
+        zp = z[frame, point]
+    tolerance = rule.depth_tolerance * d if rule.tolerance_kind == "relative" else rule.depth_tolerance
+    return (d > 0) & ((d - zp).abs() <= tolerance)
 
 
 def _depth_camera_lookup(

@@ -11,6 +11,8 @@ visibility are ground truth, not approximations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 ROOM_FACES = 6
@@ -51,7 +53,22 @@ def cast_rays(
     if part_axis is None:
         part_axis = torch.full((num_parts,), BOX, dtype=torch.long, device=origins.device)
     inv = 1.0 / directions  # +-inf on axis-parallel rays: the slab test stays exact
-    # Room: the ray leaves the interior at the smallest exit over axes.
+    best = _room_exits(origins, inv, room_min, room_max, num_parts)
+    for index, first_entry in (
+        (torch.nonzero(part_axis == BOX, as_tuple=True)[0], _box_entries),
+        (torch.nonzero(part_axis != BOX, as_tuple=True)[0], _cylinder_entries),
+    ):
+        if len(index):
+            parts = (part_min[index], part_max[index], part_axis[index])
+            _keep_nearer(best, (origins, directions, inv), index, first_entry, parts, block)
+    return best
+
+
+def _room_exits(
+    origins: torch.Tensor, inv: torch.Tensor, room_min: torch.Tensor, room_max: torch.Tensor, num_parts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each ray leaves the room: t, hit ``num_parts + face``, inward normal."""
+    # The ray leaves the interior at the smallest exit over axes.
     t_lo = (room_min - origins) * inv
     t_hi = (room_max - origins) * inv
     t_best, room_axis = torch.maximum(t_lo, t_hi).min(dim=1)
@@ -61,22 +78,33 @@ def cast_rays(
     # The room is seen from inside: its normal points inwards.
     axis_sign = torch.tensor([-1.0, 1.0], dtype=origins.dtype, device=origins.device)
     normal.scatter_(1, room_axis[:, None], -axis_sign[room_side][:, None])
-    for index, first_entry in (
-        (torch.nonzero(part_axis == BOX, as_tuple=True)[0], _box_entries),
-        (torch.nonzero(part_axis != BOX, as_tuple=True)[0], _cylinder_entries),
-    ):
-        if not len(index):
-            continue
-        lo, hi, axis = part_min[index], part_max[index], part_axis[index]
-        rows = max(1, block // len(index))
-        for start in range(0, origins.shape[0], rows):
-            ray = slice(start, start + rows)
-            t_part, which, part_normal = first_entry(origins[ray], directions[ray], inv[ray], lo, hi, axis)
-            closer = t_part < t_best[ray]
-            t_best[ray] = torch.where(closer, t_part, t_best[ray])
-            hit[ray] = torch.where(closer, index[which], hit[ray])
-            normal[ray] = torch.where(closer[:, None], part_normal, normal[ray])
     return t_best, hit, normal
+
+
+FirstEntry = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""``_box_entries`` or ``_cylinder_entries``: (o, d, inv, lo, hi, axis) -> (t, which, normal)."""
+
+
+def _keep_nearer(
+    best: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    rays: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    index: torch.Tensor,
+    first_entry: FirstEntry,
+    parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    block: int,
+) -> None:
+    """Update ``best`` (t, hit, normal) in place where a ray enters one of the parts
+    ``index`` (``parts``: their lo, hi, axis) before its hit so far; ``block`` rays x parts at once."""
+    t_best, hit, normal = best
+    origins, directions, inv = rays
+    rows = max(1, block // len(index))
+    for start in range(0, origins.shape[0], rows):
+        ray = slice(start, start + rows)
+        t_part, which, part_normal = first_entry(origins[ray], directions[ray], inv[ray], *parts)
+        closer = t_part < t_best[ray]
+        t_best[ray] = torch.where(closer, t_part, t_best[ray])
+        hit[ray] = torch.where(closer, index[which], hit[ray])
+        normal[ray] = torch.where(closer[:, None], part_normal, normal[ray])
 
 
 def cylinder_radius(lo: torch.Tensor, hi: torch.Tensor, axis: torch.Tensor) -> torch.Tensor:

@@ -30,10 +30,10 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -46,6 +46,7 @@ from ovlift.stages.base import Stage
 from ovlift.vocabularies import get_vocabulary
 
 VARIANT_NAME = r"^[A-Za-z0-9_.-]+$"
+ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
 
 
 class PlanError(ValueError):
@@ -246,12 +247,36 @@ def plan_from_dict(
     data = expand_env(data, source)
     context = {"base_dir": str(base_dir), "check_paths": check_paths}
     top = _validate(PlanFile, data, context, source)
+    store = _store_url(top.store, base_dir)
+    dataset, scene_ids = _dataset(top.dataset, context, source, list_scenes)
+    try:
+        get_vocabulary(top.vocabulary)
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        raise PlanError(f"{source}: vocabulary: {err.args[0]}") from None
+    stages = _stage_plans(top.stages, context, source)
+    result = Plan(
+        store=store,
+        dataset=dataset,
+        vocabulary=top.vocabulary,
+        device=top.device,
+        stages=stages,
+        source=source,
+        splits=_splits(top.splits, scene_ids, dataset, source),
+    )
+    _bind_and_check_stages(result)
+    return result
 
-    store = top.store
+
+def _store_url(store: str, base_dir: str | Path) -> str:
+    """A URL as it is; a local path made absolute (relative to the plan file's folder)."""
     if "://" not in store and not Path(store).expanduser().is_absolute():
-        store = str((Path(base_dir) / store).resolve())
+        return str((Path(base_dir) / store).resolve())
+    return store
 
-    dataset_data = dict(top.dataset)
+
+def _dataset(fields: dict[str, Any], context: dict, source: str, list_scenes: bool) -> tuple[Dataset, list[str] | None]:
+    """The plan's dataset and (with ``list_scenes``) its scene ids."""
+    dataset_data = dict(fields)
     if "name" not in dataset_data:
         raise PlanError(f"{source}: dataset: missing 'name'")
     dataset_name = dataset_data.pop("name")
@@ -265,43 +290,44 @@ def plan_from_dict(
         if isinstance(err, PlanError):
             raise
         raise PlanError(f"{source}: dataset: {err}") from None
+    return dataset, scene_ids
 
-    try:
-        get_vocabulary(top.vocabulary)
-    except (KeyError, FileNotFoundError, ValueError) as err:
-        raise PlanError(f"{source}: vocabulary: {err.args[0]}") from None
 
-    unknown_stages = set(top.stages) - set(stage_order())
+def _stage_plans(entries: Mapping[str, dict[str, Any] | None], context: dict, source: str) -> dict[str, StagePlan]:
+    """The plan of each configured stage (of each variant of a stage with variants), upstream first."""
+    unknown_stages = set(entries) - set(stage_order())
     if unknown_stages:
         raise PlanError(f"{source}: stages: unknown stages {sorted(unknown_stages)}; known: {stage_order()}")
     stages: dict[str, StagePlan] = {}
     for name in stage_order():
-        if name not in top.stages:
+        if name not in entries:
             continue
-        entry = top.stages[name] or {}
-        if _has_variants(name):
-            if not entry:
-                raise PlanError(f"{source}: stages.{name}: expected a mapping of variant name to config")
-            for variant, config in entry.items():
-                if not re.match(VARIANT_NAME, variant):
-                    raise PlanError(f"{source}: stages.{name}: variant name '{variant}' must match {VARIANT_NAME}")
-                if config is not None and not isinstance(config, dict):
-                    raise PlanError(f"{source}: stages.{name}.{variant}: expected a mapping of config fields")
-                plan = _stage_plan(name, dict(config or {}), context, f"{source}: stages.{name}.{variant}", variant)
-                stages[plan.key] = plan
-        else:
-            plan = _stage_plan(name, dict(entry), context, f"{source}: stages.{name}", None)
+        # _stage_entries is lazy: a variant's errors come after the variants before it are built
+        for variant, fields, where in _stage_entries(name, entries[name] or {}, source):
+            plan = _stage_plan(name, fields, context, where, variant)
             stages[plan.key] = plan
-    splits = _splits(top.splits, scene_ids, dataset, source)
-    result = Plan(
-        store=store,
-        dataset=dataset,
-        vocabulary=top.vocabulary,
-        device=top.device,
-        stages=stages,
-        source=source,
-        splits=splits,
-    )
+    return stages
+
+
+def _stage_entries(name: str, entry: dict[str, Any], source: str) -> Iterator[tuple[str | None, dict, str]]:
+    """(variant or None, a copy of its config fields, where) of each plan of stage ``name``."""
+    if not _has_variants(name):
+        yield None, dict(entry), f"{source}: stages.{name}"
+        return
+    if not entry:
+        raise PlanError(f"{source}: stages.{name}: expected a mapping of variant name to config")
+    for variant, config in entry.items():
+        if not re.match(VARIANT_NAME, variant):
+            raise PlanError(f"{source}: stages.{name}: variant name '{variant}' must match {VARIANT_NAME}")
+        if config is not None and not isinstance(config, dict):
+            raise PlanError(f"{source}: stages.{name}.{variant}: expected a mapping of config fields")
+        yield variant, dict(config or {}), f"{source}: stages.{name}.{variant}"
+
+
+def _bind_and_check_stages(plan: Plan) -> None:
+    """Bind each stage to the plan's stages, then check that what each reads is configured,
+    that its inputs suit it and that its split is defined."""
+    source, stages = plan.source, plan.stages
     for stage_plan in stages.values():
         stage_plan.stage.bind({k: sp.stage for k, sp in stages.items()})
     for key, stage_plan in stages.items():
@@ -309,16 +335,15 @@ def plan_from_dict(
             if not any(sp.name == upstream for sp in stages.values()):
                 raise PlanError(f"{source}: stages.{key} reads '{upstream}', which the plan does not configure")
         try:
-            stage_plan.stage.check_inputs(result.upstream(key))
+            stage_plan.stage.check_inputs(plan.upstream(key))
         except ValueError as err:
             raise PlanError(f"{source}: stages.{key}: {err}") from None
         split = stage_plan.stage.split
-        if split not in (None, "all") and split not in splits:
+        if split not in (None, "all") and split not in plan.splits:
             raise PlanError(
                 f"{source}: stages.{key} uses split '{split}', which the plan does not define "
                 f"(add splits: {{{split}: [scene ids]}}, or set split: all)"
             )
-    return result
 
 
 def _splits(
@@ -326,7 +351,7 @@ def _splits(
 ) -> dict[str, list[str]]:
     """The splits, each non-empty and (when the dataset was listed) of its scenes; a name
     is the dataset's own split of that name (resolved only when the dataset was listed)."""
-    result = {}
+    result: dict[str, list[str]] = {}
     for name, scenes in data.items():
         if isinstance(scenes, str):
             if scene_ids is None:
@@ -362,7 +387,7 @@ def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str 
         warnings.warn(
             f"{where}: {name} '{implementation}' is now called '{current}'; the old name will go in a later version",
             FutureWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     config = _validate(config_type, entry, context, where)
     key = name if variant is None else f"{name}/{variant}"
@@ -372,7 +397,7 @@ def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str 
         raise PlanError(f"{where}: {err}") from None
 
 
-def _validate(cls: type[FrozenConfig], data: dict, context: dict, where: str) -> FrozenConfig:
+def _validate(cls: type[ConfigT], data: dict, context: dict, where: str) -> ConfigT:
     try:
         return cls.model_validate(data, context=context)
     except ValidationError as err:

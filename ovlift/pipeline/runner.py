@@ -143,7 +143,7 @@ TRANSIENT_ERRNOS = frozenset({errno.EBUSY, errno.EREMOTEIO})
 """s3fs's translation of HTTP 503 / SlowDown (EBUSY) and 500 InternalError (EREMOTEIO)."""
 
 
-def is_transient(err: BaseException) -> bool:
+def is_transient(err: BaseException | None) -> bool:
     """Whether ``err`` (or what it was raised from) is an I/O error that a rerun may not meet:
     a connection reset or refused, a timeout, an object store's connection errors. Bad input
     (a missing file, a malformed array, a validation error) is never transient."""

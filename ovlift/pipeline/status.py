@@ -119,8 +119,9 @@ def expected_fingerprints(plan: Plan, store: Store) -> dict[str, Expected]:
                         continue
                     inputs[up_path] = fps[up_path]
                     groups[upstream] = store.read(up_path)
-            if all(g is not None for g in groups.values()):
-                inputs.update(external_inputs(plan, key, scene, groups))
+            present = {name: g for name, g in groups.items() if g is not None}
+            if len(present) == len(groups):
+                inputs.update(external_inputs(plan, key, scene, present))
             path = stage_plan.group_path(scene)
             fps[path] = stage_plan.fingerprint(inputs)
             found[path] = Expected(fps[path], scene or GLOBAL, inputs)

@@ -104,6 +104,7 @@ class TeacherFeatures:
             )
         ids = torch.from_numpy(self.group.array("mask_ids").oindex[local]).to(device)
         weights = torch.from_numpy(self.group.array("mask_weights").oindex[local]).to(device)
+        assert self._embeddings is not None  # loaded in __init__ for the masks encoding
         return MaskFeatures(ids, weights, self._embeddings.to(device))
 
 
