@@ -46,21 +46,25 @@ $(VENV)/.ovlift: $(VENV)/.scatter pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/ovlift demo --workdir work/demo
 
+# The docs site is built in strict mode into a scratch folder: a broken link fails the tests.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir "$$site"; rc=$$?; rm -rf "$$site"; exit $$rc
 	$(PY) -m pytest -q
 
 # The GPU paths and benchmarks on a lent GPU, one table; without CUDA it says so, exit 0.
 gpu-check: setup
 	$(PY) benchmarks/gpu_check.py
 
+# docs/cache_schema.md is generated from the stage specs; the site goes to site/.
 docs: setup
 	$(VENV)/bin/ovlift schema > docs/cache_schema.md
+	$(VENV)/bin/mkdocs build --strict
 
 constraints: setup
 	{ head -n 2 constraints.txt; $(PIP) freeze --exclude-editable | grep -v '^ovlift'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) work *.egg-info
+	rm -rf $(VENV) work site *.egg-info

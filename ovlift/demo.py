@@ -10,7 +10,7 @@ cache and takes seconds.
 
 The demo's student sees point colours as well as geometry (``use_color``): on
 this 2-core CPU budget a geometry-only student learns too slowly to be worth
-showing (see the README). Everything else follows the OpenScene baseline.
+showing (docs/studies.md, "The demo"). Everything else follows the OpenScene baseline.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ def deploy(
     _load(plan)
     if not os.environ.get("PREFECT_API_URL"):
         err_console.print(
-            "[red]error:[/red] set PREFECT_API_URL to the server to deploy to (README: Running on a Prefect server)"
+            "[red]error:[/red] set PREFECT_API_URL to the server to deploy to (docs/scale.md, Prefect server)"
         )
         raise typer.Exit(2)
     from ovlift.flows import deploy as deploy_flow
