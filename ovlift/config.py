@@ -7,6 +7,7 @@ becomes its description in ``--help`` output and generated docs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, get_args
 
@@ -84,3 +85,41 @@ class Configurable(Generic[ConfigT]):
             for arg in get_args(base):
                 if isinstance(arg, type) and issubclass(arg, FrozenConfig):
                     cls.Config = arg
+
+
+class Plugin(Configurable[ConfigT]):
+    """A swappable piece a stage runs (a 2D teacher, an image generator), named in plans."""
+
+    name: ClassVar[str]
+    """What plans call it (``implementation: <name>``)."""
+    version: ClassVar[str]
+    """Bump when its outputs change for the same config: reruns its stage and what follows."""
+    stable_id: ClassVar[str | None] = None
+    """The id fingerprints use, when it differs from ``name`` (a renamed plug-in keeps its old
+    name here so that its cached results stay valid)."""
+
+
+PluginT = TypeVar("PluginT", bound=Plugin)
+
+
+class Registry(dict[str, type[PluginT]]):
+    """Plug-ins of one kind (2D teachers, image generators) by the name plans call them:
+    the one lookup of a class by its name and by its config."""
+
+    def __init__(self, kind: str, classes: Iterable[type[PluginT]]) -> None:
+        super().__init__((cls.name, cls) for cls in classes)
+        self.kind = kind
+        """What a plug-in is, for messages ("teacher")."""
+
+    def named(self, name: str) -> type[PluginT]:
+        """The plug-in a plan calls ``name``."""
+        if name not in self:
+            raise KeyError(f"unknown {self.kind} '{name}'; known {self.kind}s: {list(self)}")
+        return self[name]
+
+    def for_config(self, config: FrozenConfig) -> type[PluginT]:
+        """The plug-in whose Config ``config`` is (each plug-in has a Config class of its own)."""
+        for cls in self.values():
+            if type(config) is cls.Config:
+                return cls
+        raise TypeError(f"{type(config).__name__} is the config of no registered {self.kind}")

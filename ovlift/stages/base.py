@@ -14,10 +14,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Generic
 
 from ovlift.cache_schema import GroupSpec, GroupWriter, Scope, StageGroup
-from ovlift.config import ConfigT, Configurable, FrozenConfig
+from ovlift.config import ConfigT, Configurable, FrozenConfig, PluginT, Registry
 from ovlift.datasets.base import Dataset
 from ovlift.models.text import TextEmbedder
 
@@ -145,3 +145,36 @@ class Stage(ABC, Configurable[ConfigT]):
     @abstractmethod
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         """Turn the input groups into this stage's arrays, written through ``out``."""
+
+
+class PluginStage(Stage[ConfigT], Generic[ConfigT, PluginT]):
+    """A stage whose implementations are plug-ins: ``extract2d`` runs a 2D teacher, ``capability`` an
+    image generator. One stage class serves them all; the plan's ``implementation`` names the plug-in,
+    whose Config (the stage's own fields and the plug-in's) the entry is validated against, and whose
+    name, version and stable id the stage's fingerprints carry."""
+
+    plugins: ClassVar[Registry[Any]]
+    """The plug-ins by name (``TEACHERS``, ``GENERATORS``)."""
+    version_prefix: ClassVar[str] = ""
+    """Prepended to the plug-in's version: bumps what the stage itself changes."""
+
+    def __init__(self, config: ConfigT, variant: str | None = None) -> None:
+        super().__init__(config, variant)
+        self.plugin: type[PluginT] = self.plugins.for_config(config)
+        """The plug-in class the config belongs to."""
+
+    @classmethod
+    def config_type(cls, implementation: str) -> type[FrozenConfig]:
+        return cls.plugins.named(implementation).Config
+
+    @property
+    def implementation(self) -> str:  # type: ignore[override]  # the plug-in's, per instance
+        return self.plugin.name
+
+    @property
+    def version(self) -> str:  # type: ignore[override]
+        return self.version_prefix + self.plugin.version
+
+    @property
+    def implementation_id(self) -> str:
+        return self.plugin.stable_id or self.plugin.name

@@ -8,8 +8,9 @@ the teachers' shared text space, and its mask of the class is scored against the
 pseudo mask. Capability = mean per-image IoU (the paper) or pooled IoU (SAS's code).
 
 The teachers are the plan's ``extract2d`` entries (``teachers`` picks and orders
-them). A ``cached`` teacher was computed elsewhere: the stage exports the images to
-``<files>/images/capability-<class>/image-NNNNNN.png``, and reads that teacher's
+them). A teacher that imports outputs computed elsewhere (``imports_outputs``, as
+``cached``) cannot run on new images: the stage exports them to
+``<files>/images/capability-<class>/image-NNNNNN.png`` and reads that teacher's
 outputs on them from ``cached_outputs[<teacher>]`` in the teacher's own pattern; run
 the stage once to export them (it then fails naming the files it needs).
 
@@ -32,20 +33,18 @@ from PIL import Image
 
 from ovlift.cache_schema import GroupWriter, StageGroup, canonical_json
 from ovlift.cache_schema.groups.capability import CAPABILITY_SPEC
-from ovlift.config import FrozenConfig
 from ovlift.content_hash import folder_digest
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
 from ovlift.kernels.fusion import FeatureBuffers
 from ovlift.models.generators.base import GeneratedImages, GeneratorConfig, ImageGenerator
-from ovlift.models.generators.registry import GENERATORS, generator_class
+from ovlift.models.generators.registry import GENERATORS
 from ovlift.models.loading import model_inputs
 from ovlift.models.teachers.base import Teacher, TeacherInput, resize_nearest
-from ovlift.models.teachers.cached import frame_file
 from ovlift.models.text import TextEncoderConfig, text_space
 from ovlift.progress import progress
-from ovlift.stages.base import Stage, StageContext
-from ovlift.vocabularies import get_vocabulary
+from ovlift.stages.base import PluginStage, Stage, StageContext
+from ovlift.vocabularies import Vocabulary, get_vocabulary
 
 
 def capability_scene(class_name: str) -> str:
@@ -58,7 +57,7 @@ def image_name(index: int) -> str:
     return f"image-{index:06d}"
 
 
-class CapabilityStage(Stage[GeneratorConfig]):
+class CapabilityStage(PluginStage[GeneratorConfig, ImageGenerator]):
     """The teacher-on-generated-images loop around whichever generator the config belongs to."""
 
     computes_on_device = True
@@ -66,33 +65,24 @@ class CapabilityStage(Stage[GeneratorConfig]):
 
     spec = CAPABILITY_SPEC
     writes_files = True
+    plugins = GENERATORS
+    version_prefix = "1."
 
     def __init__(self, config: GeneratorConfig, variant: str | None = None) -> None:
         super().__init__(config, variant)
-        self.generator_class: type[ImageGenerator] = next(
-            cls for cls in GENERATORS.values() if type(config) is cls.Config
-        )
         self.teacher_stages: dict[str, Stage] = {}
-        """The plan's extract2d stages measured, by variant (each knows its ``teacher_class``)."""
+        """The plan's extract2d stages measured, by variant (each knows its teacher, ``plugin``)."""
         self._plan_teachers: list[str] = []
-
-    @classmethod
-    def config_type(cls, implementation: str) -> type[FrozenConfig]:
-        return generator_class(implementation).Config
-
-    @property
-    def implementation(self) -> str:  # type: ignore[override]  # the generator's, per instance
-        return self.generator_class.name
-
-    @property
-    def version(self) -> str:  # type: ignore[override]
-        return f"1.{self.generator_class.version}"
 
     def bind(self, stages: Mapping[str, Stage]) -> None:
         found = {s.variant: s for s in stages.values() if s.name == "extract2d"}
         self._plan_teachers = list(found)
         wanted = self.config.teachers or tuple(found)
         self.teacher_stages = {name: found[name] for name in wanted if name in found}
+
+    def importing(self) -> dict[str, Stage]:
+        """The measured teachers that import their outputs (computed elsewhere) instead of running."""
+        return {name: stage for name, stage in self.teacher_stages.items() if stage.plugin.imports_outputs}
 
     def check_inputs(self, keys: list[str]) -> None:
         repeated = sorted({t for t in self.config.teachers if self.config.teachers.count(t) > 1})
@@ -107,20 +97,20 @@ class CapabilityStage(Stage[GeneratorConfig]):
                 f"measures teachers {list(self.config.teachers) or '(all)'}, but the plan's extract2d "
                 f"configures {self._plan_teachers or 'none'}"
             )
-        for name, stage in self.teacher_stages.items():
-            if stage.implementation == "cached" and name not in self.config.cached_outputs:
+        for name, stage in self.importing().items():
+            if name not in self.config.cached_outputs:
                 raise ValueError(
-                    f"teacher '{name}' is cached (computed elsewhere): give cached_outputs.{name}, the folder "
-                    "of its outputs on the exported images"
+                    f"teacher '{name}' imports outputs computed elsewhere ({stage.implementation}): give "
+                    f"cached_outputs.{name}, the folder of its outputs on the exported images"
                 )
 
     def external_inputs(self, scene_id: str | None, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
-        """The generator's models, each teacher's config and models, the cached teachers' outputs."""
-        found = model_inputs(self.generator_class.model_folders(self.config))
+        """The generator's models, each teacher's config and models, the imported teachers' outputs."""
+        found = model_inputs(self.plugin.model_folders(self.config))
         for name, stage in self.teacher_stages.items():
             described = [stage.implementation_id, stage.version, stage.config.normalised()]
             found[f"teacher:{name}"] = hashlib.blake2b(canonical_json(described).encode(), digest_size=16).hexdigest()
-            models = model_inputs(stage.teacher_class.model_folders(stage.config))
+            models = model_inputs(stage.plugin.model_folders(stage.config))
             found.update({f"teacher:{name}/{key}": digest for key, digest in models.items()})
         for name, folder in self.config.cached_outputs.items():
             found[f"files:{name}"] = folder_digest(folder) if Path(folder).is_dir() else "missing"
@@ -131,58 +121,94 @@ class CapabilityStage(Stage[GeneratorConfig]):
 
         cfg = self.config
         assert ctx.files is not None
-        device = torch.device(cfg.device or ctx.device)
-        generator = self.generator_class(cfg, device, f"capability generator '{self.implementation}'")
+        generator = self.plugin(
+            cfg, torch.device(cfg.device or ctx.device), f"capability generator '{self.implementation}'"
+        )
         teachers = {name: self._teacher(name, stage, ctx) for name, stage in self.teacher_stages.items()}
         text_encoder = shared_text_space({n: t.text_encoder for n, t in teachers.items()}, ctx.where())
         vocab = get_vocabulary(cfg.vocabulary)
         prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
-        prompt_class = torch.tensor(vocab.prompt_class)
-        shape = (len(teachers), len(vocab.classes), cfg.images_per_class)
-        per_image = np.full(shape, np.nan, dtype=np.float32)
-        pooled = np.zeros(shape[:2], dtype=np.float64)
-        counts = np.zeros(shape[1], dtype=np.int32)
+        scores = Scores(len(teachers), len(vocab.classes), cfg.images_per_class)
         absent: list[str] = []
         for k, class_name in enumerate(progress(vocab.classes, "capability", unit="class")):
             if class_name in cfg.zero_classes:
                 continue
             images = generator.generate(class_name)
-            counts[k] = len(images.images)
-            if counts[k] == 0:
+            scores.counts[k] = len(images.images)
+            if scores.counts[k] == 0:
                 ctx.log.warning("capability: generator '%s' drew no image of '%s'", self.implementation, class_name)
                 continue
-            if any(stage.implementation == "cached" for stage in self.teacher_stages.values()):
-                export_images(images, ctx.files / "images")
-            missing = {name: missing_outputs(t, images) for name, t in teachers.items() if t.name == "cached"}
-            if any(missing.values()):  # export every class first, then say what is needed
-                absent += [str(path) for paths in missing.values() for path in paths]
+            missing = self._export_for_importers(images, teachers, ctx.files / "images")
+            if missing:  # export every class first, then say what is needed
+                absent += missing
                 continue
-            masks = {}
-            for t, (name, teacher) in enumerate(teachers.items()):
-                masks[name] = teacher_masks(teacher, self.teacher_stages[name], images, k, prompts, prompt_class)
-                inter = (masks[name] & images.pseudo_masks).sum((1, 2)).double()
-                union = (masks[name] | images.pseudo_masks).sum((1, 2)).double()
-                per_image[t, k, : counts[k]] = torch.where(union > 0, inter / union.clamp(min=1), np.nan).numpy()
-                pooled[t, k] = float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
-            ious = {name: per_image[t, k, : counts[k]] for t, name in enumerate(teachers)}
+            masks = self._score(teachers, images, k, scores, (prompts, torch.tensor(vocab.prompt_class)))
+            ious = {name: scores.per_image[t, k, : scores.counts[k]] for t, name in enumerate(teachers)}
             sheet = capability_scene(class_name).removeprefix("capability-")
             contact_sheet(images, masks, ious, ctx.files / "contact_sheets" / f"{sheet}.png")
         if absent:
-            raise StageInputError(
-                f"{ctx.where()}: the cached teachers' outputs on the generated images are missing ({len(absent)} "
-                f"files, e.g. '{absent[0]}'): run those teachers on the images exported to "
-                f"'{ctx.files / 'images'}' (<scene>/<frame>.png) and write each one's outputs under its "
-                f"cached_outputs folder in its own pattern: {self._cached_patterns()}"
-            )
-        with warnings.catch_warnings():  # classes without an image are all NaN: capability 0
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nan_to_num(np.nanmean(per_image, axis=2), nan=0.0)
-        capability = mean if cfg.iou == "mean" else pooled
+            raise self._missing_outputs_error(ctx, absent)
+        self._write(ctx, out, scores, list(teachers), vocab, text_encoder)
+
+    def _export_for_importers(
+        self, images: GeneratedImages, teachers: Mapping[str, Teacher], folder: Path
+    ) -> list[str]:
+        """Export the images when a teacher imports its outputs; the files those outputs still lack."""
+        importing = self.importing()
+        if not importing:
+            return []
+        export_images(images, folder)
+        return [str(path) for name in importing for path in missing_outputs(teachers[name], images)]
+
+    def _score(
+        self,
+        teachers: Mapping[str, Teacher],
+        images: GeneratedImages,
+        k: int,
+        scores: Scores,
+        text: tuple[torch.Tensor, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Each teacher's mask of class ``k`` in the images, and its IoU with the pseudo masks."""
+        masks = {}
+        for t, (name, teacher) in enumerate(teachers.items()):
+            masks[name] = teacher_masks(teacher, self.teacher_stages[name], images, k, *text)
+            inter = (masks[name] & images.pseudo_masks).sum((1, 2)).double()
+            union = (masks[name] | images.pseudo_masks).sum((1, 2)).double()
+            scores.per_image[t, k, : scores.counts[k]] = torch.where(
+                union > 0, inter / union.clamp(min=1), np.nan
+            ).numpy()
+            scores.pooled[t, k] = float(inter.sum() / union.sum()) if union.sum() > 0 else 0.0
+        return masks
+
+    def _missing_outputs_error(self, ctx: StageContext, absent: list[str]) -> StageInputError:
+        assert ctx.files is not None
+        patterns = []
+        for name, stage in self.importing().items():
+            config = stage.plugin.importing_from(stage.config, self.config.cached_outputs[name])
+            patterns.append(f"'{name}': {stage.plugin.output_files(config, '<scene>', {0: '<frame>'})[0]}")
+        return StageInputError(
+            f"{ctx.where()}: the imported teachers' outputs on the generated images are missing ({len(absent)} "
+            f"files, e.g. '{absent[0]}'): run those teachers on the images exported to "
+            f"'{ctx.files / 'images'}' (<scene>/<frame>.png) and write each one's outputs under its "
+            f"cached_outputs folder in its own pattern: {', '.join(patterns)}"
+        )
+
+    def _write(
+        self,
+        ctx: StageContext,
+        out: GroupWriter,
+        scores: Scores,
+        teachers: list[str],
+        vocab: Vocabulary,
+        text_encoder: dict,
+    ) -> None:
+        cfg = self.config
+        capability = scores.capability(cfg.iou)
         out.write("capability", capability.astype(np.float32))
-        out.write("image_count", counts)
-        out.write("per_image_iou", per_image)
+        out.write("image_count", scores.counts)
+        out.write("per_image_iou", scores.per_image)
         out.set_info(
-            teachers=list(teachers),
+            teachers=teachers,
             classes=list(vocab.classes),
             vocabulary=cfg.vocabulary,
             text_encoder=text_encoder,
@@ -194,19 +220,29 @@ class CapabilityStage(Stage[GeneratorConfig]):
         for name, row in zip(teachers, capability):
             ctx.log.info("capability of '%s': %s", name, ", ".join(f"{c} {v:.2f}" for c, v in zip(vocab.classes, row)))
 
-    def _cached_patterns(self) -> str:
-        return ", ".join(
-            f"'{name}': {self.config.cached_outputs[name]}/{stage.config.pattern}"
-            for name, stage in self.teacher_stages.items()
-            if stage.implementation == "cached"
-        )
-
     def _teacher(self, name: str, stage: Stage, ctx: StageContext) -> Teacher:
-        if stage.implementation != "cached":
+        if not stage.plugin.imports_outputs:
             return stage.load_teacher(ctx)  # the model extract2d runs, loaded once per process
-        config = stage.config.model_copy(update={"path": self.config.cached_outputs[name]})
+        config = stage.plugin.importing_from(stage.config, self.config.cached_outputs[name])
         device = torch.device(stage.config.device or ctx.device)  # its outputs on the exported images
-        return stage.teacher_class(config, device, ctx.text, f"teacher '{name}'")
+        return stage.plugin(config, device, ctx.text, f"teacher '{name}'")
+
+
+class Scores:
+    """Per teacher and class, each image's IoU with its pseudo mask, the pooled IoU, and the image counts."""
+
+    def __init__(self, teachers: int, classes: int, images: int) -> None:
+        self.per_image = np.full((teachers, classes, images), np.nan, dtype=np.float32)
+        self.pooled = np.zeros((teachers, classes), dtype=np.float64)
+        self.counts = np.zeros(classes, dtype=np.int32)
+
+    def capability(self, iou: str) -> np.ndarray:
+        """Mean per-image IoU (the paper; a class without images: 0) or pooled IoU (SAS's code)."""
+        if iou != "mean":
+            return self.pooled
+        with warnings.catch_warnings():  # classes without an image are all NaN: capability 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nan_to_num(np.nanmean(self.per_image, axis=2), nan=0.0)
 
 
 def shared_text_space(encoders: Mapping[str, TextEncoderConfig], where: str) -> dict:
@@ -259,9 +295,9 @@ def teacher_masks(
 
 
 def missing_outputs(teacher: Teacher, images: GeneratedImages) -> list[Path]:
-    """A cached teacher's output files for these images that do not exist yet."""
-    scene_id = capability_scene(images.class_name)
-    paths = [frame_file(teacher.config, scene_id, image_name(i), i) for i in range(len(images.images))]
+    """An importing teacher's output files for these images that do not exist yet."""
+    frames = {i: image_name(i) for i in range(len(images.images))}
+    paths = teacher.output_files(teacher.config, capability_scene(images.class_name), frames)
     return [p for p in paths if not p.is_file()]
 
 

@@ -15,15 +15,14 @@ import torch
 
 from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
-from ovlift.config import FrozenConfig
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput
-from ovlift.models.teachers.registry import teacher_class, teacher_for_config
+from ovlift.models.teachers.registry import TEACHERS
 from ovlift.progress import progress
-from ovlift.stages.base import Stage, StageContext
+from ovlift.stages.base import PluginStage, StageContext
 
 
-class Extract2DStage(Stage[TeacherConfig]):
+class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
     """The frame loop around whichever teacher the config belongs to."""
 
     computes_on_device = True
@@ -31,42 +30,26 @@ class Extract2DStage(Stage[TeacherConfig]):
 
     spec = EXTRACT2D_SPEC
     reads = ("input",)
+    plugins = TEACHERS
 
     def __init__(self, config: TeacherConfig, variant: str | None = None) -> None:
         super().__init__(config, variant)
-        self.teacher_class: type[Teacher] = teacher_for_config(config)
-        if config.encoding == "masks" and not self.teacher_class.produces_masks:
+        if config.encoding == "masks" and not self.plugin.produces_masks:
             raise ValueError(
                 f"teacher '{self.implementation}' produces dense features; encoding 'masks' needs a mask-based teacher"
             )
 
-    @classmethod
-    def config_type(cls, implementation: str) -> type[FrozenConfig]:
-        return teacher_class(implementation).Config
-
-    @property
-    def implementation(self) -> str:  # type: ignore[override]  # the teacher's, per instance
-        return self.teacher_class.name
-
-    @property
-    def version(self) -> str:  # type: ignore[override]
-        return self.teacher_class.version
-
-    @property
-    def implementation_id(self) -> str:
-        return self.teacher_class.stable_id or self.teacher_class.name
-
     def external_inputs(self, scene_id: str, inputs: Mapping[str, StageGroup]) -> dict[str, str]:
-        return self.teacher_class.external_inputs(self.config, scene_id, inputs["input"].info["frame_names"])
+        return self.plugin.external_inputs(self.config, scene_id, inputs["input"].info["frame_names"])
 
     def load_teacher(self, ctx: StageContext) -> Teacher:
         """The teacher's model, loaded once per (teacher, config, device) per process."""
         device = torch.device(self.config.device or ctx.device)
-        key = (self.teacher_class, self.config.model_dump_json(), str(device))
+        key = (self.plugin, self.config.model_dump_json(), str(device))
         if key not in _TEACHERS:
             if len(_TEACHERS) >= 4:
                 _TEACHERS.pop(next(iter(_TEACHERS)))
-            _TEACHERS[key] = self.teacher_class(self.config, device, ctx.text, f"teacher '{self.variant}'")
+            _TEACHERS[key] = self.plugin(self.config, device, ctx.text, f"teacher '{self.variant}'")
         teacher = _TEACHERS[key]
         teacher.text = ctx.text  # embeddings are cached in this run's store
         return teacher

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from pydantic import Field
 
-from ovlift.config import Configurable, FrozenConfig, LocalPath, runtime_field
+from ovlift.config import FrozenConfig, LocalPath, Plugin, runtime_field
 
 
 class GeneratorConfig(FrozenConfig):
@@ -71,13 +71,10 @@ class GeneratedImages:
 GeneratorConfigT = TypeVar("GeneratorConfigT", bound=GeneratorConfig)
 
 
-class ImageGenerator(ABC, Configurable[GeneratorConfigT]):
-    """A loaded generator for one config: ``class X(ImageGenerator[XConfig])``."""
-
-    name: ClassVar[str]
-    """What plans call it (``capability: {implementation: <name>}``)."""
-    version: ClassVar[str]
-    """Bump when its images or masks change for the same config."""
+class ImageGenerator(ABC, Plugin[GeneratorConfigT]):
+    """A loaded generator for one config: ``class X(ImageGenerator[XConfig])``; plans name it by
+    ``name`` (``capability: {implementation: <name>}``); bump ``version`` when its images or masks
+    change for the same config."""
 
     def __init__(self, config: GeneratorConfigT, device: torch.device, what: str) -> None:
         self.config = config

@@ -10,7 +10,9 @@ Teachers whose masks overlap pick each pixel's masks with CUS3D's 2D filter
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ovlift.config import Configurable, FrozenConfig, runtime_field
+from ovlift.config import FrozenConfig, Plugin, runtime_field
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
 from ovlift.kernels.mask_vote import Fallback, Overlap, mask_weights
 from ovlift.models.loading import model_inputs
@@ -113,22 +115,19 @@ def voted_mask_features(frames: list[FrameMasks], config: MaskVoteConfig, num_cl
 TeacherConfigT = TypeVar("TeacherConfigT", bound=TeacherConfig)
 
 
-class Teacher(ABC, Configurable[TeacherConfigT]):
+class Teacher(ABC, Plugin[TeacherConfigT]):
     """A loaded 2D model (or simulation) for one config: ``class X(Teacher[XConfig])``.
 
     A plan names it by ``name`` (``extract2d: {variant: {implementation: <name>, ...}}``);
     ``registry.TEACHERS`` lists every teacher.
     """
 
-    name: ClassVar[str]
-    """What plans call it."""
-    version: ClassVar[str]
-    """Bump when its features change for the same config: reruns extract2d and what follows."""
-    stable_id: ClassVar[str | None] = None
-    """The id fingerprints use, when it differs from ``name`` (a renamed teacher keeps its
-    old name here so that its cached features stay valid)."""
     produces_masks: ClassVar[bool] = False
     """Whether its output is mask-structured (so the ``masks`` encoding works)."""
+    imports_outputs: ClassVar[bool] = False
+    """Whether it reads outputs computed outside ovlift (files) instead of running a model: the
+    ``capability`` stage then exports its generated images, and reads this teacher's outputs on
+    them from the folder its plan gives (``cached_outputs``) through ``importing_from``."""
 
     def __init__(self, config: TeacherConfigT, device: torch.device, text: TextEmbedder, what: str) -> None:
         self.config = config
@@ -155,6 +154,17 @@ class Teacher(ABC, Configurable[TeacherConfigT]):
     def model_folders(cls, config: TeacherConfigT) -> dict[str, str]:
         """Config field -> model folder (or file) it loads, text encoder included."""
         return {}
+
+    @classmethod
+    def importing_from(cls, config: TeacherConfigT, folder: str) -> TeacherConfigT:
+        """The config that reads this teacher's outputs from ``folder`` (``imports_outputs``)."""
+        raise TypeError(f"teacher '{cls.name}' runs a model: it imports no outputs")
+
+    @classmethod
+    def output_files(cls, config: TeacherConfigT, scene_id: str, frames: Mapping[int, str]) -> list[Path]:
+        """The files it reads for these frames (index in the scene -> source name; teachers that
+        import outputs, others read none)."""
+        return []
 
     @classmethod
     def external_inputs(cls, config: TeacherConfigT, scene_id: str, frame_names: list[str]) -> dict[str, str]:

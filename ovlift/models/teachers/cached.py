@@ -11,6 +11,7 @@ fingerprinted by content, so replacing them reruns the stage.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -47,6 +48,15 @@ def frame_file(config: CachedConfig, scene_id: str, frame_name: str, index: int)
 class CachedTeacher(Teacher[CachedConfig]):
     name = "cached"
     version = "1"
+    imports_outputs = True
+
+    @classmethod
+    def importing_from(cls, config: CachedConfig, folder: str) -> CachedConfig:
+        return config.model_copy(update={"path": folder})
+
+    @classmethod
+    def output_files(cls, config: CachedConfig, scene_id: str, frames: Mapping[int, str]) -> list[Path]:
+        return [frame_file(config, scene_id, name, index) for index, name in frames.items()]
 
     @property
     def dim(self) -> int:
@@ -85,9 +95,8 @@ class CachedTeacher(Teacher[CachedConfig]):
 
     @classmethod
     def external_inputs(cls, config: CachedConfig, scene_id: str, frame_names: list[str]) -> dict[str, str]:
-        paths = [
-            frame_file(config, scene_id, frame_names[i], i) for i in range(0, len(frame_names), config.frame_stride)
-        ]
+        strided = {i: frame_names[i] for i in range(0, len(frame_names), config.frame_stride)}
+        paths = cls.output_files(config, scene_id, strided)
         present = [p for p in paths if p.is_file()]
         digests = dict(zip(present, file_digests(present)))
         parts = [f"{p.relative_to(config.path)}:{digests.get(p, 'missing')}" for p in paths]

@@ -7,7 +7,7 @@ To add a teacher, write its module (a ``Teacher[ItsConfig]`` subclass with a
 
 from __future__ import annotations
 
-from ovlift.config import FrozenConfig
+from ovlift.config import Registry
 from ovlift.models.teachers.base import Teacher
 from ovlift.models.teachers.cached import CachedTeacher
 from ovlift.models.teachers.caption_aligned import CaptionAlignedTeacher
@@ -15,26 +15,11 @@ from ovlift.models.teachers.mask_crops import MaskCropsTeacher
 from ovlift.models.teachers.maskclip import MaskCLIPTeacher
 from ovlift.models.teachers.synthetic import SyntheticTeacher
 
-TEACHERS: dict[str, type[Teacher]] = {
-    cls.name: cls for cls in (SyntheticTeacher, MaskCLIPTeacher, MaskCropsTeacher, CaptionAlignedTeacher, CachedTeacher)
-}
+TEACHERS: Registry[Teacher] = Registry(
+    "teacher", (SyntheticTeacher, MaskCLIPTeacher, MaskCropsTeacher, CaptionAlignedTeacher, CachedTeacher)
+)
 """Teacher name -> class."""
 
 RENAMED: dict[str, str] = {"mask-clip": "mask-crops"}
 """Old names that plans may still use (the pipeline registry resolves them, with a
 warning): old name -> current name."""
-
-
-def teacher_class(name: str) -> type[Teacher]:
-    """The teacher called ``name``."""
-    if name not in TEACHERS:
-        raise KeyError(f"unknown teacher '{name}'; known teachers: {list(TEACHERS)}")
-    return TEACHERS[name]
-
-
-def teacher_for_config(config: FrozenConfig) -> type[Teacher]:
-    """The teacher whose Config ``config`` is (each teacher has a Config class of its own)."""
-    for cls in TEACHERS.values():
-        if type(config) is cls.Config:
-            return cls
-    raise TypeError(f"{type(config).__name__} is the config of no registered teacher")
