@@ -20,7 +20,12 @@ from ovlift.pipeline.plan import PlanError, load_plan
 from ovlift.pipeline.runner import Runner, RunReport, StaleUpstream
 from ovlift.pipeline.status import StageStatus, State, store_status
 
-app = typer.Typer(help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True)
+# Help is plain text, never Rich markup: examples such as "dataset.paths=[/data/scans]" read as
+# closing tags crashed every --help, and no help text here wants markup. One switch for all
+# of them (docstrings too) instead of an escape on each; click's plain layout stays readable.
+app = typer.Typer(
+    help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True, rich_markup_mode=None
+)
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
