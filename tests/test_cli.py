@@ -3,10 +3,16 @@ picture's title, and progress in a log."""
 
 import re
 
+import numpy as np
+import pytest
 import typer
+import yaml
+from conftest import toy_plan_dict
+from PIL import Image
 from typer.testing import CliRunner
 
 from ovlift.pipeline.cli import app
+from ovlift.ply import read_ply
 
 
 def words(text: str) -> str:
@@ -37,3 +43,77 @@ def test_every_help_renders_with_every_help_text():
             assert words(text) in shown, f"ovlift {' '.join(path)} --help lacks {text!r}"
     run_help = CliRunner().invoke(app, ["run", "--help"]).output
     assert "(dataset.paths=[/data/scans])" in words(run_help)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t\n"])
+def test_a_blank_query_is_an_error_before_the_store_or_a_model_is_opened(tmp_path, monkeypatch, text):
+    def fail(*args, **kwargs):
+        raise AssertionError("a text encoder was loaded for a blank query")
+
+    monkeypatch.setattr("ovlift.pipeline.text_cache.load_text_encoder", fail)
+    store = tmp_path / "s.zarr"
+    result = CliRunner().invoke(app, ["query", "--store", str(store), "--scene", "toy_0000", text])
+    assert result.exit_code == 2, result.output
+    assert "the query text is empty" in words(result.output)
+    assert not store.exists()  # opening a store creates it: nothing was opened
+
+
+@pytest.fixture(scope="module")
+def store_of_12(tmp_path_factory):
+    """12 ingested toy scenes; toy_0000 also through CUS3D's denoise (one synthetic teacher 't')."""
+    root = tmp_path_factory.mktemp("cli")
+    data = toy_plan_dict(
+        root / "s.zarr", num_scenes=12, num_frames=3, image_height=48, image_width=64, vertex_spacing_m=0.15
+    )
+    teacher = {"implementation": "synthetic", "feature_height": 48, "feature_width": 64, "noise_std": 0.2}
+    teacher["confusion"] = {"chair": {"sofa": 0.4}, "table": {"desk": 0.4}}
+    data["stages"].update({"extract2d": {"t": teacher}, "project": {"cut_bound": 1}})
+    data["stages"].update({"segment": {}, "objects": {}, "denoise": {}})
+    plan = root / "plan.yaml"
+    plan.write_text(yaml.safe_dump(data))
+    for args in (["ingest", str(plan)], ["run", str(plan), "--scenes", "toy_0000"]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_an_unknown_scene_is_named_with_the_scenes_there_are(store_of_12, tmp_path):
+    store, plan = str(store_of_12 / "s.zarr"), str(store_of_12 / "plan.yaml")
+    result = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0099", "a sofa"])
+    assert result.exit_code == 2
+    shown = ", ".join(f"toy_{i:04d}" for i in range(10))
+    assert f"no scene 'toy_0099' in {store}; scenes: {shown}, ... (12 in all)" in words(result.output)
+    known = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0003", "a sofa"])
+    assert known.exit_code == 2 and "no complete 'predict' group" in words(known.output)  # there, not run yet
+    missing = CliRunner().invoke(app, ["query", "--store", str(tmp_path / "none.zarr"), "--scene", "x", "a sofa"])
+    assert missing.exit_code == 2 and "no store at" in missing.output and not (tmp_path / "none.zarr").exists()
+    for command in ("run", "ingest", "flow"):  # against the dataset; flow before Prefect starts
+        result = CliRunner().invoke(app, [command, plan, "--scenes", "toy_0000,toy_0099"])
+        assert result.exit_code == 2, result.output
+        assert "scenes ['toy_0099'] are not in dataset 'toy'; its scenes: toy_0000" in words(result.output)
+        assert "(12 in all)" in result.output and "Prefect" not in result.output
+
+
+def test_the_query_picture_is_titled_with_the_features_it_drew(store_of_12, tmp_path):
+    """Denoised features differ from the fused ones where CUS3D's vote dropped views; the
+    PLY's similarity is NaN exactly where the drawn group has no feature, and the PNG's
+    title (its PNG metadata, as matplotlib wrote it) names that group."""
+    from ovlift.cache_schema import Store
+
+    store = str(store_of_12 / "s.zarr")
+    groups = Store(store)
+    seen = {
+        "denoised": groups.read("scenes/toy_0000/denoise").load("seen"),
+        "fused": groups.read("scenes/toy_0000/project").load("fused/t/seen"),
+    }
+    assert (seen["denoised"] != seen["fused"]).any()  # the two are told apart by their data
+    for source in ("denoised", "fused"):
+        args = ["query", "--store", store, "--scene", "toy_0000", "a sofa", "--source", source]
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        similarity = read_ply(tmp_path / f"toy_0000_a_sofa_{source}.ply").vertex_properties["similarity"]
+        np.testing.assert_array_equal(np.isfinite(similarity), seen[source])
+        title = Image.open(tmp_path / f"toy_0000_a_sofa_{source}.png").info["Title"]
+        assert title == f"toy_0000: 'a sofa' ({source}/t)"
+    bad = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0000", "a sofa", "--source", "noisy"])
+    assert bad.exit_code == 2 and "unknown query source 'noisy'; one of student, fused, denoised" in words(bad.output)
