@@ -1,7 +1,11 @@
 """The command line as a newcomer meets it: help, mistyped queries and scenes, the query
 picture's title, and progress in a log."""
 
+import io
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +15,10 @@ from conftest import toy_plan_dict
 from PIL import Image
 from typer.testing import CliRunner
 
+from ovlift import progress as progress_module
 from ovlift.pipeline.cli import app
 from ovlift.ply import read_ply
+from ovlift.progress import progress
 
 
 def words(text: str) -> str:
@@ -117,3 +123,65 @@ def test_the_query_picture_is_titled_with_the_features_it_drew(store_of_12, tmp_
         assert title == f"toy_0000: 'a sofa' ({source}/t)"
     bad = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0000", "a sofa", "--source", "noisy"])
     assert bad.exit_code == 2 and "unknown query source 'noisy'; one of student, fused, denoised" in words(bad.output)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_bars_on_a_terminal_and_lines_elsewhere(monkeypatch):
+    monkeypatch.setenv("OVLIFT_PROGRESS", "1")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert list(progress(range(3), "toy_0001: t", unit="batch")) == [0, 1, 2]
+    assert "\r" in sys.stderr.getvalue()  # tqdm's redrawn bar
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(progress_module, "LINE_INTERVAL_S", 0.0)  # a line per item
+    assert list(progress(iter("abc"), "scenes", unit="scene")) == ["a", "b", "c"]
+    lines = sys.stderr.getvalue().splitlines()
+    assert [re.sub(r" \(.*\)$", "", line) for line in lines] == [
+        "scenes: 1 scene",
+        "scenes: 2 scenes",
+        "scenes: 3 scenes",
+    ]
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setattr(progress_module, "LINE_INTERVAL_S", 3600.0)  # only the end of the loop
+    assert list(progress(range(4), "toy_0002: frames", unit="frame")) == [0, 1, 2, 3]
+    assert re.fullmatch(r"toy_0002: frames: 4/4 frames \(\d+\.\d s\)\n", sys.stderr.getvalue())
+    monkeypatch.setenv("OVLIFT_PROGRESS", "0")
+    for stream in (Terminal(), io.StringIO()):
+        monkeypatch.setattr(sys, "stderr", stream)
+        assert list(progress(range(2), "x")) == [0, 1] and stream.getvalue() == ""
+
+
+def test_a_run_into_a_pipe_logs_progress_as_whole_lines(tmp_path):
+    """`ovlift run` with stderr to a pipe: no carriage return anywhere (ours nor Hugging Face's
+    weight-loading bar), each line a log line or one finished loop; OVLIFT_PROGRESS=0 silences."""
+    data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=2, num_frames=3, image_height=48, image_width=64)
+    data["stages"].update(
+        {"extract2d": {"t": {"implementation": "synthetic", "feature_height": 48, "feature_width": 64}}, "project": {}}
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(data))
+    env = {k: v for k, v in os.environ.items() if k not in ("OVLIFT_PROGRESS", "HF_HUB_DISABLE_PROGRESS_BARS")}
+    command = [sys.executable, "-m", "ovlift.pipeline.cli", "run", str(plan)]
+    proc = subprocess.run(command, env=env, capture_output=True, timeout=600)  # bytes: text mode reads \r as \n
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 0, stderr
+    assert "\r" not in stderr
+    lines = stderr.split("\n")[:-1]
+    loops = [line for line in lines if not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
+    parsed = [re.fullmatch(r"([\w ():]+): (\d+)/(\d+) ([a-z]+) \(\d+\.\d s\)", line) for line in loops]
+    assert all(parsed), loops
+    ends = [f"{m[1]}: {m[2]}/{m[3]} {m[4]}" for m in parsed if m[2] == m[3]]  # a slow loop may also say k/n
+    assert ends == [
+        *(
+            f"toy_000{i}: {what}"
+            for i in (0, 1)
+            for what in ("frames: 3/3 frames", "t: 1/1 batch", "projecting: 1/1 batch")
+        ),
+        "scenes: 2/2 scenes",
+    ]
+    env["OVLIFT_PROGRESS"] = "0"
+    quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert quiet.returncode == 0 and "scenes:" not in quiet.stderr and "cached" in quiet.stdout

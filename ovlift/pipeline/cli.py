@@ -19,6 +19,7 @@ from ovlift.cache_schema import Store, short
 from ovlift.pipeline.plan import PlanError, load_plan
 from ovlift.pipeline.runner import Runner, RunReport, StaleUpstream
 from ovlift.pipeline.status import StageStatus, State, store_status
+from ovlift.progress import quiet_library_bars
 
 # Help is plain text, never Rich markup: examples such as "dataset.paths=[/data/scans]" read as
 # closing tags crashed every --help, and no help text here wants markup. One switch for all
@@ -26,6 +27,11 @@ from ovlift.pipeline.status import StageStatus, State, store_status
 app = typer.Typer(
     help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True, rich_markup_mode=None
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    quiet_library_bars()
 
 
 console = Console(stderr=False)
