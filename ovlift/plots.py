@@ -103,7 +103,7 @@ def query_views(
         axes[1].set(xlim=(0, 2 * k[0, 2]), ylim=(2 * k[1, 2], 0), aspect="equal", title="first camera")
     fig.colorbar(sc, ax=axes.tolist(), fraction=0.03, label="similarity")
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": title})  # readable without looking at the picture
     plt.close(fig)
     return path
 

@@ -1,5 +1,6 @@
 """Text queries against a scene's per-point features: a fused 2D teacher's
-(``project``) or the distilled student's (``predict``).
+(``project``), the same cleaned (``denoise``, ``fuse``) or the distilled student's
+(``predict``).
 
 The query names a thing ("a soft chair"); a leading article is dropped and the
 rest goes through the same templates as class names, so queries and classes are
@@ -12,17 +13,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ovlift.cache_schema import Store
+from ovlift.cache_schema.groups.denoise import DENOISE_SPEC
+from ovlift.cache_schema.groups.fuse import FUSE_SPEC
 from ovlift.cache_schema.groups.input import INPUT_SPEC
+from ovlift.cache_schema.groups.lifted import lifted_features
 from ovlift.cache_schema.groups.predict import PREDICT_SPEC
-from ovlift.cache_schema.groups.project import PROJECT_SPEC, fused_teacher
-from ovlift.errors import StageInputError
+from ovlift.cache_schema.groups.project import PROJECT_SPEC
+from ovlift.errors import StageInputError, name_list
 from ovlift.models.text import TextEncoderConfig
 from ovlift.pipeline.text_cache import TextCache
 
@@ -39,35 +42,52 @@ class QueryResult:
     """Which features answered, e.g. ``fused/teacher_a``."""
 
 
+QUERY_SOURCES = {"student": PREDICT_SPEC, "fused": PROJECT_SPEC, "denoised": DENOISE_SPEC, "multi-fused": FUSE_SPEC}
+"""Features a query can read: the distilled student's (``predict``), a fused teacher's
+(``project``), CUS3D's denoised (``denoise``) or SAS's multi-teacher set (``fuse``)."""
+
+
+def query_words(text: str) -> str:
+    """What gets embedded: ``text`` without surrounding blanks and a leading article."""
+    if not text.strip():
+        raise QueryError(f"the query text is empty ({text!r}): say what to look for, e.g. 'a soft chair'")
+    return re.sub(r"^(a|an|the)\s+", "", text.strip(), flags=re.IGNORECASE)
+
+
+def check_scene(store: Store, scene_id: str) -> None:
+    scenes = store.scene_ids()
+    if scene_id not in scenes:
+        raise QueryError(f"no scene '{scene_id}' in {store.url}; scenes: {name_list(scenes)}")
+
+
 def query_scene(
     store: Store,
     scene_id: str,
     text: str,
-    source: Literal["fused", "student"] = "fused",
+    source: str = "fused",
     teacher: str | None = None,
     templates: str = "single",
     device: str = "cpu",
 ) -> QueryResult:
-    """Similarity of each point to ``text``: from a fused teacher's features
-    (``project``), or from the distilled student's (``predict``)."""
+    """Similarity of each point to ``text``, from the features of ``source`` (a key of
+    ``QUERY_SOURCES``); ``teacher`` chooses among a ``project`` group's fused teachers."""
+    name = query_words(text)
+    if source not in QUERY_SOURCES:
+        raise QueryError(f"unknown query source '{source}'; one of {', '.join(QUERY_SOURCES)}")
+    check_scene(store, scene_id)
+    spec = QUERY_SOURCES[source]
+    group = store.read(spec.path(scene_id))
+    if group is None:
+        raise QueryError(f"scene '{scene_id}': no complete '{spec.stage}' group in {store.url}; run the plan first")
     if source == "student":
-        group = store.read(PREDICT_SPEC.path(scene_id))
-        if group is None:
-            raise QueryError(f"scene '{scene_id}': no complete 'predict' group in {store.url}; run the plan first")
-        features, seen = group.load("features_3d"), None
-        encoder, label = group.info["text_encoder"], "student"
+        features, seen, encoder, label = group.load("features_3d"), None, group.info["text_encoder"], "student"
     else:
-        group = store.read(PROJECT_SPEC.path(scene_id))
-        if group is None:
-            raise QueryError(f"scene '{scene_id}': no complete 'project' group in {store.url}; run the plan first")
         try:
-            teacher = fused_teacher(group, teacher, f"scene '{scene_id}'")
+            lifted = lifted_features({spec.stage: group}, spec.stage, teacher, f"scene '{scene_id}'")  # type: ignore[arg-type]
         except StageInputError as err:
             raise QueryError(str(err)) from None
-        features, seen = group.load(f"fused/{teacher}/features"), group.load(f"fused/{teacher}/seen")
-        encoder, label = group.info["teachers"][teacher]["text_encoder"], f"fused/{teacher}"
+        features, seen, encoder, label = lifted.features, lifted.seen, lifted.text_encoder, f"{source}/{lifted.teacher}"
     encoder_config = TextEncoderConfig(**{**encoder, "templates": templates})
-    name = re.sub(r"^(a|an|the)\s+", "", text.strip(), flags=re.IGNORECASE)
     query = TextCache(store, device)(encoder_config, [name])[0]  # cached: repeated queries skip the model
     similarity = (F.normalize(torch.from_numpy(features.astype(np.float32)), dim=-1) @ query).numpy()
     if seen is not None:
@@ -87,7 +107,7 @@ def write_query_outputs(
     from ovlift.plots import colormap, query_views
     from ovlift.ply import write_ply
 
-    result = query_scene(store, scene_id, text, source, teacher, templates)  # type: ignore[arg-type]
+    result = query_scene(store, scene_id, text, source, teacher, templates)
     scene = store.read(INPUT_SPEC.path(scene_id))
     points = scene.load("points")
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +121,7 @@ def write_query_outputs(
         points,
         result.similarity,
         out / f"{stem}.png",
-        f"{scene_id}: '{text}' ({result.source})",
+        f"{scene_id}: '{text}' ({result.source})",  # the features drawn, as query_scene read them
         camera,
     )
     top: list[tuple[str, int]] = []

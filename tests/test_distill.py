@@ -168,7 +168,7 @@ def test_end_to_end_outputs_report_and_reruns_cached(tmp_path, caplog):
     assert ply.vertex_properties["similarity"].max() <= 1.0 + 1e-6
     assert (tmp_path / "q" / "toy_0002_a_table_student.png").exists()
     result = CliRunner().invoke(app, ["query", "--store", store, "--scene", "toy_0099", "a table"])
-    assert result.exit_code == 2 and "no complete 'predict' group" in result.output
+    assert result.exit_code == 2 and "no scene 'toy_0099'" in result.output
     status = CliRunner().invoke(app, ["status", "--store", store, "--plan", str(plan_path), "--json"])
     rows = [json.loads(line) for line in status.output.splitlines()]
     assert {(r["scene_id"], r["path"], r["state"]) for r in rows if r["scene_id"] == "global"} == {

@@ -19,8 +19,21 @@ from ovlift.cache_schema import Store, short
 from ovlift.pipeline.plan import PlanError, load_plan
 from ovlift.pipeline.runner import Runner, RunReport, StaleUpstream
 from ovlift.pipeline.status import StageStatus, State, store_status
+from ovlift.progress import quiet_library_bars
 
-app = typer.Typer(help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True)
+# Help is plain text, never Rich markup: examples such as "dataset.paths=[/data/scans]" read as
+# closing tags crashed every --help, and no help text here wants markup. One switch for all
+# of them (docstrings too) instead of an escape on each; click's plain layout stays readable.
+app = typer.Typer(
+    help="Lift 2D open-vocabulary knowledge onto 3D point clouds.", no_args_is_help=True, rich_markup_mode=None
+)
+
+
+@app.callback()
+def _every_command() -> None:
+    quiet_library_bars()
+
+
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
@@ -48,6 +61,14 @@ def _load(plan_path: Path, overrides: list[str] | None = None):
     except PlanError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
+
+
+def _open_store(url: str) -> Store:
+    """An existing store (opening a missing local path would create an empty one)."""
+    if "://" not in url and not Path(url).exists():
+        err_console.print(f"[red]error:[/red] no store at '{escape(url)}'")
+        raise typer.Exit(2)
+    return Store(url)
 
 
 def _finish(report: RunReport) -> None:
@@ -121,10 +142,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Which stage is cached, stale or missing for which scene."""
-    if "://" not in store and not Path(store).exists():
-        err_console.print(f"[red]error:[/red] no store at '{store}'")
-        raise typer.Exit(2)
-    rows = store_status(Store(store), _load(plan) if plan else None)
+    rows = store_status(_open_store(store), _load(plan) if plan else None)
     if as_json:
         for row in rows:
             print(json.dumps(row.to_json()))
@@ -203,7 +221,11 @@ def flow(
     log_file: LogFileOpt = None,
 ) -> None:
     """Run the plan as Prefect flows, scenes mapped as tasks over Dask."""
-    _load(plan)  # fail early, before starting Prefect, on a bad plan
+    try:  # fail early, before starting Prefect, on a bad plan or scene
+        Runner(_load(plan)).select_scenes(_split(scenes))
+    except KeyError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
+        raise typer.Exit(2) from None
     _flow_logging(plan, verbose, log_file)
     from ovlift.flows import run_dataset_flow  # Prefect is imported only here
 
@@ -279,16 +301,25 @@ def query(
     text: Annotated[str, typer.Argument(help='What to look for, e.g. "a soft chair".')],
     store: Annotated[str, typer.Option("--store", help="Store path or fsspec URL.")],
     scene: Annotated[str, typer.Option("--scene", help="Scene id.")],
-    source: Annotated[str, typer.Option(help="'student' (distilled 3D) or 'fused' (2D features).")] = "student",
-    teacher: Annotated[str | None, typer.Option(help="Fused teacher (source fused).")] = None,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Features to query: 'student' (distilled 3D), 'fused' (2D teacher, project), "
+            "'denoised' (CUS3D, denoise) or 'multi-fused' (SAS, fuse)."
+        ),
+    ] = "student",
+    teacher: Annotated[
+        str | None, typer.Option(help="Fused teacher (source fused, when project fused several).")
+    ] = None,
     templates: Annotated[str, typer.Option(help="'single' or 'ensemble' prompt templates.")] = "single",
     out: Annotated[Path, typer.Option("--out", help="Folder for the PLY and PNG.")] = Path("queries"),
 ) -> None:
     """Colour a scene by similarity to a text: a PLY (MeshLab, CloudCompare) and a PNG."""
-    from ovlift.query import QueryError, write_query_outputs
+    from ovlift.query import QueryError, query_words, write_query_outputs
 
     try:
-        paths, top = write_query_outputs(Store(store), scene, text, source, teacher, templates, out)
+        query_words(text)  # a blank query fails before the store or a model is opened
+        paths, top = write_query_outputs(_open_store(store), scene, text, source, teacher, templates, out)
     except (QueryError, KeyError) as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None

@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, oracles_of, short
 from ovlift.cache_schema.files import group_files
+from ovlift.errors import name_list
 from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
 from ovlift.pipeline.status import State, store_status
 from ovlift.pipeline.text_cache import TextCache
@@ -203,7 +204,9 @@ class Runner:
             return available
         unknown = [s for s in scenes if s not in available]
         if unknown:
-            raise KeyError(f"scenes {unknown} are not in dataset '{self.plan.dataset.name}' ({len(available)} scenes)")
+            raise KeyError(
+                f"scenes {unknown} are not in dataset '{self.plan.dataset.name}'; its scenes: {name_list(available)}"
+            )
         return list(scenes)
 
     def phases(self, keys: Sequence[str]) -> list[tuple[str, list[str]]]:
