@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Every Dask worker process starts its own temporary server; on a loaded 2-core
@@ -248,18 +248,44 @@ def dataset_flow(
         if any(res.gpu for _, res in pieces) and "GPU" not in declared and not warned:
             logger.warning("GPU stages run on any worker: no Dask worker declares a GPU resource")
             warned = True
-        if kind == "global":
-            (key,), res = pieces[0]
-            with dask.annotate(resources=dask_resources(res, declared)):
-                future = global_task.submit(plan_path, key, forced, failed, torch_threads)
-            outcomes.append(future.result())
-            log.info("%s: %s", key, outcomes[-1]["status"])
-            continue
+        submit = Submit(plan_path, forced, failed, declared, torch_threads)
+        outcomes += submit.global_stage(pieces) if kind == "global" else submit.scene_pieces(pieces, scene_ids)
+    report = RunReport([outcome(o) for o in outcomes], time.perf_counter() - start)
+    create_markdown_artifact(
+        key=artifact_key(plan_path), markdown=run_markdown(plan_path, report), description=report.summary()
+    )
+    return outcomes
+
+
+@dataclass(frozen=True)
+class Submit:
+    """One phase of ``dataset_flow`` submitted as tasks, with what every task of it is given."""
+
+    plan_path: str
+    forced: list[str]
+    failed: list[list[str]]
+    """(scene, stage) pairs that failed in earlier phases (their downstream is skipped)."""
+    declared: set[str]
+    """Resources the Dask workers declare."""
+    torch_threads: int
+
+    def global_stage(self, pieces: list) -> list[dict]:
+        (key,), res = pieces[0]
+        with dask.annotate(resources=dask_resources(res, self.declared)):
+            future = global_task.submit(self.plan_path, key, self.forced, self.failed, self.torch_threads)
+        result = future.result()
+        log.info("%s: %s", key, result["status"])
+        return [result]
+
+    def scene_pieces(self, pieces: list, scene_ids: list[str]) -> list[dict]:
+        """The phase's pieces chained per scene (a scene's next piece waits for its previous one)."""
         chains: dict[str, object] = dict.fromkeys(scene_ids)
         for keys, res in pieces:
-            with dask.annotate(resources=dask_resources(res, declared)):
+            with dask.annotate(resources=dask_resources(res, self.declared)):
                 chains = {
-                    s: scene_task.submit(plan_path, s, keys, forced, failed, chains[s], torch_threads)
+                    s: scene_task.submit(
+                        self.plan_path, s, keys, self.forced, self.failed, chains[s], self.torch_threads
+                    )
                     for s in scene_ids
                 }
         names = ", ".join(k for keys, _ in pieces for k in keys)
@@ -267,14 +293,9 @@ def dataset_flow(
             id(f): f.result() for f in progress(as_completed(list(chains.values())), names, len(chains), "scene")
         }
         done = [o for s in scene_ids for o in results[id(chains[s])]]
-        outcomes += done
         counts = Counter(o["status"] for o in done)
         log.info("%s on %d scenes: %s", names, len(scene_ids), ", ".join(f"{n} {st}" for st, n in counts.items()))
-    report = RunReport([outcome(o) for o in outcomes], time.perf_counter() - start)
-    create_markdown_artifact(
-        key=artifact_key(plan_path), markdown=run_markdown(plan_path, report), description=report.summary()
-    )
-    return outcomes
+        return done
 
 
 def run_dataset_flow(

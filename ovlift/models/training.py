@@ -254,25 +254,33 @@ class Losses:
             label_loss = voxel_cross_entropy(text.logits(student, self.label_temperature), point_voxel, labels)
         sp_loss = zero
         if self.superpoint_weight > 0:
-            if superpoints is None:
-                sp_loss = cos_loss
-            else:
-                count = len(superpoints.targets)
-                means = superpoint_voxel_mean(voxels, point_voxel, superpoints.point_superpoint, count)
-                sp_loss = 1 - (F.normalize(means, dim=1) * superpoints.targets.to(means.dtype)).sum() / max(count, 1)
+            sp_loss = cos_loss if superpoints is None else superpoint_loss(voxels, point_voxel, superpoints)
         total = self.cosine_weight * cos_loss + self.label_weight * label_loss + self.superpoint_weight * sp_loss
         tesd_loss = zero
         if tesd is not None:
-            logits = tesd.text.logits(student, tesd.temperature)
-            point_ce = voxel_cross_entropy(logits, tesd.point_voxel, tesd.point_labels)
-            if tesd.superpoint is None or tesd.superpoint_labels is None:
-                tesd_loss = 2 * point_ce
-            else:
-                count = len(tesd.superpoint_labels)
-                sp_logits = superpoint_voxel_mean(logits, tesd.point_voxel, tesd.superpoint, count)
-                tesd_loss = point_ce + F.cross_entropy(sp_logits, tesd.superpoint_labels)
+            tesd_loss = tesd_ce(student, tesd)
             total = tesd_loss if tesd.replace else total + tesd_loss
         return LossTerms(total, cos_loss, label_loss, sp_loss, tesd_loss)
+
+
+def superpoint_loss(voxels: torch.Tensor, point_voxel: torch.Tensor, superpoints: SuperpointBatch) -> torch.Tensor:
+    """SAS's mean_SP(1 - cos(teacher SP mean, student SP mean)) (Eq. 10), the student's SP mean
+    regrouped per (superpoint, voxel)."""
+    count = len(superpoints.targets)
+    means = superpoint_voxel_mean(voxels, point_voxel, superpoints.point_superpoint, count)
+    return 1 - (F.normalize(means, dim=1) * superpoints.targets.to(means.dtype)).sum() / max(count, 1)
+
+
+def tesd_ce(student: torch.Tensor, tesd: TesdBatch) -> torch.Tensor:
+    """TESD's CE(point logits, point pseudo label) + CE(SP-mean logits, SP pseudo label) (Eq. 13)
+    over every point, from the (V, D) unit voxel features; without superpoints twice the point term."""
+    logits = tesd.text.logits(student, tesd.temperature)
+    point_ce = voxel_cross_entropy(logits, tesd.point_voxel, tesd.point_labels)
+    if tesd.superpoint is None or tesd.superpoint_labels is None:
+        return 2 * point_ce
+    count = len(tesd.superpoint_labels)
+    sp_logits = superpoint_voxel_mean(logits, tesd.point_voxel, tesd.superpoint, count)
+    return point_ce + F.cross_entropy(sp_logits, tesd.superpoint_labels)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
-from ovlift.cache_schema import GroupWriter, oracles_of
+from ovlift.cache_schema import GroupWriter, StageGroup, oracles_of
 from ovlift.cache_schema.groups.evaluate import EVALUATE_SPEC, PREDICTORS, predictor_names
 from ovlift.config import FrozenConfig
 from ovlift.errors import StageInputError
@@ -109,33 +110,17 @@ class EvaluateStage(Stage[EvaluateConfig]):
         cfg = self.config
         if not ctx.scene_inputs:
             raise StageInputError(f"{ctx.where()}: split '{cfg.split}' has no scenes to evaluate")
-        classes = ctx.scene_inputs[min(ctx.scene_inputs)]["predict"].info["classes"]  # one plan, one vocabulary
+        first = ctx.scene_inputs[min(ctx.scene_inputs)]["predict"]
+        classes = first.info["classes"]  # one plan, one vocabulary
         valid = self.valid_mask(classes)
-        matrices: dict[str, np.ndarray] = {}
-        for scene_id, groups in sorted(ctx.scene_inputs.items()):
-            predict, scene = groups["predict"], groups["input"]
-            names = scene.info.get("class_names")
-            if "labels" not in scene or names is None:
-                raise StageInputError(f"scene '{scene_id}': array 'labels': evaluation needs ground-truth labels")
-            to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
-            truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
-            if "sweep" in scene:
-                truth[scene.load("sweep") != 0] = -1
-            for p in PREDICTORS:
-                if f"labels_{p}" not in predict:
-                    continue
-                m = confusion_matrix(truth, predict.load(f"labels_{p}"), len(classes), valid=valid)
-                matrices[p] = matrices.get(p, 0) + m
+        matrices = confusions(ctx.scene_inputs, classes, valid)
         unseen = class_mask(cfg.unseen_classes, classes, "unseen_classes")
         results = {p: scores(m, valid, unseen) for p, m in matrices.items()}
         splits = class_splits(classes)
         metrics = {p: scores_json(r, classes, splits) for p, r in results.items()}
         absent = [c for c, a in zip(classes, next(iter(results.values())).without_ground_truth) if a]
-        assert ctx.files is not None
-        ctx.files.mkdir(parents=True, exist_ok=True)
         oracles = oracles_of(g["predict"] for g in ctx.scene_inputs.values())
-        source = ctx.scene_inputs[min(ctx.scene_inputs)]["predict"].info.get("source", "project")
-        names = predictor_names(source)
+        source = first.info.get("source", "project")
         report = {
             "title": report_title(oracles),
             "oracles": list(oracles),
@@ -145,14 +130,9 @@ class EvaluateStage(Stage[EvaluateConfig]):
             "classes_without_ground_truth": absent,
             "metrics": metrics,
         }
-        (ctx.files / "report.json").write_text(json.dumps(report, indent=1))
-        (ctx.files / "metrics.md").write_text(markdown_table(metrics, classes, absent, oracles, names))
-        oracle_note = "ORACLE " if oracles else ""
+        self._write_report(ctx, report, matrices, predictor_names(source))
         for p, m in matrices.items():
             out.write(f"confusion_{p}", m)
-            plot_confusion(
-                m, classes, ctx.files / f"confusion_{p}.png", f"{oracle_note}{names[p]}: confusion (row-normalised)"
-            )
         out.set_info(
             classes=classes,
             metrics=metrics,
@@ -162,6 +142,20 @@ class EvaluateStage(Stage[EvaluateConfig]):
             classes_without_ground_truth=absent,
             source=source,
         )
+
+    def _write_report(
+        self, ctx: StageContext, report: dict, matrices: dict[str, np.ndarray], names: dict[str, str]
+    ) -> None:
+        """report.json, metrics.md and a confusion plot per predictor, beside the store."""
+        assert ctx.files is not None
+        ctx.files.mkdir(parents=True, exist_ok=True)
+        oracles, classes, absent = report["oracles"], report["classes"], report["classes_without_ground_truth"]
+        (ctx.files / "report.json").write_text(json.dumps(report, indent=1))
+        (ctx.files / "metrics.md").write_text(markdown_table(report["metrics"], classes, absent, oracles, names))
+        oracle_note = "ORACLE " if oracles else ""
+        for p, m in matrices.items():
+            title = f"{oracle_note}{names[p]}: confusion (row-normalised)"
+            plot_confusion(m, classes, ctx.files / f"confusion_{p}.png", title)
 
     def valid_mask(self, classes: list[str]) -> np.ndarray:
         if self.config.valid_classes is None:
@@ -175,3 +169,25 @@ def class_mask(names: tuple[str, ...], classes: list[str], field: str) -> np.nda
     if unknown:
         raise StageInputError(f"evaluate: {field} {unknown} are not in the vocabulary {classes}")
     return np.array([c in names for c in classes], dtype=bool)
+
+
+def confusions(
+    scene_inputs: Mapping[str, Mapping[str, StageGroup]], classes: list[str], valid: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per predictor, the confusion matrix summed over the scenes (ground truth mapped into the
+    vocabulary by class name; LiDAR scenes scored on their key-frame points)."""
+    matrices: dict[str, np.ndarray] = {}
+    for scene_id, groups in sorted(scene_inputs.items()):
+        predict, scene = groups["predict"], groups["input"]
+        names = scene.info.get("class_names")
+        if "labels" not in scene or names is None:
+            raise StageInputError(f"scene '{scene_id}': array 'labels': evaluation needs ground-truth labels")
+        to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
+        truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
+        if "sweep" in scene:
+            truth[scene.load("sweep") != 0] = -1
+        for p in PREDICTORS:
+            if f"labels_{p}" in predict:
+                m = confusion_matrix(truth, predict.load(f"labels_{p}"), len(classes), valid=valid)
+                matrices[p] = matrices.get(p, 0) + m
+    return matrices

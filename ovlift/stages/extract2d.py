@@ -64,14 +64,11 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
         optional = {
             key: scene.array(f"frames/{key}") for key in ("depth", "labels", "instances") if f"frames/{key}" in scene
         }
-        if cfg.encoding == "dense":
-            features = out.create("features", (len(frames), *hw, teacher.dim))
-            valid = out.create("valid", (len(frames), *hw))
-        else:
-            ids_out = out.create("mask_ids", (len(frames), *hw, cfg.top_k))
-            weights_out = out.create("mask_weights", (len(frames), *hw, cfg.top_k))
-            embeddings: list[torch.Tensor] = []
-            offset = 0
+        sink = (
+            DenseSink(out, len(frames), hw, teacher.dim)
+            if cfg.encoding == "dense"
+            else MaskSink(out, len(frames), hw, cfg.top_k)
+        )
         batch = cfg.frames_per_batch
         for start in progress(range(0, len(frames), batch), f"{ctx.scene_id}: {self.variant}", unit="batch"):
             sel = frames[start : start + batch]
@@ -87,21 +84,8 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
                     **extra,
                 )
             )
-            stop = start + len(sel)
-            if cfg.encoding == "dense":
-                dense = result.images if isinstance(result, DenseFeatures) else result.decode()
-                features[start:stop] = dense.to(torch.float16).cpu().numpy()
-                valid[start:stop] = result.coverage().cpu().numpy()
-            else:
-                assert isinstance(result, MaskFeatures)
-                ids, weights = _pad_k(result.ids, result.weights, cfg.top_k)
-                ids_out[start:stop] = torch.where(ids >= 0, ids + offset, -1).cpu().numpy()
-                weights_out[start:stop] = weights.to(torch.float16).cpu().numpy()
-                embeddings.append(result.embeddings.to(torch.float16).cpu())
-                offset += len(result.embeddings)
-        if cfg.encoding == "masks":
-            stacked = torch.cat(embeddings) if embeddings else torch.zeros(0, teacher.dim, dtype=torch.float16)
-            out.write("mask_embeddings", stacked.numpy())
+            sink.add(start, result)
+        sink.finish(teacher.dim)
         out.write("frames", frames)
         out.set_info(
             teacher=self.implementation,
@@ -110,6 +94,48 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
             channels=teacher.dim,
             text_encoder=teacher.text_encoder.normalised(),
         )
+
+
+class DenseSink:
+    """The ``dense`` encoding: (T, h, w, C) float16 features and a coverage mask."""
+
+    def __init__(self, out: GroupWriter, frames: int, hw: tuple[int, int], dim: int) -> None:
+        self.features = out.create("features", (frames, *hw, dim))
+        self.valid = out.create("valid", (frames, *hw))
+
+    def add(self, start: int, result: DenseFeatures | MaskFeatures) -> None:
+        dense = result.images if isinstance(result, DenseFeatures) else result.decode()
+        stop = start + len(dense)
+        self.features[start:stop] = dense.to(torch.float16).cpu().numpy()
+        self.valid[start:stop] = result.coverage().cpu().numpy()
+
+    def finish(self, dim: int) -> None:
+        pass
+
+
+class MaskSink:
+    """The ``masks`` encoding: per pixel the top-k mask ids (numbered through the scene) and weights,
+    and one embedding per mask."""
+
+    def __init__(self, out: GroupWriter, frames: int, hw: tuple[int, int], top_k: int) -> None:
+        self.out, self.top_k = out, top_k
+        self.ids = out.create("mask_ids", (frames, *hw, top_k))
+        self.weights = out.create("mask_weights", (frames, *hw, top_k))
+        self.embeddings: list[torch.Tensor] = []
+        self.offset = 0
+
+    def add(self, start: int, result: DenseFeatures | MaskFeatures) -> None:
+        assert isinstance(result, MaskFeatures)
+        ids, weights = _pad_k(result.ids, result.weights, self.top_k)
+        stop = start + len(ids)
+        self.ids[start:stop] = torch.where(ids >= 0, ids + self.offset, -1).cpu().numpy()
+        self.weights[start:stop] = weights.to(torch.float16).cpu().numpy()
+        self.embeddings.append(result.embeddings.to(torch.float16).cpu())
+        self.offset += len(result.embeddings)
+
+    def finish(self, dim: int) -> None:
+        stacked = torch.cat(self.embeddings) if self.embeddings else torch.zeros(0, dim, dtype=torch.float16)
+        self.out.write("mask_embeddings", stacked.numpy())
 
 
 def _pad_k(ids: torch.Tensor, weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

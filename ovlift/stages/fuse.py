@@ -118,44 +118,17 @@ class FuseStage(Stage[FuseConfig]):
         text_encoder = shared_text_encoder(project, names, ctx.where())
         vocab = get_vocabulary(cfg.vocabulary)
         prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
-        prompts, prompt_class = prompts.to(device), torch.tensor(vocab.prompt_class, device=device)
-        capability, capability_source, other = None, None, None
-        if cfg.method == "capability":
-            if cfg.capability is not None:
-                capability, capability_source = inline_capability(cfg.capability, names, vocab, ctx.where()), "inline"
-            else:
-                group = ctx.inputs["capability"]
-                capability = group_capability(group, names, vocab, text_encoder, ctx.where())
-                capability_source = CAPABILITY_SPEC.path()
-            other = other_class_index(cfg.other_class, vocab, ctx.where())
-
+        capability, capability_source = self._capability(ctx, names, vocab, text_encoder)
         features = [project.load(f"fused/{n}/features") for n in names]
         seen = np.stack([project.load(f"fused/{n}/seen") for n in names])
         channels = {n: f.shape[1] for n, f in zip(names, features)}
         if len(set(channels.values())) > 1:
             raise StageInputError(f"{ctx.where()}: teachers have different feature channels {channels}; cannot fuse")
-        count = seen.shape[1]
-        fused = np.zeros((count, features[0].shape[1]), np.float16)
-        any_seen = np.zeros(count, bool)
-        weights = np.zeros((count, len(names)), np.float16)
-        winner = np.full(count, -1, np.int8)
-        table = None if capability is None else torch.from_numpy(capability).to(device)
-        for start in progress(range(0, count, cfg.points_per_batch), f"{ctx.scene_id}: fuse", unit="batch"):
-            rows = slice(start, start + cfg.points_per_batch)
-            f = torch.stack([torch.from_numpy(x[rows]) for x in features]).to(device)
-            s = torch.from_numpy(seen[:, rows]).to(device)
-            if cfg.method == "add":
-                w = add_weights(s)
-            else:
-                similarity, classes = teacher_predictions(f, prompts, prompt_class)
-                if cfg.method == "linear":
-                    w = linear_weights(similarity, s)
-                else:
-                    w = capability_weights(classes, s, table, cfg.temperature, cfg.normalise, other)
-            f, s, win = fuse_teachers(f, s, w)
-            fused[rows], any_seen[rows] = f.to(torch.float16).cpu().numpy(), s.cpu().numpy()
-            weights[rows], winner[rows] = w.to(torch.float16).cpu().numpy(), win.to(torch.int8).cpu().numpy()
-
+        other = other_class_index(cfg.other_class, vocab, ctx.where()) if cfg.method == "capability" else None
+        weigh = Weighing(
+            cfg, prompts.to(device), torch.tensor(vocab.prompt_class, device=device), capability, other, device
+        )
+        fused, any_seen, weights, winner = self._fuse(ctx, features, seen, weigh, device)
         out.write("features", fused)
         out.write("seen", any_seen)
         out.write("weights", weights)
@@ -169,6 +142,37 @@ class FuseStage(Stage[FuseConfig]):
             capability=None if capability is None else capability.tolist(),
             capability_source=capability_source,
         )
+
+    def _capability(
+        self, ctx: StageContext, names: list[str], vocab: Vocabulary, text_encoder: dict
+    ) -> tuple[np.ndarray | None, str | None]:
+        """The (teachers, classes) capability table and where it came from (None: not weighted by one)."""
+        if self.config.method != "capability":
+            return None, None
+        if self.config.capability is not None:
+            return inline_capability(self.config.capability, names, vocab, ctx.where()), "inline"
+        group = ctx.inputs["capability"]
+        return group_capability(group, names, vocab, text_encoder, ctx.where()), CAPABILITY_SPEC.path()
+
+    def _fuse(
+        self, ctx: StageContext, features: list[np.ndarray], seen: np.ndarray, weigh: Weighing, device: torch.device
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per point the fused feature, whether any teacher saw it, each teacher's weight and the winner."""
+        count = seen.shape[1]
+        fused = np.zeros((count, features[0].shape[1]), np.float16)
+        any_seen = np.zeros(count, bool)
+        weights = np.zeros((count, len(features)), np.float16)
+        winner = np.full(count, -1, np.int8)
+        step = self.config.points_per_batch
+        for start in progress(range(0, count, step), f"{ctx.scene_id}: fuse", unit="batch"):
+            rows = slice(start, start + step)
+            f = torch.stack([torch.from_numpy(x[rows]) for x in features]).to(device)
+            s = torch.from_numpy(seen[:, rows]).to(device)
+            w = weigh(f, s)
+            f, s, win = fuse_teachers(f, s, w)
+            fused[rows], any_seen[rows] = f.to(torch.float16).cpu().numpy(), s.cpu().numpy()
+            weights[rows], winner[rows] = w.to(torch.float16).cpu().numpy(), win.to(torch.int8).cpu().numpy()
+        return fused, any_seen, weights, winner
 
     def teachers(self, project: StageGroup, where: str) -> list[str]:
         """The teachers to fuse, each one that project fused."""
@@ -251,3 +255,29 @@ def other_class_index(other_class: str | None, vocab: Vocabulary, where: str) ->
             "set other_class: null if it has no such class"
         )
     return vocab.index(other_class)
+
+
+class Weighing:
+    """Each teacher's weight per point, by the configured method."""
+
+    def __init__(
+        self,
+        config: FuseConfig,
+        prompts: torch.Tensor,
+        prompt_class: torch.Tensor,
+        capability: np.ndarray | None,
+        other: int | None,
+        device: torch.device,
+    ) -> None:
+        self.config, self.prompts, self.prompt_class, self.other = config, prompts, prompt_class, other
+        self.table = None if capability is None else torch.from_numpy(capability).to(device)
+
+    def __call__(self, features: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """(T, P) weights of the (T, P, C) ``features`` where ``seen`` (T, P)."""
+        cfg = self.config
+        if cfg.method == "add":
+            return add_weights(seen)
+        similarity, classes = teacher_predictions(features, self.prompts, self.prompt_class)
+        if cfg.method == "linear":
+            return linear_weights(similarity, seen)
+        return capability_weights(classes, seen, self.table, cfg.temperature, cfg.normalise, self.other)

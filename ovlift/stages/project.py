@@ -13,12 +13,13 @@ the depth camera (``kernels.projection.DepthCamera``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, model_validator
 
-from ovlift.cache_schema import GroupWriter
+from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.extract2d import TeacherFeatures, teachers_in
 from ovlift.cache_schema.groups.project import PROJECT_SPEC
 from ovlift.config import FrozenConfig, runtime_field
@@ -27,6 +28,9 @@ from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, proje
 from ovlift.kernels.projection import DepthCamera, VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
+
+if TYPE_CHECKING:
+    import zarr
 
 
 class ProjectConfig(FrozenConfig):
@@ -111,53 +115,14 @@ class ProjectStage(Stage[ProjectConfig]):
         scene = ctx.inputs["input"]
         device = torch.device(self.config.device or ctx.device)
         teachers = {name: TeacherFeatures(group) for name, group in teachers_in(ctx.inputs).items()}
-        image_hw = (scene.dims["H"], scene.dims["W"])
         feature_hw = self.feature_hw(ctx, teachers)
+        cameras = self._cameras(scene, feature_hw, device)
         points = torch.from_numpy(scene.load("points")).to(device)
-        pose_valid = torch.from_numpy(scene.load("frames/pose_valid"))
-        frames = torch.arange(0, len(pose_valid), self.config.frame_stride)
-        frames = frames[pose_valid[frames]]
-        cam_to_world = torch.from_numpy(scene.load("frames/cam_to_world"))[frames]
-        world_to_cam = rigid_inverse(cam_to_world).to(device)
-        intrinsics = scale_intrinsics(
-            torch.from_numpy(scene.load("frames/intrinsics")).double()[frames], image_hw, feature_hw
-        ).to(device)
-        depth_array = scene.array("frames/depth") if "frames/depth" in scene else None
-        depth_camera = None
-        if depth_array is not None and "frames/depth_intrinsics" in scene:
-            # the depth camera's own (ScanNet: 640x480 beside 1296x968 colour): depth stays at its size
-            depth_to_color = torch.from_numpy(scene.load("frames/depth_to_color"))[frames]
-            depth_camera = DepthCamera(
-                rigid_inverse(cam_to_world @ depth_to_color).to(device),
-                torch.from_numpy(scene.load("frames/depth_intrinsics")).double()[frames].to(device),
-            )
-        batch = self.config.frames_per_batch
-
-        def batches() -> Iterator[FrameBatch]:
-            for start in progress(range(0, len(frames), batch), f"{ctx.scene_id}: projecting", unit="batch"):
-                sel = frames[start : start + batch]
-                depth = None
-                if depth_array is not None:
-                    depth = torch.from_numpy(depth_array.oindex[sel.numpy()])
-                    depth = (depth if depth_camera else resize_depth(depth, feature_hw)).to(device)
-                batch_teachers = {}
-                for name, features in teachers.items():
-                    positions, local = features.positions(sel.numpy())
-                    if len(positions):
-                        batch_teachers[name] = TeacherBatch(features.read(local, device), torch.from_numpy(positions))
-                yield FrameBatch(
-                    sel,
-                    world_to_cam[start : start + batch],
-                    intrinsics[start : start + batch],
-                    depth,
-                    batch_teachers,
-                    depth_camera.select(slice(start, start + batch)) if depth_camera else None,
-                )
-
         fusions = {
             name: FeatureFusion(len(points), t.channels, self.config.reduce, device) for name, t in teachers.items()
         }
-        corr, view_count = project_and_fuse(points, batches(), feature_hw, self.config.rule(), fusions)
+        batches = self._batches(ctx, cameras, teachers, feature_hw, device)
+        corr, view_count = project_and_fuse(points, batches, feature_hw, self.config.rule(), fusions)
         out.write("point_index", corr.point_index.numpy())
         out.write("frame_index", corr.frame_index.numpy())
         out.write("pixel", corr.pixel.numpy())
@@ -168,9 +133,73 @@ class ProjectStage(Stage[ProjectConfig]):
             out.write(f"fused/{name}/seen", (count > 0).cpu().numpy())
         out.set_info(
             feature_size=list(feature_hw),
-            frames=frames.tolist(),
+            frames=cameras.frames.tolist(),
             teachers={
                 name: {"channels": t.channels, "text_encoder": t.group.info["text_encoder"]}
                 for name, t in teachers.items()
             },
         )
+
+    def _cameras(self, scene: StageGroup, feature_hw: tuple[int, int], device: torch.device) -> Cameras:
+        """The projected frames (every ``frame_stride``-th with a valid pose) and their cameras."""
+        pose_valid = torch.from_numpy(scene.load("frames/pose_valid"))
+        frames = torch.arange(0, len(pose_valid), self.config.frame_stride)
+        frames = frames[pose_valid[frames]]
+        cam_to_world = torch.from_numpy(scene.load("frames/cam_to_world"))[frames]
+        image_hw = (scene.dims["H"], scene.dims["W"])
+        intrinsics = scale_intrinsics(
+            torch.from_numpy(scene.load("frames/intrinsics")).double()[frames], image_hw, feature_hw
+        )
+        depth = scene.array("frames/depth") if "frames/depth" in scene else None
+        depth_camera = None
+        if depth is not None and "frames/depth_intrinsics" in scene:
+            # the depth camera's own (ScanNet: 640x480 beside 1296x968 colour): depth stays at its size
+            depth_to_color = torch.from_numpy(scene.load("frames/depth_to_color"))[frames]
+            depth_camera = DepthCamera(
+                rigid_inverse(cam_to_world @ depth_to_color).to(device),
+                torch.from_numpy(scene.load("frames/depth_intrinsics")).double()[frames].to(device),
+            )
+        return Cameras(frames, rigid_inverse(cam_to_world).to(device), intrinsics.to(device), depth, depth_camera)
+
+    def _batches(
+        self,
+        ctx: StageContext,
+        cameras: Cameras,
+        teachers: dict[str, TeacherFeatures],
+        feature_hw: tuple[int, int],
+        device: torch.device,
+    ) -> Iterator[FrameBatch]:
+        """The frames in batches: cameras, depth at the pixel grid (or in its own camera) and the
+        teachers' features of the frames they have."""
+        batch = self.config.frames_per_batch
+        for start in progress(range(0, len(cameras.frames), batch), f"{ctx.scene_id}: projecting", unit="batch"):
+            sel = cameras.frames[start : start + batch]
+            rows = slice(start, start + batch)
+            depth = None
+            if cameras.depth is not None:
+                depth = torch.from_numpy(cameras.depth.oindex[sel.numpy()])
+                depth = (depth if cameras.depth_camera else resize_depth(depth, feature_hw)).to(device)
+            batch_teachers = {}
+            for name, features in teachers.items():
+                positions, local = features.positions(sel.numpy())
+                if len(positions):
+                    batch_teachers[name] = TeacherBatch(features.read(local, device), torch.from_numpy(positions))
+            depth_camera = cameras.depth_camera.select(rows) if cameras.depth_camera else None
+            yield FrameBatch(
+                sel, cameras.world_to_cam[rows], cameras.intrinsics[rows], depth, batch_teachers, depth_camera
+            )
+
+
+@dataclass
+class Cameras:
+    """The frames a scene projects and their cameras, on the stage's device."""
+
+    frames: torch.Tensor
+    """(T',) indices of the projected frames."""
+    world_to_cam: torch.Tensor
+    intrinsics: torch.Tensor
+    """(T', 3, 3) at the pixel grid."""
+    depth: zarr.Array | None
+    """The ``frames/depth`` array (read per batch), None for scenes without depth."""
+    depth_camera: DepthCamera | None
+    """The depth camera, where it is not the colour camera."""
