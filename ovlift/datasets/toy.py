@@ -229,15 +229,52 @@ class ToyDataset(Dataset[ToyConfig]):
 
 
 def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
+    """Scene ``index``. The room, its camera loop, its furniture and then its appearance
+    are drawn from (seed, index) in that order; the surface noise from a stream of its own."""
     rng = np.random.default_rng([config.seed, index])
     size = np.array(
         [rng.uniform(*config.room_width_m), rng.uniform(*config.room_depth_m), rng.uniform(*config.room_height_m)]
     )
     room_min, room_max = np.zeros(3), size
     cam_to_world = _camera_loop(rng, size, config.num_frames)
+    classes, parts = _furnish(rng, config, size, cam_to_world)
+    part_min, part_max, part_axis, part_instance = _part_arrays(parts)
+    solids = (part_min, part_max, part_axis, room_min, room_max)
+    points, normals, faces, point_instance = _mesh(parts, solids, config.vertex_spacing_m)
+    if config.surface_noise_m > 0:
+        noise = np.random.default_rng([config.seed, index, SURFACE_NOISE_STREAM])
+        points = points + normals * noise.normal(0, config.surface_noise_m, len(points))[:, None]
+        normals = _vertex_normals(points, faces)
+    colors = _instance_colors(rng, classes)
+    return ToyScene(
+        room_min=room_min,
+        room_max=room_max,
+        part_min=part_min,
+        part_max=part_max,
+        part_axis=part_axis,
+        part_instance=part_instance,
+        instance_class=classes,
+        instance_color=colors,
+        points=points.astype(np.float32),
+        normals=normals.astype(np.float32),
+        faces=faces.astype(np.int32),
+        point_instance=point_instance,
+        intrinsics=_intrinsics(config.image_height, config.image_width, config.fov_deg),
+        cam_to_world=cam_to_world,
+        height=config.image_height,
+        width=config.image_width,
+        depth_noise=config.depth_noise,
+        noise_seed=(config.seed, index, DEPTH_NOISE_STREAM),
+    )
+
+
+def _furnish(
+    rng: np.random.Generator, config: ToyConfig, size: np.ndarray, cam_to_world: np.ndarray
+) -> tuple[list[str], list[tuple[Part, int]]]:
+    """The room's instance classes (its faces, then the furniture placed) and the
+    furniture's world-frame parts with their instances: floor objects, then wall objects."""
     classes: list[str] = list(ROOM_FACE_CLASSES)
     parts: list[tuple[Part, int]] = []  # (world-frame part, instance)
-
     footprints: list[np.ndarray] = []  # (2, 2) lo/hi in xy, floor objects
     floor_names = list(config.floor_classes or FLOOR_TEMPLATES)
     for _ in range(config.num_floor_objects):
@@ -256,42 +293,29 @@ def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
         if placed is not None:
             classes.append(name)
             parts += [(p, len(classes) - 1) for p in placed]
+    return classes, parts
 
+
+def _part_arrays(parts: list[tuple[Part, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``ToyScene``'s part_min, part_max, part_axis and part_instance of (part, instance) pairs."""
     part_min = np.array([p.lo for p, _ in parts]).reshape(-1, 3)
     part_max = np.array([p.hi for p, _ in parts]).reshape(-1, 3)
     part_axis = np.array([BOX if p.axis is None else p.axis for p, _ in parts], dtype=np.int64)
-    solids = (part_min, part_max, part_axis, room_min, room_max)
-    points, normals, faces, point_instance = _mesh(parts, solids, config.vertex_spacing_m)
-    if config.surface_noise_m > 0:
-        noise = np.random.default_rng([config.seed, index, SURFACE_NOISE_STREAM])
-        points = points + normals * noise.normal(0, config.surface_noise_m, len(points))[:, None]
-        normals = _vertex_normals(points, faces)
+    return part_min, part_max, part_axis, np.array([i for _, i in parts], dtype=np.int64)
+
+
+def _instance_colors(rng: np.random.Generator, classes: list[str]) -> np.ndarray:
+    """(I, 3) base colour per instance: its class's colour plus a uniform draw. The toy
+    world's whole appearance, for rooms and object views alike; drawn after the layout,
+    so that the layout does not depend on it."""
     colors = np.array([CLASS_COLORS[c] for c in classes], dtype=np.float64)
-    colors = np.clip(colors + rng.uniform(-18, 18, size=colors.shape), 0, 255)
-    focal = config.image_width / 2 / math.tan(math.radians(config.fov_deg) / 2)
-    intrinsics = np.array(
-        [[focal, 0, (config.image_width - 1) / 2], [0, focal, (config.image_height - 1) / 2], [0, 0, 1]]
-    )
-    return ToyScene(
-        room_min=room_min,
-        room_max=room_max,
-        part_min=part_min,
-        part_max=part_max,
-        part_axis=part_axis,
-        part_instance=np.array([i for _, i in parts], dtype=np.int64),
-        instance_class=classes,
-        instance_color=colors,
-        points=points.astype(np.float32),
-        normals=normals.astype(np.float32),
-        faces=faces.astype(np.int32),
-        point_instance=point_instance,
-        intrinsics=intrinsics,
-        cam_to_world=cam_to_world,
-        height=config.image_height,
-        width=config.image_width,
-        depth_noise=config.depth_noise,
-        noise_seed=(config.seed, index, DEPTH_NOISE_STREAM),
-    )
+    return np.clip(colors + rng.uniform(-18, 18, size=colors.shape), 0, 255)
+
+
+def _intrinsics(height: int, width: int, fov_deg: float) -> np.ndarray:
+    """A centred pinhole camera with a horizontal field of view of ``fov_deg``."""
+    focal = width / 2 / math.tan(math.radians(fov_deg) / 2)
+    return np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]])
 
 
 def _camera_loop(rng: np.random.Generator, size: np.ndarray, num_frames: int) -> np.ndarray:
@@ -401,8 +425,27 @@ def _mesh(
     """The welded mesh of every surface that can be seen (the module docstring has the
     steps): points, normals, triangles and the instance of each point. ``solids``:
     ``part_min, part_max, part_axis, room_min, room_max`` as the scene keeps them."""
-    part_min, part_max, part_axis, room_min, room_max = solids
+    part_min, part_max, part_axis = solids[:3]
     radius = cylinder_radius(*(torch.from_numpy(a) for a in (part_min, part_max, part_axis.clip(0)))).numpy()
+    pieces = _surfaces(parts, solids, radius, spacing)
+    sizes = np.array([len(surface[0]) for surface, _, _ in pieces])
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    vertices = np.concatenate([surface[0] for surface, _, _ in pieces])
+    vertex_instance = np.repeat([instance for _, instance, _ in pieces], sizes)
+    triangles = np.concatenate([surface[1] + offset for (surface, _, _), offset in zip(pieces, offsets)])
+    owner = np.concatenate([np.full(len(surface[1]), k) for surface, _, k in pieces])
+    centres = (vertices[triangles[:, 0]] + vertices[triangles[:, 1]] + vertices[triangles[:, 2]]) / 3
+    seen = ~_covered(centres, owner, solids, radius)
+    points, faces, point_instance = _weld(vertices, triangles[seen], vertex_instance)
+    return points, _vertex_normals(points, faces), faces, point_instance
+
+
+def _surfaces(
+    parts: list[tuple[Part, int]], solids: tuple[np.ndarray, ...], radius: np.ndarray, spacing: float
+) -> list[tuple[Surface, int, int]]:
+    """Every surface facing the room, with its instance and owner part (-1: the room): the
+    room's faces (seen from inside), then each part's."""
+    part_min, part_max, part_axis, room_min, room_max = solids
     boxes = part_axis == BOX
 
     def grid(lo: np.ndarray, hi: np.ndarray, touching: np.ndarray) -> list[np.ndarray]:
@@ -411,7 +454,7 @@ def _mesh(
 
     on_wall = np.any(part_min <= room_min + WELD_M, axis=1) | np.any(part_max >= room_max - WELD_M, axis=1)
     room = _box_surfaces(room_min, room_max, frozenset(), grid(room_min, room_max, on_wall))
-    pieces: list[tuple[Surface, int, int]] = []  # (surface, instance, owner part; -1: the room)
+    pieces: list[tuple[Surface, int, int]] = []
     for face_index, (vertices, triangles, outward) in enumerate(room):
         pieces.append((_facing((vertices, triangles, -outward)), face_index, -1))  # seen from inside
     for k, (part, instance) in enumerate(parts):
@@ -422,19 +465,17 @@ def _mesh(
         else:
             surfaces = _cylinder_surfaces(part, radius[k], spacing)
         pieces += [(_facing(surface), instance, k) for surface in surfaces]
+    return pieces
 
-    sizes = np.array([len(surface[0]) for surface, _, _ in pieces])
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    vertices = np.concatenate([surface[0] for surface, _, _ in pieces])
-    vertex_instance = np.repeat([instance for _, instance, _ in pieces], sizes)
-    triangles = np.concatenate([surface[1] + offset for (surface, _, _), offset in zip(pieces, offsets)])
-    owner = np.concatenate([np.full(len(surface[1]), k) for surface, _, k in pieces])
-    centres = (vertices[triangles[:, 0]] + vertices[triangles[:, 1]] + vertices[triangles[:, 2]]) / 3
-    seen = ~_covered(centres, owner, solids, radius)
-    triangles = triangles[seen]
 
-    # Weld: sort the rounded positions stably, so that among equal ones the earliest
-    # solid's vertex (the room's first) leads; each run of equal positions is one vertex.
+def _weld(
+    vertices: np.ndarray, triangles: np.ndarray, vertex_instance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points, triangles and point instances after welding: vertices at the same rounded
+    position become one, degenerate triangles go, and unused vertices are dropped.
+
+    The rounded positions are sorted stably, so that among equal ones the earliest
+    solid's vertex (the room's first) leads; each run of equal positions is one vertex."""
     keys = np.round(vertices / WELD_M).astype(np.int64)
     order = np.lexsort(keys.T[::-1])
     starts = np.concatenate([[True], np.any(keys[order[1:]] != keys[order[:-1]], axis=1)])
@@ -448,9 +489,7 @@ def _mesh(
     used = used[np.argsort(first[used])]  # points in the order they were made
     renumber = np.empty(len(first), dtype=np.int64)
     renumber[used] = np.arange(len(used))
-    points = vertices[first[used]]
-    faces = renumber[triangles]
-    return points, _vertex_normals(points, faces), faces, vertex_instance[first[used]]
+    return vertices[first[used]], renumber[triangles], vertex_instance[first[used]]
 
 
 def _facing(surface: Surface) -> Surface:
@@ -617,7 +656,36 @@ def object_view(class_name: str, seed: tuple[int, ...], height: int, width: int,
     a class without a template raises KeyError. Deterministic from ``seed``."""
     rng = np.random.default_rng(list(seed))
     size = np.array([rng.uniform(4.0, 6.0), rng.uniform(3.5, 5.5), rng.uniform(2.6, 3.0)])
-    classes, parts = list(ROOM_FACE_CLASSES), []
+    placed = _place_alone(rng, class_name, size, seed)
+    classes = list(ROOM_FACE_CLASSES) + ([class_name] if placed else [])
+    parts = [(p, len(classes) - 1) for p in placed]
+    target = _view_target(rng, class_name, placed, size)
+    eye = _view_eye(rng, class_name, placed, size, target)
+    part_min, part_max, part_axis, part_instance = _part_arrays(parts)
+    colors = _instance_colors(rng, classes)
+    return ToyScene(
+        room_min=np.zeros(3),
+        room_max=size,
+        part_min=part_min,
+        part_max=part_max,
+        part_axis=part_axis,
+        part_instance=part_instance,
+        instance_class=classes,
+        instance_color=colors,
+        points=np.empty((0, 3), np.float32),
+        normals=np.empty((0, 3), np.float32),
+        faces=np.empty((0, 3), np.int32),
+        point_instance=np.empty(0, np.int64),
+        intrinsics=_intrinsics(height, width, fov_deg),
+        cam_to_world=_look_at(eye, target)[None],
+        height=height,
+        width=width,
+    )
+
+
+def _place_alone(rng: np.random.Generator, class_name: str, size: np.ndarray, seed: tuple[int, ...]) -> list[Part]:
+    """The parts of one ``class_name`` object placed in an empty room of ``size`` (none
+    for ``wall`` and ``floor``)."""
     placed: list[Part] | None = None
     if class_name in FLOOR_TEMPLATES:
         for _ in range(20):  # a template too large for the room drawn: draw the template again
@@ -631,46 +699,32 @@ def object_view(class_name: str, seed: tuple[int, ...], height: int, width: int,
         raise KeyError(f"toy scenes have no '{class_name}' (templates: {[*FLOOR_TEMPLATES, *WALL_TEMPLATES]})")
     if placed is None:
         raise ValueError(f"object_view: no '{class_name}' fits a {size.round(2).tolist()} m room (seed {seed})")
+    return placed
+
+
+def _view_target(rng: np.random.Generator, class_name: str, placed: list[Part], size: np.ndarray) -> np.ndarray:
+    """The point the camera looks at: near the object's centre, on the floor, or on a wall."""
     if placed:
-        classes.append(class_name)
-        parts = [(p, len(classes) - 1) for p in placed]
         lo, hi = _bounds(placed)
-        target = (lo + hi) / 2 + rng.uniform(-0.15, 0.15, 3) * (hi - lo)
-    elif class_name == "floor":
-        target = np.array([*rng.uniform(0.25, 0.75, 2) * size[:2], 0.0])
-    else:
-        target = np.array([*rng.uniform(0.2, 0.8, 2) * size[:2], rng.uniform(0.8, 1.8)])
-        axis = int(rng.integers(2))  # onto a wall facing the x or the y axis
-        target[axis] = size[axis] if rng.uniform() < 0.5 else 0.0
+        return (lo + hi) / 2 + rng.uniform(-0.15, 0.15, 3) * (hi - lo)
+    if class_name == "floor":
+        return np.array([*rng.uniform(0.25, 0.75, 2) * size[:2], 0.0])
+    target = np.array([*rng.uniform(0.2, 0.8, 2) * size[:2], rng.uniform(0.8, 1.8)])
+    axis = int(rng.integers(2))  # onto a wall facing the x or the y axis
+    target[axis] = size[axis] if rng.uniform() < 0.5 else 0.0
+    return target
+
+
+def _view_eye(
+    rng: np.random.Generator, class_name: str, placed: list[Part], size: np.ndarray, target: np.ndarray
+) -> np.ndarray:
+    """An eye inside the room, outside the object, at a distance that fits it."""
+    lo, hi = _bounds(placed) if placed else (np.zeros(3), np.zeros(3))
     extent = float(np.max(hi - lo)) if placed else 2.0
     near, far = max(0.9, 1.2 * extent), max(1.8, 2.4 * extent)
-    for _ in range(1000):  # an eye inside the room, outside the object, at a distance that fits it
+    for _ in range(1000):
         eye = np.array([*rng.uniform(0.3, size[:2] - 0.3), rng.uniform(1.1, 1.8)])
         inside = placed and np.all((eye >= lo - 0.2) & (eye <= hi + 0.2))
         if not inside and near <= np.linalg.norm(eye - target) <= far:
-            break
-    else:
-        raise ValueError(f"object_view: no camera position sees the '{class_name}' from {near:.1f}-{far:.1f} m")
-    part_min = np.array([p.lo for p, _ in parts]).reshape(-1, 3)
-    part_max = np.array([p.hi for p, _ in parts]).reshape(-1, 3)
-    colors = np.array([CLASS_COLORS[c] for c in classes], dtype=np.float64)
-    colors = np.clip(colors + rng.uniform(-18, 18, size=colors.shape), 0, 255)
-    focal = width / 2 / math.tan(math.radians(fov_deg) / 2)
-    return ToyScene(
-        room_min=np.zeros(3),
-        room_max=size,
-        part_min=part_min,
-        part_max=part_max,
-        part_axis=np.array([BOX if p.axis is None else p.axis for p, _ in parts], dtype=np.int64),
-        part_instance=np.array([i for _, i in parts], dtype=np.int64),
-        instance_class=classes,
-        instance_color=colors,
-        points=np.empty((0, 3), np.float32),
-        normals=np.empty((0, 3), np.float32),
-        faces=np.empty((0, 3), np.int32),
-        point_instance=np.empty(0, np.int64),
-        intrinsics=np.array([[focal, 0, (width - 1) / 2], [0, focal, (height - 1) / 2], [0, 0, 1]]),
-        cam_to_world=_look_at(eye, target)[None],
-        height=height,
-        width=width,
-    )
+            return eye
+    raise ValueError(f"object_view: no camera position sees the '{class_name}' from {near:.1f}-{far:.1f} m")

@@ -349,11 +349,7 @@ class ToyStreetScene:
         for LiDAR points (float32 is off by millimetres on thin poles 50 m away), float32
         for pixels."""
         lo, hi, axis = self.solids(time)
-        centre, radius = (lo + hi) / 2, np.linalg.norm(hi - lo, axis=1) / 2
-        offset = centre - origin
-        distance = np.linalg.norm(offset, axis=1)
-        toward = offset / np.maximum(distance, 1e-9)[:, None]
-        spread = np.arcsin(np.clip(radius / np.maximum(distance, 1e-9), 0, 1))  # half-angle each part subtends
+        spheres = _bounding_spheres(lo, hi, origin)
         length = np.linalg.norm(directions, axis=1)
         unit = directions / length[:, None]
         with np.errstate(divide="ignore"):  # axis-parallel rays: +-inf, as in the slab test
@@ -369,13 +365,7 @@ class ToyStreetScene:
         torch.set_num_threads(1)  # groups are small: intra-op threads cost more than they give (5x, measured)
         try:
             for group in groups:
-                mean = unit[group].sum(0)
-                mean /= np.linalg.norm(mean)
-                cone = np.arccos(np.clip(unit[group] @ mean, -1, 1)).max()
-                angle = np.arccos(np.clip(toward @ mean, -1, 1))
-                # A part can be hit only inside the group's cone and before its rays leave the box.
-                within = distance - radius <= min(max_range, exits[group].max())
-                near = np.flatnonzero(within & ((angle - spread <= cone + 1e-6) | (distance <= radius)))
+                near = _parts_in_cone(spheres, unit[group], min(max_range, exits[group].max()))
                 o = torch.from_numpy(np.broadcast_to(origin, (len(group), 3)).copy()).to(dtype)
                 d = torch.from_numpy(directions[group]).to(dtype)
                 solids = [torch.from_numpy(a[near]).to(dtype) for a in (lo, hi)]
@@ -432,3 +422,27 @@ def make_toy_street(config: ToyStreetConfig, index: int) -> ToyStreetScene:
     spread = np.array([45.0 if c in ("car", "truck", "bus") else 12.0 for c in layout.instance_class])[:, None]
     colors = np.clip(base + tint.uniform(-1, 1, base.shape) * spread, 0, 255)
     return ToyStreetScene(layout=layout, config=config, noise_seed=(config.seed, index), instance_color=colors)
+
+
+def _bounding_spheres(lo: np.ndarray, hi: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each part's bounding sphere seen from ``origin``: the distance to its centre, its
+    radius, the unit direction toward it and the half-angle it subtends."""
+    centre, radius = (lo + hi) / 2, np.linalg.norm(hi - lo, axis=1) / 2
+    offset = centre - origin
+    distance = np.linalg.norm(offset, axis=1)
+    toward = offset / np.maximum(distance, 1e-9)[:, None]
+    spread = np.arcsin(np.clip(radius / np.maximum(distance, 1e-9), 0, 1))
+    return distance, radius, toward, spread
+
+
+def _parts_in_cone(spheres: tuple[np.ndarray, ...], unit: np.ndarray, reach: float) -> np.ndarray:
+    """The parts a group of rays (``unit`` directions) can hit: those inside the group's
+    cone (or around its origin) and nearer than ``reach`` (metres, where the rays leave
+    the box or run out of range)."""
+    distance, radius, toward, spread = spheres
+    mean = unit.sum(0)
+    mean /= np.linalg.norm(mean)
+    cone = np.arccos(np.clip(unit @ mean, -1, 1)).max()
+    angle = np.arccos(np.clip(toward @ mean, -1, 1))
+    within = distance - radius <= reach
+    return np.flatnonzero(within & ((angle - spread <= cone + 1e-6) | (distance <= radius)))

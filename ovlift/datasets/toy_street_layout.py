@@ -151,44 +151,119 @@ class _Builder:
         return index
 
 
-def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int, cyclists: int) -> StreetLayout:
-    """Draw one street; see ``toy_street.py``'s docstring for what it holds."""
-    b = _Builder(rng)
-    lanes, lane_w = int(rng.integers(1, 3)), rng.uniform(3.0, 3.6)
-    median = rng.uniform(0.6, 1.6) if rng.uniform() < 0.6 else 0.0  # half-width of a traffic island
-    parking = [rng.uniform(2.1, 2.5) if rng.uniform() < 0.65 else 0.0 for _ in range(2)]  # right, left
-    road = [median + lanes * lane_w + p for p in parking]  # road edge distance, right (-y) and left (+y)
-    walk = [rng.uniform(1.8, 4.0) for _ in range(2)]
-    grass = [rng.uniform(0.0, 4.0) for _ in range(2)]
-    curb = rng.uniform(0.12, 0.18)
-    cross = None  # x range of a cross street (an intersection), ahead or behind
-    if rng.uniform() < 0.5:
-        centre = rng.choice([-1, 1]) * rng.uniform(18, 55)
-        half = rng.uniform(3.2, 4.5)
-        cross = (centre - half, centre + half)
-    front = [road[s] + walk[s] + grass[s] for s in range(2)]
-    depth_max = [front[s] + 3.0 + 16.0 for s in range(2)]
-    x_lo, x_hi = -X_EXTENT_M, X_EXTENT_M
-    bounds_min = np.array([x_lo, -depth_max[0] - 8.0, 0.0])
-    bounds_max = np.array([x_hi, depth_max[1] + 8.0, SKY_HEIGHT_M])
+@dataclass(frozen=True)
+class _CrossSection:
+    """The street's drawn dimensions across y (each pair: right (-y) side, left (+y) side)."""
 
-    def along(lo: float, hi: float) -> list[tuple[float, float]]:
-        """The x intervals of [lo, hi] outside the cross street (and its corners, by ``pad``)."""
+    lanes: int
+    """Lanes each way."""
+    lane_w: float
+    median: float
+    """Half-width of a traffic island (0: none)."""
+    parking: tuple[float, float]
+    """Width of the parking strip (0: none)."""
+    walk: tuple[float, float]
+    grass: tuple[float, float]
+    curb: float
+    cross: tuple[float, float] | None
+    """x range of a cross street (an intersection), ahead or behind."""
+
+    @property
+    def road(self) -> list[float]:
+        """The road edge's distance from the axis, per side."""
+        return [self.median + self.lanes * self.lane_w + p for p in self.parking]
+
+    @property
+    def front(self) -> list[float]:
+        """Where the buildings may start, per side."""
+        road = self.road
+        return [road[s] + self.walk[s] + self.grass[s] for s in range(2)]
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        front = self.front
+        depth_max = [front[s] + 3.0 + 16.0 for s in range(2)]
+        bounds_min = np.array([-X_EXTENT_M, -depth_max[0] - 8.0, 0.0])
+        bounds_max = np.array([X_EXTENT_M, depth_max[1] + 8.0, SKY_HEIGHT_M])
+        return bounds_min, bounds_max
+
+    def along(self, lo: float, hi: float) -> list[tuple[float, float]]:
+        """The x intervals of [lo, hi] outside the cross street."""
+        cross = self.cross
         if cross is None:
             return [(lo, hi)]
         return [(a, b) for a, b in ((lo, min(hi, cross[0])), (max(lo, cross[1]), hi)) if b > a]
 
-    # Ground: the road surface (with the cross street), sidewalks and the island.
+
+_SIDES = ((0, -1.0), (1, 1.0))
+"""(side index, sign of its y): the right side, then the left."""
+
+
+def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int, cyclists: int) -> StreetLayout:
+    """Draw one street; see ``toy_street.py``'s docstring for what it holds. Each step
+    below draws from ``rng`` in turn: their order is the street."""
+    b = _Builder(rng)
+    street = _draw_cross_section(rng)
+    regions, road_instance = _ground(b, street)
+    ego = _ego(b, rng, street)
+    _buildings(b, rng, street)
+    _curbside(b, rng, street)
+    _island(b, rng, street)
+    _construction_zone(b, rng, street)
+    _parked_vehicles(b, rng, street)
+    _sidewalk_obstacles(b, rng, street)
+    _traffic(b, rng, street, moving_vehicles, cyclists)
+    _pedestrians(b, rng, street, pedestrians)
+    bounds_min, bounds_max = street.bounds
+    return StreetLayout(
+        bounds_min=bounds_min,
+        bounds_max=bounds_max,
+        part_min=np.array([p.lo for p, _ in b.parts], float).reshape(-1, 3),
+        part_max=np.array([p.hi for p, _ in b.parts], float).reshape(-1, 3),
+        part_axis=np.array([-1 if p.axis is None else p.axis for p, _ in b.parts], dtype=np.int64),
+        part_instance=np.array([i for _, i in b.parts], dtype=np.int64),
+        instance_class=b.classes,
+        instance_velocity=np.array(b.velocity),
+        floor_regions=np.array(regions, float),
+        floor_instance=np.full(len(regions), road_instance, dtype=np.int64),
+        ego=ego,
+    )
+
+
+def _draw_cross_section(rng: np.random.Generator) -> _CrossSection:
+    """The lanes, parking strips, sidewalks, grass, curb and a cross street, drawn in this order."""
+    lanes, lane_w = int(rng.integers(1, 3)), rng.uniform(3.0, 3.6)
+    median = rng.uniform(0.6, 1.6) if rng.uniform() < 0.6 else 0.0
+    parking = [rng.uniform(2.1, 2.5) if rng.uniform() < 0.65 else 0.0 for _ in range(2)]
+    walk = [rng.uniform(1.8, 4.0) for _ in range(2)]
+    grass = [rng.uniform(0.0, 4.0) for _ in range(2)]
+    curb = rng.uniform(0.12, 0.18)
+    cross = None
+    if rng.uniform() < 0.5:
+        centre = rng.choice([-1, 1]) * rng.uniform(18, 55)
+        half = rng.uniform(3.2, 4.5)
+        cross = (centre - half, centre + half)
+    return _CrossSection(
+        lanes, lane_w, median, (parking[0], parking[1]), (walk[0], walk[1]), (grass[0], grass[1]), curb, cross
+    )
+
+
+def _ground(b: _Builder, street: _CrossSection) -> tuple[list[tuple[float, ...]], int]:
+    """The road surface (with the cross street) as floor regions, the sidewalks and the
+    island as solids; returns the regions and the road's instance."""
+    road, walk, cross, curb, median = street.road, street.walk, street.cross, street.curb, street.median
+    x_lo, x_hi = -X_EXTENT_M, X_EXTENT_M
+    bounds_min, bounds_max = street.bounds
     road_instance = b.instance("drivable surface")
     regions = [(x_lo, -road[0], x_hi, road[1])]
     if cross is not None:
         regions.append((cross[0], bounds_min[1], cross[1], bounds_max[1]))
     if median > 0:
-        for a, c in along(x_lo, x_hi):
+        for a, c in street.along(x_lo, x_hi):
             b.solid("other flat", (a + 1.0 * (a > x_lo), -median, 0.0), (c - 1.0 * (c < x_hi), median, curb))
-    for s, sign in ((0, -1.0), (1, 1.0)):
+    for s, sign in _SIDES:
         y0, y1 = sorted((sign * road[s], sign * (road[s] + walk[s])))
-        for a, c in along(x_lo, x_hi):
+        for a, c in street.along(x_lo, x_hi):
             b.solid("sidewalk", (a, y0, 0.0), (c, y1, curb))
         if cross is not None:  # the cross street's sidewalks, along y
             far = bounds_max[1] if sign > 0 else bounds_min[1]
@@ -197,20 +272,27 @@ def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int
             b.solid("sidewalk", (cross[0] - width, ya, 0.0), (cross[0], yb, curb))
             b.solid("sidewalk", (cross[1], ya, 0.0), (cross[1] + width, yb, curb))
     b.occupied.append(np.array([[x_lo, -median], [x_hi, median]]))  # nothing stands on the island but its own
+    return regions, road_instance
 
-    # The ego: in a lane of the right side, driving +x; its corridor is kept free.
-    lane = int(rng.integers(lanes))
+
+def _ego(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> EgoMotion:
+    """The ego: in a lane of the right side, driving +x; its corridor is kept free."""
+    lane = int(rng.integers(street.lanes))
     ego = EgoMotion(
-        y=-(median + (lane + 0.5) * lane_w),
+        y=-(street.median + (lane + 0.5) * street.lane_w),
         yaw=float(np.clip(rng.normal(0, math.radians(1.5)), -0.05, 0.05)),
         speed=rng.uniform(5.0, 10.0),
         yaw_rate=rng.uniform(-0.04, 0.04),
     )
     b.occupied.append(np.array([[-ego.speed * SWEEP_WINDOW_S - 2.5, ego.y - 1.6], [6.5, ego.y + 1.6]]))
+    return ego
 
-    # Buildings with gaps; fences and bushes in some gaps.
-    for s, sign in ((0, -1.0), (1, 1.0)):
-        for a, c in along(-78.0, 78.0):
+
+def _buildings(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """Buildings with gaps; fences and bushes in some gaps."""
+    cross, walk, front = street.cross, street.walk, street.front
+    for s, sign in _SIDES:
+        for a, c in street.along(-78.0, 78.0):
             if cross is not None:
                 a = a if a < cross[0] else a + walk[s] + 1.0
                 c = c if c > cross[1] else c - walk[s] - 1.0
@@ -228,10 +310,13 @@ def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int
                     b.place(bush(rng), (x + gap / 2, sign * (front[s] + rng.uniform(1, 4))))
                 x += gap
 
-    # Street lights, signs and trees along the curbs; trees and bushes on the grass.
-    for s, sign in ((0, -1.0), (1, 1.0)):
+
+def _curbside(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """Street lights, signs and trees along the curbs; trees and bushes on the grass."""
+    road, curb = street.road, street.curb
+    for s, sign in _SIDES:
         turns = 1 if sign < 0 else 3  # the light's arm reaches over the road
-        for a, c in along(-78.0, 78.0):
+        for a, c in street.along(-78.0, 78.0):
             x = a + rng.uniform(2, 15)
             while x < c - 1:
                 b.place(street_light(rng), (x, sign * (road[s] + 0.4)), turns, z=curb)
@@ -239,23 +324,37 @@ def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int
             for _ in range(int(rng.integers(0, 3))):
                 sign_xy = (rng.uniform(a, c), sign * (road[s] + 0.35))
                 b.place(traffic_sign(rng), sign_xy, int(rng.integers(2)) * 2, z=curb)
-            x = a + rng.uniform(1, 8)
-            while x < c - 1:
-                if grass[s] > 1.4:
-                    where, room = sign * (road[s] + walk[s] + grass[s] / 2), walk[s] + grass[s] / 2
-                    b.place(tree(rng, room + 0.3), (x, where))
-                elif walk[s] > 2.6 and rng.uniform() < 0.5:
-                    b.place(tree(rng, 1.5), (x, sign * (road[s] + 0.8)), z=curb)
-                if grass[s] > 1.0 and rng.uniform() < 0.3:
-                    b.place(bush(rng), (x + rng.uniform(3, 6), sign * (road[s] + walk[s] + grass[s] / 2)))
-                x += rng.uniform(7, 16)
-    if median >= 0.9:
-        for x in np.arange(x_lo + rng.uniform(5, 20), x_hi - 5, rng.uniform(20, 40)):
-            b.place(street_light(rng) if rng.uniform() < 0.5 else tree(rng, 2.0), (x, 0.0), z=curb, occupy=False)
+            _greenery(b, rng, street, s, (a, c))
 
-    # A construction zone on the left side: barriers along its road side, cones at its
-    # ends, an excavator inside.
-    if rng.uniform() < 0.5 and (parking[1] > 0 or lanes == 2):
+
+def _greenery(b: _Builder, rng: np.random.Generator, street: _CrossSection, s: int, span: tuple[float, float]) -> None:
+    """Trees on side ``s``'s grass (or on a wide sidewalk) and bushes on the grass, along ``span``."""
+    road, walk, grass, sign = street.road, street.walk, street.grass, _SIDES[s][1]
+    x = span[0] + rng.uniform(1, 8)
+    while x < span[1] - 1:
+        if grass[s] > 1.4:
+            where, room = sign * (road[s] + walk[s] + grass[s] / 2), walk[s] + grass[s] / 2
+            b.place(tree(rng, room + 0.3), (x, where))
+        elif walk[s] > 2.6 and rng.uniform() < 0.5:
+            b.place(tree(rng, 1.5), (x, sign * (road[s] + 0.8)), z=street.curb)
+        if grass[s] > 1.0 and rng.uniform() < 0.3:
+            b.place(bush(rng), (x + rng.uniform(3, 6), sign * (road[s] + walk[s] + grass[s] / 2)))
+        x += rng.uniform(7, 16)
+
+
+def _island(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """Street lights and trees on a wide traffic island."""
+    if street.median >= 0.9:
+        for x in np.arange(-X_EXTENT_M + rng.uniform(5, 20), X_EXTENT_M - 5, rng.uniform(20, 40)):
+            item = street_light(rng) if rng.uniform() < 0.5 else tree(rng, 2.0)
+            b.place(item, (x, 0.0), z=street.curb, occupy=False)
+
+
+def _construction_zone(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """A construction zone on the left side: barriers along its road side, cones at its
+    ends, an excavator inside."""
+    if rng.uniform() < 0.5 and (street.parking[1] > 0 or street.lanes == 2):
+        road = street.road
         x0, length = rng.uniform(-60, 40), rng.uniform(12, 25)
         inner = road[1] - 3.4
         if b.place(construction_vehicle(rng), (x0 + length / 2, road[1] - 1.5), int(rng.integers(2)) * 2, margin=0.0):
@@ -265,28 +364,37 @@ def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int
             for x, y in ((x0 - 0.8, inner + 0.6), (x0 - 1.6, inner + 1.6), (x0 + length + 0.8, inner + 0.6)):
                 b.place(traffic_cone(rng), (x, y), occupy=False)
 
-    # Parked vehicles along the curbs, facing their side's traffic.
-    for s, sign in ((0, -1.0), (1, 1.0)):
-        if parking[s] == 0:
+
+def _parked_vehicles(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """Parked vehicles along the curbs, facing their side's traffic."""
+    for s, sign in _SIDES:
+        if street.parking[s] == 0:
             continue
-        y = sign * (road[s] - parking[s] / 2)
-        for a, c in along(-78.0, 78.0):
+        y = sign * (street.road[s] - street.parking[s] / 2)
+        for a, c in street.along(-78.0, 78.0):
             x = a + rng.uniform(0, 5)
             while x < c - 3:
                 if rng.uniform() < 0.55:
                     template = _choose(rng, PARKED_VEHICLES)
                     b.place(template, (x + 3.0, y), 0 if sign < 0 else 2, margin=0.2)
                 x += rng.uniform(6.5, 9.0)
-    for _ in range(int(rng.integers(0, 3))):  # a few barriers or cones on a sidewalk
+
+
+def _sidewalk_obstacles(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """A few rows of barriers or cones on a sidewalk."""
+    for _ in range(int(rng.integers(0, 3))):
         s = int(rng.integers(2))
         sign = -1.0 if s == 0 else 1.0
         x, item = rng.uniform(-60, 60), barrier if rng.uniform() < 0.5 else traffic_cone
         for k in range(int(rng.integers(2, 6))):
-            b.place(item(rng), (x + 2.3 * k, sign * (road[s] + walk[s] / 2)), z=curb)
+            b.place(item(rng), (x + 2.3 * k, sign * (street.road[s] + street.walk[s] / 2)), z=street.curb)
 
-    # Traffic: vehicles in the lanes (right side drives +x), cross traffic, cyclists.
+
+def _traffic(b: _Builder, rng: np.random.Generator, street: _CrossSection, vehicles: int, cyclists: int) -> None:
+    """Vehicles in the lanes (the right side drives +x), cross traffic, cyclists."""
+    median, lanes, lane_w = street.median, street.lanes, street.lane_w
     lane_y = [(sign, -sign * (median + (k + 0.5) * lane_w)) for sign in (1.0, -1.0) for k in range(lanes)]
-    for _ in range(moving_vehicles):
+    for _ in range(vehicles):
         for _try in range(20):
             direction, y = lane_y[int(rng.integers(len(lane_y)))]
             speed = rng.uniform(4.0, 14.0)
@@ -298,25 +406,36 @@ def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int
                 (1.5, 0.2),
             ):
                 break
-    if cross is not None:
-        centre, half = (cross[0] + cross[1]) / 2, (cross[1] - cross[0]) / 2
-        for _ in range(int(rng.integers(0, 3))):
-            direction = rng.choice([-1.0, 1.0])
-            x, y = centre + direction * half / 2, rng.uniform(bounds_min[1] + 8, bounds_max[1] - 8)
-            b.place(car(rng), (x, y), 1 if direction > 0 else 3, (0.0, direction * rng.uniform(4, 10)), (0.2, 1.5))
+    if street.cross is not None:
+        _cross_traffic(b, rng, street)
     for _ in range(cyclists):
         direction, y = lane_y[0 if rng.uniform() < 0.5 else -1]
         y = -direction * (median + lanes * lane_w - 0.7)
         speed = direction * rng.uniform(3.0, 7.0)
         b.place(cyclist(rng), (rng.uniform(-60, 60), y), 0 if direction > 0 else 2, (speed, 0.0), 0.5)
 
-    # Pedestrians on the sidewalks, walking along them or standing; some cross at the cross street.
+
+def _cross_traffic(b: _Builder, rng: np.random.Generator, street: _CrossSection) -> None:
+    """Cars driving along the cross street."""
+    cross = street.cross
+    assert cross is not None
+    bounds_min, bounds_max = street.bounds
+    centre, half = (cross[0] + cross[1]) / 2, (cross[1] - cross[0]) / 2
+    for _ in range(int(rng.integers(0, 3))):
+        direction = rng.choice([-1.0, 1.0])
+        x, y = centre + direction * half / 2, rng.uniform(bounds_min[1] + 8, bounds_max[1] - 8)
+        b.place(car(rng), (x, y), 1 if direction > 0 else 3, (0.0, direction * rng.uniform(4, 10)), (0.2, 1.5))
+
+
+def _pedestrians(b: _Builder, rng: np.random.Generator, street: _CrossSection, pedestrians: int) -> None:
+    """Pedestrians on the sidewalks, walking along them or standing; some cross at the cross street."""
+    road, walk, cross = street.road, street.walk, street.cross
     for _ in range(pedestrians):
         s = int(rng.integers(2))
         sign = -1.0 if s == 0 else 1.0
         y = sign * (road[s] + rng.uniform(0.5, walk[s] - 0.5))
         speed = 0.0 if rng.uniform() < 0.3 else rng.choice([-1.0, 1.0]) * rng.uniform(0.8, 1.7)
-        b.place(person(rng), (rng.uniform(-70, 70), y), velocity=(speed, 0.0), margin=0.15, z=curb)
+        b.place(person(rng), (rng.uniform(-70, 70), y), velocity=(speed, 0.0), margin=0.15, z=street.curb)
     if cross is not None and rng.uniform() < 0.7:
         x = cross[0] - 1.5
         for _ in range(int(rng.integers(1, 4))):
@@ -327,22 +446,6 @@ def make_street(rng: np.random.Generator, moving_vehicles: int, pedestrians: int
                 velocity=(0.0, direction * rng.uniform(0.9, 1.6)),
                 margin=0.15,
             )
-
-    part_min = np.array([p.lo for p, _ in b.parts], float).reshape(-1, 3)
-    part_max = np.array([p.hi for p, _ in b.parts], float).reshape(-1, 3)
-    return StreetLayout(
-        bounds_min=bounds_min,
-        bounds_max=bounds_max,
-        part_min=part_min,
-        part_max=part_max,
-        part_axis=np.array([-1 if p.axis is None else p.axis for p, _ in b.parts], dtype=np.int64),
-        part_instance=np.array([i for _, i in b.parts], dtype=np.int64),
-        instance_class=b.classes,
-        instance_velocity=np.array(b.velocity),
-        floor_regions=np.array(regions, float),
-        floor_instance=np.full(len(regions), road_instance, dtype=np.int64),
-        ego=ego,
-    )
 
 
 def _building(b: _Builder, rng: np.random.Generator, x: float, length: float, sign: float, front: float) -> None:

@@ -58,61 +58,78 @@ class InputStage(Stage[InputConfig]):
         if num == 0:
             raise StageInputError(f"{ctx.where()}: no frames")
         first = read_frame(source, 0, ctx.where(source.frame_names[0]))
-        height, width = first.color.shape[:2]
-        separate_depth = first.depth is not None and first.depth_intrinsics is not None
-        depth_hw = np.asarray(first.depth).shape if separate_depth else (height, width)
-        arrays = {"color": out.create("frames/color", (num, height, width, 3))}
-        if first.depth is not None:
-            arrays["depth"] = out.create("frames/depth", (num, *depth_hw))
-        for key in ("labels", "instances"):
-            if getattr(first, key) is not None:
-                arrays[key] = out.create(f"frames/{key}", (num, height, width))
-        intrinsics = np.zeros((num, 3, 3), np.float32)
-        poses = np.zeros((num, 4, 4), np.float64)
-        depth_camera = (
-            (np.zeros((num, 3, 3), np.float32), np.zeros((num, 4, 4), np.float64)) if separate_depth else None
-        )
-        timestamps = np.zeros(num, np.float64) if first.timestamp is not None else None
+        frames = _FrameArrays(first, num, out)
         for i in progress(range(num), f"{ctx.scene_id}: frames", unit="frame"):
             where = ctx.where(source.frame_names[i])
             frame = first if i == 0 else read_frame(source, i, where)
-            checked = check_frame(frame, (height, width), depth_hw, set(arrays), source.class_names, self.config, where)
-            for key, value in checked.items():
-                arrays[key][i] = value
-            if depth_camera is not None:
-                depth_camera[0][i], depth_camera[1][i] = check_depth_camera(frame, where)
-            elif frame.depth_intrinsics is not None or frame.depth_to_color is not None:
-                raise StageInputError(
-                    f"{where}: array 'frames/depth_intrinsics' present in some frames and missing in others"
-                )
-            intrinsics[i] = frame.intrinsics
-            poses[i] = frame.cam_to_world
-            if (timestamps is not None) != (frame.timestamp is not None):
-                raise StageInputError(f"{where}: array 'frames/timestamp' present in some frames and missing in others")
-            if timestamps is not None:
-                if not np.isfinite(frame.timestamp):
-                    raise StageInputError(f"{where}: array 'frames/timestamp' is {frame.timestamp}; expected seconds")
-                timestamps[i] = frame.timestamp
-        rigid, valid = rigid_poses(torch.from_numpy(poses))
+            frames.add(i, frame, source.class_names, self.config, where)
+        frames.write(ctx, source.frame_names, out)
+
+
+class _FrameArrays:
+    """A scene's frame arrays, laid out after its first frame: the images go to the group
+    as each frame is checked, the cameras and times are kept for ``write``."""
+
+    def __init__(self, first: Frame, num: int, out: GroupWriter) -> None:
+        height, width = first.color.shape[:2]
+        self.size = (height, width)
+        separate_depth = first.depth is not None and first.depth_intrinsics is not None
+        self.depth_hw = np.asarray(first.depth).shape if separate_depth else (height, width)
+        self.images = {"color": out.create("frames/color", (num, height, width, 3))}
+        if first.depth is not None:
+            self.images["depth"] = out.create("frames/depth", (num, *self.depth_hw))
+        for key in ("labels", "instances"):
+            if getattr(first, key) is not None:
+                self.images[key] = out.create(f"frames/{key}", (num, height, width))
+        self.intrinsics = np.zeros((num, 3, 3), np.float32)
+        self.poses = np.zeros((num, 4, 4), np.float64)
+        self.depth_camera = (
+            (np.zeros((num, 3, 3), np.float32), np.zeros((num, 4, 4), np.float64)) if separate_depth else None
+        )
+        self.timestamps = np.zeros(num, np.float64) if first.timestamp is not None else None
+
+    def add(self, i: int, frame: Frame, class_names: tuple[str, ...] | None, config: InputConfig, where: str) -> None:
+        """Check frame ``i`` against the first and store it."""
+        checked = check_frame(frame, self.size, self.depth_hw, set(self.images), class_names, config, where)
+        for key, value in checked.items():
+            self.images[key][i] = value
+        if self.depth_camera is not None:
+            self.depth_camera[0][i], self.depth_camera[1][i] = check_depth_camera(frame, where)
+        elif frame.depth_intrinsics is not None or frame.depth_to_color is not None:
+            raise StageInputError(
+                f"{where}: array 'frames/depth_intrinsics' present in some frames and missing in others"
+            )
+        self.intrinsics[i] = frame.intrinsics
+        self.poses[i] = frame.cam_to_world
+        if (self.timestamps is not None) != (frame.timestamp is not None):
+            raise StageInputError(f"{where}: array 'frames/timestamp' present in some frames and missing in others")
+        if self.timestamps is not None:
+            if not np.isfinite(frame.timestamp):
+                raise StageInputError(f"{where}: array 'frames/timestamp' is {frame.timestamp}; expected seconds")
+            self.timestamps[i] = frame.timestamp
+
+    def write(self, ctx: StageContext, frame_names: list[str], out: GroupWriter) -> None:
+        """The cameras and times; valid poses made exactly rigid, invalid ones marked and warned."""
+        rigid, valid = rigid_poses(torch.from_numpy(self.poses))
         valid = valid.numpy()
         if not valid.any():
             raise StageInputError(
-                f"{ctx.where()}: array 'frames/cam_to_world': none of the {num} poses is valid "
+                f"{ctx.where()}: array 'frames/cam_to_world': none of the {len(valid)} poses is valid "
                 "(expected finite rigid 4x4 camera-to-world matrices)"
             )
         for i in np.flatnonzero(~valid):
             ctx.log.warning(
                 "%s: array 'frames/cam_to_world': invalid pose (non-finite or not rigid); frame kept, marked invalid",
-                ctx.where(source.frame_names[i]),
+                ctx.where(frame_names[i]),
             )
-        out.write("frames/intrinsics", intrinsics)
-        if depth_camera is not None:
-            out.write("frames/depth_intrinsics", depth_camera[0])
-            out.write("frames/depth_to_color", depth_camera[1])
+        out.write("frames/intrinsics", self.intrinsics)
+        if self.depth_camera is not None:
+            out.write("frames/depth_intrinsics", self.depth_camera[0])
+            out.write("frames/depth_to_color", self.depth_camera[1])
         out.write("frames/cam_to_world", rigid.numpy())
         out.write("frames/pose_valid", valid)
-        if timestamps is not None:
-            out.write("frames/timestamp", timestamps)
+        if self.timestamps is not None:
+            out.write("frames/timestamp", self.timestamps)
 
 
 def read_frame(source: SceneSource, index: int, where: str) -> Frame:
@@ -263,28 +280,7 @@ def check_frame(
     if ("depth" in arrays) != (frame.depth is not None):
         raise StageInputError(f"{where}: array 'frames/depth' present in some frames and missing in others")
     if frame.depth is not None:
-        depth = np.asarray(frame.depth, dtype=np.float32)
-        if depth.shape != tuple(depth_size):
-            if frame.depth_intrinsics is None:
-                raise StageInputError(
-                    f"{where}: array 'frames/depth' is {'x'.join(map(str, depth.shape))} but the colour image is "
-                    f"{height}x{width}; expected equal sizes, or the depth camera's own intrinsics "
-                    "(Frame.depth_intrinsics) from the reader"
-                )
-            raise StageInputError(
-                f"{where}: array 'frames/depth' expected {depth_size[0]}x{depth_size[1]} (the size of the first "
-                f"frame's depth), found {'x'.join(map(str, depth.shape))}"
-            )
-        depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)  # NaN/inf = no measurement
-        if (depth < 0).any():
-            raise StageInputError(f"{where}: array 'frames/depth' has negative values; expected metres >= 0")
-        valid = depth[depth > 0]
-        if valid.size and float(np.median(valid)) > config.max_median_depth_m:
-            raise StageInputError(
-                f"{where}: array 'frames/depth' has median {float(np.median(valid)):.1f} m, expected metres "
-                f"(< {config.max_median_depth_m:g}); the depth is probably in millimetres: set the reader's depth_scale"
-            )
-        out["depth"] = depth
+        out["depth"] = check_depth(frame, size, depth_size, config, where)
     check_intrinsics(frame.intrinsics, "frames/intrinsics", where)
     pose = np.asarray(frame.cam_to_world)
     if pose.shape != (4, 4):
@@ -298,3 +294,32 @@ def check_frame(
             raise StageInputError(f"{where}: array 'frames/instances' expected shape ({height}, {width})")
         out["instances"] = np.asarray(frame.instances).astype(np.int32)
     return out
+
+
+def check_depth(
+    frame: Frame, size: tuple[int, int], depth_size: tuple[int, int], config: InputConfig, where: str
+) -> np.ndarray:
+    """A frame's depth as float32 metres (non-finite: 0, no measurement), at ``depth_size``
+    (the first frame's; ``size`` is the colour image's)."""
+    depth = np.asarray(frame.depth, dtype=np.float32)
+    if depth.shape != tuple(depth_size):
+        if frame.depth_intrinsics is None:
+            raise StageInputError(
+                f"{where}: array 'frames/depth' is {'x'.join(map(str, depth.shape))} but the colour image is "
+                f"{size[0]}x{size[1]}; expected equal sizes, or the depth camera's own intrinsics "
+                "(Frame.depth_intrinsics) from the reader"
+            )
+        raise StageInputError(
+            f"{where}: array 'frames/depth' expected {depth_size[0]}x{depth_size[1]} (the size of the first "
+            f"frame's depth), found {'x'.join(map(str, depth.shape))}"
+        )
+    depth = np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)  # NaN/inf = no measurement
+    if (depth < 0).any():
+        raise StageInputError(f"{where}: array 'frames/depth' has negative values; expected metres >= 0")
+    valid = depth[depth > 0]
+    if valid.size and float(np.median(valid)) > config.max_median_depth_m:
+        raise StageInputError(
+            f"{where}: array 'frames/depth' has median {float(np.median(valid)):.1f} m, expected metres "
+            f"(< {config.max_median_depth_m:g}); the depth is probably in millimetres: set the reader's depth_scale"
+        )
+    return depth

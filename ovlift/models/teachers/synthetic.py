@@ -189,24 +189,45 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
         extra: list[torch.Tensor] = []
         if cfg.nested_masks or cfg.spurious_rate > 0:
             noise = torch.randn(num, 2, dim, generator=torch.Generator().manual_seed(_salt(salt, frame, "mask noise")))
-            rows, cols = torch.arange(region.shape[0])[:, None], torch.arange(region.shape[1])[None]
-            labelled = inst_label[region] >= 0
-            for j, inst in enumerate(present.tolist()):
-                ys, xs = torch.nonzero(masks[j], as_tuple=True)
-                height, width = float(ys.max() - ys.min() + 1), float(xs.max() - xs.min() + 1)
-                middle_y, middle_x = float(ys.min() + ys.max()) / 2, float(xs.min() + xs.max()) / 2
-                central = masks[j] & ((rows - middle_y).abs() <= height / 4) & ((cols - middle_x).abs() <= width / 4)
-                if cfg.nested_masks and central.any():
-                    probs.append(central[None] * _between(TRUE_PROB, draw[j, 1]))
-                    extra.append(self._noisy(class_emb[perceived[j]][None], noise[inst, 0][None]))
-                if draw[j, 2] < cfg.spurious_rate and len(class_emb) > 1:
-                    other = (int(inst_label[inst]) + 1 + int(draw[j, 3] * (len(class_emb) - 1))) % len(class_emb)
-                    k = int(draw[j, 4] * len(ys))
-                    box = ((rows - ys[k]).abs() <= height / 2) & ((cols - xs[k]).abs() <= width / 2)
-                    probs.append((box & labelled)[None] * _between(SPURIOUS_PROB, draw[j, 5]))
-                    extra.append(self._noisy(class_emb[other][None], noise[inst, 1][None]))
+            more, extra = self._extra_masks(region, masks, inst_label, present, perceived, draw, noise, class_emb)
+            probs += more
         emb = torch.cat([emb, *extra])
         return FrameMasks(torch.cat(probs), classify(emb, class_emb, torch.arange(len(class_emb)))[1], emb)
+
+    def _extra_masks(
+        self,
+        region: torch.Tensor,
+        masks: torch.Tensor,
+        inst_label: torch.Tensor,
+        present: torch.Tensor,
+        perceived: torch.Tensor,
+        draw: torch.Tensor,
+        noise: torch.Tensor,
+        class_emb: torch.Tensor,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each present region's nested and spurious masks, region by region: their
+        probabilities (1, h, w) and embeddings (1, C). ``masks``, ``perceived`` and ``draw``
+        are per present region; ``inst_label`` and ``noise`` per instance."""
+        cfg = self.config
+        probs: list[torch.Tensor] = []
+        extra: list[torch.Tensor] = []
+        rows, cols = torch.arange(region.shape[0])[:, None], torch.arange(region.shape[1])[None]
+        labelled = inst_label[region] >= 0
+        for j, inst in enumerate(present.tolist()):
+            ys, xs = torch.nonzero(masks[j], as_tuple=True)
+            height, width = float(ys.max() - ys.min() + 1), float(xs.max() - xs.min() + 1)
+            middle_y, middle_x = float(ys.min() + ys.max()) / 2, float(xs.min() + xs.max()) / 2
+            central = masks[j] & ((rows - middle_y).abs() <= height / 4) & ((cols - middle_x).abs() <= width / 4)
+            if cfg.nested_masks and central.any():
+                probs.append(central[None] * _between(TRUE_PROB, draw[j, 1]))
+                extra.append(self._noisy(class_emb[perceived[j]][None], noise[inst, 0][None]))
+            if draw[j, 2] < cfg.spurious_rate and len(class_emb) > 1:
+                other = (int(inst_label[inst]) + 1 + int(draw[j, 3] * (len(class_emb) - 1))) % len(class_emb)
+                k = int(draw[j, 4] * len(ys))
+                box = ((rows - ys[k]).abs() <= height / 2) & ((cols - xs[k]).abs() <= width / 2)
+                probs.append((box & labelled)[None] * _between(SPURIOUS_PROB, draw[j, 5]))
+                extra.append(self._noisy(class_emb[other][None], noise[inst, 1][None]))
+        return probs, extra
 
     def _noisy(self, emb: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Unit embeddings plus ``noise_std`` times unit-scale Gaussian ``noise``, renormalised."""
