@@ -109,32 +109,10 @@ SCANNET20 = Vocabulary("scannet20", "1", tuple(NYU40.classes[i - 1] for i in SCA
 
 
 MATTERPORT21 = Vocabulary(
-    "matterport21",
-    "1",
-    (
-        "wall",
-        "floor",
-        "cabinet",
-        "bed",
-        "chair",
-        "sofa",
-        "table",
-        "door",
-        "window",
-        "bookshelf",
-        "picture",
-        "counter",
-        "desk",
-        "curtain",
-        "refrigerator",
-        "shower curtain",
-        "toilet",
-        "sink",
-        "bathtub",
-        "other",
-        "ceiling",
-    ),
+    "matterport21", "1", tuple("other" if c == "otherfurniture" else c for c in SCANNET20.classes) + ("ceiling",)
 )
+"""OpenScene's Matterport3D 21 classes, derived as its source derives them from ScanNet-20:
+otherfurniture becomes other, and ceiling is added."""
 
 _MATTERPORT40 = (
     "wall",

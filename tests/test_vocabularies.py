@@ -44,3 +44,12 @@ def test_template_sets():
     assert TEMPLATE_SETS["single"] == ("a {} in a scene",)
     assert len(TEMPLATE_SETS["ensemble"]) == 85 and len(set(TEMPLATE_SETS["ensemble"])) == 85
     assert all("{}" in t for t in TEMPLATE_SETS["ensemble"])
+
+
+def test_matterport21_is_openscenes_list():
+    """Derived from ScanNet-20 as OpenScene derives it; here its MATTERPORT_LABELS_21 written out."""
+    openscene = (
+        "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
+        "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub", "other", "ceiling",
+    )  # fmt: skip
+    assert get_vocabulary("matterport21").classes == openscene

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -111,3 +112,18 @@ class Dataset(ABC, Configurable[ConfigT]):
     @abstractmethod
     def load(self, scene_id: str) -> SceneSource:
         """The scene; frames are read on demand."""
+
+
+def read_json_key(scene_id: str, path: Path, key: str, expected: str) -> Any:
+    """The value under ``key`` of the JSON object in ``path``; an unreadable file, invalid JSON or a
+    missing key is an error naming the scene, the file and ``expected`` (what the dataset keeps there)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise FileNotFoundError(f"scene '{scene_id}': cannot read {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"scene '{scene_id}': {path} is not JSON ({err}); expected '{key}': {expected}") from None
+    if not isinstance(data, dict) or key not in data:
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"scene '{scene_id}': {path} has no '{key}' (found {found}); expected '{key}': {expected}")
+    return data[key]

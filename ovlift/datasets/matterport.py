@@ -44,7 +44,6 @@ so the ``mpcat40`` columns are not used.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,7 +56,7 @@ from pydantic import Field
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.base import Dataset, Frame, SceneSource, read_json_key
 from ovlift.datasets.category_table import CategoryTable, label_indices
 from ovlift.datasets.images import StoredImageSize, read_color, read_uint16_image, resized_frame
 from ovlift.ply import PlyMesh, read_ply
@@ -405,14 +404,14 @@ def _numbers(words: list[str], count: int, where: str, what: str) -> np.ndarray:
 
 def read_segments(scene_id: str, fsegs: Path, semseg: Path, num_faces: int) -> tuple[np.ndarray, list[dict]]:
     """(segment of each face, the objects: ``segGroups`` with ``id``, ``label``, ``segments``)."""
-    segments = _json(scene_id, fsegs, "segIndices", "a list with one segment id per face")
+    segments = read_json_key(scene_id, fsegs, "segIndices", "a list with one segment id per face")
     if not isinstance(segments, list) or len(segments) != num_faces:
         found = f"{len(segments)} entries" if isinstance(segments, list) else type(segments).__name__
         raise ValueError(
             f"scene '{scene_id}': {fsegs} 'segIndices' has {found}; expected one per face of the region PLY "
             f"({num_faces})"
         )
-    groups = _json(scene_id, semseg, "segGroups", "a list of objects with id, label and segments")
+    groups = read_json_key(scene_id, semseg, "segGroups", "a list of objects with id, label and segments")
     if not isinstance(groups, list):
         raise ValueError(f"scene '{scene_id}': {semseg} 'segGroups' is not a list")
     for g, group in enumerate(groups):
@@ -420,19 +419,6 @@ def read_segments(scene_id: str, fsegs: Path, semseg: Path, num_faces: int) -> t
             found = sorted(group) if isinstance(group, dict) else type(group).__name__
             raise ValueError(f"scene '{scene_id}': {semseg} segGroups[{g}] needs id, label and segments; found {found}")
     return np.asarray(segments, np.int64), groups
-
-
-def _json(scene_id: str, path: Path, key: str, what: str):
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as err:
-        raise FileNotFoundError(f"scene '{scene_id}': cannot read {path}: {err}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"scene '{scene_id}': {path} is not valid JSON ({err}); expected '{key}': {what}") from None
-    if not isinstance(data, dict) or key not in data:
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"scene '{scene_id}': {path} has no '{key}' (found {found}); expected '{key}': {what}")
-    return data[key]
 
 
 def _read_mesh(scene_id: str, path: Path) -> PlyMesh:

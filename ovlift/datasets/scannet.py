@@ -36,7 +36,6 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -47,7 +46,7 @@ from pydantic import Field
 
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource, scene_folders
+from ovlift.datasets.base import Dataset, Frame, SceneSource, read_json_key, scene_folders
 from ovlift.datasets.category_table import CategoryTable, label_indices
 from ovlift.datasets.images import StoredImageSize, read_color, read_image, read_matrix, resized_frame
 from ovlift.datasets.scannet_sens import SensFile
@@ -345,19 +344,6 @@ def _is_scene(folder: Path) -> bool:
     return folder.is_dir() and (folder / f"{folder.name}_vh_clean_2.ply").is_file()
 
 
-def _json(scene_id: str, path: Path, keys: tuple[str, ...]) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise FileNotFoundError(f"scene '{scene_id}': cannot read {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"scene '{scene_id}': {path} is not JSON ({err})") from None
-    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise ValueError(f"scene '{scene_id}': {path} lacks key(s) {missing} (expected ScanNet's {', '.join(keys)})")
-    return data
-
-
 def _aggregation(
     scene_id: str, aggregation: Path, segs: Path, num_points: int
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -366,12 +352,14 @@ def _aggregation(
     As ScanNet's ``export_train_mesh_for_evaluation.py``: a vertex belongs to the group
     listing its over-segment; where groups overlap the later group wins.
     """
-    seg_indices = np.asarray(_json(scene_id, segs, ("segIndices",))["segIndices"], np.int64)
+    seg_indices = np.asarray(
+        read_json_key(scene_id, segs, "segIndices", "ScanNet's segment id per mesh vertex"), np.int64
+    )
     if len(seg_indices) != num_points:
         raise ValueError(
             f"scene '{scene_id}': {segs} has {len(seg_indices)} segIndices, expected one per mesh vertex ({num_points})"
         )
-    groups = _json(scene_id, aggregation, ("segGroups",))["segGroups"]
+    groups = read_json_key(scene_id, aggregation, "segGroups", "ScanNet's objects with their label and segments")
     segments, inverse = np.unique(seg_indices, return_inverse=True)
     seg_group = np.full(len(segments), -1, np.int64)
     for g, group in enumerate(groups):
