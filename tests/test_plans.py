@@ -132,3 +132,16 @@ def test_a_committed_scannet_plan_validates_against_data_given_by_set(tmp_path, 
     assert result.exit_code == 0 and "1 scenes" in result.output, result.output
     result = CliRunner().invoke(app, ["validate", "--check-paths", plan, "--set", f"dataset.paths=[{tmp_path}/none]"])
     assert result.exit_code == 1 and "none' does not exist" in " ".join(result.output.split())
+
+
+def test_the_scannet_method_plans_follow_their_papers():
+    """SAS's supplementary: "sigma = 0.2D for ScanNet v2 ... consistent with OpenScene", relative to
+    the pixel's depth. CUS3D, Sec. 2.2 and 3.1: three fully connected layers project the 3D ResU-Net's
+    features (its code feeds RGB + xyz), "an initial learning rate of 0.001 with cosine annealing"."""
+    sas = load_plan(REPO / "plans" / "sas-scannet.yaml", list_scenes=False)
+    project = sas.stages["project"].stage.config
+    assert (project.tolerance_kind, project.depth_tolerance) == ("relative", 0.2)
+    for name in ("cus3d-scannet", "cus3d-s3dis"):
+        distill = load_plan(REPO / "plans" / f"{name}.yaml", list_scenes=False).stages["distill"].stage.config
+        assert distill.student.head == "mlp" and distill.student.use_color, name
+        assert (distill.lr, distill.schedule) == (0.001, "cosine"), name
