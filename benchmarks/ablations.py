@@ -165,7 +165,7 @@ def run_rows(method: str, out: Path, epochs: int | None) -> tuple[list[dict], Ru
             "student_miou": metrics["3d"]["miou"] if row.student else None,
             "fused_macc": metrics["2d"]["macc"],
             "student_macc": metrics["3d"]["macc"] if row.student else None,
-            "oracles": list(evaluate.oracles),
+            "reads_ground_truth": list(evaluate.oracles),
             "paper_fused_miou": row.paper[0],
             "paper_student_miou": row.paper[1],
             "seconds": round(time.perf_counter() - start, 1),

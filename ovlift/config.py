@@ -97,6 +97,9 @@ class Plugin(Configurable[ConfigT]):
     stable_id: ClassVar[str | None] = None
     """The id fingerprints use, when it differs from ``name`` (a renamed plug-in keeps its old
     name here so that its cached results stay valid)."""
+    reads_ground_truth: ClassVar[str | None] = None
+    """What ground truth it reads, if any (a stand-in painted from the labels): an oracle, which
+    every group downstream and every report records; None: label-free."""
 
 
 PluginT = TypeVar("PluginT", bound=Plugin)

@@ -1,5 +1,6 @@
 """CUS3D's 3D object filter: the streamed kernel against a per-point loop, and the stage."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -120,12 +121,13 @@ def test_cus3d_learns_without_3d_labels_and_names_its_oracle(tmp_path, monkeypat
     assert not report.failed, [o.error for o in report.failed]
     store = labelled.store
     objects, denoise = store.read("scenes/toy_0000/objects"), store.read("scenes/toy_0000/denoise")
-    assert objects.info["source"] == "region-growing" and denoise.oracles == ()
+    teacher = ("ground-truth labels and instances of the frames (extract2d 't')",)  # the synthetic stand-in
+    assert objects.info["source"] == "region-growing" and denoise.oracles == teacher
     assert denoise.info["filtered_views"] > 0  # the confusions were voted out somewhere
     ids, label = objects.load("objects"), denoise.load("object_label")
     assert (label[ids[ids >= 0]] >= 0).mean() > 0.5  # most object points are in an object with votes
     evaluate = store.read("global/evaluate")
-    assert set(evaluate.info["metrics"]) == {"fused_2d", "2d", "3d", "ensemble"} and evaluate.oracles == ()
+    assert set(evaluate.info["metrics"]) == {"fused_2d", "2d", "3d", "ensemble"} and evaluate.oracles == teacher
 
     load = ToyDataset.load
     monkeypatch.setattr(ToyDataset, "load", lambda self, s: replace(load(self, s), labels=None, instances=None))
@@ -144,5 +146,8 @@ def test_cus3d_learns_without_3d_labels_and_names_its_oracle(tmp_path, monkeypat
     oracle, report = run_plan(cus3d_plan(tmp_path / "oracle-labelled.yaml", "ground-truth"))
     assert not report.failed, [o.error for o in report.failed]
     evaluate = oracle.store.read("global/evaluate")
-    assert evaluate.oracles == ("ground-truth instances",)
-    assert "ORACLE" in (Path(evaluate.info["report"]) / "metrics.md").read_text().splitlines()[0]
+    assert evaluate.oracles == tuple(sorted(("ground-truth instances", *teacher)))
+    title = (Path(evaluate.info["report"]) / "metrics.md").read_text().splitlines()[0]
+    assert "ORACLE, reads ground truth: ground-truth instances" in title and "not label-free" in title
+    report = json.loads((Path(evaluate.info["report"]) / "report.json").read_text())
+    assert report["reads_ground_truth"] == list(evaluate.oracles)

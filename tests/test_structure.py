@@ -245,3 +245,16 @@ def test_lint_exceptions_only_shrink():
             text=True,
         )
         assert found.returncode == 1, f"{path} no longer needs {rules}: remove it from per-file-ignores"
+
+
+def test_plugins_that_read_ground_truth_are_oracles_and_model_ones_are_not():
+    from ovlift.models.generators.registry import GENERATORS
+    from ovlift.stages.capability import CapabilityStage
+
+    synthetic = Extract2DStage(TEACHERS["synthetic"].Config(), "t")
+    assert synthetic.oracle == "ground-truth labels and instances of the frames (extract2d 't')"
+    maskclip = Extract2DStage(TEACHERS["maskclip"].Config(clip_path="/m/clip"), "mc")
+    assert maskclip.oracle is None
+    assert "exact masks" in CapabilityStage(GENERATORS["render"].Config()).oracle
+    sd = GENERATORS["diffusion-sam"].Config(diffusion_path="/m/sd", sam_path="/m/sam.pth")
+    assert CapabilityStage(sd).oracle is None

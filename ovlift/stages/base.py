@@ -178,3 +178,9 @@ class PluginStage(Stage[ConfigT], Generic[ConfigT, PluginT]):
     @property
     def implementation_id(self) -> str:
         return self.plugin.stable_id or self.plugin.name
+
+    @property
+    def oracle(self) -> str | None:
+        if self.plugin.reads_ground_truth is None:
+            return None
+        return f"{self.plugin.reads_ground_truth} ({self.name} '{self.variant or self.implementation}')"

@@ -69,9 +69,9 @@ def _pct(x: float | None) -> str:
 
 
 def report_title(oracles: tuple[str, ...] | list[str]) -> str:
-    """The report's title; one built on an oracle says so first."""
+    """The report's title; one whose plan reads ground truth anywhere says so first."""
     if oracles:
-        return f"Evaluation - ORACLE: uses {', '.join(oracles)} (not label-free)"
+        return f"Evaluation - ORACLE, reads ground truth: {'; '.join(oracles)} (not label-free)"
     return "Evaluation (label-free)"
 
 
@@ -123,7 +123,7 @@ class EvaluateStage(Stage[EvaluateConfig]):
         source = first.info.get("source", "project")
         report = {
             "title": report_title(oracles),
-            "oracles": list(oracles),
+            "reads_ground_truth": list(oracles),
             "rule": RULE,
             "scenes": sorted(ctx.scene_inputs),
             "classes": classes,
@@ -149,7 +149,8 @@ class EvaluateStage(Stage[EvaluateConfig]):
         """report.json, metrics.md and a confusion plot per predictor, beside the store."""
         assert ctx.files is not None
         ctx.files.mkdir(parents=True, exist_ok=True)
-        oracles, classes, absent = report["oracles"], report["classes"], report["classes_without_ground_truth"]
+        oracles, classes = report["reads_ground_truth"], report["classes"]
+        absent = report["classes_without_ground_truth"]
         (ctx.files / "report.json").write_text(json.dumps(report, indent=1))
         (ctx.files / "metrics.md").write_text(markdown_table(report["metrics"], classes, absent, oracles, names))
         oracle_note = "ORACLE " if oracles else ""

@@ -42,6 +42,7 @@ class RenderConfig(GeneratorConfig):
 class RenderGenerator(ImageGenerator[RenderConfig]):
     name = "render"
     version = "2"  # 2: walls aimed at along their own axis
+    reads_ground_truth = "exact masks of the rendered objects"
 
     def generate(self, class_name: str) -> GeneratedImages:
         cfg = self.config

@@ -94,6 +94,7 @@ class SyntheticTeacher(Teacher[SyntheticConfig]):
     name = "synthetic"
     version = "1"
     produces_masks = True
+    reads_ground_truth = "ground-truth labels and instances of the frames"
 
     @property
     def dim(self) -> int:
