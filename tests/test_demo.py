@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from conftest import scannet_miou, scene_truth
 from plyfile import PlyData
 from typer.testing import CliRunner
 
@@ -11,18 +12,6 @@ from ovlift.demo import PLANS, demo_plan
 from ovlift.pipeline.cli import app
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
-
-
-def miou(truth: np.ndarray, predicted: np.ndarray, k: int) -> float:
-    """ScanNet's rule, class by class: a class counts where it is true or predicted on a labelled
-    point (predicted but absent: IoU 0); points labelled -1 are not scored."""
-    scored = truth >= 0
-    ious = []
-    for c in range(k):
-        true, guessed = scored & (truth == c), scored & (predicted == c)
-        if (true | guessed).any():
-            ious.append((true & guessed).sum() / (true | guessed).sum())
-    return float(np.mean(ious))
 
 
 def chance_miou(truth: np.ndarray, k: int) -> float:
@@ -45,11 +34,13 @@ def check_first_run(output: str, workdir: Path) -> None:
     points = runner.store.read(f"scenes/{scene}/input")
     predict = runner.store.read(f"scenes/{scene}/predict")
     classes = predict.info["classes"]
-    names = [*points.info["class_names"], "none"]
-    truth = np.array([classes.index(n) if n in classes else -1 for n in names])[points.load("labels")]
+    truth = scene_truth(points, classes)
     for key, row in predictor_names(predict.info["source"]).items():
         if f"labels_{key}" in predict:
-            assert abs(printed(output, row) - 100 * miou(truth, predict.load(f"labels_{key}"), len(classes))) <= 0.051
+            assert (
+                abs(printed(output, row) - 100 * scannet_miou(truth, predict.load(f"labels_{key}"), len(classes)))
+                <= 0.051
+            )
     assert abs(printed(output, "chance (uniform guess)") - 100 * chance_miou(truth, len(classes))) <= 0.051
     vertex = PlyData.read(str(workdir / "outputs" / f"{scene}_student_labels.ply"))["vertex"]
     np.testing.assert_array_equal(np.c_[vertex["x"], vertex["y"], vertex["z"]], points.load("points"))
