@@ -316,47 +316,41 @@ def lidar_pairs(scene, grid_hw: tuple[int, int], cut: int, radius: int, toleranc
     return pairs
 
 
-def test_the_tiny_dataset_trains_clip2scene_for_a_step_without_labels(tmp_path, demo):
-    """Ingest (no lidarseg: nothing to read), a tiny random MaskCLIP, depth-less projection with the
-    LiDAR z-buffer at nuScenes' 5 px border (every pair recomputed point by point), one CLIP2Scene
-    step, and a prediction per point."""
+def tiny_clip2scene_plan(tmp_path, root) -> dict:
+    """CLIP2Scene on the tiny dataset: a tiny random MaskCLIP, LiDAR z-buffer pairs, one step."""
     from conftest import TINY_STUDENT
 
     from ovlift.models.tiny import clip_folder
 
-    devkit()
-    root = write_tiny_nuscenes(tmp_path / "nuscenes", demo)
-    clip = clip_folder(tmp_path / "clip")
-    plan = plan_from_dict(
-        {
-            "store": str(tmp_path / "s.zarr"),
-            "dataset": {"name": "nuscenes", "dataroot": str(root), "image_height": 90, "image_width": 160},
-            "splits": {"train": [SCENE_ID]},
-            "vocabulary": "nuscenes16",
-            "stages": {
-                "input": {},
-                "extract2d": {
-                    "maskclip": {
-                        "implementation": "maskclip",
-                        "clip_path": str(clip),
-                        "templates": "single",
-                        "feature_height": 45,
-                        "feature_width": 80,
-                    }
-                },
-                "project": {"cut_bound": 5, "lidar_zbuffer_px": 1},
-                "distill": {
-                    "implementation": "clip2scene",
-                    "templates": "single",
-                    "student": TINY_STUDENT,
-                    "epochs": 1,
-                    "batch_size": 1,
-                    "self_training_start": 0,
-                },
-                "predict": {"vocabulary": "nuscenes16"},
+    maskclip = {"implementation": "maskclip", "templates": "single", "feature_height": 45, "feature_width": 80}
+    return {
+        "store": str(tmp_path / "s.zarr"),
+        "dataset": {"name": "nuscenes", "dataroot": str(root), "image_height": 90, "image_width": 160},
+        "splits": {"train": [SCENE_ID]},
+        "vocabulary": "nuscenes16",
+        "stages": {
+            "input": {},
+            "extract2d": {"maskclip": {**maskclip, "clip_path": str(clip_folder(tmp_path / "clip"))}},
+            "project": {"cut_bound": 5, "lidar_zbuffer_px": 1},
+            "distill": {
+                "implementation": "clip2scene",
+                "templates": "single",
+                "student": TINY_STUDENT,
+                "epochs": 1,
+                "batch_size": 1,
+                "self_training_start": 0,
             },
-        }
-    )
+            "predict": {"vocabulary": "nuscenes16"},
+        },
+    }
+
+
+def test_the_tiny_dataset_trains_clip2scene_for_a_step_without_labels(tmp_path, demo):
+    """Ingest (no lidarseg: nothing to read), a tiny random MaskCLIP, depth-less projection with the
+    LiDAR z-buffer at nuScenes' 5 px border (every pair recomputed point by point), one CLIP2Scene
+    step, and a prediction per point."""
+    devkit()
+    plan = plan_from_dict(tiny_clip2scene_plan(tmp_path, write_tiny_nuscenes(tmp_path / "nuscenes", demo)))
     runner = Runner(plan)
     report = runner.run(fail_fast=True)
     assert not report.failed
