@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("OVLIFT_PROGRESS", "0")
@@ -22,6 +23,24 @@ def toy_plan_dict(store, **dataset) -> dict:
     toy = {"name": "toy", "num_scenes": 2, "num_frames": 4, "image_height": 60, "image_width": 80}
     toy.update(dataset)
     return {"store": str(store), "dataset": toy, "stages": {"input": {}}}
+
+
+def scene_truth(scene, classes: list[str]) -> np.ndarray:
+    """A scene's labels as indices into ``classes``, matched by name (-1: unlabelled or not among them)."""
+    names = [*scene.info["class_names"], "none"]  # label -1 reads the last
+    return np.array([classes.index(n) if n in classes else -1 for n in names])[scene.load("labels")]
+
+
+def scannet_miou(truth: np.ndarray, predicted: np.ndarray, k: int) -> float:
+    """ScanNet's rule, class by class: a class counts where it is true or predicted on a labelled
+    point (predicted but absent: IoU 0); points labelled -1 are not scored."""
+    scored = truth >= 0
+    ious = []
+    for c in range(k):
+        true, guessed = scored & (truth == c), scored & (predicted == c)
+        if (true | guessed).any():
+            ious.append((true & guessed).sum() / (true | guessed).sum())
+    return float(np.mean(ious))
 
 
 @pytest.fixture(autouse=True)

@@ -50,12 +50,39 @@ def test_object_views_are_deterministic_and_show_their_class():
         object_view("shower curtain", (0,), 48, 64)
 
 
-def test_render_masks_are_the_true_masks_and_untemplated_classes_get_none():
+def surface_points(scene, depth: np.ndarray) -> np.ndarray:
+    """(H, W, 3) the world point each pixel shows, from its z-depth through the camera (slow and plain)."""
+    k, pose = scene.intrinsics, scene.cam_to_world[0]
+    rows, cols = np.indices(depth.shape)
+    camera = np.stack([(cols - k[0, 2]) / k[0, 0] * depth, (rows - k[1, 2]) / k[1, 1] * depth, depth], -1)
+    return camera @ pose[:3, :3].T + pose[:3, 3]
+
+
+def test_render_masks_are_the_true_masks_and_untemplated_classes_get_none(monkeypatch):
+    """Each mask pixel shows a point of the object (within its parts' boxes) and no other pixel shows a
+    point strictly inside one; a floor mask is the pixels that show the floor (z = 0, off the walls)."""
+    from ovlift.models.generators import render
+
+    scenes = []
+    monkeypatch.setattr(render, "object_view", lambda *a: scenes.append(object_view(*a)) or scenes[-1])
     generator = RenderGenerator(RenderConfig(images_per_class=3, image_height=40, image_width=54), "cpu", "test")
-    chair = generator.generate("chair")
-    assert chair.images.shape == (3, 40, 54, 3) and chair.images.dtype == torch.uint8
-    assert torch.equal(chair.pseudo_masks, chair.labels == SCANNET20.index("chair"))
-    assert not torch.equal(chair.images[0], chair.images[1])  # image i is seeded by i
+    eps = 1e-3  # metres; the ray caster works in float32
+    for name in ("chair", "picture", "floor"):
+        scenes.clear()
+        drawn = generator.generate(name)
+        assert drawn.images.shape == (3, 40, 54, 3) and drawn.images.dtype == torch.uint8 and len(scenes) == 3
+        assert not torch.equal(drawn.images[0], drawn.images[1])  # image i is seeded by i
+        for scene, mask, depth in zip(scenes, drawn.pseudo_masks.numpy(), drawn.depth.numpy()):
+            points = surface_points(scene, depth.astype(np.float64))[..., None, :]
+            if name == "floor":  # what is not floor is above it or on a wall (x or y at the room's bounds)
+                x, y, z = np.moveaxis(points[:, :, 0], -1, 0)
+                walls = (np.minimum(x, scene.room_max[0] - x) < eps) | (np.minimum(y, scene.room_max[1] - y) < eps)
+                assert 0.01 < mask.mean() and (np.abs(z[mask]) < eps).all() and ((z > eps) | walls)[~mask].all()
+                continue
+            lo, hi = scene.part_min, scene.part_max
+            on = ((points >= lo - eps) & (points <= hi + eps)).all(-1).any(-1)
+            within = ((points > lo + eps) & (points < hi - eps)).all(-1).any(-1)
+            assert 0.01 < mask.mean() and (on | ~mask).all() and (mask | ~within).all(), name
     assert len(generator.generate("shower curtain").images) == 0
 
 

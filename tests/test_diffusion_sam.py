@@ -277,16 +277,34 @@ def test_sam_loading(models, tmp_path):
         _released_type({"image_encoder.patch_embed.proj.weight": torch.zeros(32, 3, 16, 16)}, "x.pth", "t")
 
 
-def test_capability_stage_runs_diffusion_sam_end_to_end(models, tmp_path):
+def pixel_iou(predicted: torch.Tensor, true: torch.Tensor) -> float:
+    """IoU of two masks as sets of pixel indices (NaN when both are empty)."""
+    a, b = set(np.flatnonzero(predicted.numpy()).tolist()), set(np.flatnonzero(true.numpy()).tolist())
+    return len(a & b) / len(a | b) if a | b else float("nan")
+
+
+def test_capability_stage_runs_diffusion_sam_end_to_end(models, tmp_path, monkeypatch):
     """The whole SAS path on tiny random models, through the plan and the runner: images
-    drawn, attention to coarse masks, SAM pseudo masks, a MaskCLIP teacher scored on them."""
+    drawn, attention to coarse masks, SAM pseudo masks, a MaskCLIP teacher scored on them.
+    What the stage stores is recomputed from the pseudo masks drawn and the teacher's masks
+    (watched on their way through): per image IoU, and capability their mean (0 for none)."""
     from ovlift.models.tiny import clip_folder
     from ovlift.pipeline.plan import plan_from_dict
     from ovlift.pipeline.runner import Runner
+    from ovlift.stages import capability as stage
     from tests.conftest import toy_plan_dict
 
+    drawn, scored = {}, {}
+    generate, teacher_masks = DiffusionSAMGenerator.generate, stage.teacher_masks
+    monkeypatch.setattr(DiffusionSAMGenerator, "generate", lambda g, c: drawn.setdefault(c, generate(g, c)))
+    monkeypatch.setattr(
+        stage,
+        "teacher_masks",
+        lambda t, s, images, *a: scored.setdefault(images.class_name, teacher_masks(t, s, images, *a)),
+    )
+    classes = ["wall", "chair", "shower curtain"]
     vocabulary = tmp_path / "vocab.txt"
-    vocabulary.write_text("wall\nchair\nshower curtain\n")
+    vocabulary.write_text("\n".join(classes) + "\n")
     data = toy_plan_dict(tmp_path / "store.zarr", num_scenes=1)
     size = {"feature_height": 16, "feature_width": 16}
     clip = str(clip_folder(tmp_path / "clip"))
@@ -307,10 +325,11 @@ def test_capability_stage_runs_diffusion_sam_end_to_end(models, tmp_path):
     report = runner.run(stages=["capability"])
     assert not report.failed, report.failed[0].error
     group = runner.store.read("global/capability")
-    capability = group.load("capability")
-    assert capability.shape == (1, 3) and ((0 <= capability) & (capability <= 1)).all()
-    assert group.load("image_count").tolist() == [2, 2, 2] and group.info["generator"] == "diffusion-sam"
-    per_image = group.load("per_image_iou")
-    np.testing.assert_allclose(capability[0], np.nan_to_num(np.nanmean(per_image[0], axis=1)), rtol=1e-6)
+    assert sorted(drawn) == sorted(scored) == sorted(classes) and group.info["generator"] == "diffusion-sam"
+    assert group.load("image_count").tolist() == [len(drawn[c].images) for c in classes] == [2, 2, 2]
+    expected = np.array([[pixel_iou(scored[c][i], drawn[c].pseudo_masks[i]) for i in range(2)] for c in classes])
+    np.testing.assert_allclose(group.load("per_image_iou")[0], expected, rtol=1e-6)
+    means = [row[~np.isnan(row)].mean() if (~np.isnan(row)).any() else 0.0 for row in expected]
+    np.testing.assert_allclose(group.load("capability")[0], means, rtol=1e-6)
     sheets = tmp_path / group.info["contact_sheets"]
     assert sorted(p.name for p in sheets.iterdir()) == ["chair.png", "shower-curtain.png", "wall.png"]

@@ -231,17 +231,28 @@ def test_without_refinements_the_output_is_the_old_path_normalised_per_pixel(cli
 
 
 def test_refinements_run_through_the_stage_and_need_a_vocabulary(clip, tmp_path):
+    """The stage stores what the refined teacher (checked against the per-patch references above)
+    gives on the scene's frames, which is not what the plain one gives."""
     data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2, image_height=48, image_width=64)
-    entry = {"implementation": "maskclip", "clip_path": clip, "feature_height": 24, "feature_width": 32}
-    data["stages"]["extract2d"] = {"t": {**entry, "key_smoothing": True, "prompt_denoising": True}}
+    entry = {"clip_path": clip, "feature_height": 24, "feature_width": 32, "templates": "single"}
+    refined = {**entry, "key_smoothing": True, "prompt_denoising": True}
+    data["stages"]["extract2d"] = {"t": {"implementation": "maskclip", **refined}}
     with pytest.raises(PlanError, match="set 'vocabulary' \\(e.g. 'clip2scene-nuscenes16'\\)"):
         plan_from_dict(data)
-    data["stages"]["extract2d"]["t"].update(vocabulary="semantickitti19", templates="single")
+    refined["vocabulary"] = "semantickitti19"
+    data["stages"]["extract2d"]["t"] = {"implementation": "maskclip", **refined}
     runner = Runner(plan_from_dict(data))
     assert runner.run(fail_fast=True).counts() == {"ran": 2}
-    features = runner.store.read("scenes/toy_0000/extract2d/t").load("features")
-    assert features.shape == (2, 24, 32, 24)
-    np.testing.assert_allclose(np.linalg.norm(features.astype(np.float32), axis=-1), 1, atol=2e-3)
+    features = torch.from_numpy(runner.store.read("scenes/toy_0000/extract2d/t").load("features"))
+    color = torch.from_numpy(runner.store.read("scenes/toy_0000/input").load("frames/color"))
+    batch = TeacherInput("toy_0000", np.arange(2), color, (24, 32))
+    direct = {
+        name: MaskCLIPTeacher(MaskCLIPConfig(**c), torch.device("cpu"), embed, "t")(batch).images
+        for name, c in (("refined", refined), ("plain", entry))
+    }
+    torch.testing.assert_close(features, direct["refined"], atol=2e-3, rtol=0)
+    assert (features.float() - direct["plain"].float()).norm(dim=-1).amax() > 0.1
+    np.testing.assert_allclose(np.linalg.norm(features.numpy().astype(np.float32), axis=-1), 1, atol=2e-3)
 
 
 def test_clip2scene_text_sets():

@@ -288,58 +288,84 @@ def test_nuscenes_sample_ingests_and_projects_with_the_samples_calibration(tmp_p
     json.dumps(group.info)  # info stays plain JSON
 
 
-def test_the_tiny_dataset_trains_clip2scene_for_a_step_without_labels(tmp_path, demo):
-    """Ingest (no lidarseg: nothing to read), a tiny random MaskCLIP, depth-less projection with the
-    LiDAR z-buffer at nuScenes' 5 px border, one CLIP2Scene step, and a prediction per point."""
+def lidar_pairs(scene, grid_hw: tuple[int, int], cut: int, radius: int, tolerance: float) -> set:
+    """(point, frame, row, col) of every pixel a point is paired with, frame by frame and offset by
+    offset: in front of the camera, its rounded pixel on the feature grid at least ``cut`` from the
+    border, and at most ``tolerance`` (relative) behind the nearest point whose pixel is within
+    ``radius`` rows and columns of it (the points are the depth image)."""
+    points = np.c_[scene.load("points").astype(np.float64), np.ones(scene.dims["N"])]
+    (h, w), scale = grid_hw, np.array([grid_hw[1] / scene.dims["W"], grid_hw[0] / scene.dims["H"]])
+    pairs = set()
+    for frame, (pose, k) in enumerate(zip(scene.load("frames/cam_to_world"), scene.load("frames/intrinsics"))):
+        camera = points @ np.linalg.inv(pose).T
+        z = camera[:, 2]
+        front = np.flatnonzero(z > 0)
+        image = np.stack(
+            [k[0, 0] * camera[front, 0] / z[front] + k[0, 2], k[1, 1] * camera[front, 1] / z[front] + k[1, 2]]
+        )
+        col, row = np.round((image + 0.5) * scale[:, None] - 0.5).astype(np.int64)  # pixel centres scale about 0.5
+        nearest = np.full((h + 2 * radius, w + 2 * radius), np.inf)  # padded: a square may reach past the border
+        on = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+        for dr in range(-radius, radius + 1):
+            for dc in range(-radius, radius + 1):
+                np.minimum.at(nearest, (row[on] + radius + dr, col[on] + radius + dc), z[front][on])
+        depth = nearest[row.clip(0, h - 1) + radius, col.clip(0, w - 1) + radius]
+        kept = (row >= cut) & (row < h - cut) & (col >= cut) & (col < w - cut)
+        kept &= np.abs(depth - z[front]) <= tolerance * depth
+        pairs |= {(p, frame, r, c) for p, r, c in zip(front[kept].tolist(), row[kept].tolist(), col[kept].tolist())}
+    return pairs
+
+
+def tiny_clip2scene_plan(tmp_path, root) -> dict:
+    """CLIP2Scene on the tiny dataset: a tiny random MaskCLIP, LiDAR z-buffer pairs, one step."""
     from conftest import TINY_STUDENT
 
     from ovlift.models.tiny import clip_folder
 
-    devkit()
-    root = write_tiny_nuscenes(tmp_path / "nuscenes", demo)
-    clip = clip_folder(tmp_path / "clip")
-    plan = plan_from_dict(
-        {
-            "store": str(tmp_path / "s.zarr"),
-            "dataset": {"name": "nuscenes", "dataroot": str(root), "image_height": 90, "image_width": 160},
-            "splits": {"train": [SCENE_ID]},
-            "vocabulary": "nuscenes16",
-            "stages": {
-                "input": {},
-                "extract2d": {
-                    "maskclip": {
-                        "implementation": "maskclip",
-                        "clip_path": str(clip),
-                        "templates": "single",
-                        "feature_height": 45,
-                        "feature_width": 80,
-                    }
-                },
-                "project": {"cut_bound": 5, "lidar_zbuffer_px": 1},
-                "distill": {
-                    "implementation": "clip2scene",
-                    "templates": "single",
-                    "student": TINY_STUDENT,
-                    "epochs": 1,
-                    "batch_size": 1,
-                    "self_training_start": 0,
-                },
-                "predict": {"vocabulary": "nuscenes16"},
+    maskclip = {"implementation": "maskclip", "templates": "single", "feature_height": 45, "feature_width": 80}
+    return {
+        "store": str(tmp_path / "s.zarr"),
+        "dataset": {"name": "nuscenes", "dataroot": str(root), "image_height": 90, "image_width": 160},
+        "splits": {"train": [SCENE_ID]},
+        "vocabulary": "nuscenes16",
+        "stages": {
+            "input": {},
+            "extract2d": {"maskclip": {**maskclip, "clip_path": str(clip_folder(tmp_path / "clip"))}},
+            "project": {"cut_bound": 5, "lidar_zbuffer_px": 1},
+            "distill": {
+                "implementation": "clip2scene",
+                "templates": "single",
+                "student": TINY_STUDENT,
+                "epochs": 1,
+                "batch_size": 1,
+                "self_training_start": 0,
             },
-        }
-    )
+            "predict": {"vocabulary": "nuscenes16"},
+        },
+    }
+
+
+def test_the_tiny_dataset_trains_clip2scene_for_a_step_without_labels(tmp_path, demo):
+    """Ingest (no lidarseg: nothing to read), a tiny random MaskCLIP, depth-less projection with the
+    LiDAR z-buffer at nuScenes' 5 px border (every pair recomputed point by point), one CLIP2Scene
+    step, and a prediction per point."""
+    devkit()
+    plan = plan_from_dict(tiny_clip2scene_plan(tmp_path, write_tiny_nuscenes(tmp_path / "nuscenes", demo)))
     runner = Runner(plan)
     report = runner.run(fail_fast=True)
     assert not report.failed
     scene = runner.store.read(f"scenes/{SCENE_ID}/input")
     assert "labels" not in scene  # nothing to learn from but the images
     project = runner.store.read(f"scenes/{SCENE_ID}/project")
+    assert project.info["feature_size"] == [45, 80]
+    pairs = zip(project.load("point_index"), project.load("frame_index"), *project.load("pixel").T)
+    assert {tuple(int(i) for i in p) for p in pairs} == lidar_pairs(scene, (45, 80), cut=5, radius=1, tolerance=0.25)
     paired = project.load("view_count") > 0
     assert 0.1 < paired.mean() < 0.9  # the six cameras see part of the sweep, never the points below the car
     distill = runner.store.read("global/distill")
     assert len(distill.load("epoch_loss")) == 1 and np.isfinite(distill.load("epoch_loss")).all()
     predicted = runner.store.read(f"scenes/{SCENE_ID}/predict").load("labels_3d")
-    assert len(predicted) == len(paired) and predicted.min() >= 0
+    assert len(predicted) == len(paired) and 0 <= predicted.min() and predicted.max() < len(NUSCENES16.classes)
 
 
 def test_a_plan_split_can_name_a_nuscenes_split(tmp_path, demo):
