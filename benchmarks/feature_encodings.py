@@ -16,14 +16,17 @@ compression is not representative of a trained model's.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 from ovlift.cache_schema import iter_arrays
 from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
-from ovlift.models.tiny import clip_folder, mask2former_folder
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny_models import clip_folder, mask2former_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SEVEN_SCENES = REPO.parent / "shared" / "data" / "7scenes-redkitchen"

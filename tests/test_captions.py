@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+from tiny_models import tagger_folder
 
 from ovlift.models.loading import ModelLoadError
 from ovlift.models.pos_tagger import PACKAGE, load_tagger, save_tagger, tagger_files, train_tagger
@@ -15,7 +16,6 @@ from ovlift.models.teachers.caption_aligned import (
     caption_text,
     tag_caption,
 )
-from ovlift.models.tiny import tagger_folder
 
 # The caption as BLIP writes it; the Penn Treebank tags of its words as a real English tagger gives them:
 # spaCy's en_core_web_sm 3.8.0 (`token.tag_`), run once on the Treebank tokenizer's words (nltk's own

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import pytest
 from conftest import toy_plan_dict
+from tiny_models import clip_folder
 
 from ovlift import content_hash
 from ovlift.cache_schema import Store
 from ovlift.content_hash import file_digests, folder_digest
-from ovlift.models.tiny import clip_folder
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
 from ovlift.pipeline.status import store_status

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from tiny_models import sam_folder, stable_diffusion_folder
 
 from ovlift.kernels.prompt_points import farthest_points, sam_prompt_points
 from ovlift.models.generators.diffusion_sam import (
@@ -23,7 +24,6 @@ from ovlift.models.generators.diffusion_sam import (
 )
 from ovlift.models.loading import ModelLoadError
 from ovlift.models.sam import SamArchitecture, _released_type, build_sam, load_sam, save_sam
-from ovlift.models.tiny import sam_folder, stable_diffusion_folder
 
 SIZE = 64
 LATENT = 32  # the tiny VAE halves the image
@@ -288,7 +288,8 @@ def test_capability_stage_runs_diffusion_sam_end_to_end(models, tmp_path, monkey
     drawn, attention to coarse masks, SAM pseudo masks, a MaskCLIP teacher scored on them.
     What the stage stores is recomputed from the pseudo masks drawn and the teacher's masks
     (watched on their way through): per image IoU, and capability their mean (0 for none)."""
-    from ovlift.models.tiny import clip_folder
+    from tiny_models import clip_folder
+
     from ovlift.pipeline.plan import plan_from_dict
     from ovlift.pipeline.runner import Runner
     from ovlift.stages import capability as stage

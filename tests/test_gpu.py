@@ -165,8 +165,9 @@ def test_ddp_on_nccl_with_one_process_equals_a_plain_step():
 
 @gpu
 def test_diffusion_attention_capture_on_cuda_matches_cpu(tmp_path):
+    from tiny_models import sam_folder, stable_diffusion_folder
+
     from ovlift.models.generators.diffusion_sam import DiffusionSAMConfig, DiffusionSAMGenerator
-    from ovlift.models.tiny import sam_folder, stable_diffusion_folder
 
     config = DiffusionSAMConfig(
         diffusion_path=str(stable_diffusion_folder(tmp_path / "sd")),

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import toy_plan_dict
+from tiny_models import clip_folder
 
 from ovlift.kernels.classify import classify
 from ovlift.models.clip import normalize
 from ovlift.models.teachers.base import TeacherInput
 from ovlift.models.teachers.maskclip import REMOVED_LOGIT, MaskCLIPConfig, MaskCLIPTeacher, refine_patches
 from ovlift.models.text import load_text_encoder
-from ovlift.models.tiny import clip_folder
 from ovlift.pipeline.plan import PlanError, plan_from_dict
 from ovlift.pipeline.runner import Runner
 from ovlift.vocabularies import NUSCENES16, get_vocabulary

@@ -319,8 +319,7 @@ def lidar_pairs(scene, grid_hw: tuple[int, int], cut: int, radius: int, toleranc
 def tiny_clip2scene_plan(tmp_path, root) -> dict:
     """CLIP2Scene on the tiny dataset: a tiny random MaskCLIP, LiDAR z-buffer pairs, one step."""
     from conftest import TINY_STUDENT
-
-    from ovlift.models.tiny import clip_folder
+    from tiny_models import clip_folder
 
     maskclip = {"implementation": "maskclip", "templates": "single", "feature_height": 45, "feature_width": 80}
     return {

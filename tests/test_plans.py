@@ -4,9 +4,9 @@ committed plans in plans/ that users copy."""
 import pytest
 import yaml
 from conftest import REPO, shared_data
+from tiny_models import clip_folder
 from typer.testing import CliRunner
 
-from ovlift.models.tiny import clip_folder
 from ovlift.pipeline.cli import app
 from ovlift.pipeline.plan import PlanError, apply_overrides, load_plan
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import toy_plan_dict
+from tiny_models import blip_folder, clip_folder, mask2former_folder, maskformer_folder, tagger_folder
 
 from ovlift.models.pos_tagger import load_tagger
-from ovlift.models.tiny import blip_folder, clip_folder, mask2former_folder, maskformer_folder, tagger_folder
 from ovlift.pipeline.plan import PlanError, plan_from_dict
 from ovlift.pipeline.runner import Runner
 

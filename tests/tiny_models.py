@@ -1,8 +1,9 @@
-"""Tiny random-weight models built from configs and saved like real ones.
+"""Test fixtures: tiny random-weight models built from configs and saved like real ones.
 
 Tests, benchmarks and CI load them through the same code path as real models
 (``from_pretrained`` on a local folder); nothing is downloaded. Their outputs are
-meaningless, their shapes and files are real.
+meaningless, their shapes and files are real. They live with the tests, not in the
+package: nothing in ovlift needs them.
 """
 
 from __future__ import annotations
