@@ -8,7 +8,9 @@ reconstruction noise; its vertices are the scene's points, with class labels and
 instance ids. A camera loop inside the room looks across it; colour, metric depth
 (with seeded sensor noise) and per-pixel label/instance images are rendered by
 exact ray casting against the solids, so visibility and occlusion are ground
-truth.
+truth. Surfaces wear materials shared across classes, textured per instance, and
+each frame has its own exposure and white balance (appearance v3, ``materials.py``;
+``appearance: class-colour`` paints each instance its class's colour, as v2 did).
 
 The mesh, step by step (``_mesh``):
 
@@ -27,7 +29,7 @@ The mesh, step by step (``_mesh``):
 - vertices at the same position (rounded to ``WELD_M``) become one vertex,
   everywhere: the room is one connected shell, the faces of a part are one
   surface, and parts join where their grids coincide (along contacts, mostly). A welded vertex keeps the instance
-  of the first solid that produced it, in the order room (walls, then floor,
+  and the part (whose look it wears) of the first solid that produced it, in the order room (walls, then floor,
   then ceiling, as in ``FACES``), then the furniture parts as placed: where
   furniture touches the room, the wall or floor wins. Triangles that welding made
   degenerate are removed;
@@ -51,16 +53,18 @@ from ovlift.cache_schema import IGNORE_LABEL, canonical_json
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.furniture import CLASS_COLORS, FACES, FLOOR_TEMPLATES, WALL_TEMPLATES, Part, rotate_part
+from ovlift.datasets.materials import INDOOR_MATERIALS, Appearance, SceneLooks, draw_scene_looks
 from ovlift.kernels.raycast import BOX, ROOM_FACES, cast_rays, cylinder_radius, pixel_rays
 from ovlift.vocabularies import SCANNET20
 
-GENERATOR_VERSION = "2"
-"""Changes whenever the same config generates a different scene (it is part of the fingerprint)."""
+GENERATOR_VERSION = "3"
+"""Changes whenever the same config generates a different scene (it is part of the fingerprint).
+3: appearance v3 (``materials.py``); 2: welded meshes."""
 WELD_M = 1e-6
 """Mesh vertices whose positions round to the same multiple of this are one vertex."""
-SURFACE_NOISE_STREAM, DEPTH_NOISE_STREAM = 1, 2
-"""Noise draws from its own generator, seeded (seed, scene index, stream[, frame]), so a
-noise level never changes the layout drawn from (seed, scene index)."""
+SURFACE_NOISE_STREAM, DEPTH_NOISE_STREAM, APPEARANCE_STREAM, EXPOSURE_STREAM = 1, 2, 3, 4
+"""Noise and appearance draw from generators of their own, seeded (seed, scene index,
+stream[, instance or frame]), so neither changes the layout drawn from (seed, scene index)."""
 KNOT_GAP_M = 1e-3
 """Grid lines of a solid closer than this are one (furniture parts are centimetres apart)."""
 MIN_SEGMENTS = 12
@@ -102,6 +106,10 @@ class ToyConfig(FrozenConfig):
     depth_noise: float = Field(0.002, ge=0)
     """Sensor noise: each rendered depth is multiplied by 1 + N(0, this) (seeded per
     frame); colour, label and instance images stay exact."""
+    appearance: Appearance = "materials"
+    """``materials``: appearance v3 (``materials.py``: materials shared across classes,
+    textures, per-view exposure and white balance); ``class-colour``: appearance v2, each
+    instance its class's ScanNet colour +-18 (colour alone gives the class away)."""
 
     @field_validator("floor_classes")
     @classmethod
@@ -128,7 +136,7 @@ class ToyScene:
     instance_class: list[str]
     """Class name per instance; instances 0-5 are the room faces."""
     instance_color: np.ndarray
-    """(I, 3) base colour per instance."""
+    """(I, 3) base colour per instance (with ``looks``: its body look's first colour)."""
     points: np.ndarray
     normals: np.ndarray
     faces: np.ndarray
@@ -142,6 +150,13 @@ class ToyScene:
     """Relative standard deviation of the rendered depth's noise."""
     noise_seed: tuple[int, ...] = ()
     """Seeds the depth noise, with the frame index."""
+    looks: SceneLooks | None = None
+    """Appearance v3 (None: v2, ``instance_color`` flat)."""
+    point_albedo: np.ndarray | None = None
+    """(N, 3) material colour of each point (with ``looks``), of the surface before its noise."""
+    point_part: np.ndarray | None = None
+    """(N,) the part each point lies on and wears the look of (-1: a room face); where parts
+    meet, the first solid's, as for its instance."""
 
     @property
     def instance_label(self) -> np.ndarray:
@@ -159,9 +174,12 @@ class ToyScene:
         intrinsics = torch.from_numpy(self.intrinsics).float()
         origins, directions = pixel_rays(intrinsics, pose, self.height, self.width)
         t, hit, normal = cast_rays(origins, directions, *self._solids(torch.float32))
-        instance = self.hit_instance()[hit.numpy()]
-        shade = _shade(normal.numpy())
-        color = np.clip(self.instance_color[instance] * shade[:, None], 0, 255).round().astype(np.uint8)
+        color, instance = self.surface_colors(
+            origins.numpy(), directions.numpy(), t.numpy(), hit.numpy(), normal.numpy()
+        )
+        if self.looks is not None:
+            color = color * self.looks.camera_gain(index)
+        color = np.clip(color, 0, 255).round().astype(np.uint8)
         shape = (self.height, self.width)
         depth = t.numpy().astype(np.float64)
         if self.depth_noise > 0:
@@ -176,6 +194,20 @@ class ToyScene:
             labels=self.instance_label[instance].reshape(shape),
             instances=instance.astype(np.int32).reshape(shape),
         )
+
+    def surface_colors(
+        self, origins: np.ndarray, directions: np.ndarray, t: np.ndarray, hit: np.ndarray, normal: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Colour (float RGB, before the camera's gain) and instance of ``cast_rays``' hits
+        (t, hit, normal) of rays ``origins + t directions``: the material colour at the
+        point hit times Lambert shading (v2: the instance's colour times the shading)."""
+        instance = self.hit_instance()[hit]
+        shade = _shade(normal)
+        if self.looks is None:
+            return self.instance_color[instance] * shade[:, None], instance
+        part = np.where(hit < len(self.part_min), hit, -1)
+        albedo = self.looks.albedo(instance, part, origins + t[:, None] * directions, normal)
+        return albedo * shade[:, None], instance
 
     def first_hit_distance(self, origin: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """For rays from ``origin`` to each target, the ray parameter of the first hit
@@ -240,12 +272,13 @@ def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
     classes, parts = _furnish(rng, config, size, cam_to_world)
     part_min, part_max, part_axis, part_instance = _part_arrays(parts)
     solids = (part_min, part_max, part_axis, room_min, room_max)
-    points, normals, faces, point_instance = _mesh(parts, solids, config.vertex_spacing_m)
+    points, normals, faces, point_instance, point_part = _mesh(parts, solids, config.vertex_spacing_m)
+    colors, looks = _appearance(config.appearance, rng, classes, parts, (config.seed, index))
+    point_albedo = None if looks is None else looks.albedo(point_instance, point_part, points, normals)
     if config.surface_noise_m > 0:
         noise = np.random.default_rng([config.seed, index, SURFACE_NOISE_STREAM])
         points = points + normals * noise.normal(0, config.surface_noise_m, len(points))[:, None]
         normals = _vertex_normals(points, faces)
-    colors = _instance_colors(rng, classes)
     return ToyScene(
         room_min=room_min,
         room_max=room_max,
@@ -265,6 +298,9 @@ def make_toy_scene(config: ToyConfig, index: int) -> ToyScene:
         width=config.image_width,
         depth_noise=config.depth_noise,
         noise_seed=(config.seed, index, DEPTH_NOISE_STREAM),
+        looks=looks,
+        point_albedo=None if point_albedo is None else point_albedo.astype(np.float32),
+        point_part=point_part,
     )
 
 
@@ -304,10 +340,31 @@ def _part_arrays(parts: list[tuple[Part, int]]) -> tuple[np.ndarray, np.ndarray,
     return part_min, part_max, part_axis, np.array([i for _, i in parts], dtype=np.int64)
 
 
+def _appearance(
+    appearance: Appearance,
+    rng: np.random.Generator,
+    classes: list[str],
+    parts: list[tuple[Part, int]],
+    seed: tuple[int, ...],
+) -> tuple[np.ndarray, SceneLooks | None]:
+    """Base colour per instance and the looks of a room (or an object view) seeded by
+    ``seed``: ``materials`` draws them from streams of their own (``materials.py``), and
+    the four walls (instances 0-3) wear the first wall's looks, as a room's walls do;
+    ``class-colour`` (appearance v2) draws class colours from the layout's ``rng``, after
+    the layout, and no looks."""
+    if appearance == "class-colour":
+        return _instance_colors(rng, classes), None
+    looks = draw_scene_looks(
+        list(classes), INDOOR_MATERIALS, _part_arrays(parts), (*seed, APPEARANCE_STREAM), (*seed, EXPOSURE_STREAM)
+    )
+    walls = ROOM_FACE_CLASSES.count("wall")
+    looks.looks[: 2 * walls] = looks.looks[:2] * walls
+    return np.array([look.colors[0] for look in looks.looks[::2]]), looks
+
+
 def _instance_colors(rng: np.random.Generator, classes: list[str]) -> np.ndarray:
-    """(I, 3) base colour per instance: its class's colour plus a uniform draw. The toy
-    world's whole appearance, for rooms and object views alike; drawn after the layout,
-    so that the layout does not depend on it."""
+    """(I, 3) base colour per instance: its class's colour plus a uniform draw (appearance v2).
+    Drawn after the layout, so that the layout does not depend on it."""
     colors = np.array([CLASS_COLORS[c] for c in classes], dtype=np.float64)
     return np.clip(colors + rng.uniform(-18, 18, size=colors.shape), 0, 255)
 
@@ -421,9 +478,10 @@ Surface = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def _mesh(
     parts: list[tuple[Part, int]], solids: tuple[np.ndarray, ...], spacing: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The welded mesh of every surface that can be seen (the module docstring has the
-    steps): points, normals, triangles and the instance of each point. ``solids``:
+    steps): points, normals, triangles, and the instance and part (-1: the room) of each
+    point. ``solids``:
     ``part_min, part_max, part_axis, room_min, room_max`` as the scene keeps them."""
     part_min, part_max, part_axis = solids[:3]
     radius = cylinder_radius(*(torch.from_numpy(a) for a in (part_min, part_max, part_axis.clip(0)))).numpy()
@@ -431,13 +489,13 @@ def _mesh(
     sizes = np.array([len(surface[0]) for surface, _, _ in pieces])
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     vertices = np.concatenate([surface[0] for surface, _, _ in pieces])
-    vertex_instance = np.repeat([instance for _, instance, _ in pieces], sizes)
+    vertex_tags = np.repeat([(instance, k) for _, instance, k in pieces], sizes, axis=0)  # instance, owner part
     triangles = np.concatenate([surface[1] + offset for (surface, _, _), offset in zip(pieces, offsets)])
     owner = np.concatenate([np.full(len(surface[1]), k) for surface, _, k in pieces])
     centres = (vertices[triangles[:, 0]] + vertices[triangles[:, 1]] + vertices[triangles[:, 2]]) / 3
     seen = ~_covered(centres, owner, solids, radius)
-    points, faces, point_instance = _weld(vertices, triangles[seen], vertex_instance)
-    return points, _vertex_normals(points, faces), faces, point_instance
+    points, faces, point_tags = _weld(vertices, triangles[seen], vertex_tags)
+    return points, _vertex_normals(points, faces), faces, point_tags[:, 0], point_tags[:, 1]
 
 
 def _surfaces(
@@ -469,10 +527,10 @@ def _surfaces(
 
 
 def _weld(
-    vertices: np.ndarray, triangles: np.ndarray, vertex_instance: np.ndarray
+    vertices: np.ndarray, triangles: np.ndarray, vertex_tags: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points, triangles and point instances after welding: vertices at the same rounded
-    position become one, degenerate triangles go, and unused vertices are dropped.
+    """Points, triangles and point tags (instance and part) after welding: vertices at the
+    same rounded position become one, degenerate triangles go, and unused vertices are dropped.
 
     The rounded positions are sorted stably, so that among equal ones the earliest
     solid's vertex (the room's first) leads; each run of equal positions is one vertex."""
@@ -481,7 +539,7 @@ def _weld(
     starts = np.concatenate([[True], np.any(keys[order[1:]] != keys[order[:-1]], axis=1)])
     welded = np.empty(len(keys), dtype=np.int64)
     welded[order] = np.cumsum(starts) - 1
-    first = order[starts]  # the vertex each welded one takes its position and instance from
+    first = order[starts]  # the vertex each welded one takes its position and tags from
     triangles = welded[triangles]
     distinct = (triangles[:, [0, 1, 2]] != triangles[:, [1, 2, 0]]).all(axis=1)
     triangles = triangles[distinct]  # welding collapsed the others
@@ -489,7 +547,7 @@ def _weld(
     used = used[np.argsort(first[used])]  # points in the order they were made
     renumber = np.empty(len(first), dtype=np.int64)
     renumber[used] = np.arange(len(used))
-    return vertices[first[used]], renumber[triangles], vertex_instance[first[used]]
+    return vertices[first[used]], renumber[triangles], vertex_tags[first[used]]
 
 
 def _facing(surface: Surface) -> Surface:
@@ -645,15 +703,25 @@ def _shade(normals: np.ndarray) -> np.ndarray:
 
 
 def _point_colors(scene: ToyScene) -> np.ndarray:
+    """Point colours: material (v2: instance) colour times shading, no camera effects."""
     shade = _shade(scene.normals.astype(np.float64))
-    return np.clip(scene.instance_color[scene.point_instance] * shade[:, None], 0, 255).round().astype(np.uint8)
+    albedo = scene.instance_color[scene.point_instance] if scene.point_albedo is None else scene.point_albedo
+    return np.clip(albedo * shade[:, None], 0, 255).round().astype(np.uint8)
 
 
-def object_view(class_name: str, seed: tuple[int, ...], height: int, width: int, fov_deg: float = 70.0) -> ToyScene:
+def object_view(
+    class_name: str,
+    seed: tuple[int, ...],
+    height: int,
+    width: int,
+    fov_deg: float = 70.0,
+    appearance: Appearance = "materials",
+) -> ToyScene:
     """A toy room holding one object of ``class_name`` and one camera looking at it:
     SAS's "a photo of a {class} in a room", rendered with exact masks (the capability
-    stage's ``render`` generator). ``wall`` and ``floor`` are views of an empty room;
-    a class without a template raises KeyError. Deterministic from ``seed``."""
+    stage's ``render`` generator), in the rooms' ``appearance``. ``wall`` and ``floor``
+    are views of an empty room; a class without a template raises KeyError.
+    Deterministic from ``seed``."""
     rng = np.random.default_rng(list(seed))
     size = np.array([rng.uniform(4.0, 6.0), rng.uniform(3.5, 5.5), rng.uniform(2.6, 3.0)])
     placed = _place_alone(rng, class_name, size, seed)
@@ -662,7 +730,7 @@ def object_view(class_name: str, seed: tuple[int, ...], height: int, width: int,
     target = _view_target(rng, class_name, placed, size)
     eye = _view_eye(rng, class_name, placed, size, target)
     part_min, part_max, part_axis, part_instance = _part_arrays(parts)
-    colors = _instance_colors(rng, classes)
+    colors, looks = _appearance(appearance, rng, classes, parts, seed)
     return ToyScene(
         room_min=np.zeros(3),
         room_max=size,
@@ -680,6 +748,7 @@ def object_view(class_name: str, seed: tuple[int, ...], height: int, width: int,
         cam_to_world=_look_at(eye, target)[None],
         height=height,
         width=width,
+        looks=looks,
     )
 
 

@@ -68,9 +68,13 @@ y left, z up):
   within tens of milliseconds). ``cam_to_world`` takes OpenCV camera axes
   (x right, y down, z forward) to the key-frame LiDAR frame. Images are rendered
   by exact ray casting: per-pixel class (-1 for sky, the ignore label) and
-  instance (0 for sky), and colour = the class's colour with a small
-  per-instance tint, times Lambert shading under a fixed sun; sky is a gradient.
-  No depth is given (LiDAR-camera data); ``render_camera`` keeps it for tests.
+  instance (0 for sky), and colour = the material colour of the point hit
+  (``materials.py``: materials shared across classes, a texture per instance,
+  ``STREET_MATERIALS``; with ``appearance: class-colour``, v1's class colour with
+  a small per-instance tint), times Lambert shading under a fixed sun; sky is a
+  gradient; the whole image times the camera's exposure and white balance (drawn
+  per camera). No depth is given (LiDAR-camera data); ``render_camera`` keeps it
+  for tests.
 
 Speed: each ray group (an azimuth sector x elevation band of a sweep, a 48 px tile
 of an image) is cast only against the parts whose bounding sphere meets the
@@ -96,13 +100,15 @@ from pydantic import Field
 from ovlift.cache_schema import IGNORE_LABEL, canonical_json
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset, Frame, SceneSource
+from ovlift.datasets.materials import STREET_MATERIALS, Appearance, SceneLooks, draw_scene_looks
 from ovlift.datasets.toy_street_layout import StreetLayout, make_street
 from ovlift.datasets.toy_street_objects import SKY_COLORS, STREET_COLORS
 from ovlift.kernels.raycast import cast_rays, pixel_rays
 from ovlift.vocabularies import NUSCENES16
 
-GENERATOR_VERSION = "1"
-"""Changes whenever the same config generates a different scene (it is part of the fingerprint)."""
+GENERATOR_VERSION = "2"
+"""Changes whenever the same config generates a different scene (it is part of the fingerprint).
+2: appearance v3 (``materials.py``)."""
 SWEEP_PERIOD_S = 0.05
 """LiDAR sweeps at 20 Hz."""
 MAX_SWEEPS = 10
@@ -124,9 +130,9 @@ CAMERAS: tuple[tuple[str, tuple[float, float, float], float, float], ...] = (
 """Name, position in the ego frame, yaw (degrees, left of forward) and focal length per
 image width (nuScenes' intrinsics at 1600 px)."""
 SUN = np.array([0.35, -0.45, 0.82]) / np.linalg.norm([0.35, -0.45, 0.82])
-RANGE_NOISE_STREAM, AZIMUTH_STREAM, COLOR_STREAM = 1, 2, 3
-"""Draws from their own generators, seeded (seed, scene index, stream[, sweep]), so that
-noise and colours never change the layout drawn from (seed, scene index)."""
+RANGE_NOISE_STREAM, AZIMUTH_STREAM, COLOR_STREAM, APPEARANCE_STREAM, EXPOSURE_STREAM = 1, 2, 3, 4, 5
+"""Draws from their own generators, seeded (seed, scene index, stream[, sweep, instance or
+camera]), so that noise and colours never change the layout drawn from (seed, scene index)."""
 SECTORS, BANDS = 16, 4
 """A sweep is cast in ray groups: this many azimuth sectors times elevation bands."""
 TILE_PX = 48
@@ -156,6 +162,9 @@ class ToyStreetConfig(FrozenConfig):
     """People on the sidewalks (some standing); a few more cross at a cross street."""
     cyclists: int = Field(2, ge=0)
     """Cyclists riding along the road edge."""
+    appearance: Appearance = "materials"
+    """``materials``: appearance v3 (``materials.py``); ``class-colour``: v1, each class
+    its colour with a small per-instance tint (colour alone gives the class away)."""
 
 
 def lidar_to_ego() -> np.ndarray:
@@ -198,7 +207,9 @@ class ToyStreetScene:
     config: ToyStreetConfig
     noise_seed: tuple[int, ...]
     instance_color: np.ndarray
-    """(I, 3) base colour per instance."""
+    """(I, 3) base colour per instance (with ``looks``: its body look's first colour)."""
+    looks: SceneLooks | None = None
+    """Appearance v3 (None: v1, ``instance_color`` flat)."""
 
     @property
     def instance_label(self) -> np.ndarray:
@@ -308,10 +319,17 @@ class ToyStreetScene:
         instance = self.hit_instance(hit, pose[:2, 3] + t[:, None] * directions[:, :2])
         sky = instance == 0
         shade = 0.55 + 0.45 * np.clip(normal @ SUN, 0, None)
-        color = self.instance_color[instance] * shade[:, None]
+        if self.looks is None:
+            color = self.instance_color[instance] * shade[:, None]
+        else:
+            part = np.where(hit < len(self.layout.part_min), hit, -1)
+            position = pose[:3, 3] + t[:, None] * directions
+            color = self.looks.albedo(instance, part, position, normal) * shade[:, None]
         up = np.clip(directions[:, 2] / np.linalg.norm(directions, axis=1) / math.sin(math.radians(40)), 0, 1)
         horizon, zenith = (np.array(c, float) for c in SKY_COLORS)
         color[sky] = horizon + up[sky, None] * (zenith - horizon)
+        if self.looks is not None:
+            color = color * self.looks.camera_gain(index)
         depth = np.where(sky, 0.0, t)
         shape = (height, width)
         return (
@@ -417,11 +435,19 @@ class ToyStreetDataset(Dataset[ToyStreetConfig]):
 def make_toy_street(config: ToyStreetConfig, index: int) -> ToyStreetScene:
     rng = np.random.default_rng([config.seed, index])
     layout = make_street(rng, config.moving_vehicles, config.pedestrians, config.cyclists)
-    tint = np.random.default_rng([config.seed, index, COLOR_STREAM])
-    base = np.array([STREET_COLORS[c] if c is not None else SKY_COLORS[0] for c in layout.instance_class], float)
-    spread = np.array([45.0 if c in ("car", "truck", "bus") else 12.0 for c in layout.instance_class])[:, None]
-    colors = np.clip(base + tint.uniform(-1, 1, base.shape) * spread, 0, 255)
-    return ToyStreetScene(layout=layout, config=config, noise_seed=(config.seed, index), instance_color=colors)
+    seed = (config.seed, index)
+    if config.appearance == "class-colour":
+        tint = np.random.default_rng([*seed, COLOR_STREAM])
+        base = np.array([STREET_COLORS[c] if c is not None else SKY_COLORS[0] for c in layout.instance_class], float)
+        spread = np.array([45.0 if c in ("car", "truck", "bus") else 12.0 for c in layout.instance_class])[:, None]
+        colors = np.clip(base + tint.uniform(-1, 1, base.shape) * spread, 0, 255)
+        return ToyStreetScene(layout=layout, config=config, noise_seed=seed, instance_color=colors)
+    parts = (layout.part_min, layout.part_max, layout.part_axis, layout.part_instance)
+    looks = draw_scene_looks(
+        layout.instance_class, STREET_MATERIALS, parts, (*seed, APPEARANCE_STREAM), (*seed, EXPOSURE_STREAM)
+    )
+    colors = np.array([SKY_COLORS[0] if look is None else look.colors[0] for look in looks.looks[::2]], float)
+    return ToyStreetScene(layout=layout, config=config, noise_seed=seed, instance_color=colors, looks=looks)
 
 
 def _bounding_spheres(lo: np.ndarray, hi: np.ndarray, origin: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from ovlift.datasets.furniture import FLOOR_TEMPLATES, WALL_TEMPLATES
+from ovlift.datasets.materials import Appearance
 from ovlift.datasets.toy import object_view
 from ovlift.models.generators.base import GeneratedImages, GeneratorConfig, ImageGenerator
 from ovlift.progress import progress
@@ -37,11 +38,13 @@ class RenderConfig(GeneratorConfig):
     """Horizontal field of view."""
     seed: int = 0
     """Image i of class c is drawn from (seed, c, i)."""
+    appearance: Appearance = "materials"
+    """The toy rooms' look (``ToyConfig.appearance``): ``materials`` (v3) or ``class-colour`` (v2)."""
 
 
 class RenderGenerator(ImageGenerator[RenderConfig]):
     name = "render"
-    version = "2"  # 2: walls aimed at along their own axis
+    version = "3"  # 3: toy appearance v3 (materials); 2: walls aimed at along their own axis
     reads_ground_truth = "exact masks of the rendered objects"
 
     def generate(self, class_name: str) -> GeneratedImages:
@@ -52,7 +55,7 @@ class RenderGenerator(ImageGenerator[RenderConfig]):
             return GeneratedImages(class_name, torch.zeros((0, h, w, 3), dtype=torch.uint8), empty)
         salt = int.from_bytes(hashlib.sha256(class_name.encode()).digest()[:4], "little")
         frames = [
-            object_view(class_name, (cfg.seed, salt, i), h, w, cfg.fov_deg).render(0)
+            object_view(class_name, (cfg.seed, salt, i), h, w, cfg.fov_deg, cfg.appearance).render(0)
             for i in progress(range(cfg.images_per_class), f"render '{class_name}'", unit="image")
         ]
         labels = torch.from_numpy(np.stack([f.labels for f in frames]).astype(np.int64))
