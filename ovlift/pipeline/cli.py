@@ -368,6 +368,27 @@ def schema(
         raise typer.Exit(1)
 
 
+@app.command("train-teachers")
+def train_teachers(
+    spec: Annotated[
+        Path, typer.Argument(help="Teacher spec YAML (plans/teachers-toy.yaml).", exists=True, dir_okay=False)
+    ],
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Only these teachers (repeat or comma-separate).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even when the folder's fingerprint matches.")] = False,
+) -> None:
+    """Train the 2D teachers a spec lists, each into its model folder (config.json, model.safetensors,
+    training.json, table.md); a teacher whose folder matches its training fingerprint is skipped."""
+    from ovlift.pipeline.train_teachers import train_teachers as train
+
+    try:
+        train(spec, _split(only), force, echo=console.print)
+    except PlanError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option("--workdir", help="Where the store and outputs go.")] = Path("work/demo"),

@@ -199,14 +199,18 @@ def load_plan(
     """The plan in a YAML file, with ``overrides`` applied (``apply_overrides``); see
     ``plan_from_dict`` for the checks."""
     path = Path(path)
+    data = apply_overrides(read_yaml(path, "plan"), overrides, str(path))
+    return plan_from_dict(data, path.resolve().parent, str(path), check_paths, list_scenes)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML content of a plan (or another config file, ``what``); PlanError if unreadable."""
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except OSError as err:
-        raise PlanError(f"cannot read plan '{path}': {err.strerror}") from None
+        raise PlanError(f"cannot read {what} '{path}': {err.strerror}") from None
     except yaml.YAMLError as err:
         raise PlanError(f"{path}: not valid YAML: {err}") from None
-    data = apply_overrides(data, overrides, str(path))
-    return plan_from_dict(data, path.resolve().parent, str(path), check_paths, list_scenes)
 
 
 def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> Any:
@@ -246,9 +250,9 @@ def plan_from_dict(
         raise PlanError(f"{source}: expected a mapping with keys store, dataset, stages")
     data = expand_env(data, source)
     context = {"base_dir": str(base_dir), "check_paths": check_paths}
-    top = _validate(PlanFile, data, context, source)
+    top = validate_config(PlanFile, data, context, source)
     store = _store_url(top.store, base_dir)
-    dataset, scene_ids = _dataset(top.dataset, context, source, list_scenes)
+    dataset, scene_ids = dataset_from_entry(top.dataset, context, source, list_scenes)
     try:
         get_vocabulary(top.vocabulary)
     except (KeyError, FileNotFoundError, ValueError) as err:
@@ -274,7 +278,9 @@ def _store_url(store: str, base_dir: str | Path) -> str:
     return store
 
 
-def _dataset(fields: dict[str, Any], context: dict, source: str, list_scenes: bool) -> tuple[Dataset, list[str] | None]:
+def dataset_from_entry(
+    fields: dict[str, Any], context: dict, source: str, list_scenes: bool
+) -> tuple[Dataset, list[str] | None]:
     """The plan's dataset and (with ``list_scenes``) its scene ids."""
     dataset_data = dict(fields)
     if "name" not in dataset_data:
@@ -282,7 +288,7 @@ def _dataset(fields: dict[str, Any], context: dict, source: str, list_scenes: bo
     dataset_name = dataset_data.pop("name")
     try:
         dataset_cls = dataset_class(dataset_name)
-        dataset = dataset_cls(_validate(dataset_cls.Config, dataset_data, context, f"{source}: dataset"))
+        dataset = dataset_cls(validate_config(dataset_cls.Config, dataset_data, context, f"{source}: dataset"))
         scene_ids = dataset.scene_ids() if list_scenes else None
     except KeyError as err:
         raise PlanError(f"{source}: dataset: {err.args[0]}") from None
@@ -389,7 +395,7 @@ def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str 
             FutureWarning,
             stacklevel=5,
         )
-    config = _validate(config_type, entry, context, where)
+    config = validate_config(config_type, entry, context, where)
     key = name if variant is None else f"{name}/{variant}"
     try:
         return StagePlan(key, cls(config, variant=variant))
@@ -397,7 +403,7 @@ def _stage_plan(name: str, entry: dict, context: dict, where: str, variant: str 
         raise PlanError(f"{where}: {err}") from None
 
 
-def _validate(cls: type[ConfigT], data: dict, context: dict, where: str) -> ConfigT:
+def validate_config(cls: type[ConfigT], data: dict, context: dict, where: str) -> ConfigT:
     try:
         return cls.model_validate(data, context=context)
     except ValidationError as err:

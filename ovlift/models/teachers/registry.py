@@ -13,10 +13,21 @@ from ovlift.models.teachers.cached import CachedTeacher
 from ovlift.models.teachers.caption_aligned import CaptionAlignedTeacher
 from ovlift.models.teachers.mask_crops import MaskCropsTeacher
 from ovlift.models.teachers.maskclip import MaskCLIPTeacher
+from ovlift.models.teachers.regions import RegionsTeacher
 from ovlift.models.teachers.synthetic import SyntheticTeacher
+from ovlift.models.teachers.trained import TrainedTeacher
 
 TEACHERS: Registry[Teacher] = Registry(
-    "teacher", (SyntheticTeacher, MaskCLIPTeacher, MaskCropsTeacher, CaptionAlignedTeacher, CachedTeacher)
+    "teacher",
+    (
+        SyntheticTeacher,
+        MaskCLIPTeacher,
+        MaskCropsTeacher,
+        CaptionAlignedTeacher,
+        CachedTeacher,
+        TrainedTeacher,
+        RegionsTeacher,
+    ),
 )
 """Teacher name -> class."""
 
