@@ -63,7 +63,7 @@ def _lines(iterable: Iterable[T], desc: str, total: int | None, unit: str) -> It
 def _line(desc: str, done: int, total: int | None, unit: str, elapsed: float) -> None:
     count = f"{done}/{total}" if total is not None else str(done)
     if (total if total is not None else done) != 1:
-        unit += "es" if unit.endswith(("s", "ch", "sh", "x")) else "s"
+        unit += "es" if unit.endswith(("s", "tch", "sh", "x")) else "s"
     print(f"{desc}: {count} {unit} ({elapsed:.1f} s)", file=sys.stderr, flush=True)
 
 

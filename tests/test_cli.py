@@ -148,6 +148,10 @@ def test_progress_is_bars_on_a_terminal_and_lines_elsewhere(monkeypatch):
     monkeypatch.setattr(progress_module, "LINE_INTERVAL_S", 3600.0)  # only the end of the loop
     assert list(progress(range(4), "toy_0002: frames", unit="frame")) == [0, 1, 2, 3]
     assert re.fullmatch(r"toy_0002: frames: 4/4 frames \(\d+\.\d s\)\n", sys.stderr.getvalue())
+    for unit, plural in (("batch", "batches"), ("epoch", "epochs")):
+        monkeypatch.setattr(sys, "stderr", io.StringIO())
+        list(progress(range(2), "distill", unit=unit))
+        assert sys.stderr.getvalue().startswith(f"distill: 2/2 {plural} ("), sys.stderr.getvalue()
     monkeypatch.setenv("OVLIFT_PROGRESS", "0")
     for stream in (Terminal(), io.StringIO()):
         monkeypatch.setattr(sys, "stderr", stream)
