@@ -30,7 +30,7 @@ def check_first_run(output: str, workdir: Path) -> None:
     """The table's numbers are the held-out scene's labels scored point by point, the PLY holds its
     points in the colours of the student's labels."""
     runner = Runner(plan_from_dict(demo_plan(workdir, quick=True), PLANS))
-    (scene,) = runner.plan.splits["val"]
+    (scene,) = runner.plan.scenes_for("evaluate")
     points = runner.store.read(f"scenes/{scene}/input")
     predict = runner.store.read(f"scenes/{scene}/predict")
     classes = predict.info["classes"]
