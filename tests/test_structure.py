@@ -13,7 +13,7 @@ from conftest import REPO, tiny_pipeline_plan
 from ovlift.cache_schema import GroupSpec, Scope, Store
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC
 from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
-from ovlift.demo import demo_plan
+from ovlift.demo import PLANS, demo_plan
 from ovlift.models.teachers.registry import RENAMED, TEACHERS
 from ovlift.pipeline.plan import load_plan, plan_from_dict
 from ovlift.pipeline.registry import STAGES, stage_class, stage_classes
@@ -129,7 +129,7 @@ PINNED = REPO / "tests" / "data" / "pinned_fingerprints.json"
 def current_fingerprints(tmp_path: Path) -> dict[str, dict[str, str]]:
     """The demo's group fingerprints and those of a plan with every model teacher."""
     data = demo_plan(tmp_path)
-    plan = plan_from_dict(data, base_dir=tmp_path)
+    plan = plan_from_dict(data, base_dir=PLANS)  # as `ovlift demo` reads it: its teacher's path is relative
     found = {"demo": {path: e.fingerprint for path, e in expected_fingerprints(plan, Store(plan.store)).items()}}
     teachers = {
         "syn": {"implementation": "synthetic"},
@@ -177,7 +177,8 @@ def test_fingerprints_change_only_on_purpose(tmp_path):
     the commit. Last changes: the demo gained CUS3D's stages; distill gained ``source``; the
     2D filter's fields on synthetic and mask-crops (mask-crops v2); toy generator v2 (welded meshes);
     distill gained SAS's superpoint and TESD fields; project gained lidar_zbuffer_px; maskclip v2 (normalize);
-    toy appearance v3 (toy generator v3, toy-street v2, render generator v3, their ``appearance`` fields)."""
+    toy appearance v3 (toy generator v3, toy-street v2, render generator v3, their ``appearance`` fields);
+    the demo's trained teacher and test rooms."""
     assert current_fingerprints(tmp_path) == json.loads(PINNED.read_text())
 
 
