@@ -1,13 +1,22 @@
 """A method's ablation table on controlled toy data, from its committed plan.
 
-    .venv/bin/python benchmarks/ablations.py cus3d --out work/ablations [--epochs N]
+    .venv/bin/python benchmarks/ablations.py cus3d --out work/ablations [--epochs N] [--set KEY=VALUE ...]
 
 Every row is the method's plan with a few fields changed; all rows share one store,
 so what rows share (scenes, teacher features, projections) is computed once.
-Writes ``OUT/<method>.json`` (``{"rows": [{"name", "detail", "fused_miou",
-"student_miou", ...}]}``), ``OUT/<method>.md`` and ``OUT/<method>.png``. Metrics are
-on the plan's held-out ``val`` scenes, under ScanNet's rule. A row built on an
-oracle says so in its name, and its evaluation report's title says it too.
+``--set`` overrides the plan for every row as ``ovlift run --set`` does (another
+generator seed: ``--set dataset.seed=7``).
+
+Writes ``OUT/<method>.json``, ``OUT/<method>.md`` and ``OUT/<method>.png``. Metrics
+are under ScanNet's rule on the plan's ``test`` scenes (``"split": "test"``), each
+row's metrics on its ``val`` scenes beside (``"val"``: where choices are made). Per
+row and column (``fused``: the 2D teacher lifted to 3D; ``student``), ``coverage`` is
+the share of the evaluated test points that have a prediction (a point no view saw
+has none, and counts as a miss), and ``matched_miou`` the mIoU on only the test
+points that every row of the study predicts in that column (every student row for
+``student``): a filter that fills unseen points then does not look like one that
+corrects seen ones. A row built on an oracle says so in its name, and its
+evaluation report's title says it too.
 
 cus3d (paper Tab. 4 and 3): the 2D teacher lifted to 3D and the student without
 filters, with CUS3D's 2D pixel vote, with its 3D object vote, with both; both
@@ -19,7 +28,7 @@ capability fusion (2D rows: the student is not trained, its column is empty); th
 the students: pixel-point distillation, + superpoints, + TESD. Also
 ``capability_spearman``: the rank correlation, over (teacher, class) pairs, between the
 capability measured on single rendered objects and each teacher's true per-class IoU
-on the held-out scenes' frames against their pixel labels.
+on the test scenes' frames against their pixel labels (on the val scenes' in ``val``).
 
 clip2scene (paper Tab. 1, annotation-free nuScenes val): the baseline (1 sweep,
 semantic consistency only), + spatial-temporal consistency, + switchable
@@ -34,15 +43,20 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from ovlift.pipeline.plan import plan_from_dict
+from ovlift.cache_schema import IGNORE_LABEL, StageGroup
+from ovlift.kernels.metrics import scores
+from ovlift.pipeline.plan import apply_overrides, plan_from_dict
 from ovlift.pipeline.runner import Runner
+from ovlift.pipeline.status import expected_fingerprints
 from ovlift.plots import ablation_bars
+from ovlift.stages.evaluate import confusions, scored_truth
 
 PLANS = Path(__file__).resolve().parents[1] / "plans"
 
@@ -144,51 +158,149 @@ def row_plan(base: dict, row: Row, store: Path, epochs: int | None) -> dict:
     return plan
 
 
-def run_rows(method: str, out: Path, epochs: int | None) -> tuple[list[dict], Runner]:
+SPLITS = ("test", "val")
+"""The split reported, then the one beside it (where choices are made)."""
+COLUMNS = {"fused": "2d", "student": "3d"}
+"""A row's column -> the ``predict`` labels it scores (``labels_<key>``)."""
+
+
+@dataclass
+class RowRun:
+    """One row's run: its result so far and its ``input`` and ``predict`` groups per split."""
+
+    row: Row
+    result: dict
+    groups: dict[str, dict[str, dict[str, StageGroup]]]
+    """split -> scene -> {"input": ..., "predict": ...}, as ``evaluate.confusions`` reads them."""
+
+
+def run_rows(method: str, out: Path, epochs: int | None, overrides: Sequence[str] = ()) -> tuple[list[RowRun], Runner]:
+    """Every row of the method's study run into one store (``overrides`` applied to the plan first)."""
     plan_file, _, rows = METHODS[method]
-    base = yaml.safe_load((PLANS / plan_file).read_text())
-    results = []
+    source = str(PLANS / plan_file)
+    base = apply_overrides(yaml.safe_load((PLANS / plan_file).read_text()), overrides, source)
+    runs = []
     for row in rows:
         start = time.perf_counter()
-        runner = Runner(
-            plan_from_dict(row_plan(base, row, (out / "store.zarr").resolve(), epochs), PLANS, str(PLANS / plan_file))
-        )
+        runner = Runner(plan_from_dict(row_plan(base, row, (out / "store.zarr").resolve(), epochs), PLANS, source))
         report = runner.run()
         if report.failed:
             raise SystemExit(f"{method} row '{row.name}': " + "; ".join(str(o.error) for o in report.failed))
-        evaluate = runner.store.read(runner.plan.stages["evaluate"].group_path(None))
-        metrics = evaluate.info["metrics"]
+        written = Written(runner)
+        evaluate = written.group("evaluate", None)
         result = {
             "name": row.name,
             "detail": row.detail,
-            "fused_miou": metrics["2d"]["miou"],
-            "student_miou": metrics["3d"]["miou"] if row.student else None,
-            "fused_macc": metrics["2d"]["macc"],
-            "student_macc": metrics["3d"]["macc"] if row.student else None,
             "reads_ground_truth": list(evaluate.oracles),
             "paper_fused_miou": row.paper[0],
             "paper_student_miou": row.paper[1],
             "seconds": round(time.perf_counter() - start, 1),
         }
-        results.append(result)
-        student = "-" if result["student_miou"] is None else f"{100 * result['student_miou']:5.1f}"
+        runs.append(RowRun(row, result, {split: written.split_groups(split) for split in SPLITS}))
+        fused = 100 * evaluate.info["metrics"]["2d"]["miou"]
         print(
-            f"{method} | {row.name:<26} | {row.detail:<22} | 2D teacher {100 * result['fused_miou']:5.1f} "
-            f"| student {student} mIoU | {result['seconds']:.0f} s",
+            f"{method} | {row.name:<26} | {row.detail:<22} | test 2D {fused:5.1f} | {result['seconds']:.0f} s",
             flush=True,
         )
-    return results, runner
+    return runs, runner
 
 
-def capability_spearman(runner: Runner) -> dict:
+class Written:
+    """The groups a row's runner wrote (read by fingerprint: rows share the store's paths)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.expected = expected_fingerprints(runner.plan, runner.store)
+
+    def group(self, key: str, scene: str | None) -> StageGroup:
+        path = self.runner.plan.stages[key].group_path(scene)
+        group = self.runner.store.read(path, self.expected[path].fingerprint)
+        if group is None:
+            raise SystemExit(f"{path}: the row's group is missing from the store")
+        return group
+
+    def split_groups(self, split: str) -> dict[str, dict[str, StageGroup]]:
+        """scene -> its ``input`` and ``predict`` groups, for the scenes of the plan's ``split``."""
+        return {s: {k: self.group(k, s) for k in ("input", "predict")} for s in self.runner.plan.splits[split]}
+
+
+def score_rows(runs: list[RowRun], runner: Runner) -> dict:
+    """Each row's metrics on every split of ``SPLITS`` (the first at the row's top level, the
+    others under their name), with coverage and matched mIoU; returns the matched points' counts."""
+    evaluate = runner.plan.stages["evaluate"].stage
+    first = next(iter(runs[0].groups["test"].values()))["predict"]
+    classes = first.info["classes"]
+    valid = evaluate.valid_mask(classes)
+    matched_points = {}
+    for split in SPLITS:
+        truth = {s: scored_truth(g["input"], classes, valid) for s, g in runs[0].groups[split].items()}
+        predicted = {r.row.name: predicted_points(r, split, truth) for r in runs}
+        matched = {c: matched_mask(runs, predicted, c) for c in COLUMNS}
+        matched_points[split] = {"evaluated": int(sum((t >= 0).sum() for t in truth.values()))}
+        matched_points[split].update({c: int(sum(m.sum() for m in matched[c].values())) for c in COLUMNS})
+        for run in runs:
+            scored = split_scores(run, split, classes, valid, truth, predicted[run.row.name], matched)
+            if split == SPLITS[0]:  # after the row's name, before its paper numbers and time
+                name = {k: run.result.pop(k) for k in ("name", "detail")}
+                run.result = {**name, **scored, **run.result}
+            else:
+                run.result[split] = scored
+    return matched_points
+
+
+def predicted_points(run: RowRun, split: str, truth: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """column -> scene -> whether each evaluated point has a prediction in that column."""
+    return {
+        column: {
+            scene: (truth[scene] >= 0) & (groups["predict"].load(f"labels_{key}") != IGNORE_LABEL)
+            for scene, groups in run.groups[split].items()
+        }
+        for column, key in COLUMNS.items()
+    }
+
+
+def matched_mask(runs: list[RowRun], predicted: dict, column: str) -> dict[str, np.ndarray]:
+    """scene -> the evaluated points that every row reporting ``column`` predicts there."""
+    reporting = [r.row.name for r in runs if column == "fused" or r.row.student]
+    scenes = predicted[runs[0].row.name][column]
+    return {s: np.logical_and.reduce([predicted[r][column][s] for r in reporting]) for s in scenes}
+
+
+def split_scores(
+    run: RowRun, split: str, classes: list[str], valid: np.ndarray, truth: dict, predicted: dict, matched: dict
+) -> dict:
+    """One row's metrics on one split: mIoU and mAcc per column, coverage and matched mIoU."""
+    groups = run.groups[split]
+    everywhere = {p: scores(m, valid) for p, m in confusions(groups, classes, valid).items()}
+    result: dict = {"coverage": {}, "matched_miou": {}}
+    evaluated = sum((t >= 0).sum() for t in truth.values())
+    for column, key in COLUMNS.items():
+        if column == "student" and not run.row.student:
+            result[f"{column}_miou"] = result[f"{column}_macc"] = None
+            result["coverage"][column] = result["matched_miou"][column] = None
+            continue
+        on_matched = scores(confusions(groups, classes, valid, keep=matched[column])[key], valid)
+        covered = sum(predicted[column][s].sum() for s in groups)
+        result[f"{column}_miou"] = num(everywhere[key].miou)
+        result[f"{column}_macc"] = num(everywhere[key].macc)
+        result["coverage"][column] = round(float(covered / evaluated), 6)
+        result["matched_miou"][column] = num(on_matched.miou)
+    return result
+
+
+def num(x: float) -> float | None:
+    return None if np.isnan(x) else round(float(x), 6)
+
+
+def capability_spearman(runner: Runner, split: str = "test") -> dict:
     """Capability (single rendered objects) against each teacher's true per-class IoU on the
-    held-out scenes' frames, pooled over (teacher, class) pairs that have both."""
+    frames of the ``split`` scenes, pooled over (teacher, class) pairs that have both."""
     from scipy.stats import spearmanr
 
     group = runner.store.read(runner.plan.stages["capability"].group_path(None))
     teachers, classes = group.info["teachers"], group.info["classes"]
     capability, counts = group.load("capability"), group.load("image_count")
-    truth = teacher_pixel_iou(runner, teachers, classes, runner.plan.splits["val"])
+    truth = teacher_pixel_iou(runner, teachers, classes, runner.plan.splits[split])
     pairs = np.isfinite(truth) & (counts > 0)[None]
     rho = float(spearmanr(capability[pairs], truth[pairs]).statistic)
     return {
@@ -251,18 +363,55 @@ def markdown(method: str, rows: list[dict], plan_file: str) -> str:
 
     column = METHODS[method][1]
     lines = [
-        f"{method} ablation on toy scenes (plan `plans/{plan_file}`, held-out `val` scenes, mIoU %, "
-        f"ScanNet's rule); paper: {PAPER_BENCHMARK[method]}, for the direction only",
+        f"{method} ablation on toy scenes (plan `plans/{plan_file}`, mIoU % under ScanNet's rule on the `test` "
+        'scenes; "val": on the `val` scenes, where choices are made; "matched": on the test points that '
+        'every row predicts; "coverage": % of the test points with a prediction); '
+        f"paper: {PAPER_BENCHMARK[method]}, for the direction only",
         "",
-        f"| row | {column} | 2D teacher | student | paper teacher | paper student |",
-        "|---|---|---|---|---|---|",
+        f"| row | {column} | 2D teacher | 2D val | 2D matched | 2D coverage | student | student val "
+        "| student matched | paper teacher | paper student |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['name']} | {r['detail']} | {pct(r['fused_miou'])} | {pct(r['student_miou'])} "
+        f"| {r['name']} | {r['detail']} | {pct(r['fused_miou'])} | {pct(r['val']['fused_miou'])} "
+        f"| {pct(r['matched_miou']['fused'])} | {pct(r['coverage']['fused'])} | {pct(r['student_miou'])} "
+        f"| {pct(r['val']['student_miou'])} | {pct(r['matched_miou']['student'])} "
         f"| {paper(r['paper_fused_miou'])} | {paper(r['paper_student_miou'])} |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"
+
+
+def study(method: str, out: Path, epochs: int | None = None, overrides: Sequence[str] = ()) -> dict:
+    """Run the method's rows into ``out``, write ``out/<method>.json``, ``.md`` and ``.png``
+    and return the JSON."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs, runner = run_rows(method, out, epochs, overrides)
+    matched_points = score_rows(runs, runner)
+    plan_file = METHODS[method][0]
+    rows = [run.result for run in runs]
+    result: dict = {
+        "plan": plan_file,
+        "overrides": list(overrides),
+        "split": SPLITS[0],
+        "scenes": {split: list(runner.plan.splits[split]) for split in SPLITS},
+        "matched_points": matched_points,
+        "rows": rows,
+    }
+    if method == "sas":
+        result.update(capability_spearman(runner, "test"))
+        result["val"] = {"capability_spearman": capability_spearman(runner, "val")["capability_spearman"]}
+        print(
+            f"capability Spearman (rendered objects vs true IoU in the test scenes): "
+            f"{result['capability_spearman']:.3f} over {result['pairs']} (teacher, class) pairs "
+            f"(val: {result['val']['capability_spearman']:.3f})"
+        )
+    (out / f"{method}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{method}.md").write_text(markdown(method, rows, plan_file))
+    ablation_bars(rows, out / f"{method}.png", f"{method} ablation, toy test scenes (val beside)")
+    print(markdown(method, rows, plan_file))
+    print(f"wrote {out / method}.json, .md and .png")
+    return result
 
 
 def main() -> None:
@@ -270,22 +419,16 @@ def main() -> None:
     parser.add_argument("method", choices=sorted(METHODS))
     parser.add_argument("--out", type=Path, required=True, help="folder for the store, JSON, table and chart")
     parser.add_argument("--epochs", type=int, default=None, help="override the plan's epochs (quick looks only)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a plan key for every row, as `ovlift run --set` (dataset.seed=7); repeat",
+    )
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    rows, runner = run_rows(args.method, args.out, args.epochs)
-    plan_file = METHODS[args.method][0]
-    result: dict = {"plan": plan_file, "rows": rows}
-    if args.method == "sas":
-        result.update(capability_spearman(runner))
-        print(
-            f"capability Spearman (rendered objects vs true IoU in held-out scenes): "
-            f"{result['capability_spearman']:.3f} over {result['pairs']} (teacher, class) pairs"
-        )
-    (args.out / f"{args.method}.json").write_text(json.dumps(result, indent=1))
-    (args.out / f"{args.method}.md").write_text(markdown(args.method, rows, plan_file))
-    ablation_bars(rows, args.out / f"{args.method}.png", f"{args.method} ablation, held-out toy scenes")
-    print(markdown(args.method, rows, plan_file))
-    print(f"wrote {args.out / args.method}.json, .md and .png")
+    study(args.method, args.out, args.epochs, args.overrides)
 
 
 if __name__ == "__main__":

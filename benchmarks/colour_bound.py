@@ -8,7 +8,8 @@ evaluate stage scores:
 - indoor: point RGB of ``plans/demo.yaml``'s rooms (its dataset config; 8 train,
   2 held out); the ceiling (ignore) is neither fitted nor scored;
 - street: RGB of camera pixels of ``plans/clip2scene-toy.yaml``'s streets (20 train,
-  8 held out), ``--pixels`` drawn per image (seeded) from those that are not sky.
+  4 test streets, the held-out set its study reports), ``--pixels`` drawn per image
+  (seeded) from those that are not sky.
 
 Both for appearance v2 (``class-colour``: each instance its class's colour) and v3
 (``materials``). A sanity figure, the same 5-NN on point geometry alone (height above
@@ -96,7 +97,7 @@ def main() -> None:
             test = indoor_samples(demo, appearance, list(demo.splits["val"]), geometry)
             row += score(train, test, len(SCANNET20.classes))
         train = street_samples(streets, appearance, list(streets.splits["train"]), args.pixels)
-        test = street_samples(streets, appearance, list(streets.splits["val"]), args.pixels)
+        test = street_samples(streets, appearance, list(streets.splits["test"]), args.pixels)
         row += score(train, test, len(NUSCENES16.classes))
         rows.append(row)
     print("5-NN fitted on training scenes, scored on held-out ones, ScanNet's rule (mIoU %, overall accuracy %)")

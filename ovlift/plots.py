@@ -119,17 +119,29 @@ def colormap(values: np.ndarray) -> np.ndarray:
 
 
 def ablation_bars(rows: list[dict], path: Path, title: str) -> Path:
-    """Grouped bars per ablation row: the 2D teacher's and the student's mIoU (%)."""
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows)), 4))
+    """Grouped bars per ablation row: the 2D teacher's and the student's mIoU (%); where every
+    row has ``val`` metrics (an ablation study's), a lighter, hatched bar marked "val" beside each."""
+    with_val = all("val" in r for r in rows)
+    bars = [
+        (key, label + suffix, colour, val)
+        for key, label, colour in (("fused_miou", "2D teacher (lifted)", "C0"), ("student_miou", "3D student", "C1"))
+        for suffix, val in ((("", False), (", val", True)) if with_val else (("", False),))
+    ]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(6, (1.3 + 0.6 * with_val) * len(rows)), 4))
     x = np.arange(len(rows))
-    for offset, key, label in ((-0.2, "fused_miou", "2D teacher (lifted)"), (0.2, "student_miou", "3D student")):
-        values = [100 * r[key] if r[key] is not None else 0 for r in rows]
-        bars = ax.bar(x + offset, values, 0.4, label=label)
-        ax.bar_label(bars, labels=[f"{v:.1f}" if r[key] is not None else "" for v, r in zip(values, rows)], fontsize=7)
+    top = 1.0
+    for i, (key, label, colour, val) in enumerate(bars):
+        values = [(r["val"] if val else r)[key] for r in rows]
+        heights = [0 if v is None else 100 * v for v in values]
+        top = max(top, *heights)
+        style = {"alpha": 0.45, "hatch": "//"} if val else {}
+        drawn = ax.bar(x + (i - (len(bars) - 1) / 2) * width, heights, width, label=label, color=colour, **style)
+        ax.bar_label(drawn, labels=[f"{h:.1f}" if v is not None else "" for h, v in zip(heights, values)], fontsize=6)
     ax.set_xticks(x, [r["name"] for r in rows], rotation=20, ha="right", fontsize=8)
-    top = max((100 * r[k] for r in rows for k in ("fused_miou", "student_miou") if r[k] is not None), default=1)
-    ax.set(ylabel="mIoU (%)", title=title, ylim=(0, 1.25 * top))  # headroom: the legend clears the bars
-    ax.legend(loc="upper left", ncol=2)
+    headroom = 1.35 if with_val else 1.25  # the legend clears the bars
+    ax.set(ylabel="mIoU (%)", title=title, ylim=(0, headroom * top))
+    ax.legend(loc="upper left", ncol=2, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

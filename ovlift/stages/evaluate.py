@@ -172,21 +172,39 @@ def class_mask(names: tuple[str, ...], classes: list[str], field: str) -> np.nda
     return np.array([c in names for c in classes], dtype=bool)
 
 
+def scored_truth(scene: StageGroup, classes: list[str], valid: np.ndarray | None = None) -> np.ndarray:
+    """A scene's (its ``input`` group's) ground truth as indices into ``classes``, matched by
+    class name; -1 on every point not scored: unlabelled, of a class the vocabulary lacks or
+    outside ``valid``, or (LiDAR) of a sweep before the key frame."""
+    names = scene.info.get("class_names")
+    if "labels" not in scene or names is None:
+        raise StageInputError(f"group '{scene.path}': array 'labels': evaluation needs ground-truth labels")
+    to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
+    truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
+    if "sweep" in scene:
+        truth[scene.load("sweep") != 0] = -1
+    if valid is not None:
+        scored = truth >= 0
+        scored[scored] = np.asarray(valid, bool)[truth[scored]]
+        truth[~scored] = -1
+    return truth
+
+
 def confusions(
-    scene_inputs: Mapping[str, Mapping[str, StageGroup]], classes: list[str], valid: np.ndarray
+    scene_inputs: Mapping[str, Mapping[str, StageGroup]],
+    classes: list[str],
+    valid: np.ndarray,
+    keep: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per predictor, the confusion matrix summed over the scenes (ground truth mapped into the
-    vocabulary by class name; LiDAR scenes scored on their key-frame points)."""
+    """Per predictor, the confusion matrix summed over the scenes (ground truth from
+    ``scored_truth``). With ``keep`` (scene -> bool per point), only the kept points count:
+    a study compares predictors on the points they all predict."""
     matrices: dict[str, np.ndarray] = {}
     for scene_id, groups in sorted(scene_inputs.items()):
-        predict, scene = groups["predict"], groups["input"]
-        names = scene.info.get("class_names")
-        if "labels" not in scene or names is None:
-            raise StageInputError(f"scene '{scene_id}': array 'labels': evaluation needs ground-truth labels")
-        to_vocab = np.array([classes.index(n) if n in classes else -1 for n in names] + [-1])
-        truth = to_vocab[scene.load("labels").astype(np.int64)]  # -1 stays -1 (the extra entry)
-        if "sweep" in scene:
-            truth[scene.load("sweep") != 0] = -1
+        predict = groups["predict"]
+        truth = scored_truth(groups["input"], classes)
+        if keep is not None:
+            truth = np.where(keep[scene_id], truth, -1)
         for p in PREDICTORS:
             if f"labels_{p}" in predict:
                 m = confusion_matrix(truth, predict.load(f"labels_{p}"), len(classes), valid=valid)
