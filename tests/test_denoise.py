@@ -109,13 +109,14 @@ def run_plan(plan_path, stages=None):
     return runner, report
 
 
-def test_cus3d_learns_without_3d_labels_and_names_its_oracle(tmp_path, monkeypatch):
-    """The whole CUS3D pipeline, once on labelled scenes and once with their 3D labels and
-    instances removed, predicts the same: no training path read them. The oracle refuses
-    unlabelled scenes, and what is built on it says so."""
-    from dataclasses import replace
+def test_cus3d_runs_label_free_and_names_its_oracle(tmp_path):
+    """The whole CUS3D pipeline on labelled scenes: objects grown without labels, the filter at
+    work. The oracle refuses scenes without instances, and what is built on it says so. (That
+    no training path reads a label: tests/test_label_free.py.)"""
+    from conftest import plan_without_ground_truth
 
-    from ovlift.datasets.toy import ToyDataset
+    from ovlift.pipeline.plan import load_plan
+    from ovlift.pipeline.runner import Runner
 
     labelled, report = run_plan(cus3d_plan(tmp_path / "labelled.yaml"))
     assert not report.failed, [o.error for o in report.failed]
@@ -129,20 +130,9 @@ def test_cus3d_learns_without_3d_labels_and_names_its_oracle(tmp_path, monkeypat
     evaluate = store.read("global/evaluate")
     assert set(evaluate.info["metrics"]) == {"fused_2d", "2d", "3d", "ensemble"} and evaluate.oracles == teacher
 
-    load = ToyDataset.load
-    monkeypatch.setattr(ToyDataset, "load", lambda self, s: replace(load(self, s), labels=None, instances=None))
-    up_to_predict = ["input", "extract2d", "project", "segment", "objects", "denoise", "distill", "predict"]
-    unlabelled, report = run_plan(cus3d_plan(tmp_path / "unlabelled.yaml"), up_to_predict)
-    assert not report.failed, [o.error for o in report.failed]
-    assert "labels" not in unlabelled.store.read("scenes/toy_0000/input")
-    for scene in ("toy_0000", "toy_0002"):
-        a, b = (r.store.read(f"scenes/{scene}/predict") for r in (labelled, unlabelled))
-        for name in ("labels_3d", "labels_2d", "labels_fused_2d"):
-            np.testing.assert_array_equal(a.load(name), b.load(name))
-
-    oracle, report = run_plan(cus3d_plan(tmp_path / "oracle.yaml", "ground-truth"), up_to_predict)
+    unlabelled = Runner(plan_without_ground_truth(load_plan(cus3d_plan(tmp_path / "oracle.yaml", "ground-truth"))))
+    report = unlabelled.run(stages=["objects"])
     assert report.failed and "needs array 'instances'" in report.failed[0].error
-    monkeypatch.setattr(ToyDataset, "load", load)  # labelled again, in a store of its own
     oracle, report = run_plan(cus3d_plan(tmp_path / "oracle-labelled.yaml", "ground-truth"))
     assert not report.failed, [o.error for o in report.failed]
     evaluate = oracle.store.read("global/evaluate")

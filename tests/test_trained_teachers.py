@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO, tiny_pipeline_plan
+from conftest import REPO, TEACHER_ROOMS, TINY_TEACHER, tiny_pipeline_plan, write_teacher_spec
 from typer.testing import CliRunner
 
 from ovlift.datasets.toy import ToyConfig, ToyDataset
@@ -34,21 +34,6 @@ from ovlift.pipeline.plan import load_plan
 from ovlift.pipeline.runner import Runner
 from ovlift.pipeline.train_teachers import load_teacher_spec, train_teachers
 
-ROOMS = {"name": "toy", "num_frames": 4, "image_height": 48, "image_width": 64, "vertex_spacing_m": 0.3}
-TINY = {
-    "folder": "models/tiny",
-    "pool": [{**ROOMS, "seed": 9000, "num_scenes": 3}],
-    "validation": {**ROOMS, "seed": 9500, "num_scenes": 2},
-    "network": {"widths": [8, 16, 32], "input": "rgbd", "input_height": 24, "input_width": 32},
-    # On textured rooms (appearance v3) 60 steps on two rooms stayed below the majority class
-    # held out; 300 steps on three reach ~70 % against a 51 % majority, in a few seconds.
-    "steps": 300,
-    "batch_size": 4,
-    "lr": 0.01,
-    "final_lr": 0.001,
-    "temperature": 0.1,
-}
-
 
 def test_the_committed_teacher_specs_load_with_pools_no_plan_uses():
     specs = sorted((REPO / "plans").glob("teachers-*.yaml"))
@@ -64,28 +49,15 @@ def test_the_committed_teacher_specs_load_with_pools_no_plan_uses():
             }
 
 
-def write_spec(folder, **changes):
-    path = folder / "teachers.yaml"
-    path.write_text(yaml.safe_dump({"teachers": {"tiny": {**TINY, **changes}}}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny teacher trained through the spec command: (spec path, model folder, outcome)."""
-    root = tmp_path_factory.mktemp("teachers")
-    spec = write_spec(root)
-    outcome = train_teachers(spec, echo=lambda _: None)
-    return spec, root / "models" / "tiny", outcome
-
-
 def embed(encoder, names):
     return load_text_encoder(encoder).embed_names(names)
 
 
 def room_frames(seed=9500, index=0, frames=(0, 1, 2)):
     """Frames of a held-out room as the extract2d stage hands them over, labels included."""
-    source = ToyDataset(ToyConfig(seed=seed, num_scenes=index + 1, **{k: v for k, v in ROOMS.items() if k != "name"}))
+    source = ToyDataset(
+        ToyConfig(seed=seed, num_scenes=index + 1, **{k: v for k, v in TEACHER_ROOMS.items() if k != "name"})
+    )
     read = [source.load(f"toy_{index:04d}").read_frame(i) for i in frames]
     return TeacherInput(
         scene_id="toy_0000",
@@ -200,8 +172,8 @@ def test_the_spec_command_caches_and_retrains_on_a_change(trained, tmp_path):
     # a copy of the folder is cached for the same spec; one changed field retrains it, and
     # retraining the same spec gives the same weights (seeded)
     shutil.copytree(folder, tmp_path / "models" / "tiny")
-    assert train_teachers(write_spec(tmp_path), echo=lambda _: None) == {"tiny": "cached"}
-    changed = write_spec(tmp_path, steps=TINY["steps"] - 50)
+    assert train_teachers(write_teacher_spec(tmp_path), echo=lambda _: None) == {"tiny": "cached"}
+    changed = write_teacher_spec(tmp_path, steps=TINY_TEACHER["steps"] - 50)
     assert train_teachers(changed, echo=lambda _: None) == {"tiny": "trained"}
     retrained = (tmp_path / "models" / "tiny" / "model.safetensors").read_bytes()
     assert retrained != weights
