@@ -94,7 +94,7 @@ def main() -> None:
         row = [appearance]
         for geometry in (False, True):
             train = indoor_samples(demo, appearance, list(demo.splits["train"]), geometry)
-            test = indoor_samples(demo, appearance, list(demo.splits["val"]), geometry)
+            test = indoor_samples(demo, appearance, list(demo.splits["test"]), geometry)
             row += score(train, test, len(SCANNET20.classes))
         train = street_samples(streets, appearance, list(streets.splits["train"]), args.pixels)
         test = street_samples(streets, appearance, list(streets.splits["test"]), args.pixels)
