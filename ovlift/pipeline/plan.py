@@ -79,7 +79,7 @@ class StagePlan:
     def fingerprint(self, inputs: Mapping[str, str]) -> str:
         """The group's fingerprint given the fingerprints of what it reads."""
         s = self.stage
-        return fingerprint(s.name, s.implementation_id, s.version, s.config.normalised(), inputs)
+        return fingerprint(s.name, s.implementation_id, s.version, s.config.fingerprinted(), inputs)
 
 
 @dataclass(frozen=True)

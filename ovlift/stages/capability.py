@@ -108,7 +108,7 @@ class CapabilityStage(PluginStage[GeneratorConfig, ImageGenerator]):
         """The generator's models, each teacher's config and models, the imported teachers' outputs."""
         found = model_inputs(self.plugin.model_folders(self.config))
         for name, stage in self.teacher_stages.items():
-            described = [stage.implementation_id, stage.version, stage.config.normalised()]
+            described = [stage.implementation_id, stage.version, stage.config.fingerprinted()]
             found[f"teacher:{name}"] = hashlib.blake2b(canonical_json(described).encode(), digest_size=16).hexdigest()
             models = model_inputs(stage.plugin.model_folders(stage.config))
             found.update({f"teacher:{name}/{key}": digest for key, digest in models.items()})

@@ -17,7 +17,7 @@ from typing import Literal, TypeVar
 import torch
 from pydantic import Field
 
-from ovlift.config import FrozenConfig, LocalPath, Plugin, runtime_field
+from ovlift.config import FrozenConfig, ModelPath, Plugin, runtime_field
 
 
 class GeneratorConfig(FrozenConfig):
@@ -36,7 +36,7 @@ class GeneratorConfig(FrozenConfig):
     iou: Literal["mean", "pooled"] = "mean"
     """Capability of a class: mean of per-image IoU (the paper's Eq. 3/4) or IoU pooled
     over the class's images (SAS's released ``cal_miou.py``)."""
-    cached_outputs: dict[str, LocalPath] = {}
+    cached_outputs: dict[str, ModelPath] = {}
     """``cached`` teachers only: teacher variant -> folder holding its outputs on the exported
     images, in that teacher's own ``pattern`` (scene ``capability-<class, spaces as '-'>``, frame
     ``image-NNNNNN``)."""

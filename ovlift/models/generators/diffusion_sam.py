@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 
-from ovlift.config import LocalPath
+from ovlift.config import ModelPath
 from ovlift.kernels.prompt_points import PointRule, sam_prompt_points
 from ovlift.models.generators.base import GeneratedImages, GeneratorConfig, ImageGenerator
 from ovlift.models.loading import load_pretrained
@@ -58,9 +58,9 @@ SOFA_QUIRK_RESOLUTION = 8
 
 
 class DiffusionSAMConfig(GeneratorConfig):
-    diffusion_path: LocalPath
+    diffusion_path: ModelPath
     """Local Stable Diffusion folder in diffusers layout (SAS: SD v1.5)."""
-    sam_path: LocalPath
+    sam_path: ModelPath
     """SAM: a released checkpoint file (SAS: sam_vit_h_4b8939.pth) or a folder written by save_sam."""
     sam_model_type: SamModelType = "auto"
     """Architecture of a SAM checkpoint file (auto: from its weights); folders describe their own."""

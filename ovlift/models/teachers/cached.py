@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ovlift.config import LocalPath
+from ovlift.config import ModelPath
 from ovlift.content_hash import file_digests
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import DenseFeatures
@@ -29,7 +29,7 @@ from ovlift.models.text import TextEncoderConfig, encoder_folder
 
 
 class CachedConfig(TeacherConfig):
-    path: LocalPath
+    path: ModelPath
     """Folder holding the per-frame feature files."""
     pattern: str = "{scene}/{frame}.npy"
     """File of a frame under ``path``; fields {scene}, {frame}, {index}."""
@@ -101,7 +101,7 @@ class CachedTeacher(Teacher[CachedConfig]):
         digests = dict(zip(present, file_digests(present)))
         parts = [f"{p.relative_to(config.path)}:{digests.get(p, 'missing')}" for p in paths]
         features = hashlib.blake2b(";".join(parts).encode(), digest_size=16).hexdigest()
-        return {**super().external_inputs(config, scene_id, frame_names), f"files:{config.path}": features}
+        return {**super().external_inputs(config, scene_id, frame_names), "files:path": features}
 
     def __call__(self, batch: TeacherInput) -> DenseFeatures:
         maps = []

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator
 
-from ovlift.config import LocalPath
+from ovlift.config import ModelPath
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.loading import load_pretrained
 from ovlift.models.pos_tagger import load_tagger
@@ -60,11 +60,11 @@ SAS_TEMPLATE = "a {adjectives} {label} in a scene"
 
 
 class CaptionAlignedConfig(TeacherConfig):
-    segmenter_path: LocalPath
+    segmenter_path: ModelPath
     """Local MaskFormer or Mask2Former folder; its id2label names the masks."""
-    captioner_path: LocalPath
+    captioner_path: ModelPath
     """Local BLIP captioning folder (model + processor)."""
-    tagger_path: LocalPath
+    tagger_path: ModelPath
     """Local nltk part-of-speech tagger: the ``averaged_perceptron_tagger_eng`` data package's
     folder (its three JSON files), the folder holding it, or an nltk_data folder."""
     caption_mode: CaptionMode = "adjectives"

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ovlift.config import LocalPath
+from ovlift.config import ModelPath
 from ovlift.kernels.classify import classify
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.clip import load_clip
@@ -26,9 +26,9 @@ from ovlift.vocabularies import get_vocabulary
 
 
 class MaskCropsConfig(MaskVoteConfig):
-    segmenter_path: LocalPath
+    segmenter_path: ModelPath
     """Local MaskFormer or Mask2Former folder (save_pretrained layout)."""
-    clip_path: LocalPath
+    clip_path: ModelPath
     """Local CLIP folder that describes each mask crop."""
     vocabulary: str = "scannet20"
     """Label set the masks are classified against for the vote."""

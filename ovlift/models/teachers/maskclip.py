@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from ovlift.config import LocalPath
+from ovlift.config import ModelPath
 from ovlift.kernels.fusion import DenseFeatures
 from ovlift.models.clip import load_clip
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput
@@ -50,7 +50,7 @@ REMOVED_LOGIT = -100.0
 
 
 class MaskCLIPConfig(TeacherConfig):
-    clip_path: LocalPath
+    clip_path: ModelPath
     """Local CLIP model folder (CLIPModel + tokenizer, save_pretrained layout)."""
     input_short_side: int | None = Field(None, ge=8)
     """Short side the frames are resized to (None: the model's image_size)."""

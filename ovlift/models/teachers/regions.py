@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ovlift.config import LocalPath
+from ovlift.config import ModelPath
 from ovlift.kernels.classify import classify
 from ovlift.kernels.fusion import MaskFeatures
 from ovlift.models.teachers.base import FrameMasks, MaskVoteConfig, Teacher, TeacherInput, voted_mask_features
@@ -37,7 +37,7 @@ from ovlift.models.teachers.trained import TrainedModel, resize_frames
 
 
 class RegionsConfig(MaskVoteConfig):
-    model_path: LocalPath
+    model_path: ModelPath
     """The ``trained`` teacher's model folder whose embeddings describe the regions."""
     scales: tuple[float, ...] = Field((100.0, 400.0, 1600.0), min_length=1)
     """Felzenszwalb's ``scale`` of each segmentation (larger: fewer, larger regions)."""

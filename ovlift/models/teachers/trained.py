@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError
 from torch import nn
 
-from ovlift.config import FrozenConfig, LocalPath
+from ovlift.config import FrozenConfig, ModelPath
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import DenseFeatures
 from ovlift.models.loading import ModelLoadError, require_model_dir
@@ -205,7 +205,7 @@ def load_dense_model(folder: str | Path, what: str, device: torch.device) -> tup
 
 
 class TrainedConfig(TeacherConfig):
-    model_path: LocalPath
+    model_path: ModelPath
     """The model folder ``ovlift train-teachers`` wrote (config.json, model.safetensors, training.json)."""
 
 
