@@ -4,6 +4,7 @@ labels, and both through extract2d and project in a tiny plan."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,7 +33,13 @@ from ovlift.models.text import load_text_encoder
 from ovlift.pipeline.cli import app
 from ovlift.pipeline.plan import load_plan
 from ovlift.pipeline.runner import Runner
-from ovlift.pipeline.train_teachers import load_teacher_spec, train_teachers
+from ovlift.pipeline.train_teachers import (
+    cached_fingerprint,
+    entry_datasets,
+    load_teacher_spec,
+    train_teachers,
+    training_fingerprint,
+)
 
 
 def test_the_committed_teacher_specs_load_with_pools_no_plan_uses():
@@ -47,6 +54,25 @@ def test_the_committed_teacher_specs_load_with_pools_no_plan_uses():
             assert entry.validation["seed"] not in {
                 d["seed"] for d in entry.pool if d["name"] == entry.validation["name"]
             }
+
+
+def test_the_committed_teachers_are_what_their_spec_trains_in_the_band_and_complementary():
+    """A clone retrains nothing: each committed folder records its spec entry's training
+    fingerprint (a change to an entry, the room generator or the training code without
+    retraining fails here); each held-out mIoU lies in 30-80 %; SAS's pair beats each other
+    by 10+ IoU points on 3 classes or more each way."""
+    spec = load_teacher_spec(REPO / "plans" / "teachers-toy.yaml")
+    held_out = {}
+    for name, entry in spec.teachers.items():
+        assert Path(entry.folder).is_relative_to(REPO / "models"), (name, "commit it under models/")
+        pool, validation = entry_datasets(entry, name)
+        assert cached_fingerprint(Path(entry.folder)) == training_fingerprint(entry, pool, validation), name
+        held_out[name] = json.loads((Path(entry.folder) / "training.json").read_text())["held_out"]
+        assert 0.30 <= held_out[name]["miou"] <= 0.80, (name, held_out[name]["miou"])
+    lseg, seem = held_out["sas-lseg"]["iou"], held_out["sas-seem"]["iou"]
+    both = [c for c in lseg if lseg[c] is not None and seem[c] is not None]
+    assert len([c for c in both if lseg[c] - seem[c] >= 0.10]) >= 3
+    assert len([c for c in both if seem[c] - lseg[c] >= 0.10]) >= 3
 
 
 def embed(encoder, names):
