@@ -47,12 +47,14 @@ demo: setup
 	$(VENV)/bin/ovlift demo --workdir work/demo
 
 # The docs site is built in strict mode into a scratch folder: a broken link fails the tests.
+# pytest runs two workers (CI has 2 cores; tests/conftest.py gives each worker one torch
+# thread), whole files per worker so module fixtures are built once: 11 minutes against 18.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir "$$site"; rc=$$?; rm -rf "$$site"; exit $$rc
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The GPU paths and benchmarks on a lent GPU, one table; without CUDA it says so, exit 0.
 gpu-check: setup

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
-import hashlib
 import os
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # make test's two workers on two cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
