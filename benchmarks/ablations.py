@@ -30,11 +30,17 @@ the students: pixel-point distillation, + superpoints, + TESD. Also
 capability measured on single rendered objects and each teacher's true per-class IoU
 on the test scenes' frames against their pixel labels (on the val scenes' in ``val``).
 
-clip2scene (paper Tab. 1, annotation-free nuScenes val): the baseline (1 sweep,
-semantic consistency only), + spatial-temporal consistency, + switchable
-self-training (the full method), each term removed, self-training alone, 1 / 3 / 5
-sweeps and 3 sweeps merged into one input, and pretraining on another label set's
-prompts (Cityscapes), always evaluated with nuScenes-16's, on toy streets.
+clip2scene (paper Tab. 1, annotation-free nuScenes val): the baseline (semantic
+consistency only), + spatial-temporal consistency, + switchable self-training (the
+full method), each term removed, self-training alone, all at 3 sweeps; then the full
+method at 1 and 5 sweeps and with 3 sweeps merged into one input, and pretraining on
+another label set's prompts (Cityscapes), always evaluated with nuScenes-16's, on
+toy streets.
+
+Students: each row's student is the plan's (CUS3D: xyz + RGB; SAS, CLIP2Scene: xyz);
+rows marked ``other_student`` train it again with the other input (a row of its own,
+named so). Training and validation loss curves of every student row go to
+``OUT/curves/<row>/``.
 """
 
 from __future__ import annotations
@@ -72,6 +78,23 @@ class Row:
     """The paper's ScanNet val mIoU (teacher, student) for this row, if it reports one."""
     student: bool = True
     """Whether the row reports a student (2D-only rows train it for one epoch and leave it out)."""
+    other_student: bool = False
+    """Whether the row also trains the student with the other input (``STUDENT_INPUTS``)."""
+
+
+STUDENT_INPUTS = {False: "xyz", True: "xyz+RGB"}
+"""``distill.student.use_color`` -> the student's input as the tables name it: geometry only (SAS's
+and CLIP2Scene's setting) or with colour (CUS3D's). CLIP2Scene's loop feeds LiDAR points, which
+carry no colour: its study has geometry-only students."""
+
+
+def with_other_student(row: Row, plan: dict) -> list[Row]:
+    """The row as the plan trains it and, with ``other_student``, again with the other input."""
+    if not row.other_student:
+        return [row]
+    other = not plan["stages"]["distill"].get("student", {}).get("use_color", False)
+    name = f"{row.name}, {STUDENT_INPUTS[other]} student"
+    return [row, Row(name, row.detail, {**row.changes, "distill.student.use_color": other}, (None, None))]
 
 
 WITHOUT_3D = {"distill.source": "project", "segment": None, "objects": None, "denoise": None}
@@ -84,17 +107,18 @@ PAPER_BENCHMARK = {"cus3d": "ScanNet val", "sas": "ScanNet val", "clip2scene": "
 """Where each paper's numbers come from (the toy rows show the direction only)."""
 
 NO_SWITCH = {"distill.self_training_p": 0.0}  # never a coin's head (None would drop the field: the plan's 10)
-C2S_BASELINE = {"distill.sweeps": 1, "distill.ssr_weight": 0.0, **NO_SWITCH}
+C2S_BASELINE = {"distill.ssr_weight": 0.0, **NO_SWITCH}
+"""Semantic consistency only, at the plan's 3 sweeps as every main row (the sweeps are rows of their own)."""
 
 METHODS: dict[str, tuple[str, str, list[Row]]] = {
     "cus3d": (
         "cus3d-toy.yaml",
         "objects",
         [
-            Row("none", "-", {**ALL_MASKS, **WITHOUT_3D}, (28.2, 31.3)),
+            Row("none", "-", {**ALL_MASKS, **WITHOUT_3D}, (28.2, 31.3), other_student=True),
             Row("2D filter", "-", WITHOUT_3D, (31.8, 38.6)),
             Row("3D filter", "label-free", ALL_MASKS, (47.3, 51.4)),
-            Row("both", "label-free", {}, (52.7, 57.4)),
+            Row("both", "label-free", {}, (52.7, 57.4), other_student=True),
             Row("both, ORACLE objects", "ground truth (oracle)", {"objects.source": "ground-truth"}),
             Row("both, feature loss only", "label-free", {"distill.label_weight": 0.0}, (None, 53.3)),
             Row("both, label loss only", "label-free", {"distill.cosine_weight": 0.0}, (None, 8.0)),
@@ -104,8 +128,7 @@ METHODS: dict[str, tuple[str, str, list[Row]]] = {
         "clip2scene-toy.yaml",
         "sweeps",
         [
-            Row("baseline (semantic only)", "1", C2S_BASELINE, (None, 15.1)),
-            Row("3 sweeps, semantic only", "3", {"distill.ssr_weight": 0.0, **NO_SWITCH}),
+            Row("baseline (semantic only)", "3", C2S_BASELINE, (None, 15.1)),
             Row("+ spatial-temporal", "3", NO_SWITCH, (None, 18.8)),
             Row("+ switchable self-training (full)", "3", {}, (None, 20.8)),
             Row("w/o spatial-temporal", "3", {"distill.ssr_weight": 0.0}, (None, 19.8)),
@@ -132,7 +155,7 @@ METHODS: dict[str, tuple[str, str, list[Row]]] = {
                 (None, 56.7),
             ),
             Row("+ superpoints", "capability-weighted", {"distill.tesd_start": None}, (None, 59.2)),
-            Row("+ TESD", "capability-weighted", {}, (None, 61.9)),
+            Row("+ TESD", "capability-weighted", {}, (None, 61.9), other_student=True),
         ],
     ),
 }
@@ -180,7 +203,7 @@ def run_rows(method: str, out: Path, epochs: int | None, overrides: Sequence[str
     source = str(PLANS / plan_file)
     base = apply_overrides(yaml.safe_load((PLANS / plan_file).read_text()), overrides, source)
     runs = []
-    for row in rows:
+    for row in (r for given in rows for r in with_other_student(given, base)):
         start = time.perf_counter()
         runner = Runner(plan_from_dict(row_plan(base, row, (out / "store.zarr").resolve(), epochs), PLANS, source))
         report = runner.run()
@@ -188,21 +211,40 @@ def run_rows(method: str, out: Path, epochs: int | None, overrides: Sequence[str
             raise SystemExit(f"{method} row '{row.name}': " + "; ".join(str(o.error) for o in report.failed))
         written = Written(runner)
         evaluate = written.group("evaluate", None)
+        distill = written.group("distill", None)
         result = {
             "name": row.name,
             "detail": row.detail,
+            "student_input": STUDENT_INPUTS[bool(distill.info["student"]["use_color"])] if row.student else None,
+            "validation": distill.info.get("validation") if row.student else None,
             "reads_ground_truth": list(evaluate.oracles),
             "paper_fused_miou": row.paper[0],
             "paper_student_miou": row.paper[1],
             "seconds": round(time.perf_counter() - start, 1),
         }
         runs.append(RowRun(row, result, {split: written.split_groups(split) for split in SPLITS}))
+        if row.student:
+            keep_curves(distill, out / "curves" / slug(row.name))
         fused = 100 * evaluate.info["metrics"]["2d"]["miou"]
         print(
             f"{method} | {row.name:<26} | {row.detail:<22} | test 2D {fused:5.1f} | {result['seconds']:.0f} s",
             flush=True,
         )
     return runs, runner
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
+def keep_curves(distill: StageGroup, folder: Path) -> None:
+    """The row's training log and curves (training and validation loss) into the study's folder."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = Path(distill.info["checkpoints"])
+    for name in ("training_log.csv", "training_curves.png"):
+        shutil.copy(files / name, folder / name)
 
 
 class Written:
@@ -361,6 +403,11 @@ def markdown(method: str, rows: list[dict], plan_file: str) -> str:
     def paper(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f}"
 
+    def epochs(validation: dict | None) -> str:
+        if not validation:
+            return "-"
+        return f"{validation['epochs_run']} ({validation['best_epoch'] + 1})"
+
     column = METHODS[method][1]
     lines = [
         f"{method} ablation on toy scenes (plan `plans/{plan_file}`, mIoU % under ScanNet's rule on the `test` "
@@ -368,15 +415,15 @@ def markdown(method: str, rows: list[dict], plan_file: str) -> str:
         'every row predicts; "coverage": % of the test points with a prediction); '
         f"paper: {PAPER_BENCHMARK[method]}, for the direction only",
         "",
-        f"| row | {column} | 2D teacher | 2D val | 2D matched | 2D coverage | student | student val "
-        "| student matched | paper teacher | paper student |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| row | {column} | 2D teacher | 2D val | 2D matched | 2D coverage | student input | student "
+        "| student val | student matched | epochs (best) | paper teacher | paper student |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {r['name']} | {r['detail']} | {pct(r['fused_miou'])} | {pct(r['val']['fused_miou'])} "
-        f"| {pct(r['matched_miou']['fused'])} | {pct(r['coverage']['fused'])} | {pct(r['student_miou'])} "
-        f"| {pct(r['val']['student_miou'])} | {pct(r['matched_miou']['student'])} "
-        f"| {paper(r['paper_fused_miou'])} | {paper(r['paper_student_miou'])} |"
+        f"| {pct(r['matched_miou']['fused'])} | {pct(r['coverage']['fused'])} | {r['student_input'] or '-'} "
+        f"| {pct(r['student_miou'])} | {pct(r['val']['student_miou'])} | {pct(r['matched_miou']['student'])} "
+        f"| {epochs(r['validation'])} | {paper(r['paper_fused_miou'])} | {paper(r['paper_student_miou'])} |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"

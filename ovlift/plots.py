@@ -26,10 +26,13 @@ def training_curves(rows: list[dict], path: Path) -> Path:
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
     steps = [r["step"] for r in rows]
     ax_loss.plot(steps, [r["loss"] for r in rows], label="total")
-    for key in (k for k in rows[0] if k.endswith("_loss")) if rows else ():
+    for key in (k for k in rows[0] if k.endswith("_loss") and k != "val_loss") if rows else ():
         if any(r.get(key) for r in rows):
             name = LOSS_NAMES.get(key, key.removesuffix("_loss").replace("_", " "))
             ax_loss.plot(steps, [r.get(key) or 0.0 for r in rows], label=name, alpha=0.7)
+    validated = [r for r in rows if r.get("val_loss") is not None]
+    if validated:  # once an epoch, on its last step
+        ax_loss.plot([r["step"] for r in validated], [r["val_loss"] for r in validated], "k.-", label="validation")
     ax_loss.set(xlabel="step", ylabel="loss", title="distillation loss")
     ax_loss.legend()
     ax_lr.plot(steps, [r["lr"] for r in rows])

@@ -73,8 +73,9 @@ TINY_STUDENT = {
 }
 
 
-def tiny_pipeline_plan(path: Path, epochs: int = 6, num_scenes: int = 3) -> Path:
-    """A whole plan (teacher to evaluation) on tiny toy scenes; the last scene is held out."""
+def tiny_pipeline_plan(path: Path, epochs: int = 6, num_scenes: int = 3, **distill) -> Path:
+    """A whole plan (teacher to evaluation) on tiny toy scenes; the last scene is held out
+    (``distill``: more fields of the distill stage)."""
     import yaml
 
     data = toy_plan_dict(
@@ -93,7 +94,14 @@ def tiny_pipeline_plan(path: Path, epochs: int = 6, num_scenes: int = 3) -> Path
                 "t": {"implementation": "synthetic", "feature_height": 48, "feature_width": 64, "noise_std": 0.2}
             },
             "project": {"cut_bound": 1},
-            "distill": {"student": TINY_STUDENT, "epochs": epochs, "batch_size": 1, "lr": 0.003, "label_weight": 0.5},
+            "distill": {
+                "student": TINY_STUDENT,
+                "epochs": epochs,
+                "batch_size": 1,
+                "lr": 0.003,
+                "label_weight": 0.5,
+                **distill,
+            },
             "predict": {},
             "evaluate": {"unseen_classes": ["table", "chair"]},
         }

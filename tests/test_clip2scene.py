@@ -1,12 +1,14 @@
 """CLIP2Scene's terms against obvious loops, and its training on toy streets."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ovlift.models.clip2scene import choose_sweeps, pack_grids, semantic_eq1, ssr_loss
+from ovlift.models.student import sparse_input
 
 
 def test_grids_keep_the_first_points_of_each_cell_up_to_the_limit():
@@ -128,6 +130,37 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_ends(tmp_path):
     assert rows_b == rows
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_validation_is_the_semantic_loss_on_held_out_streets_and_survives_a_resume(tmp_path):
+    """The loss after each epoch on a held-out scene (all 4 sweeps, ssr off) equals the mean CE of
+    each paired point's own forward pass per sweep; a run killed after epoch 0 records the same."""
+    import shutil
+
+    from ovlift.models.clip2scene import train_clip2scene
+    from ovlift.models.validation import Validation
+
+    scenes, held_out, run = random_scenes(), random_scenes(1, seed=1), replace(tiny_run(ssr_weight=0.0), sweeps=4)
+    record = Validation("val", ["s0"], patience=None)
+    model, _ = train_clip2scene(scenes, run, torch.device("cpu"), tmp_path / "a", (held_out, record))
+    scene = held_out[0]
+    model.eval()
+    logits, labels = [], []
+    with torch.no_grad():
+        for s in scene.sweep_ids():
+            rows = torch.nonzero(scene.sweep == s, as_tuple=True)[0]
+            x, (point_map,) = sparse_input([(scene.points[rows], None)], run.student, torch.device("cpu"))
+            logits.append((model(x) @ run.text.prompts.T)[point_map])
+            labels.append(scene.pixel_labels[rows])
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    expected = F.cross_entropy(logits[labels >= 0], labels[labels >= 0]).item()
+    assert record.losses[-1] == pytest.approx(expected, rel=1e-4) and len(record.losses) == run.epochs
+
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "epoch_0000.pt", tmp_path / "b")
+    again = Validation("val", ["s0"], patience=None)
+    train_clip2scene(scenes, run, torch.device("cpu"), tmp_path / "b", (held_out, again))
+    assert again.losses == record.losses
 
 
 def test_self_training_targets_ignore_the_pixel_labels_and_the_switch_is_a_coin_per_step(tmp_path):

@@ -81,10 +81,11 @@ def distill_group(plan_path: Path):
 
 @pytest.mark.slow
 def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path, caplog):
-    reference = tiny_pipeline_plan(tmp_path / "reference.yaml")
+    """With validation on: its record (curve, best epoch and weights) rides in the checkpoints."""
+    reference = tiny_pipeline_plan(tmp_path / "reference.yaml", val_split="val")
     assert Runner(load_plan(reference)).run(fail_fast=True).counts()["ran"] == 3 * 3 + 1 + 3 + 1
 
-    killed = tiny_pipeline_plan(tmp_path / "killed.yaml")
+    killed = tiny_pipeline_plan(tmp_path / "killed.yaml", val_split="val")
     Runner(load_plan(killed)).run(stages=["input", "extract2d", "project"], fail_fast=True)
     env = dict(os.environ, OVLIFT_PROGRESS="0")
     proc = subprocess.Popen(
@@ -110,6 +111,8 @@ def test_killed_distillation_resumes_and_ends_like_an_uninterrupted_run(tmp_path
     assert len(resumed) == 1 and f"(epoch {done_before} of 6)" in resumed[0]  # only the remaining epochs ran
     a, b = distill_group(reference), distill_group(killed)
     np.testing.assert_array_equal(a.load("epoch_loss"), b.load("epoch_loss"))
+    np.testing.assert_array_equal(a.load("epoch_val_loss"), b.load("epoch_val_loss"))
+    assert np.isfinite(a.load("epoch_val_loss")).all() and a.info["validation"] == b.info["validation"]
     assert a.load("weights").tobytes() == b.load("weights").tobytes()  # bit-identical weights
     ref_metrics = Runner(load_plan(reference)).store.read("global/evaluate").info["metrics"]
     assert Runner(load_plan(killed)).store.read("global/evaluate").info["metrics"] == ref_metrics

@@ -55,11 +55,12 @@ from ovlift.models.training import (
     save_atomically,
     voxel_cross_entropy,
 )
+from ovlift.models.validation import Validation
 from ovlift.progress import progress
 
 log = logging.getLogger("ovlift")
 
-LOG_FIELDS = ("epoch", "step", "loss", "semantic_loss", "ssr_loss", "unpaired_loss", "self_training", "lr")
+LOG_FIELDS = ("epoch", "step", "loss", "semantic_loss", "ssr_loss", "unpaired_loss", "self_training", "lr", "val_loss")
 """Columns of CLIP2Scene's training log."""
 
 
@@ -306,9 +307,15 @@ def kept_pixel_features(
 
 
 def train_clip2scene(
-    scenes: list[SweepScene], run: Clip2SceneRun, device: torch.device, checkpoints: Path
+    scenes: list[SweepScene],
+    run: Clip2SceneRun,
+    device: torch.device,
+    checkpoints: Path,
+    validation: tuple[list[SweepScene], Validation] | None = None,
 ) -> tuple[MinkUNet, list[dict]]:
-    """Train (or resume from the last epoch checkpoint) and return the student and the log rows.
+    """Train (or resume from the last epoch checkpoint) and return the student and the log rows;
+    with ``validation`` (held-out scenes and their record) the loss on them after every epoch,
+    early stopping and the best epoch's weights (``models.validation``).
 
     One process (no DDP). Deterministic from ``run.seed``: initialisation, and per epoch the
     scene order, sweep draws, augmentations and switch coin flips from ``epoch_generator``.
@@ -317,10 +324,15 @@ def train_clip2scene(
         torch.manual_seed(run.seed)
         model = MinkUNet(run.student, run.channels, device).to(device)
         local_head = nn.Linear(model.trunk_channels, run.channels).to(device)
+        modules = {"model": model, "local_head": local_head}
         optimizer = run.schedule.optimizer_for(list(model.parameters()) + list(local_head.parameters()))
-        rows, start, _ = resume(checkpoints, device, optimizer, run.epochs, model=model, local_head=local_head)
+        rows, start, state = resume(checkpoints, device, optimizer, run.epochs, **modules)
         run_on_device = replace(run, text=run.text.to(device))
+        if validation is not None:
+            validation[1].resume(state.get("validation"))
         for epoch in progress(range(start, run.epochs), "distill (clip2scene)", unit="epoch"):
+            if validation is not None and validation[1].done():
+                break
             generator = epoch_generator(run.seed, epoch)
             order = torch.randperm(len(scenes), generator=generator).tolist()
             model.train()
@@ -332,10 +344,39 @@ def train_clip2scene(
                         run_on_device, scenes, batch, (model, local_head), optimizer, epoch, step, generator, device
                     )
                 )
+            if validation is not None:
+                validation[1].record(validation_loss(run_on_device, validation[0], modules, device), modules)
+                rows[-1]["val_loss"] = validation[1].losses[-1]
             state = {"model": model.state_dict(), "local_head": local_head.state_dict()}
             state |= {"optimizer": optimizer.state_dict(), "epoch": epoch, "rows": rows}
+            state |= {"validation": validation[1].state() if validation is not None else None}
             save_atomically(state, checkpoints / f"epoch_{epoch:04d}.pt")
+        if validation is not None:
+            validation[1].publish(modules)
         return model, rows
+
+
+@torch.no_grad()
+def validation_loss(
+    run: Clip2SceneRun, scenes: list[SweepScene], modules: dict[str, nn.Module], device: torch.device
+) -> float:
+    """The semantic and spatial-temporal terms (no self-training: its targets are the model's own)
+    on each validation scene, unaugmented, with the same K sweeps every epoch; their mean."""
+    model, local_head = modules["model"], modules["local_head"]
+    model.eval()
+    local_head.eval()
+    still = replace(run, augment=Augment(rotate_z=False, flip=False, scale=(1.0, 1.0)))
+    losses = []
+    for i in range(len(scenes)):
+        generator = torch.Generator().manual_seed(i)
+        built = build_step(still, scenes, [i], generator)
+        x, maps = sparse_input(built.samples, run.student, device)
+        heads = (model.head, local_head)
+        total = terms_of_step(still, scenes, built, model.trunk(x), maps, heads, False, generator, device)[0]
+        losses.append(total.item())
+    model.train()
+    local_head.train()
+    return sum(losses) / max(len(losses), 1)
 
 
 def train_step(

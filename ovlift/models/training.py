@@ -39,6 +39,7 @@ from torch import nn
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEmbedder, TextEncoderConfig
+from ovlift.models.validation import Validation
 from ovlift.progress import progress
 from ovlift.vocabularies import Vocabulary
 
@@ -444,14 +445,23 @@ class TrainRun:
 
 
 def train(
-    scenes: list[SceneData], run: TrainRun, device: torch.device, checkpoints: Path
+    scenes: list[SceneData],
+    run: TrainRun,
+    device: torch.device,
+    checkpoints: Path,
+    validation: tuple[list[SceneData], Validation] | None = None,
 ) -> tuple[MinkUNet, list[dict]]:
     """Train (or resume from the last epoch checkpoint in ``checkpoints``) and return the model
-    and the per-step log rows."""
+    and the per-step log rows; with ``validation`` (held-out scenes and their record) the loss
+    on them after every epoch, early stopping and the best epoch's weights (``models.validation``)."""
     with deterministic_algorithms():
-        trainer = Trainer(scenes, run, device, checkpoints)
+        trainer = Trainer(scenes, run, device, checkpoints, validation)
         for epoch in progress(range(trainer.start, run.epochs), "distill", unit="epoch"):
+            if trainer.validation is not None and trainer.validation.done():
+                break
             trainer.epoch(epoch)
+        if trainer.validation is not None:
+            trainer.validation.publish({"model": trainer.model})
         return trainer.model, trainer.rows
 
 
@@ -459,8 +469,16 @@ class Trainer:
     """One distillation run: the model (DDP-wrapped under torchrun), its optimiser, the log rows
     and TESD's bank, resumed from the last checkpoint if there is one."""
 
-    def __init__(self, scenes: list[SceneData], run: TrainRun, device: torch.device, checkpoints: Path) -> None:
+    def __init__(
+        self,
+        scenes: list[SceneData],
+        run: TrainRun,
+        device: torch.device,
+        checkpoints: Path,
+        validation: tuple[list[SceneData], Validation] | None = None,
+    ) -> None:
         self.scenes, self.run, self.device, self.checkpoints = scenes, run, device, checkpoints
+        self.val_scenes, self.validation = validation if validation is not None else ([], None)
         self.rank, self.size = world()
         if run.batch_size < self.size:
             raise ValueError(f"batch_size {run.batch_size} is smaller than the {self.size} distributed processes")
@@ -471,13 +489,15 @@ class Trainer:
         self.bank: list[torch.Tensor] | None = None
         if state.get("tesd_bank") is not None:
             self.bank = [b.cpu() for b in state["tesd_bank"]]
+        if self.validation is not None:
+            self.validation.resume(state.get("validation"))
         self.ddp: nn.Module = nn.parallel.DistributedDataParallel(self.model) if self.size > 1 else self.model
         self.steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
         self.text = run.text.to(device) if run.text is not None else None
         self.tesd_text = run.tesd.text.to(device) if run.tesd is not None else None
         self.teacher_superpoints = [
             superpoint_targets(s) if run.losses.superpoint_weight > 0 and s.superpoints is not None else None
-            for s in scenes
+            for s in [*scenes, *self.val_scenes]
         ]
 
     def epoch(self, epoch: int) -> None:
@@ -495,9 +515,13 @@ class Trainer:
         self.ddp.train()
         for step in range(self.steps_per_epoch):
             self.step(epoch, step, order[step * run.batch_size : (step + 1) * run.batch_size], augmented, tesd_on)
+        if self.validation is not None:
+            self.validation.record(self.validation_loss(), {"model": self.model})
+            self.rows[-1]["val_loss"] = self.validation.losses[-1]
         if self.rank == 0:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
             state |= {"epoch": epoch, "rows": self.rows, "tesd_bank": self.bank}
+            state |= {"validation": self.validation.state() if self.validation is not None else None}
             save_atomically(state, self.checkpoints / f"epoch_{epoch:04d}.pt")
         if self.size > 1:
             dist.barrier()
@@ -535,15 +559,23 @@ class Trainer:
         self, batch: list[int], maps: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The step's points with teacher features: their voxel, feature and (label loss) class."""
-        point_voxel, target, labels = [], [], []
-        for i, point_map in zip(batch, maps):
-            scene = self.scenes[i]
-            seen = scene.seen.to(self.device)
-            point_voxel.append(point_map[seen])
-            target.append(scene.targets.to(self.device)[seen])
-            if scene.labels is not None:
-                labels.append(scene.labels.to(self.device)[seen])
-        return torch.cat(point_voxel), torch.cat(target), torch.cat(labels) if labels else None
+        return scene_targets([self.scenes[i] for i in batch], maps, self.device)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The objective's teacher terms (TESD's self-produced ones left out) on each whole,
+        unaugmented validation scene, model in eval mode; their mean over the scenes."""
+        self.model.eval()
+        losses = []
+        for scene, sp in zip(self.val_scenes, self.teacher_superpoints[len(self.scenes) :]):
+            x, maps = sparse_input([(scene.points, scene.colors)], self.run.student, self.device)
+            point_voxel, target, labels = scene_targets([scene], maps, self.device)
+            terms = self.run.losses(
+                self.model(x), point_voxel, target, labels, self.text, superpoint_batch([sp], self.device)
+            )
+            losses.append(terms.total.item())
+        self.model.train()
+        return sum(losses) / max(len(losses), 1)
 
     def update_bank(
         self, voxels: torch.Tensor, batch: list[int], weights: list[float], maps: list[torch.Tensor], step: list[int]
@@ -568,6 +600,20 @@ class Trainer:
             logged = summed[:-1] / summed[-1]
         names = ("loss", "cosine_loss", "label_loss", "superpoint_loss", "tesd_loss")
         return {name: value.item() for name, value in zip(names, logged)}
+
+
+def scene_targets(
+    scenes: list[SceneData], maps: list[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The points with teacher features of a batch of scenes: their voxel, feature and (label loss) class."""
+    point_voxel, target, labels = [], [], []
+    for scene, point_map in zip(scenes, maps):
+        seen = scene.seen.to(device)
+        point_voxel.append(point_map[seen])
+        target.append(scene.targets.to(device)[seen])
+        if scene.labels is not None:
+            labels.append(scene.labels.to(device)[seen])
+    return torch.cat(point_voxel), torch.cat(target), torch.cat(labels) if labels else None
 
 
 def superpoint_targets(scene: SceneData) -> SuperpointBatch:
@@ -644,8 +690,9 @@ def update_bank(
         bank[i] = (tesd.alpha * bank[i].float() + (1 - tesd.alpha) * current).to(tesd.bank_dtype)
 
 
-LOG_FIELDS = ("epoch", "step", "loss", "cosine_loss", "label_loss", "lr", "superpoint_loss", "tesd_loss")
-"""Columns of the training log (rows of a run started before a column existed leave it empty)."""
+LOG_FIELDS = ("epoch", "step", "loss", "cosine_loss", "label_loss", "lr", "superpoint_loss", "tesd_loss", "val_loss")
+"""Columns of the training log (rows of a run started before a column existed leave it empty;
+``val_loss``: on each epoch's last step, with validation)."""
 
 
 def write_log(rows: list[dict], folder: Path, fields: tuple[str, ...] = LOG_FIELDS) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.models.student_config import StudentConfig
@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 class TrainingConfig(FrozenConfig):
     split: str = "train"
     """Plan split of the training scenes (``all``: every scene)."""
+    val_split: str | None = None
+    """Plan split whose scenes' loss is measured after every epoch (label-free: against the teacher's
+    features there); None: no validation. Its scenes must not be training scenes."""
+    patience: int | None = Field(None, ge=1)
+    """With ``val_split``: stop after this many epochs without a lower validation loss and publish the
+    best epoch's weights (``epochs`` is then the most); None: every epoch, the last published."""
     teacher: str | None = None
     """Teacher whose lifted features are distilled (None: the only one; ``fuse``'s set is named
     ``fused:<a>+<b>``)."""
@@ -55,6 +61,14 @@ class TrainingConfig(FrozenConfig):
     """Seeds initialisation, scene order and augmentation (and each objective's own draws)."""
     device: str | None = runtime_field(None)
     """Torch device; None: the plan's."""
+
+    @model_validator(mode="after")
+    def _check_validation(self) -> TrainingConfig:
+        if self.patience is not None and self.val_split is None:
+            raise ValueError("patience needs val_split: the split whose loss decides when to stop")
+        if self.val_split is not None and self.val_split in (self.split, "all"):
+            raise ValueError(f"val_split '{self.val_split}' would validate on the training scenes")
+        return self
 
     def optimisation(self) -> Schedule:
         """The optimiser and learning-rate schedule these fields describe."""

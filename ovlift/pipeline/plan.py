@@ -95,11 +95,16 @@ class Plan:
     """Named lists of scene ids (e.g. train, val)."""
 
     def scenes_for(self, key: str) -> list[str]:
-        """The scenes a stage covers: its split's, or every scene."""
-        split = self.stages[key].stage.split
-        if split is None or split == "all":
-            return self.dataset.scene_ids()
-        return list(self.splits[split])
+        """The scenes a stage covers: its split's, or every scene; then its validation split's."""
+        stage = self.stages[key].stage
+        split = stage.split
+        scenes = self.dataset.scene_ids() if split is None or split == "all" else list(self.splits[split])
+        return scenes + self.validation_scenes(key)
+
+    def validation_scenes(self, key: str) -> list[str]:
+        """The scenes of a stage's validation split (none without one)."""
+        split = self.stages[key].stage.validation_split
+        return [] if split is None else list(self.splits[split])
 
     def dataset_input(self, scene_id: str) -> tuple[str, str]:
         """(key, fingerprint) of a scene's source data, as ``input_fingerprints`` records it."""
@@ -350,6 +355,16 @@ def _bind_and_check_stages(plan: Plan) -> None:
                 f"{source}: stages.{key} uses split '{split}', which the plan does not define "
                 f"(add splits: {{{split}: [scene ids]}}, or set split: all)"
             )
+        val = stage_plan.stage.validation_split
+        if val is not None and val not in plan.splits:
+            raise PlanError(f"{source}: stages.{key}: val_split '{val}' is not a split of the plan")
+        if val is not None:
+            training = plan.dataset.scene_ids() if split in (None, "all") else plan.splits[split]
+            shared = sorted(set(training) & set(plan.splits[val]))
+            if shared:
+                raise PlanError(
+                    f"{source}: stages.{key}: val_split '{val}' shares scenes with the training split: {shared}"
+                )
 
 
 def _splits(

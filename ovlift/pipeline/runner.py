@@ -378,6 +378,7 @@ class Runner:
             files = None
             if stage.writes_files:
                 files = stack.enter_context(group_files(self.store.files_url, path, short(fp), force))
+            validation = set(self.plan.validation_scenes(stage_plan.key)) if stage_plan.is_global else set()
             ctx = StageContext(
                 scene_id=scene_id,
                 inputs=groups,
@@ -385,7 +386,8 @@ class Runner:
                 device=self.plan.device,
                 log=log,
                 text=self.text,
-                scene_inputs=per_scene,
+                scene_inputs={s: g for s, g in per_scene.items() if s not in validation},
+                validation_inputs={s: g for s, g in per_scene.items() if s in validation},
                 files=files.local if files else None,
                 files_url=files.url if files else None,
             )

@@ -48,6 +48,8 @@ class StageContext:
     """Class-name embeddings, cached in the store (for teachers and queries)."""
     scene_inputs: Mapping[str, Mapping[str, StageGroup]] = field(default_factory=dict)
     """Global stages: per scene of their split, the per-scene groups they read."""
+    validation_inputs: Mapping[str, Mapping[str, StageGroup]] = field(default_factory=dict)
+    """Global stages with a ``validation_split``: the same, per scene of that split."""
     files: Path | None = None
     """A folder beside the store for this group's plain files (checkpoints, reports, plots)."""
     files_url: str | None = None
@@ -126,6 +128,11 @@ class Stage(ABC, Configurable[ConfigT]):
     def split(self) -> str | None:
         """The plan split whose scenes this stage covers (None: every scene)."""
         return getattr(self.config, "split", None)
+
+    @property
+    def validation_split(self) -> str | None:
+        """A plan split whose scenes it also reads, to validate on (a training stage's ``val_split``)."""
+        return getattr(self.config, "val_split", None)
 
     def select_inputs(self, name: str, keys: list[str]) -> list[str]:
         """Which configured keys of the read stage ``name`` this stage reads (default: all)."""

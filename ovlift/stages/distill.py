@@ -31,6 +31,7 @@ from ovlift.cache_schema.groups.lifted import FeatureSource, TrainingScene, trai
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
 from ovlift.models.training_config import TrainingConfig
+from ovlift.models.validation import Validation
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
 
@@ -88,7 +89,7 @@ class DistillConfig(TrainingConfig):
 
 class DistillStage(Stage[DistillConfig]):
     implementation = "openscene"
-    version = "2"  # 2: losses regrouped per voxel (same value, other rounding)
+    version = "3"  # 2: losses regrouped per voxel (same value, other rounding); 3: epoch_val_loss
     spec = DISTILL_SPEC
     computes_on_device = True
     memory_gb = 8.0  # every training scene in memory
@@ -115,10 +116,19 @@ class DistillStage(Stage[DistillConfig]):
         superpoints = cfg.superpoints == "segment"
         loaded = training_scenes(ctx.scene_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.split)
         scenes = self._scene_data(loaded, ctx)
+        validation = None
+        if cfg.val_split is not None:
+            held_out = training_scenes(
+                ctx.validation_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.val_split
+            )
+            validation = (
+                self._scene_data(held_out, ctx),
+                Validation(cfg.val_split, list(ctx.validation_inputs), cfg.patience),
+            )
         lifted = loaded[-1].lifted
         text = self._class_text(ctx, cfg.vocabulary, lifted.text_encoder) if cfg.label_weight > 0 else None
         if text is not None:
-            for s in scenes:
+            for s in [*scenes, *(validation[0] if validation else [])]:
                 s.labels = classify(s.targets, text.prompts, text.prompt_class)[1]
         tesd, tesd_info = self._tesd(ctx, lifted.text_encoder)
         channels = int(scenes[0].targets.shape[1])
@@ -135,7 +145,7 @@ class DistillStage(Stage[DistillConfig]):
             tesd,
         )
         assert ctx.files is not None
-        model, rows = train(scenes, run, torch.device(cfg.device or ctx.device), ctx.files)
+        model, rows = train(scenes, run, torch.device(cfg.device or ctx.device), ctx.files, validation)
         write_log(rows, ctx.files)
         write_student(out, model.state_dict(), rows)
         out.set_info(
@@ -148,6 +158,7 @@ class DistillStage(Stage[DistillConfig]):
             checkpoints=ctx.files_url,
             superpoints=cfg.superpoints,
             tesd=tesd_info,
+            validation=validation[1].info() if validation else None,
         )
 
     def _scene_data(self, loaded: list[TrainingScene], ctx: StageContext) -> list[SceneData]:

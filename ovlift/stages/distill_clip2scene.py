@@ -33,6 +33,7 @@ from ovlift.cache_schema.groups.lifted import TrainingScene, training_scenes
 from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.training_config import TrainingConfig
+from ovlift.models.validation import Validation
 from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
 
@@ -93,7 +94,7 @@ class Clip2SceneDistillConfig(
 
 class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
     implementation = "clip2scene"
-    version = "2"  # 2: semantic CE from per-voxel label counts (same value, other rounding)
+    version = "3"  # 2: semantic CE from per-voxel label counts (same value, other rounding); 3: epoch_val_loss
     spec = DISTILL_SPEC
     computes_on_device = True
     memory_gb = 8.0  # every training scene in memory
@@ -111,8 +112,14 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
         lifted = loaded[-1].lifted
         run = self._run_config(ctx, lifted.text_encoder, int(lifted.features.shape[1]))
         scenes = [sweep_scene(s, run.text) for s in loaded]
+        validation = None
+        if cfg.val_split is not None:
+            inputs = dict(sorted(ctx.validation_inputs.items()))
+            held_out = training_scenes(inputs, "project", cfg.teacher, False, ctx.where(), cfg.val_split)
+            record = Validation(cfg.val_split, list(inputs), cfg.patience)
+            validation = ([sweep_scene(s, run.text) for s in held_out], record)
         assert ctx.files is not None
-        model, rows = train_clip2scene(scenes, run, torch.device(cfg.device or ctx.device), ctx.files)
+        model, rows = train_clip2scene(scenes, run, torch.device(cfg.device or ctx.device), ctx.files, validation)
         write_log(rows, ctx.files, LOG_FIELDS)
         write_student(out, model.state_dict(), rows)
         paired = sum(int((s.pixel_labels >= 0).sum()) for s in scenes)
@@ -129,6 +136,7 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
             tesd=None,
             sweep_input=cfg.sweep_input,
             sweeps=cfg.sweeps,
+            validation=validation[1].info() if validation else None,
             clip2scene={
                 "vocabulary": vocab.key,
                 "classes": list(vocab.classes),

@@ -17,6 +17,7 @@ DISTILL_SPEC = GroupSpec(
         ArraySpec("weights", "uint8", ("B",), (1 << 22,), "torch.save bytes of the student's state_dict"),
         ArraySpec("epoch_loss", "float32", ("E",), (None,), "mean training loss of each epoch"),
         ArraySpec("epoch_lr", "float32", ("E",), (None,), "learning rate at the end of each epoch"),
+        ArraySpec("epoch_val_loss", "float32", ("E",), (None,), "validation loss after each epoch (NaN: none)"),
     ),
     info={
         "teacher": "the teacher distilled",
@@ -32,6 +33,8 @@ DISTILL_SPEC = GroupSpec(
         "merged (absent: the whole cloud)",
         "sweeps": "K, the sweeps drawn per scene per step (CLIP2Scene)",
         "clip2scene": "CLIP2Scene's text set (vocabulary key, classes) and the fraction of points paired with a pixel",
+        "validation": "val_split, its scenes, patience, epochs run, best and published epoch (0-based), best "
+        "validation loss; null without val_split",
     },
 )
 
@@ -49,3 +52,5 @@ def write_student(out: GroupWriter, state_dict: dict, rows: list[dict]) -> None:
         "epoch_loss", np.array([np.mean([r["loss"] for r in rows if r["epoch"] == e]) for e in epochs], np.float32)
     )
     out.write("epoch_lr", np.array([[r["lr"] for r in rows if r["epoch"] == e][-1] for e in epochs], np.float32))
+    last = [[r for r in rows if r["epoch"] == e][-1] for e in epochs]
+    out.write("epoch_val_loss", np.array([r.get("val_loss", np.nan) for r in last], np.float32))
