@@ -1,6 +1,7 @@
 """A method's ablation table on controlled toy data, from its committed plan.
 
     .venv/bin/python benchmarks/ablations.py cus3d --out work/ablations [--epochs N] [--set KEY=VALUE ...]
+        [--rows NAME ...] [--store PATH]
 
 Every row is the method's plan with a few fields changed; all rows share one store,
 so what rows share (scenes, teacher features, projections) is computed once.
@@ -10,7 +11,8 @@ generator seed: ``--set dataset.seed=7``).
 Writes ``OUT/<method>.json``, ``OUT/<method>.md`` and ``OUT/<method>.png``. Metrics
 are under ScanNet's rule on the plan's ``test`` scenes (``"split": "test"``), each
 row's metrics on its ``val`` scenes beside (``"val"``: where choices are made). Per
-row and column (``fused``: the 2D teacher lifted to 3D; ``student``), ``coverage`` is
+row and column (``fused``: the 2D teacher lifted to 3D; ``student``), ``class_iou`` is
+the IoU of each of ``classes`` (None: neither true nor predicted there), ``coverage`` is
 the share of the evaluated test points that have a prediction (a point no view saw
 has none, and counts as a miss), and ``matched_miou`` the mIoU on only the test
 points that every row of the study predicts in that column (every student row for
@@ -197,15 +199,28 @@ class RowRun:
     """split -> scene -> {"input": ..., "predict": ...}, as ``evaluate.confusions`` reads them."""
 
 
-def run_rows(method: str, out: Path, epochs: int | None, overrides: Sequence[str] = ()) -> tuple[list[RowRun], Runner]:
-    """Every row of the method's study run into one store (``overrides`` applied to the plan first)."""
+def run_rows(
+    method: str,
+    out: Path,
+    epochs: int | None,
+    overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
+    store: Path | None = None,
+) -> tuple[list[RowRun], Runner]:
+    """Every row of the method's study (``only``: those named) run into one store (``overrides``
+    applied to the plan first)."""
     plan_file, _, rows = METHODS[method]
+    unknown = sorted(set(only) - {r.name for r in rows})
+    if unknown:
+        raise SystemExit(f"{method} has no rows {unknown}; its rows: {[r.name for r in rows]}")
+    rows = [r for r in rows if not only or r.name in only]
     source = str(PLANS / plan_file)
     base = apply_overrides(yaml.safe_load((PLANS / plan_file).read_text()), overrides, source)
     runs = []
     for row in (r for given in rows for r in with_other_student(given, base)):
         start = time.perf_counter()
-        runner = Runner(plan_from_dict(row_plan(base, row, (out / "store.zarr").resolve(), epochs), PLANS, source))
+        store_path = (store or out / "store.zarr").resolve()
+        runner = Runner(plan_from_dict(row_plan(base, row, store_path, epochs), PLANS, source))
         report = runner.run()
         if report.failed:
             raise SystemExit(f"{method} row '{row.name}': " + "; ".join(str(o.error) for o in report.failed))
@@ -314,12 +329,12 @@ def split_scores(
     """One row's metrics on one split: mIoU and mAcc per column, coverage and matched mIoU."""
     groups = run.groups[split]
     everywhere = {p: scores(m, valid) for p, m in confusions(groups, classes, valid).items()}
-    result: dict = {"coverage": {}, "matched_miou": {}}
+    result: dict = {"coverage": {}, "matched_miou": {}, "class_iou": {}}
     evaluated = sum((t >= 0).sum() for t in truth.values())
     for column, key in COLUMNS.items():
         if column == "student" and not run.row.student:
             result[f"{column}_miou"] = result[f"{column}_macc"] = None
-            result["coverage"][column] = result["matched_miou"][column] = None
+            result["coverage"][column] = result["matched_miou"][column] = result["class_iou"][column] = None
             continue
         on_matched = scores(confusions(groups, classes, valid, keep=matched[column])[key], valid)
         covered = sum(predicted[column][s].sum() for s in groups)
@@ -327,6 +342,7 @@ def split_scores(
         result[f"{column}_macc"] = num(everywhere[key].macc)
         result["coverage"][column] = round(float(covered / evaluated), 6)
         result["matched_miou"][column] = num(on_matched.miou)
+        result["class_iou"][column] = [num(x) for x in everywhere[key].iou]  # None: not scored
     return result
 
 
@@ -429,11 +445,46 @@ def markdown(method: str, rows: list[dict], plan_file: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def study(method: str, out: Path, epochs: int | None = None, overrides: Sequence[str] = ()) -> dict:
+def class_tables(rows: list[dict], classes: list[str]) -> str:
+    """Per-class test IoU %, one table per column, one column per row that reports it."""
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    parts = []
+    for column, title in (("fused", "2D teacher lifted to 3D"), ("student", "student")):
+        shown = [r for r in rows if r["class_iou"][column] is not None]
+        if column == "fused":  # rows sharing a teacher show it once, under the first one's name
+            firsts: dict[tuple, dict] = {}
+            for r in shown:
+                firsts.setdefault(tuple(r["class_iou"]["fused"]), r)
+            shown = list(firsts.values())
+        lines = [
+            f"Per class, test, {title} (IoU %; -: neither true nor predicted):",
+            "",
+            "| class | " + " | ".join(r["name"] for r in shown) + " |",
+            "|---|" + "---:|" * len(shown),
+        ]
+        lines += [
+            f"| {c} | " + " | ".join(pct(r["class_iou"][column][k]) for r in shown) + " |"
+            for k, c in enumerate(classes)
+        ]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def study(
+    method: str,
+    out: Path,
+    epochs: int | None = None,
+    overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
+    store: Path | None = None,
+) -> dict:
     """Run the method's rows into ``out``, write ``out/<method>.json``, ``.md`` and ``.png``
     and return the JSON."""
     out.mkdir(parents=True, exist_ok=True)
-    runs, runner = run_rows(method, out, epochs, overrides)
+    runs, runner = run_rows(method, out, epochs, overrides, only, store)
     matched_points = score_rows(runs, runner)
     plan_file = METHODS[method][0]
     rows = [run.result for run in runs]
@@ -442,6 +493,7 @@ def study(method: str, out: Path, epochs: int | None = None, overrides: Sequence
         "overrides": list(overrides),
         "split": SPLITS[0],
         "scenes": {split: list(runner.plan.splits[split]) for split in SPLITS},
+        "classes": next(iter(runs[0].groups["test"].values()))["predict"].info["classes"],
         "matched_points": matched_points,
         "rows": rows,
     }
@@ -454,7 +506,7 @@ def study(method: str, out: Path, epochs: int | None = None, overrides: Sequence
             f"(val: {result['val']['capability_spearman']:.3f})"
         )
     (out / f"{method}.json").write_text(json.dumps(result, indent=1))
-    (out / f"{method}.md").write_text(markdown(method, rows, plan_file))
+    (out / f"{method}.md").write_text(markdown(method, rows, plan_file) + "\n" + class_tables(rows, result["classes"]))
     ablation_bars(rows, out / f"{method}.png", f"{method} ablation, toy test scenes (val beside)")
     print(markdown(method, rows, plan_file))
     print(f"wrote {out / method}.json, .md and .png")
@@ -474,8 +526,14 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a plan key for every row, as `ovlift run --set` (dataset.seed=7); repeat",
     )
+    parser.add_argument(
+        "--rows", nargs="+", default=[], metavar="NAME", help="only these rows (a second seed's main rows)"
+    )
+    parser.add_argument(
+        "--store", type=Path, default=None, help="the rows' store (default OUT/store.zarr): share another study's"
+    )
     args = parser.parse_args()
-    study(args.method, args.out, args.epochs, args.overrides)
+    study(args.method, args.out, args.epochs, args.overrides, args.rows, args.store)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ needs the ground truth, so it runs on the labelled copy only: the unlabelled sto
 and the labelled copy's labels score the label-free predictions to the labelled run's metrics.
 
 Together the three cover extract2d with both trained teachers (``trained``, ``trained-regions``),
-project, segment, objects (region growing) and denoise (CUS3D); capability on ``render``
+project, segment, objects (region growing), denoise and early stopping on a val room (CUS3D); capability on ``render``
 images, capability fusion, superpoint distillation and TESD (SAS); CLIP2Scene's semantic,
 spatial-temporal and self-training terms on toy streets with a trained camera teacher."""
 
@@ -121,6 +121,8 @@ def test_cus3d_without_ground_truth_predicts_the_same(trained, tmp_path):
             "batch_size": 1,
             "lr": 0.003,
             "label_weight": 1.0,
+            "val_split": "val",  # early stopping reads the val room's teacher features
+            "patience": 1,
         },
     )
     labelled, unlabelled = run_with_and_without_ground_truth(data, tmp_path)

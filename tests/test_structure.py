@@ -180,7 +180,8 @@ def test_fingerprints_change_only_on_purpose(tmp_path):
     toy appearance v3 (toy generator v3, toy-street v2, render generator v3, their ``appearance`` fields);
     the demo's trained teacher and test rooms; the toy studies' test splits (more scenes; predict on
     every scene, evaluate on test); model paths left out (their files' contents stand in), so the pins
-    hold in a clone anywhere."""
+    hold in a clone anywhere; the toy studies on trained teachers, distill v3 (epoch_val_loss) and
+    val_split (distill reads the val scenes)."""
     assert current_fingerprints(tmp_path) == json.loads(PINNED.read_text())
 
 
