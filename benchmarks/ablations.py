@@ -10,7 +10,8 @@ generator seed: ``--set dataset.seed=7``).
 
 Writes ``OUT/<method>.json``, ``OUT/<method>.md`` and ``OUT/<method>.png``. Metrics
 are under ScanNet's rule on the plan's ``test`` scenes (``"split": "test"``), each
-row's metrics on its ``val`` scenes beside (``"val"``: where choices are made). Per
+row's metrics on its ``val`` scenes beside (``"val"``: where choices are made) and on
+its ``train`` scenes (``"train"``: a student's fit, for diagnoses). Per
 row and column (``fused``: the 2D teacher lifted to 3D; ``student``), ``class_iou`` is
 the IoU of each of ``classes`` (None: neither true nor predicted there), ``coverage`` is
 the share of the evaluated test points that have a prediction (a point no view saw
@@ -183,8 +184,9 @@ def row_plan(base: dict, row: Row, store: Path, epochs: int | None) -> dict:
     return plan
 
 
-SPLITS = ("test", "val")
-"""The split reported, then the one beside it (where choices are made)."""
+SPLITS = ("test", "val", "train")
+"""The split reported, the one beside it (where choices are made), and the training scenes (how
+far a student is from fitting what it trained on: a diagnosis, never a choice)."""
 COLUMNS = {"fused": "2d", "student": "3d"}
 """A row's column -> the ``predict`` labels it scores (``labels_<key>``)."""
 

@@ -60,7 +60,7 @@ def test_a_tiny_study_reports_test_with_val_beside_coverage_and_matched_miou(tmp
     result = ablations.study("cus3d", tmp_path, epochs=1, overrides=TINY)
     assert json.loads((tmp_path / "cus3d.json").read_text()) == result
     assert result["split"] == "test"
-    assert result["scenes"] == {"test": ["toy_0002"], "val": ["toy_0001"]}
+    assert result["scenes"] == {"test": ["toy_0002"], "val": ["toy_0001"], "train": ["toy_0000"]}
 
     scene = "toy_0002"
     # --set reached the dataset: the stored rooms are seed 7's, not the plan's seed 100's
@@ -89,6 +89,7 @@ def test_a_tiny_study_reports_test_with_val_beside_coverage_and_matched_miou(tmp
         assert row["matched_miou"]["fused"] == pytest.approx(on_matched, abs=1e-6)
         assert row["fused_miou"] == pytest.approx(scannet_miou(truth, labels[name], len(classes)), abs=1e-6)
         assert set(row["val"]) >= {"fused_miou", "student_miou", "coverage", "matched_miou"}
+        assert set(row["train"]) >= {"fused_miou", "student_miou", "class_iou"}
     assert by_name["none"]["coverage"]["fused"] < by_name["both"]["coverage"]["fused"]
     # each row again with the other student input (the plan's is CUS3D's xyz + RGB), run last
     assert [r["name"] for r in result["rows"]] == ["none", "none, xyz student", "both", "both, xyz student"]
