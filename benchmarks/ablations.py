@@ -532,7 +532,10 @@ def main() -> None:
         "--rows", nargs="+", default=[], metavar="NAME", help="only these rows (a second seed's main rows)"
     )
     parser.add_argument(
-        "--store", type=Path, default=None, help="the rows' store (default OUT/store.zarr): share another study's"
+        "--store",
+        type=Path,
+        default=None,
+        help="the rows' store (default OUT/store.zarr): another study's, never while it runs",
     )
     args = parser.parse_args()
     study(args.method, args.out, args.epochs, args.overrides, args.rows, args.store)

@@ -116,15 +116,7 @@ class DistillStage(Stage[DistillConfig]):
         superpoints = cfg.superpoints == "segment"
         loaded = training_scenes(ctx.scene_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.split)
         scenes = self._scene_data(loaded, ctx)
-        validation = None
-        if cfg.val_split is not None:
-            held_out = training_scenes(
-                ctx.validation_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.val_split
-            )
-            validation = (
-                self._scene_data(held_out, ctx),
-                Validation(cfg.val_split, list(ctx.validation_inputs), cfg.patience),
-            )
+        validation = self._validation(ctx, superpoints)
         lifted = loaded[-1].lifted
         text = self._class_text(ctx, cfg.vocabulary, lifted.text_encoder) if cfg.label_weight > 0 else None
         if text is not None:
@@ -160,6 +152,16 @@ class DistillStage(Stage[DistillConfig]):
             tesd=tesd_info,
             validation=validation[1].info() if validation else None,
         )
+
+    def _validation(self, ctx: StageContext, superpoints: bool) -> tuple[list[SceneData], Validation] | None:
+        """The validation scenes, prepared as the training scenes are, and their record (None: no val_split)."""
+        cfg = self.config
+        if cfg.val_split is None:
+            return None
+        held_out = training_scenes(
+            ctx.validation_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.val_split
+        )
+        return self._scene_data(held_out, ctx), Validation(cfg.val_split, list(ctx.validation_inputs), cfg.patience)
 
     def _scene_data(self, loaded: list[TrainingScene], ctx: StageContext) -> list[SceneData]:
         """The scenes as the training loop takes them; with ``superpoint_targets`` each point's
