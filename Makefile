@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip --disable-pip-version-check
+# CI's clean machine gains nothing from pip's cache and once ran out of disk installing
+# (several GB of CUDA wheels): there, nothing is cached.
+PIP    := $(PY) -m pip --disable-pip-version-check $(if $(CI),--no-cache-dir)
 PINS   := -c constraints.txt
 export OVLIFT_PROGRESS ?= $(if $(CI),0,1)
 

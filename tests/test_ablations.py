@@ -91,14 +91,20 @@ def test_a_tiny_study_reports_test_with_val_beside_coverage_and_matched_miou(tmp
         assert set(row["val"]) >= {"fused_miou", "student_miou", "coverage", "matched_miou"}
         assert set(row["train"]) >= {"fused_miou", "student_miou", "class_iou"}
     assert by_name["none"]["coverage"]["fused"] < by_name["both"]["coverage"]["fused"]
+    other_students_and_the_last_rows_evaluation(result, tmp_path, scene)
+
+
+def other_students_and_the_last_rows_evaluation(result: dict, out, scene: str) -> None:
+    """Each row again with the other student input, run after it; the store's evaluate is the last row's."""
+    rows = {r["name"]: r for r in result["rows"]}
     # each row again with the other student input (TINY's student has no use_color: xyz), run last
     assert [r["name"] for r in result["rows"]] == ["none", "none, xyz+RGB student", "both", "both, xyz+RGB student"]
     assert [r["student_input"] for r in result["rows"]] == ["xyz", "xyz+RGB", "xyz", "xyz+RGB"]
-    assert by_name["both, xyz+RGB student"]["fused_miou"] == by_name["both"]["fused_miou"]
+    assert rows["both, xyz+RGB student"]["fused_miou"] == rows["both"]["fused_miou"]
     assert all(r["validation"]["split"] == "val" and r["validation"]["epochs_run"] == 1 for r in result["rows"])
-    assert (tmp_path / "curves" / "both--xyz-rgb-student" / "training_curves.png").stat().st_size > 1000
-    evaluate = Store(tmp_path / "store.zarr").read("global/evaluate")  # the last row's, on split test
+    assert (out / "curves" / "both--xyz-rgb-student" / "training_curves.png").stat().st_size > 1000
+    evaluate = Store(out / "store.zarr").read("global/evaluate")  # the last row's, on split test
     assert evaluate.info["scenes"] == [scene]
-    last = by_name["both, xyz+RGB student"]
+    last = rows["both, xyz+RGB student"]
     assert last["fused_miou"] == pytest.approx(evaluate.info["metrics"]["2d"]["miou"], abs=1e-6)
     assert last["student_miou"] == pytest.approx(evaluate.info["metrics"]["3d"]["miou"], abs=1e-6)

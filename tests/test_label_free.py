@@ -84,6 +84,11 @@ def run_with_and_without_ground_truth(data: dict, tmp_path) -> tuple[Runner, Run
     assert any(rows.values())
     shares = ", ".join(f"{n} {100 * differ[n] / rows[n]:.2f} %" for n in arrays if differ[n])
     assert not shares, f"predictions without ground truth differ (share of points): {shares}"
+    # the training and validation curves too: a label read that moves only the val loss
+    # (early stopping's evidence) would not always move the published epoch's predictions
+    a, b = (r.store.read("global/distill") for r in (labelled, unlabelled))
+    for name in ("epoch_loss", "epoch_val_loss"):
+        np.testing.assert_array_equal(a.load(name), b.load(name), err_msg=name)
     return labelled, unlabelled
 
 
