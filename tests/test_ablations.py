@@ -95,9 +95,9 @@ def test_a_tiny_study_reports_test_with_val_beside_coverage_and_matched_miou(tmp
 
 
 def other_students_and_the_last_rows_evaluation(result: dict, out, scene: str) -> None:
-    """Each row again with the other student input, run after it; the store's evaluate is the last row's."""
+    """Each row again with the other student input (TINY's student has no use_color: xyz), run
+    after it; the store's evaluate is the last row's."""
     rows = {r["name"]: r for r in result["rows"]}
-    # each row again with the other student input (TINY's student has no use_color: xyz), run last
     assert [r["name"] for r in result["rows"]] == ["none", "none, xyz+RGB student", "both", "both, xyz+RGB student"]
     assert [r["student_input"] for r in result["rows"]] == ["xyz", "xyz+RGB", "xyz", "xyz+RGB"]
     assert rows["both, xyz+RGB student"]["fused_miou"] == rows["both"]["fused_miou"]

@@ -259,7 +259,8 @@ def test_distill_stage_runs_sas_with_segment_superpoints_and_reports_tesd(tmp_pa
     assert tesd["start_epoch"] == 1 and tesd["classes"][0] == "wall" and tesd["vocabulary"].startswith("scannet20")
     log = (Path(group.info["checkpoints"]) / "training_log.csv").read_text().splitlines()
     assert log[0] == "epoch,step,loss,cosine_loss,label_loss,lr,superpoint_loss,tesd_loss,val_loss"
-    tesd_loss = [float(line.split(",")[-2]) for line in log[1:]]  # val_loss is empty: no val_split
+    column = log[0].split(",").index("tesd_loss")
+    tesd_loss = [float(line.split(",")[column]) for line in log[1:]]
     assert tesd_loss[:2] == [0.0, 0.0] and all(x > 0 for x in tesd_loss[2:])
     bank = torch.load(Path(group.info["checkpoints"]) / "epoch_0001.pt", weights_only=True)["tesd_bank"]
     sizes = [runner.store.read(f"scenes/{s}/segment").info["count"] for s in group.info["train_scenes"]]
