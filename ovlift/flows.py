@@ -182,7 +182,7 @@ def scene_flow(plan_path: str, scene_id: str, stages: list[str] | None = None, f
     """The per-scene stages of the plan for one scene."""
     runner = Runner(load_plan(plan_path))
     keys = [k for k in runner.select_stages(stages) if not runner.plan.stages[k].is_global]
-    return scene_task(plan_path, scene_id, keys, sorted(runner.plan.downstream(list(force))), [])
+    return scene_task(plan_path, scene_id, keys, sorted(runner.plan.keys_for(list(force))), [])
 
 
 def local_cluster(n_workers: int = 2, gpus: int = 0, memory_gb: float | None = None) -> distributed.SpecCluster:
@@ -238,7 +238,7 @@ def dataset_flow(
     runner = Runner(load_plan(plan_path))
     runner.store.clean_stale()
     scene_ids = runner.select_scenes(scenes)
-    forced = sorted(runner.plan.downstream(list(force or [])))
+    forced = sorted(runner.plan.keys_for(list(force or [])))
     context = FlowRunContext.get()
     declared = declared_resources(context.task_runner if context else None)
     outcomes: list[dict] = []

@@ -131,3 +131,25 @@ def test_a_publish_killed_on_s3_never_shows_a_partial_group(s3, tmp_path, name, 
     removed = collect([load_plan(path)])[0].removed
     assert [r.rsplit("/", 1)[0] for r in removed] == ["scenes/toy_0000/input"]
     assert assert_accepted_groups_are_whole(store, reference) == 2
+
+
+def test_verify_finds_and_repairs_a_damaged_chunk_on_s3(s3, tmp_path):
+    import s3fs
+
+    from ovlift.pipeline.verify import verify
+
+    plan = load_plan(_plan(tmp_path, "verify"))
+    Runner(plan).run(fail_fast=True)
+    store = Store(plan.store)
+    version = store.head("scenes/toy_0001/input")["version"]
+    key = f"{BUCKET}/verify/store.zarr/scenes/toy_0001/input/{version}/points/c/0/0"
+    fs = s3fs.S3FileSystem()
+    data = bytearray(fs.cat_file(key))
+    data[len(data) // 2] ^= 1
+    fs.pipe_file(key, bytes(data))
+    report = verify(store, repair=True)
+    assert {(d.path, d.array, d.chunk) for d in report.damage} == {("scenes/toy_0001/input", "points", "c/0/0")}
+    assert fs.exists(f"{BUCKET}/verify/store.zarr/_damaged/scenes/toy_0001/input/{version}/points/c/0/0")
+    rerun = Runner(plan).run(fail_fast=True)
+    assert {(o.scene_id, o.status) for o in rerun.outcomes} == {("toy_0000", "cached"), ("toy_0001", "ran")}
+    assert verify(store).damage == []

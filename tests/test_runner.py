@@ -9,6 +9,7 @@ from conftest import toy_plan_dict
 from typer.testing import CliRunner
 
 from ovlift.cache_schema import ArraySpec, GroupSpec, Store
+from ovlift.cache_schema.integrity import MANIFEST_SUFFIX
 from ovlift.config import FrozenConfig
 from ovlift.pipeline.cli import app
 from ovlift.pipeline.gc import collect
@@ -83,9 +84,11 @@ def test_switching_a_config_back_is_a_cache_hit_and_gc_keeps_what_plans_use(tmp_
     assert len(s.versions("scenes/toy_0000/height")) == 2
     assert collect([make_plan(store), make_plan(store, offset=1.0)], dry_run=False)[0].removed == []
     result = collect([make_plan(store)])[0]
-    assert sorted(r.rsplit("/", 1)[0] for r in result.removed if "/refs/" not in r) == [
+    versions = [r for r in result.removed if "/refs/" not in r]
+    assert sorted(r.rsplit("/", 1)[0] for r in versions) == [
         f"scenes/toy_000{i}/{stage}" for i in range(2) for stage in ("height", "histogram")
     ]
+    assert not any((s.local_root / f"{v}{MANIFEST_SUFFIX}").exists() for v in versions)  # manifests go too
     assert result.bytes_freed > 0
     assert Runner(make_plan(store)).run().counts() == {"cached": 6}
     assert Runner(make_plan(store, offset=1.0)).run().counts() == {"cached": 2, "ran": 4}  # gone: recomputed
@@ -125,7 +128,7 @@ def test_a_moved_model_folder_keeps_its_results_and_a_changed_one_reruns(tmp_pat
     assert by_stage(Runner(plan(moved)).run(fail_fast=True)) == {"input": {"cached"}, "extract2d/mc": {"ran"}}
 
 
-def test_force_reruns_the_stage_and_its_downstream(tmp_path):
+def test_force_reruns_the_stage_and_what_reads_it(tmp_path):
     plan = make_plan(tmp_path / "s.zarr")
     Runner(plan).run()
     report = Runner(plan).run(force=["height"])

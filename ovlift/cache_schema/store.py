@@ -13,6 +13,8 @@ Publishing. A writer fills a private staging group, writes ``complete: true``
 into it last, moves it to a new version folder (a ``rename(2)`` on a local
 store; on object stores the keys, group metadata last), and only then writes
 the two pointers, each atomically (write + rename; one PUT on object stores).
+The manifest of the version's files (``<version>.files.json`` beside it) is written
+before the move and its digest goes into both pointers (``integrity``: how damage is found).
 A version is never modified or replaced: a reader resolves a pointer once and
 reads that version to the end, whatever publishes meanwhile. A writer killed
 before its pointers leaves only an unreferenced version, which ``gc`` removes.
@@ -31,12 +33,13 @@ whole version. A lock was rejected because a SIGKILLed holder leaves it behind
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -47,11 +50,24 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
+from ovlift.cache_schema.integrity import (
+    CHUNK_CODECS,
+    MANIFEST_SUFFIX,
+    CheckedArray,
+    Damage,
+    DamagedGroupError,
+    digest,
+    manifest_bytes,
+)
 from ovlift.cache_schema.specs import GLOBAL, SCENES, GroupSpec, SchemaError
+
+log = logging.getLogger("ovlift")
 
 STORE_FORMAT = 2
 """2: immutable versions behind pointers (1: one group per path, replaced in place)."""
 STAGING = "_staging"
+DAMAGED = "_damaged"
+"""Where ``ovlift verify --repair`` moves damaged versions (kept for a look; delete by hand)."""
 REFS = "refs"
 HEAD = "HEAD"
 GROUP_META = "zarr.json"
@@ -88,6 +104,10 @@ class GroupMeta:
     info: Mapping[str, Any]
     oracles: tuple[str, ...] = ()
     """Ground truth that this group or anything upstream used as an oracle (ablations)."""
+    input_versions: Mapping[str, str] = field(default_factory=dict)
+    """Upstream group path -> the version read: a rerun of an upstream group (``--force``,
+    a repair) publishes a new version under the same fingerprint, and this tells the runner
+    that what read the old one must rerun too."""
 
     def attrs(self, dims: Mapping[str, int], complete: bool) -> dict[str, Any]:
         return {
@@ -99,6 +119,7 @@ class GroupMeta:
             "fingerprint": self.fingerprint,
             "info": dict(self.info),
             "oracles": list(self.oracles),
+            "input_versions": dict(self.input_versions),
             "dims": dict(dims),
             "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "complete": complete,
@@ -115,6 +136,8 @@ class StageGroup:
     group: zarr.Group
     version: str = ""
     """The version folder read (``<fp12>-<token>``), fixed for this reader."""
+    store_url: str = ""
+    """The store it was read from (named in errors)."""
 
     @property
     def fingerprint(self) -> str:
@@ -140,14 +163,21 @@ class StageGroup:
             return False
         return True
 
-    def array(self, name: str) -> zarr.Array:
+    def array(self, name: str) -> CheckedArray:
+        """The array ``name``, read as a Zarr array; a chunk that does not decode raises
+        ``DamagedGroupError`` naming it."""
         try:
             node = self.group[name]
         except KeyError:
             raise KeyError(f"group '{self.path}' has no array '{name}'") from None
+        except Exception as err:  # its zarr.json does not parse
+            raise DamagedGroupError(
+                f"group '{self.path}' (version {self.version}), array '{name}': its metadata (zarr.json) is "
+                f"damaged ({type(err).__name__}: {err}). Run `ovlift verify {self.store_url or 'STORE'} --repair`"
+            ) from err
         if not isinstance(node, zarr.Array):
             raise KeyError(f"'{self.path}/{name}' is a group, not an array")
-        return node
+        return CheckedArray(node, self, name)
 
     def load(self, name: str) -> np.ndarray:
         # zarr types [...] as any of its scalars too; an array with dims reads as an ndarray
@@ -221,15 +251,45 @@ class Store:
             return None
 
     def _write_pointer(self, key: str, value: dict[str, str]) -> None:
-        data = json.dumps(value)
+        self._write_bytes(key, json.dumps(value).encode())
+
+    def _write_bytes(self, key: str, data: bytes) -> None:
+        """A whole file, atomically (write + rename; one PUT on object stores)."""
         if self.local_root is None:
-            self._fs.pipe_file(self._key(key), data.encode())  # one PUT: atomic on object stores
+            self._fs.pipe_file(self._key(key), data)
             return
         path = self.local_root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{self._token}-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(data)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
+
+    def read_bytes(self, key: str) -> bytes | None:
+        """A file of the store; None if absent."""
+        try:
+            if self.local_root is not None:
+                return (self.local_root / key).read_bytes()
+            return self._fs.cat_file(self._key(key))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def _files(self, folder: str) -> list[str]:
+        """Paths (relative to ``folder``) of every file under it."""
+        if self.local_root is not None:
+            root = self.local_root / folder
+            return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+        prefix = self._key(folder).rstrip("/") + "/"
+        return sorted(f[len(prefix) :] for f in self._fs.find(prefix))
+
+    def _manifests(self, path: str) -> list[str]:
+        """Names of the manifest files in a slot (one per version published since checksums)."""
+        if self.local_root is not None:
+            folder = self.local_root / path
+            names = [e.name for e in os.scandir(folder) if e.is_file()] if folder.is_dir() else []
+        else:
+            entries = self._fs.ls(self._key(path), detail=True) if self._fs.exists(self._key(path)) else []
+            names = [e["name"].rsplit("/", 1)[-1] for e in entries if e["type"] == "file"]
+        return sorted(n for n in names if n.endswith(MANIFEST_SUFFIX))
 
     def _children(self, path: str) -> list[str]:
         """Names of the folders directly under ``path``."""
@@ -257,6 +317,10 @@ class Store:
 
     # -- reading -------------------------------------------------------------------
 
+    def head(self, path: str) -> dict[str, str] | None:
+        """The HEAD pointer of a slot (``version``, ``fingerprint``, ``digest``); None if none."""
+        return self._read_pointer(f"{path}/{REFS}/{HEAD}")
+
     def inspect(self, path: str) -> tuple[GroupState, dict[str, Any]]:
         """State of the stage group at ``path`` (its HEAD version) and its attrs (empty when missing)."""
         head = self._read_pointer(f"{path}/{REFS}/{HEAD}")
@@ -275,13 +339,15 @@ class Store:
             return None
         node = self._open(f"{path}/{ref['version']}")
         if node is None:
+            if self._children(f"{path}/{ref['version']}") or self.read_bytes(f"{path}/{ref['version']}/{GROUP_META}"):
+                log.warning("%s: version %s does not open (damaged metadata?): recomputed", path, ref["version"])
             return None
         attrs = dict(node.attrs)
         if attrs.get("complete") is not True:
             return None
         if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
             return None
-        return StageGroup(path=path, attrs=attrs, group=node, version=ref["version"])
+        return StageGroup(path=path, attrs=attrs, group=node, version=ref["version"], store_url=self.url)
 
     def set_head(self, group: StageGroup) -> None:
         """Make ``group``'s version the one plain reads (and downstream stages) get."""
@@ -340,6 +406,43 @@ class Store:
                 found[name] = ref
         return found
 
+    def version_files(self, path: str, version: str) -> list[str]:
+        """Files of a published version, relative to it."""
+        return self._files(f"{path}/{version}")
+
+    def open_version(self, path: str, version: str) -> zarr.Group | None:
+        return self._open(f"{path}/{version}")
+
+    def reusable_versions(self, path: str) -> dict[str, str | None]:
+        """Version -> manifest digest (None before checksums) of every version a run may
+        reuse: the one each fingerprint's pointer names, and HEAD's."""
+        pointers = list(self.refs(path).values())
+        head = self._read_pointer(f"{path}/{REFS}/{HEAD}")
+        return {ref["version"]: ref.get("digest") for ref in ([head] if head else []) + pointers}
+
+    def quarantine(self, path: str, version: str, damage: list[Damage]) -> str:
+        """Move a damaged version (and its manifest) to ``_damaged/`` with what was wrong,
+        so that no run reuses it: its pointers then name nothing and the next run recomputes
+        it. Returns where it went."""
+        aside = f"{DAMAGED}/{path}/{version}"
+        self._write_bytes(f"{aside}.damage.json", json.dumps([d.to_json() for d in damage], indent=1).encode())
+        for src, dst in (
+            (f"{path}/{version}{MANIFEST_SUFFIX}", f"{aside}{MANIFEST_SUFFIX}"),
+            (f"{path}/{version}", aside),
+        ):
+            if self.local_root is not None:
+                if (self.local_root / src).exists():
+                    (self.local_root / dst).parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(self.local_root / src, self.local_root / dst)
+                continue
+            for key in self._fs.find(self._key(src)) if self._fs.exists(self._key(src)) else []:
+                self._fs.mv(key, self._key(dst) + key[len(self._key(src)) :])
+        return aside
+
+    def quarantined(self, path: str, version: str) -> bool:
+        """Whether ``verify --repair`` moved this version aside."""
+        return self.read_bytes(f"{DAMAGED}/{path}/{version}.damage.json") is not None
+
     def gc(self, keep: Mapping[str, set[str]], dry_run: bool = False) -> tuple[list[str], int]:
         """Remove every version but the current one of each kept (path, fingerprint), with
         the pointers to them; return what went (or would) and the bytes freed. Cached
@@ -350,10 +453,13 @@ class Store:
             refs = self.refs(path)
             kept = {fp: ref for fp, ref in refs.items() if fp in wanted}
             kept_versions = {ref["version"] for ref in kept.values()}
-            gone = [f"{path}/{v}" for v in self.versions(path) if v not in kept_versions]
+            versions = self.versions(path)
+            gone = [f"{path}/{v}" for v in versions if v not in kept_versions]
+            orphans = [m for m in self._manifests(path) if m.removesuffix(MANIFEST_SUFFIX) not in versions]
+            gone += [f"{path}/{m}" for m in orphans]  # of a writer killed before its move
             gone += [f"{path}/{REFS}/{fp}" for fp in refs if fp not in kept]
             removed += gone
-            freed += sum(self._size(p) for p in gone)
+            freed += sum(self._size(p) + self._size(p + MANIFEST_SUFFIX) for p in gone)
             if dry_run:
                 continue
             if not kept:
@@ -364,6 +470,7 @@ class Store:
                 self._write_pointer(f"{path}/{REFS}/{HEAD}", next(iter(kept.values())))
             for p in gone:
                 self._remove(p)
+                self._remove(p + MANIFEST_SUFFIX)  # a version's manifest goes with it
         return removed, freed
 
     def _size(self, path: str) -> int:
@@ -371,7 +478,7 @@ class Store:
             target = self.local_root / path
             files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
             return sum(f.stat().st_size for f in files)
-        return int(self._fs.du(self._key(path)))
+        return int(self._fs.du(self._key(path))) if self._fs.exists(self._key(path)) else 0
 
     # -- writing -------------------------------------------------------------------
 
@@ -400,6 +507,8 @@ class Store:
         """Move a complete staging group in as a new version of ``path``, then point to it."""
         version = f"{fingerprint[:12]}-{uuid.uuid4().hex[:8]}"
         self._write_pointer(f"{path}/{REFS}/.slot", {})  # marks the slot before anything can be in it
+        manifest = manifest_bytes((rel, self.read_bytes(f"{staging}/{rel}") or b"") for rel in self._files(staging))
+        self._write_bytes(f"{path}/{version}{MANIFEST_SUFFIX}", manifest)
         if self.local_root is not None:
             os.rename(self.local_root / staging, self.local_root / path / version)  # a new name: never exists
         else:
@@ -409,7 +518,7 @@ class Store:
                 fs.mv(f, dst + f[len(src) :])
             if fs.exists(src):
                 fs.rm(src, recursive=True)
-        ref = {"version": version, "fingerprint": fingerprint}
+        ref = {"version": version, "fingerprint": fingerprint, "digest": digest(manifest)}
         self._write_pointer(f"{path}/{REFS}/{fingerprint}", ref)
         self._write_pointer(f"{path}/{REFS}/{HEAD}", ref)  # last: plain readers switch now
 
@@ -510,7 +619,12 @@ class GroupWriter:
             raise SchemaError(f"{self.where}: array '{name}' written twice")
         assert self._group is not None
         array = self._group.create_array(
-            name, shape=tuple(shape), dtype=np_dtype, chunks=spec.chunk_shape(tuple(shape)), fill_value=0
+            name,
+            shape=tuple(shape),
+            dtype=np_dtype,
+            chunks=spec.chunk_shape(tuple(shape)),
+            fill_value=0,
+            compressors=CHUNK_CODECS,
         )
         self.written.add(name)
         return array

@@ -118,7 +118,10 @@ def run(
     ] = None,
     scenes: ScenesOpt = None,
     force: Annotated[
-        list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream even if cached.")
+        list[str] | None,
+        typer.Option(
+            "--force", help="Rerun this stage on the selected scenes even if cached (and what reads the rerun groups)."
+        ),
     ] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing scene.")] = False,
     no_upstream: Annotated[
@@ -177,6 +180,44 @@ def gc(
         typer.echo(f"{result.store}: {len(result.removed)} entries, {verb} {result.bytes_freed / 2**20:.1f} MiB")
 
 
+@app.command()
+def verify(
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
+    scenes: ScenesOpt = None,
+    stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these stages' groups.")] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Move damaged versions aside (to _damaged/); the next run recomputes them.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print each damaged piece as a JSON line.")] = False,
+) -> None:
+    """Read every chunk of every version a run may reuse and check it against the manifest
+    recorded when it was published; exit 1 if anything is damaged."""
+    from ovlift.pipeline.verify import verify as verify_store
+
+    try:
+        report = verify_store(_open_store(store), _split(scenes), _split(stages), repair)
+    except KeyError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
+        raise typer.Exit(2) from None
+    if as_json:
+        for d in report.damage:
+            print(json.dumps(d.to_json()))
+    elif report.damage:
+        table = Table(title="damage")
+        for column in ("group", "version", "array", "chunk", "problem"):
+            table.add_column(column, overflow="fold")  # names whole, never cut with an ellipsis
+        for d in report.damage:
+            table.add_row(d.path, d.version, d.array, d.chunk, d.problem)
+        console.print(table)
+    for version, aside in report.moved.items():
+        err_console.print(f"moved {version} to {aside}: the next `ovlift run` recomputes it and what read it")
+    err_console.print(report.summary())
+    if report.damage and not repair:
+        err_console.print(f"run `ovlift verify {store} --repair`, then run the plan again")
+    if report.damage:
+        raise typer.Exit(1)
+
+
 VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help="Show Prefect's and Dask's logs here too.")]
 LogFileOpt = Annotated[
     Path | None, typer.Option("--log-file", help="Where Prefect's and Dask's logs go (default: $OVLIFT_LOG_DIR).")
@@ -208,7 +249,9 @@ def flow(
     plan: PlanArg,
     stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these stages.")] = None,
     scenes: ScenesOpt = None,
-    force: Annotated[list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Rerun this stage (and what reads the rerun groups).")
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Start a local Dask cluster of this many workers.")] = 2,
     gpus: Annotated[
         int | None, typer.Option("--gpus", help="Local workers that get a GPU (default: this machine's CUDA devices).")
@@ -251,7 +294,9 @@ def deploy(
     work_pool: Annotated[str | None, typer.Option("--work-pool", help="Prefect work pool that runs it.")] = None,
     stages: Annotated[list[str] | None, typer.Option("--stages", help="Only these stages.")] = None,
     scenes: ScenesOpt = None,
-    force: Annotated[list[str] | None, typer.Option("--force", help="Rerun this stage and its downstream.")] = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Rerun this stage (and what reads the rerun groups).")
+    ] = None,
 ) -> None:
     """Register the plan's dataset flow as a Prefect deployment on the server at
     PREFECT_API_URL; a work pool's workers run it (without --work-pool, `ovlift serve` does)."""

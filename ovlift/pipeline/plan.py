@@ -135,14 +135,6 @@ class Plan:
                 result.update(self.upstream(key))
         return result
 
-    def downstream(self, names: set[str] | list[str]) -> set[str]:
-        """Keys of the named stages and everything that (transitively) reads them."""
-        result = set(self.keys_for(names))
-        for key in self.stages:  # upstream-first order: one pass suffices
-            if any(r in result for r in self.upstream(key)):
-                result.add(key)
-        return result
-
 
 def external_inputs(plan: Plan, key: str, scene_id: str | None, groups: Mapping[str, StageGroup]) -> dict[str, str]:
     """Every input fingerprint of a stage group but those of upstream groups (scene None: a global stage)."""

@@ -3,9 +3,12 @@
 A stage group's fingerprint is a hash of the stage's name, implementation and
 version, its normalised config, and the fingerprints of what it read (upstream
 groups, or the dataset's source files for ``input``). The runner skips a stage
-when a complete group with the expected fingerprint exists, so a change in a
-stage's config reruns that stage and, through the fingerprints, everything
-downstream of it, and nothing upstream.
+when a complete group with the expected fingerprint exists and was made from the
+versions of its inputs that are current now, so a change in a stage's config
+reruns that stage and, through the fingerprints, everything downstream of it,
+and nothing upstream; a rerun under the same fingerprint (``--force``, a group
+that ``ovlift verify --repair`` moved aside) publishes a new version, and through
+the recorded input versions exactly the groups that read it rerun too.
 
 No Prefect here: ``ovlift.flows`` wraps this runner.
 """
@@ -68,7 +71,8 @@ class RunOptions:
     """How a run treats cache hits and failures, the same for every scene and stage."""
 
     force: frozenset[str] = frozenset()
-    """Plan keys rerun even on a cache hit (the named stages and their downstream)."""
+    """Plan keys rerun even on a cache hit, on the selected scenes. What reads a rerun group
+    reruns because the version it read is no longer current, and nothing else does."""
     fail_fast: bool = False
     """Raise the first failure instead of reporting it and going on with other scenes."""
     retries: int = 3
@@ -233,9 +237,10 @@ class Runner:
 
         Per-scene stages run on the selected scenes (within each stage's split);
         a global stage runs once over its split, whatever ``scenes`` says.
-        ``force`` reruns the named stages and everything downstream of them even
-        on a cache hit. A failing scene does not stop the others (unless
-        ``fail_fast``); its downstream stages are skipped and reported. The
+        ``force`` reruns the named stages (on the selected scenes) even on a
+        cache hit, and downstream exactly the groups that read a rerun group. A
+        failing scene does not stop the others (unless ``fail_fast``); its
+        downstream stages are skipped and reported. The
         stages that the selected ones read are brought up to date first, unless
         ``upstream`` is False: then a stale or missing one stops the run, named.
         """
@@ -248,7 +253,7 @@ class Runner:
                     f"stages {selected} read groups that are not up to date with the plan {self.plan.source} "
                     "(run without --no-upstream to update them first):\n  " + "\n  ".join(stale)
                 )
-        options = RunOptions(frozenset(self.plan.downstream(list(force))), fail_fast)
+        options = RunOptions(frozenset(self.plan.keys_for(list(force))), fail_fast)
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
         report = RunReport()
@@ -333,31 +338,36 @@ class Runner:
 
     def input_fingerprints(
         self, scene_id: str | None, stage_plan: StagePlan
-    ) -> tuple[dict[str, str], dict[str, StageGroup], dict[str, dict[str, StageGroup]]]:
+    ) -> tuple[dict[str, str], dict[str, StageGroup], dict[str, dict[str, StageGroup]], dict[str, str]]:
         """Fingerprints of what the stage reads, its global/own-scene input groups,
-        and (global stages) the per-scene groups of each scene of its split."""
+        (global stages) the per-scene groups of each scene of its split, and the
+        version of each input group read."""
         fps: dict[str, str] = {}
+        versions: dict[str, str] = {}
         groups: dict[str, StageGroup] = {}
         per_scene: dict[str, dict[str, StageGroup]] = {}
         for upstream in self.plan.upstream(stage_plan.key):
             if stage_plan.is_global and not self.plan.stages[upstream].is_global:
                 for scene in self.plan.scenes_for(stage_plan.key):
                     path, group = self._upstream_group(scene, stage_plan.key, upstream)
-                    fps[path] = group.fingerprint
+                    fps[path], versions[path] = group.fingerprint, group.version
                     per_scene.setdefault(scene, {})[upstream] = group
                 continue
             path, group = self._upstream_group(scene_id, stage_plan.key, upstream)
-            fps[path] = group.fingerprint
+            fps[path], versions[path] = group.fingerprint, group.version
             groups[upstream] = group
         fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
-        return fps, groups, per_scene
+        return fps, groups, per_scene, versions
 
     def run_stage(self, scene_id: str | None, stage_plan: StagePlan, force: bool = False) -> Outcome:
         stage = stage_plan.stage
         path = stage_plan.group_path(scene_id)
-        inputs, groups, per_scene = self.input_fingerprints(scene_id, stage_plan)
+        inputs, groups, per_scene, versions = self.input_fingerprints(scene_id, stage_plan)
         fp = stage_plan.fingerprint(inputs)
         cached = None if force else self.store.read(path, fingerprint=fp)
+        if cached is not None and (recomputed := _recomputed_inputs(cached, versions)):
+            log.info("%s: rerun: %s recomputed since it was made", path, name_list(recomputed))
+            cached = None
         if cached is not None:
             self.store.set_head(cached)  # e.g. a config switched back: downstream reads this version
             log.debug("%s: cached (%s)", path, short(fp))
@@ -372,6 +382,7 @@ class Runner:
             fingerprint=fp,
             info={},
             oracles=oracles_of([*groups.values(), *(g for s in per_scene.values() for g in s.values())], stage.oracle),
+            input_versions=versions,
         )
         where = f"scene '{scene_id}', stage '{stage_plan.key}'" if scene_id else f"global stage '{stage_plan.key}'"
         with ExitStack() as stack:
@@ -396,3 +407,10 @@ class Runner:
         seconds = time.perf_counter() - start
         log.info("%s: ran in %.2f s (%s)", path, seconds, short(fp))
         return Outcome(scene_id or GLOBAL, stage_plan.key, Status.RAN, seconds, fp)
+
+
+def _recomputed_inputs(group: StageGroup, versions: dict[str, str]) -> list[str]:
+    """Input groups whose current version is not the one ``group`` read (groups published
+    before versions were recorded count as made from the current ones)."""
+    recorded = group.attrs.get("input_versions", {})
+    return sorted(p for p, v in recorded.items() if versions.get(p, v) != v)

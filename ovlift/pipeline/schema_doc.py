@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from ovlift.cache_schema import IGNORE_LABEL, GroupSpec
 from ovlift.cache_schema.groups.text import TEXT_SPEC
-from ovlift.cache_schema.store import HEAD, REFS, STAGING, STORE_FORMAT
+from ovlift.cache_schema.integrity import MANIFEST_SUFFIX
+from ovlift.cache_schema.store import DAMAGED, HEAD, REFS, STAGING, STORE_FORMAT
 from ovlift.pipeline.registry import STAGES, stage_order
 
 HEADER = f"""# Cache schema
@@ -22,13 +23,17 @@ One Zarr v3 store per workspace, at a local path or an fsspec URL
 <store>/
   scenes/<scene_id>/<stage>[/<variant>]/  a per-scene stage's group (its "path"), holding:
       <fp12>-<token>/                       one published version (a Zarr group, never modified)
+      <fp12>-<token>{MANIFEST_SUFFIX}             its files, sizes and CRC-32Cs (written before the move)
       {REFS}/<fingerprint>                    pointer: the current version of that fingerprint
       {REFS}/{HEAD}                           pointer: the version plain reads and downstream stages get
   global/<stage>[/<variant>]/             the same, for a group over the scenes of a split
   {STAGING}/<host>-<pid>-<token>            groups being written (private to a writer)
+  {DAMAGED}/<group path>/<version>          versions `ovlift verify --repair` moved aside, with `.damage.json`
 ```
 
-A pointer is a small JSON file, `{{"version": "<fp12>-<token>", "fingerprint": "..."}}`.
+A pointer is a small JSON file,
+`{{"version": "<fp12>-<token>", "fingerprint": "...", "digest": "sha256:..."}}` (the digest
+of the version's manifest; versions published before checksums have none).
 Store format 1 (one group per path, replaced in place) is refused with a message;
 nothing converts it: rerun into a new store.
 
@@ -47,6 +52,7 @@ read to decide a cache hit.
 | `config` | the stage's normalised config (every field, defaults included) |
 | `input_fingerprints` | what it read -> that thing's fingerprint (`scenes/<id>/<stage>` groups, \
 or `dataset:<name>/<scene>` for source data) |
+| `input_versions` | upstream group -> the version it read (a rerun upstream makes it rerun too) |
 | `fingerprint` | sha256 of stage, implementation, version, config and input fingerprints |
 | `info` | stage-specific attrs, listed per stage below |
 | `dims` | sizes of the named dimensions of its arrays |
@@ -65,6 +71,15 @@ meanwhile; a writer killed before its pointers leaves an unreferenced version.
 Two processes writing the same group each publish a whole version; the last
 pointer write wins. `--force` and config changes add versions; switching a
 config back finds its version again (a cache hit, which also moves `{HEAD}`).
+
+Every array is written through zstd (with its frame checksum) and Zarr's `crc32c`
+codec, so a damaged chunk fails its read instead of decoding to wrong numbers.
+Before the move, the writer lists every file of the version with its size and
+CRC-32C in `<version>{MANIFEST_SUFFIX}` beside it, and both pointers record that
+manifest's SHA-256 (`digest`). `ovlift verify STORE` checks every version a run
+may reuse against its manifest and decodes every chunk; `--repair` moves damaged
+versions to `{DAMAGED}/` (with what was wrong), so that the next run recomputes
+them and, through `input_versions`, what read them.
 Only `ovlift gc --keep PLAN...` removes versions (those no given plan
 references) and reports the bytes freed. Staging leftovers of killed processes
 are removed by the next run on the same host.

@@ -1,7 +1,8 @@
 """Which stage is cached, stale or missing for which scene (and which global group).
 
 From the store alone, a group is *stale* when an upstream group it read has
-since been replaced (its recorded input fingerprints no longer match). Given the
+since been replaced (its recorded input fingerprints no longer match) or recomputed
+(its recorded input versions are no longer the upstream's HEAD: ``--force``, a repair). Given the
 plan too, a group is also stale when the plan would now compute another
 fingerprint (a config, version or source change), and stages that the plan
 configures but the store lacks are *missing*.
@@ -43,11 +44,12 @@ class StageStatus:
 def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
     recorded: dict[str, tuple[GroupState, dict]] = {}
     owner: dict[str, str] = {}
-    for scene_id in store.scene_ids():
-        for path in store.stage_groups(scene_id):
-            recorded[path], owner[path] = store.inspect(path), scene_id
-    for path in store.global_groups():
-        recorded[path], owner[path] = store.inspect(path), GLOBAL
+    heads: dict[str, str] = {}
+    for path, scene_id in [(p, s) for s in store.scene_ids() for p in store.stage_groups(s)] + [
+        (p, GLOBAL) for p in store.global_groups()
+    ]:
+        recorded[path], owner[path] = store.inspect(path), scene_id
+        heads[path] = (store.head(path) or {}).get("version", "")
     expected = expected_fingerprints(plan, store) if plan else {}
     for path, e in expected.items():
         owner.setdefault(path, e.owner)
@@ -59,17 +61,20 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
         if state is GroupState.MISSING:
             result.append(StageStatus(scene, path, State.MISSING, None, "not in the store"))
         elif state is GroupState.INCOMPLETE:
-            result.append(StageStatus(scene, path, State.INCOMPLETE, fp, "not published whole"))
+            damaged = store.quarantined(path, heads[path])
+            why = "damaged: moved aside by verify --repair" if damaged else "not published whole"
+            result.append(StageStatus(scene, path, State.INCOMPLETE, fp, why))
         elif path in expected and expected[path].fingerprint != fp:
             reason = _changed_inputs(attrs.get("input_fingerprints", {}), expected[path].inputs)
             result.append(StageStatus(scene, path, State.STALE, fp, reason))
         else:
-            reason = _upstream_change(recorded, attrs)
+            reason = _upstream_change(recorded, heads, attrs)
             result.append(StageStatus(scene, path, State.STALE if reason else State.CACHED, fp, reason))
     return result
 
 
-def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) -> str:
+def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], heads: dict[str, str], attrs: dict) -> str:
+    versions = attrs.get("input_versions", {})
     for upstream, fp in attrs.get("input_fingerprints", {}).items():
         if ":" in upstream.split("/", 1)[0]:  # dataset:, files: ... are not groups
             continue
@@ -78,6 +83,8 @@ def _upstream_change(recorded: dict[str, tuple[GroupState, dict]], attrs: dict) 
             return f"its input {upstream} is {state.value}"
         if up_attrs.get("fingerprint") != fp:
             return f"its input {upstream} changed since"
+        if upstream in versions and versions[upstream] != heads.get(upstream):
+            return f"its input {upstream} was recomputed since"
     return ""
 
 
