@@ -1,9 +1,16 @@
 """PLY through plyfile: what we write reads back, and meshes as datasets ship them read."""
 
+import re
+import struct
+import time
+import tracemalloc
+from collections import Counter
+
 import numpy as np
 import pytest
+from plyfile import PlyData, PlyElement
 
-from ovlift.ply import read_ply, write_ply
+from ovlift.ply import PlyError, read_ply, write_ply
 
 
 def test_points_colours_faces_and_scalars_round_trip(tmp_path):
@@ -71,6 +78,107 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, text, message):
     with pytest.raises(ValueError, match=message) as err:
         read_ply(path)
     assert "bad.ply" in str(err.value)
+
+
+def traced(read) -> tuple[int, PlyError | None]:
+    """The peak bytes Python and numpy allocate while ``read()`` runs, and the PlyError it raised."""
+    tracemalloc.start()
+    try:
+        read()
+        return tracemalloc.get_traced_memory()[1], None
+    except PlyError as err:
+        return tracemalloc.get_traced_memory()[1], err
+    finally:
+        tracemalloc.stop()
+
+
+def binary_ply(*lines: str, data: bytes) -> bytes:
+    return "\n".join(["ply", "format binary_little_endian 1.0", *lines, "end_header\n"]).encode() + data
+
+
+XYZ = ("element vertex 3", "property float x", "property float y", "property float z")
+TRILLION = 10**12
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (  # plyfile allocates an element's rows before reading them
+            SCANNET_STYLE.replace("element vertex 4", f"element vertex {TRILLION}").encode(),
+            rf"element 'vertex' declares {TRILLION} rows of at least 16 bytes \({16 * TRILLION} bytes\), but only",
+        ),
+        (  # two lists: plyfile reads the faces row by row, into rows it allocated first
+            binary_ply(
+                *XYZ,
+                f"element face {TRILLION}",
+                "property list uchar int vertex_indices",
+                "property list uchar float texcoord",
+                data=bytes(36 + 10),
+            ),
+            rf"element 'face' declares {TRILLION} rows of at least 2 bytes .*after 36 for the elements before it",
+        ),
+        (  # a list of 2**32 - 1 bytes: plyfile asks for 4 GiB in one read
+            binary_ply(
+                *XYZ,
+                "element face 1",
+                "property list uint uchar vertex_indices",
+                data=bytes(36) + struct.pack("<I", 2**32 - 1) + bytes(64),
+            ),
+            r"element 'face': row 0: property 'vertex_indices': early end-of-file",
+        ),
+    ],
+    ids=["ascii-vertices", "binary-faces", "binary-list"],
+)
+def test_sizes_beyond_the_file_fail_naming_the_file_without_allocating_them(tmp_path, data, message):
+    path = tmp_path / "huge.ply"
+    path.write_bytes(data)
+    peak, error = traced(lambda: read_ply(path))
+    assert re.search(rf"cannot read PLY '.*huge.ply': {message}", str(error)), error
+    assert peak < 8 << 20, f"reading it allocated {peak >> 20} MiB"
+
+
+def damaged(rng: np.random.Generator, data: bytes, sizes_end: int) -> bytes:
+    """``data`` cut short (one case in four) or with 1 to 8 bits flipped, half of them in the
+    first ``sizes_end`` bytes, where the sizes are."""
+    if rng.random() < 0.25:
+        return data[: int(rng.integers(0, len(data)))]
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 9))):
+        at = int(rng.integers(0, sizes_end if rng.random() < 0.5 else len(data)))
+        out[at] ^= 1 << int(rng.integers(0, 8))
+    return bytes(out)
+
+
+def lists_ply(path, rng: np.random.Generator) -> None:
+    """Faces with two lists, lengths as uint: plyfile reads them face by face, as long as each says."""
+    vertex = np.array([tuple(p) for p in rng.normal(size=(20, 3))], dtype=[(a, "<f4") for a in "xyz"])
+    face = np.empty(10, dtype=[("vertex_indices", "O"), ("texcoord", "O")])
+    for f in range(10):
+        face[f] = rng.integers(0, 20, 3).astype("<i4"), rng.random(6).astype("<f4")
+    lengths = {"vertex_indices": "u4", "texcoord": "u4"}
+    elements = [PlyElement.describe(vertex, "vertex"), PlyElement.describe(face, "face", len_types=lengths)]
+    PlyData(elements, text=False, byte_order="<").write(str(path))
+
+
+@pytest.mark.filterwarnings("ignore:loadtxt:UserWarning")  # plyfile on an ascii list of no values
+@pytest.mark.parametrize("binary", [False, True], ids=["ascii", "binary-lists"])
+def test_damaged_ply_files_read_or_fail_with_a_ply_error_quickly_and_small(tmp_path, binary):
+    path, rng, outcomes = tmp_path / "fuzz.ply", np.random.default_rng(0), Counter()
+    if binary:  # its vertices are memory-mapped, its faces read row by row
+        lists_ply(path, rng)
+    else:
+        path.write_text(SCANNET_STYLE)
+    data = path.read_bytes()
+    header_end = data.index(b"end_header\n") + len(b"end_header\n")
+    for case in range(300):
+        path.write_bytes(damaged(rng, data, header_end))
+        start = time.perf_counter()
+        peak, error = traced(lambda: read_ply(path))
+        assert error is None or "fuzz.ply" in str(error), f"case {case}: {error}"
+        outcomes["read" if error is None else "PlyError"] += 1
+        assert time.perf_counter() - start < 1.0, f"case {case} took {time.perf_counter() - start:.1f} s"
+        assert peak < 1 << 20, f"case {case} allocated {peak / 2**20:.1f} MiB"
+    assert outcomes["read"] > 0 and outcomes["PlyError"] > 100, outcomes  # most damage is fatal in so small a file
 
 
 def test_query_file_names_are_safe_whatever_the_scene_id_and_text():

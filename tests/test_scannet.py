@@ -1,19 +1,28 @@
 """The ``scannet`` reader on a toy room written in ScanNet's published layout
 (``tests/scannet_layout.py``), against ScanNet's own ``.sens`` reader as the oracle."""
 
+import io
 import json
+import re
 import shutil
 import struct
+import time
+import tracemalloc
+import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
 from conftest import shared_data
 from layout_scene import layout_scene
+from PIL import Image
 from scannet_layout import (
     EXPECTED,
     INVALID_POSE_FRAME,
     RAW_CATEGORY,
     UNANNOTATED_INSTANCE,
+    frame_record,
+    sens_header,
     write_exported,
     write_mesh,
     write_scene,
@@ -21,7 +30,7 @@ from scannet_layout import (
 from sensordata_reference import SensorData
 
 from ovlift.datasets.scannet import ScanNetConfig, ScanNetDataset
-from ovlift.datasets.scannet_sens import SensFile
+from ovlift.datasets.scannet_sens import SensError, SensFile
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
 from ovlift.vocabularies import NYU40, SCANNET20, SCANNET200, SCANNET200_IDS
@@ -247,6 +256,98 @@ def test_malformed_sens_files_are_named_with_the_byte_and_frame(scans, tmp_path)
     path.write_bytes(data[:20])
     with pytest.raises(ValueError, match=r"truncated: sensor name"):
         SensFile(path)
+
+
+def small_sens(
+    color_hw=(24, 32), depth_hw=(12, 16), first_color: bytes | None = None, first_depth: bytes | None = None
+) -> bytes:
+    """A .sens of two small frames (JPEG colour, zlib depth) packed as ``scannet_layout`` packs
+    them; ``first_color`` and ``first_depth`` replace the first frame's blobs."""
+    rng = np.random.default_rng(0)
+    data = sens_header(np.eye(3), np.eye(3), np.eye(4), 2, color_hw, depth_hw)
+    for i in range(2):
+        color = rng.integers(0, 256, (*color_hw, 3), dtype=np.uint8)
+        record = frame_record(np.eye(4), i, color, rng.uniform(0.5, 4.0, depth_hw), 90)
+        if i == 0:  # the frame head ends with both blobs' sizes
+            color_bytes = struct.unpack_from("<Q", record, 80)[0]
+            color_blob = first_color or record[96 : 96 + color_bytes]
+            depth_blob = first_depth or record[96 + color_bytes :]
+            record = record[:80] + struct.pack("<QQ", len(color_blob), len(depth_blob)) + color_blob + depth_blob
+        data += record
+    return data
+
+
+def traced(read) -> tuple[int, SensError | None]:
+    """The peak bytes Python and numpy allocate while ``read()`` runs, and the SensError it raised."""
+    tracemalloc.start()
+    try:
+        read()
+        return tracemalloc.get_traced_memory()[1], None
+    except SensError as err:
+        return tracemalloc.get_traced_memory()[1], err
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_zlib_depth_bomb_is_refused_naming_the_frame_without_inflating_it(tmp_path):
+    deflate = zlib.compressobj(1)
+    bomb = b"".join(deflate.compress(bytes(1 << 20)) for _ in range(64)) + deflate.flush()
+    assert len(bomb) < 400_000  # 64 MiB of zeros; the header's 640x480 depth is 600 KB
+    path = tmp_path / "bomb.sens"
+    path.write_bytes(small_sens(depth_hw=(480, 640), first_depth=bomb))
+    sens = SensFile(path)
+    start = time.perf_counter()
+    peak, error = traced(lambda: sens.frame(0))
+    assert time.perf_counter() - start < 1.0
+    assert peak < 8 << 20, f"reading the bomb allocated {peak >> 20} MiB"
+    assert re.search(r"bomb.sens' at byte \d+: frame 0: zlib depth inflates past 614400 bytes", str(error)), error
+    assert sens.frame(1).depth_raw.shape == (480, 640)  # the other frames still read
+
+
+def test_a_colour_image_larger_than_the_header_says_is_refused_before_decoding(tmp_path):
+    large = io.BytesIO()
+    Image.new("RGB", (4000, 3000)).save(large, format="JPEG")  # 190 KB; decoded, 36 MB
+    path = tmp_path / "large.sens"
+    path.write_bytes(small_sens(color_hw=(480, 640), first_color=large.getvalue()))
+    sens = SensFile(path)
+    peak, error = traced(lambda: sens.frame(0))
+    assert peak < 8 << 20, f"reading the image allocated {peak >> 20} MiB"
+    expected = r"large.sens' at byte \d+: frame 0: colour image of 4000x3000, the header says 640x480"
+    assert re.search(expected, str(error)), error
+
+
+def damaged(rng: np.random.Generator, data: bytes, sizes_end: int) -> bytes:
+    """``data`` cut short (one case in four) or with 1 to 8 bits flipped, half of them in the
+    first ``sizes_end`` bytes, where the sizes are."""
+    if rng.random() < 0.25:
+        return data[: int(rng.integers(0, len(data)))]
+    out = bytearray(data)
+    for _ in range(int(rng.integers(1, 9))):
+        at = int(rng.integers(0, sizes_end if rng.random() < 0.5 else len(data)))
+        out[at] ^= 1 << int(rng.integers(0, 8))
+    return bytes(out)
+
+
+def read_every_frame(path) -> None:
+    sens = SensFile(path)
+    for i in range(sens.num_frames):
+        sens.frame(i)
+
+
+def test_damaged_sens_files_read_or_fail_with_a_sens_error_quickly_and_small(tmp_path):
+    data = small_sens()
+    name_len = struct.unpack_from("<Q", data, 4)[0]
+    sizes_end = 12 + name_len + 256 + 36 + 96 + 200  # the header, the first frame's head, its JPEG's size (SOF)
+    path, rng, outcomes = tmp_path / "fuzz.sens", np.random.default_rng(0), Counter()
+    for case in range(300):
+        path.write_bytes(damaged(rng, data, sizes_end))
+        start = time.perf_counter()
+        peak, error = traced(lambda: read_every_frame(path))
+        assert error is None or "fuzz.sens" in str(error), f"case {case}: {error}"
+        outcomes["read" if error is None else "SensError"] += 1
+        assert time.perf_counter() - start < 1.0, f"case {case} took {time.perf_counter() - start:.1f} s"
+        assert peak < 1 << 20, f"case {case} allocated {peak / 2**20:.1f} MiB"
+    assert outcomes["read"] > 10 and outcomes["SensError"] > 100, outcomes
 
 
 def test_named_splits_come_from_scannets_split_files(scans, tmp_path):

@@ -19,11 +19,17 @@ A scene holds thousands of frames (a few GB), so ``SensFile`` parses the header
 once, then indexes every frame by seeking past its blobs (one 96-byte read per
 frame) and decodes a frame only when asked. Poses and timestamps are kept from
 the index (they are small); images never are.
+
+A damaged or hostile file must not make the reader allocate more than the file
+and the header's (bounded) image sizes justify: sizes are checked against sane
+maxima and the file's size before anything is read, and zlib depth is inflated
+no further than the header's depth size. Every error is a ``SensError``.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import zlib
@@ -39,6 +45,15 @@ DEPTH_COMPRESSION = {-1: "unknown", 0: "raw_ushort", 1: "zlib_ushort", 2: "occi_
 SUPPORTED_COLOR = ("raw", "png", "jpeg")
 SUPPORTED_DEPTH = ("raw_ushort", "zlib_ushort")  # occi is a proprietary codec; ScanNet never used it
 FRAME_HEAD = struct.Struct("<16f4Q")  # pose, timestamps, blob sizes
+MAX_NAME_BYTES = 4096  # ScanNet's are a word ("StructureSensor")
+MAX_SIDE = 16384
+MAX_PIXELS = 1 << 25  # 33.5 Mpixel: a raw colour image of 100 MB (ScanNet's: 1296x968 colour, 640x480 depth)
+BLOB_SLACK = 1 << 16
+"""A compressed blob may exceed its raw size by a little (PNG, zlib on noise); twice that and this is damage."""
+
+
+class SensError(ValueError):
+    """A ``.sens`` file that is not ScanNet's layout; the message names the file, the byte and the frame."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +102,8 @@ class SensFile:
         except OSError as err:
             raise FileNotFoundError(f"cannot read ScanNet sensor stream '{self.path}': {err.strerror}") from None
 
-    def _fail(self, offset: int, what: str) -> ValueError:
-        return ValueError(f"'{self.path}' at byte {offset}: {what} (expected ScanNet's .sens layout, version 4)")
+    def _fail(self, offset: int, what: str) -> SensError:
+        return SensError(f"'{self.path}' at byte {offset}: {what} (expected ScanNet's .sens layout, version 4)")
 
     def _read(self, f, n: int, what: str) -> bytes:
         offset = f.tell()
@@ -102,8 +117,8 @@ class SensFile:
         if version != SENS_VERSION:
             raise self._fail(0, f"version {version}")
         (name_len,) = struct.unpack("<Q", self._read(f, 8, "sensor name length"))
-        if name_len > size:
-            raise self._fail(4, f"sensor name length {name_len} exceeds the file size {size}")
+        if name_len > min(size, MAX_NAME_BYTES):
+            raise self._fail(4, f"sensor name length {name_len}, expected at most {min(size, MAX_NAME_BYTES)}")
         name = self._read(f, name_len, "sensor name").decode("utf-8", "replace")
         mats = np.frombuffer(self._read(f, 4 * 64, "calibration"), "<f4").reshape(4, 4, 4).copy()
         offset = f.tell()
@@ -115,15 +130,19 @@ class SensFile:
         if depth not in SUPPORTED_DEPTH:
             raise self._fail(offset + 4, f"depth compression '{depth}' is not supported ({SUPPORTED_DEPTH} are)")
         cw, ch, dw, dh, shift, num = struct.unpack("<4IfQ", self._read(f, 28, "image sizes and frame count"))
-        if min(cw, ch, dw, dh) == 0 or not shift > 0:
-            raise self._fail(offset + 8, f"colour {cw}x{ch}, depth {dw}x{dh}, depth shift {shift}")
+        if not (_sane_size(cw, ch) and _sane_size(dw, dh) and shift > 0 and math.isfinite(shift)):
+            raise self._fail(
+                offset + 8,
+                f"colour {cw}x{ch}, depth {dw}x{dh}, depth shift {shift} (expected sides in [1, {MAX_SIDE}], "
+                f"at most {MAX_PIXELS} pixels, a finite shift > 0)",
+            )
         return SensHeader(version, name, *mats, color, depth, cw, ch, dw, dh, float(shift), int(num))
 
     def _index(self, f, size: int) -> None:
         """Byte offset of each frame's colour blob and both sizes; poses and timestamps."""
         n = self.header.num_frames
-        if n * FRAME_HEAD.size > size:
-            raise self._fail(f.tell() - 8, f"{n} frames cannot fit in a file of {size} bytes")
+        if n * FRAME_HEAD.size > size - f.tell():  # bounds the index's arrays by the file's size
+            raise self._fail(f.tell() - 8, f"{n} frames cannot fit in the {size - f.tell()} bytes left")
         self.poses = np.empty((n, 4, 4), np.float32)
         self.timestamps = np.empty((n, 2), np.uint64)
         self._blobs = np.empty((n, 3), np.int64)  # colour offset, colour bytes, depth bytes
@@ -134,6 +153,7 @@ class SensFile:
                 raise self._fail(start, f"truncated: frame {i} of {n} has no header")
             values = FRAME_HEAD.unpack(head)
             color_bytes, depth_bytes = values[18], values[19]
+            self._check_blobs(start, i, color_bytes, depth_bytes)
             end = start + FRAME_HEAD.size + color_bytes + depth_bytes
             if end > size:
                 raise self._fail(start, f"truncated: frame {i} of {n} needs bytes up to {end}, the file has {size}")
@@ -141,6 +161,20 @@ class SensFile:
             self.timestamps[i] = values[16:18]
             self._blobs[i] = (start + FRAME_HEAD.size, color_bytes, depth_bytes)
             f.seek(end)
+
+    def _check_blobs(self, start: int, i: int, color_bytes: int, depth_bytes: int) -> None:
+        """A frame's blobs are at most about their raw size: ``frame`` reads them whole."""
+        h = self.header
+        for what, found, raw, field in (
+            (f"colour (RGB {h.color_width}x{h.color_height})", color_bytes, 3 * h.color_width * h.color_height, 80),
+            (f"depth (uint16 {h.depth_width}x{h.depth_height})", depth_bytes, 2 * h.depth_width * h.depth_height, 88),
+        ):
+            if found > 2 * raw + BLOB_SLACK:
+                raise self._fail(
+                    start + field,
+                    f"frame {i} of {self.num_frames}: {what} blob of {found} bytes, "
+                    f"expected at most {2 * raw + BLOB_SLACK} (twice its raw size, and some)",
+                )
 
     @property
     def num_frames(self) -> int:
@@ -170,29 +204,49 @@ class SensFile:
         h = self.header
         shape = (h.color_height, h.color_width, 3)
         if h.color_compression == "raw":
-            if len(blob) != np.prod(shape):
-                raise self._fail(offset, f"frame {i}: raw colour of {len(blob)} bytes, expected {np.prod(shape)}")
+            if len(blob) != math.prod(shape):
+                raise self._fail(offset, f"frame {i}: raw colour of {len(blob)} bytes, expected {math.prod(shape)}")
             return np.frombuffer(blob, np.uint8).reshape(shape).copy()
-        try:
-            with Image.open(io.BytesIO(blob)) as image:
-                color = np.array(image.convert("RGB"))
-        except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        try:  # only the header's format: Pillow opens dozens, each its own parser
+            with Image.open(io.BytesIO(blob), formats=[h.color_compression.upper()]) as image:
+                size = image.size
+                # decoded only at the header's size, which is bounded; the image's own is not
+                color = np.array(image.convert("RGB")) if size == (h.color_width, h.color_height) else None
+        # Pillow on damaged data: OSError (truncated, unidentified), SyntaxError, ValueError, struct.error, EOFError
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError, Image.DecompressionBombError) as err:
             raise self._fail(offset, f"frame {i}: cannot decode its {h.color_compression} colour ({err})") from None
-        if color.shape != shape:
-            raise self._fail(offset, f"frame {i}: colour image of shape {color.shape}, the header says {shape}")
+        if color is None:
+            raise self._fail(
+                offset, f"frame {i}: colour image of {size[0]}x{size[1]}, the header says {shape[1]}x{shape[0]}"
+            )
         return color
 
     def _depth(self, blob: bytes, i: int, offset: int) -> np.ndarray:
         h = self.header
-        if h.depth_compression == "zlib_ushort":
-            try:
-                blob = zlib.decompress(blob)
-            except zlib.error as err:
-                raise self._fail(offset, f"frame {i}: cannot inflate its zlib depth ({err})") from None
         expected = 2 * h.depth_width * h.depth_height
+        if h.depth_compression == "zlib_ushort":
+            blob = self._inflate(blob, expected, i, offset)
         if len(blob) != expected:
             raise self._fail(
                 offset,
                 f"frame {i}: depth of {len(blob)} bytes, expected {expected} (uint16 {h.depth_width}x{h.depth_height})",
             )
         return np.frombuffer(blob, "<u2").reshape(h.depth_height, h.depth_width).copy()
+
+    def _inflate(self, blob: bytes, expected: int, i: int, offset: int) -> bytes:
+        """zlib depth, inflated to one byte past ``expected`` at most: a small blob can inflate to gigabytes."""
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(blob, expected + 1)
+        except zlib.error as err:
+            raise self._fail(offset, f"frame {i}: cannot inflate its zlib depth ({err})") from None
+        size = f"{expected} bytes (uint16 {self.header.depth_width}x{self.header.depth_height})"
+        if len(data) > expected:
+            raise self._fail(offset, f"frame {i}: zlib depth inflates past {size}, the header's depth size")
+        if not inflater.eof:  # zlib.decompress, which ScanNet's reader uses, fails here too
+            raise self._fail(offset, f"frame {i}: zlib depth stream is truncated ({len(data)} of {size} inflated)")
+        return data
+
+
+def _sane_size(width: int, height: int) -> bool:
+    return 0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and width * height <= MAX_PIXELS
