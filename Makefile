@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check $(if $(CI),--no-cache-dir)
 PINS   := -c constraints.txt
 export OVLIFT_PROGRESS ?= $(if $(CI),0,1)
 
-.PHONY: setup demo test gpu-check docs constraints clean
+.PHONY: setup demo test gpu-check docs constraints clean clean-work
 
 setup: $(VENV)/.ovlift
 
@@ -70,5 +70,15 @@ docs: setup
 constraints: setup
 	{ head -n 2 constraints.txt; $(PIP) freeze --exclude-editable | grep -v '^ovlift'; } > constraints.new && mv constraints.new constraints.txt
 
+# Build products only. work/ holds every plan's store by default (hours of results): clean-work
+# deletes it after asking, and off a terminal (CI, scripts) only with YES=1.
 clean:
-	rm -rf $(VENV) work site *.egg-info
+	rm -rf $(VENV) site *.egg-info
+
+clean-work:
+	@if [ "$(YES)" = 1 ]; then rm -rf work; echo "deleted work/"; \
+	elif [ -t 0 ]; then \
+	  printf 'Delete work/ (every plan'"'"'s store by default)? [y/N] '; read answer; \
+	  case "$$answer" in [yY]|[yY][eE][sS]) rm -rf work; echo "deleted work/";; *) echo "kept work/";; esac; \
+	else echo "make clean-work: not on a terminal, so not asking; run 'make clean-work YES=1' to delete work/" >&2; exit 1; \
+	fi

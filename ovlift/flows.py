@@ -20,10 +20,18 @@ anywhere, with a warning. Each worker process uses ``torch_threads`` torch threa
 
 After the run, the flow publishes a Markdown artifact (key ``ovlift-<plan>``): the
 run table and, after ``evaluate``, its metrics, so the Prefect UI shows results.
+
+Exposure: a Dask cluster runs whatever its clients send, without authentication unless
+TLS is configured. The local cluster therefore listens on the loopback only (scheduler,
+dashboard, workers); another interface must be asked for and is warned about. A
+scheduler joined by address gets its TLS from Dask's own configuration
+(``distributed.comm.tls.*``), as every Dask client does; a plain ``tcp://`` address
+beyond this machine is warned about.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -54,6 +62,8 @@ from ovlift.progress import progress
 from ovlift.stages.base import Resources
 
 ARTIFACT_KEY = "ovlift-{plan}"
+LOOPBACK = "127.0.0.1"
+"""Where the local cluster listens unless told otherwise: nothing beyond this machine reaches it."""
 log = logging.getLogger("ovlift")
 
 
@@ -185,18 +195,35 @@ def scene_flow(plan_path: str, scene_id: str, stages: list[str] | None = None, f
     return scene_task(plan_path, scene_id, keys, sorted(runner.plan.keys_for(list(force))), [])
 
 
-def local_cluster(n_workers: int = 2, gpus: int = 0, memory_gb: float | None = None) -> distributed.SpecCluster:
-    """A Dask cluster on this machine: ``n_workers`` single-threaded worker processes on the
-    loopback, the first ``gpus`` of them declaring ``GPU=1`` and seeing only their own device
-    (``CUDA_VISIBLE_DEVICES``); ``memory_gb`` declares each worker's ``MEMORY``."""
+def local_cluster(
+    n_workers: int = 2,
+    gpus: int = 0,
+    memory_gb: float | None = None,
+    host: str = LOOPBACK,
+    dashboard_address: str | None = None,
+) -> distributed.SpecCluster:
+    """A Dask cluster on this machine: ``n_workers`` single-threaded worker processes, the first
+    ``gpus`` of them declaring ``GPU=1`` and seeing only their own device (``CUDA_VISIBLE_DEVICES``);
+    ``memory_gb`` declares each worker's ``MEMORY``. The scheduler, the workers and the dashboard
+    listen on ``host``, the loopback by default (Dask's own dashboard default, ``:0``, is every
+    interface), the dashboard on a free port unless ``dashboard_address`` (``host:port``) says
+    otherwise; an address beyond the loopback is logged as a warning."""
     from prefect.settings import get_current_settings
 
+    dashboard = dashboard_address or f"{host}:0"
+    exposed = [a for a in (host, dashboard) if not is_loopback(a)]
+    if exposed:
+        log.warning(
+            "local Dask cluster: listening beyond this machine on %s (as asked): whoever reaches it can run "
+            "code on its workers (no TLS, no authentication)",
+            " and ".join(exposed),
+        )
     # The flow's API (the temporary server too): else every worker starts a server of its own
     # on the same database (seconds each, and "database is locked").
     api = get_current_settings().api.url
     workers = {}
     for i in range(n_workers):
-        options: dict = {"nthreads": 1, "host": "127.0.0.1", "resources": {}, "env": {}}
+        options: dict = {"nthreads": 1, "host": host, "resources": {}, "env": {}}
         if api:
             options["env"]["PREFECT_API_URL"] = api
         if i < gpus:
@@ -205,17 +232,50 @@ def local_cluster(n_workers: int = 2, gpus: int = 0, memory_gb: float | None = N
         if memory_gb:
             options["resources"]["MEMORY"] = memory_gb
         workers[f"worker-{i}"] = {"cls": distributed.Nanny, "options": options}
-    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    scheduler = {"cls": distributed.Scheduler, "options": {"host": host, "dashboard_address": dashboard}}
     return distributed.SpecCluster(workers=workers, scheduler=scheduler, name="ovlift")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a host, ``host:port`` or Dask address (``tcp://host:port``) is on the loopback only.
+    An empty host (``:8787``) or ``0.0.0.0`` means every interface; a host name other than
+    ``localhost`` counts as beyond this machine."""
+    if "://" in address:
+        host = distributed.comm.get_address_host(address)
+    elif address.startswith("["):  # [::1]:8787
+        host = address[1 : address.find("]")]
+    else:
+        host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def join_cluster(address: str) -> DaskTaskRunner:
+    """A task runner on the Dask scheduler at ``address``. Its client takes TLS (``tls://``
+    addresses) from Dask's configuration, ``distributed.comm.tls.*`` (a ``~/.config/dask`` YAML
+    file or ``DASK_DISTRIBUTED__COMM__TLS__...`` variables), as any Dask client does; a plain
+    ``tcp://`` address beyond the loopback is logged as a warning."""
+    if not address.startswith("tls://") and not is_loopback(address):
+        log.warning(
+            "%s: joining a Dask scheduler without TLS: plans, paths and results cross the network "
+            "unencrypted and the scheduler runs whatever it is sent; use a tls:// address with Dask's "
+            "distributed.comm.tls settings (docs/scale.md)",
+            address,
+        )
+    return DaskTaskRunner(address=address)
 
 
 def task_runner_from_env() -> DaskTaskRunner:
     """The dataset flow's task runner when nothing overrides it (deployments): the scheduler at
-    ``OVLIFT_DASK_ADDRESS``, else a ``local_cluster`` of ``OVLIFT_DASK_WORKERS`` (2) workers,
+    ``OVLIFT_DASK_ADDRESS`` (``join_cluster``), else a ``local_cluster`` of ``OVLIFT_DASK_WORKERS`` (2) workers,
     ``OVLIFT_DASK_GPUS`` (0) of them GPU workers."""
     address = os.environ.get("OVLIFT_DASK_ADDRESS")
     if address:
-        return DaskTaskRunner(address=address)
+        return join_cluster(address)
     kwargs = {"n_workers": int(os.environ.get("OVLIFT_DASK_WORKERS", "2"))}
     kwargs["gpus"] = int(os.environ.get("OVLIFT_DASK_GPUS", "0"))
     return DaskTaskRunner(cluster_class=local_cluster, cluster_kwargs=kwargs)
@@ -310,10 +370,10 @@ def run_dataset_flow(
     gpu_if_on_device: bool = False,
 ) -> RunReport:
     """Run ``dataset_flow`` on a local Dask cluster of ``workers`` processes (``gpus`` of them
-    GPU workers; None: as many as this machine has CUDA devices, at most ``workers``), or on
-    the scheduler at ``dask_address``."""
+    GPU workers; None: as many as this machine has CUDA devices, at most ``workers``; on the
+    loopback), or on the scheduler at ``dask_address`` (``join_cluster``: TLS from Dask's config)."""
     if dask_address:
-        task_runner = DaskTaskRunner(address=dask_address)
+        task_runner = join_cluster(dask_address)
     else:
         if gpus is None:
             import torch

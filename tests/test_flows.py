@@ -70,3 +70,71 @@ def test_gpu_stages_run_on_the_gpu_worker_and_the_run_table_is_an_artifact(tmp_p
     assert "| toy_0003 | ran | ran | ran |  | ran |  |" in artifact.data  # held out: no training stages
     assert "| global |  |  |  | ran |  | ran |" in artifact.data
     assert "## evaluate" in artifact.data and "mIoU" in artifact.data
+
+
+def test_the_local_cluster_listens_on_the_loopback_only():
+    """Scheduler, dashboard and worker of ``local_cluster`` bind 127.0.0.1: Dask's own dashboard
+    default (``:0``) binds every interface, and the cluster runs whatever a client sends it."""
+    import distributed
+
+    from ovlift.flows import local_cluster
+
+    def bound(node) -> list[str]:
+        """The hosts a node's HTTP server (dashboard, metrics) and comm listener are bound to."""
+        http = {s.getsockname()[0] for s in node.http_server._sockets.values()}
+        return sorted(http | {distributed.comm.get_address_host(node.address)})
+
+    with local_cluster(n_workers=1) as cluster, distributed.Client(cluster) as client:
+        assert bound(cluster.scheduler) == ["127.0.0.1"]
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert list(client.run(lambda dask_worker: bound(dask_worker)).values()) == [["127.0.0.1"]]
+        assert [distributed.comm.get_address_host(n.address) for n in cluster.workers.values()] == ["127.0.0.1"]
+
+
+def test_listening_beyond_the_loopback_is_asked_for_and_warned_about(caplog):
+    """Another interface must be given explicitly and is logged as a warning; so is joining a
+    scheduler beyond this machine over plain tcp (its TLS comes from Dask's config)."""
+    import distributed
+
+    from ovlift.flows import join_cluster, local_cluster
+
+    with caplog.at_level("WARNING", logger="ovlift"), local_cluster(n_workers=0, dashboard_address=":0") as cluster:
+        assert {s.getsockname()[0] for s in cluster.scheduler.http_server._sockets.values()} == {"0.0.0.0"}
+    assert "local Dask cluster: listening beyond this machine on :0 (as asked)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ovlift"):
+        join_cluster("tcp://127.0.0.1:8786")
+        join_cluster("tls://10.0.0.2:8786")
+        assert caplog.text == ""
+        join_cluster("tcp://10.0.0.2:8786")
+    assert "tcp://10.0.0.2:8786: joining a Dask scheduler without TLS" in caplog.text
+    assert distributed.comm.get_address_host("tls://10.0.0.2:8786") == "10.0.0.2"
+
+
+def test_joining_a_tls_scheduler_takes_its_certificates_from_dask_config(tmp_path):
+    """``--dask-address tls://...``: the client is configured like any Dask client, by
+    ``distributed.comm.tls.*`` (here through ``dask.config.set``; ``DASK_DISTRIBUTED__COMM__TLS__...``
+    variables or a YAML file in ``~/.config/dask`` do the same)."""
+    import dask
+    import distributed
+    from distributed.security import Security
+
+    from ovlift.flows import join_cluster
+
+    keys = Security.temporary()  # a CA, and certificates it signed, as PEM text
+    files = {}
+    for name in ("ca_file", "client_cert", "client_key", "scheduler_cert", "scheduler_key"):
+        files[name] = str(tmp_path / name)
+        (tmp_path / name).write_text(getattr(keys, f"tls_{name}"))
+    ca, cert, key = files["ca_file"], files["client_cert"], files["client_key"]
+    scheduler_pem = {"tls_scheduler_cert": files["scheduler_cert"], "tls_scheduler_key": files["scheduler_key"]}
+    server = Security(tls_ca_file=ca, **scheduler_pem)
+    options = {"host": "tls://127.0.0.1", "dashboard": False, "security": server}
+    own = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key)  # the cluster object's own client
+    scheduler = {"cls": distributed.Scheduler, "options": options}
+    with distributed.SpecCluster(workers={}, scheduler=scheduler, security=own) as cluster:
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")
+        config = {"ca-file": ca, "client.cert": cert, "client.key": key}
+        with dask.config.set({f"distributed.comm.tls.{k}": v for k, v in config.items()}):
+            with join_cluster(cluster.scheduler_address) as runner:
+                assert runner.client.scheduler_info()["address"] == cluster.scheduler_address

@@ -62,6 +62,34 @@ def test_environment_variables_fill_paths_with_defaults(tmp_path, monkeypatch):
         load_plan(path)
 
 
+def test_only_ovlift_and_declared_variables_expand(tmp_path, monkeypatch):
+    """A plan reads ``OVLIFT_*`` and the variables its ``environment`` key lists: any other
+    ``${NAME}`` (a secret, say) fails naming the file, the key and the variable, even with
+    a default, before anything of the plan is used."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OVLIFT_X", str(tmp_path / "ovlift-x"))
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${HOME}/s.zarr"))
+    with pytest.raises(PlanError) as err:
+        load_plan(path)
+    assert str(err.value) == (
+        f"{path}: store: '${{HOME}}' reads environment variable 'HOME', which the plan does not declare: "
+        "plans read OVLIFT_* variables and those listed in the top-level key 'environment' "
+        "(add: environment: [HOME])"
+    )
+    dataset = {"name": "toy", "num_scenes": 2, "seed": "${AWS_SECRET_ACCESS_KEY:-0}"}
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, dataset=dataset))
+    with pytest.raises(PlanError, match=r"p.yaml: dataset.seed: .*'AWS_SECRET_ACCESS_KEY', which the plan does not"):
+        load_plan(path)
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${HOME}/s.zarr", environment=["HOME"]))
+    assert load_plan(path).store == str(tmp_path / "home" / "s.zarr")
+    path = write(tmp_path / "p.yaml", small_plan(tmp_path, store="${OVLIFT_X}/s.zarr"))
+    assert load_plan(path).store == str(tmp_path / "ovlift-x" / "s.zarr")
+    for bad in ("HOME", ["${HOME}"], ["A-B"]):
+        path = write(tmp_path / "p.yaml", small_plan(tmp_path, environment=bad))
+        with pytest.raises(PlanError, match=r"p.yaml: environment: expected a list of environment variable names"):
+            load_plan(path)
+
+
 def test_every_committed_plan_validates():
     assert {p.name for p in PLANS} >= {"demo.yaml", "openscene-7scenes.yaml"}
     result = CliRunner().invoke(app, ["validate", *map(str, PLANS)])

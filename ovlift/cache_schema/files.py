@@ -11,7 +11,13 @@ object store a stage writes into a local mirror of its prefix (under
 downloaded first (a checkpoint to resume from) and the mirror is uploaded when the
 stage ends, also when it fails (so a rerun resumes from its last checkpoint). A
 checkpoint written during training reaches the object store only then: after a
-kill, the same machine resumes from its mirror; another machine starts over.
+kill, the rerun starts from what the prefix holds.
+
+Each run of a stage has a mirror of its own, ``<sha256(url)[:16]>-<pid>-<random>``
+(created by ``mkdtemp``: owner-only, never an existing folder), removed once it is
+uploaded: two processes of the same group (two runs of one plan, a retried task
+beside its first try) never share one. A key of the prefix whose relative path would
+leave the mirror (``..``, an absolute path) is refused before anything is downloaded.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,18 +77,50 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
         yield GroupFiles(Path(remote), remote)
         return
     url = fs.unstrip_protocol(remote)
-    local = files_cache() / hashlib.sha256(url.encode()).hexdigest()[:16]
-    shutil.rmtree(local, ignore_errors=True)
-    local.mkdir(parents=True)
-    for key in fs.find(remote):
-        target = local / key[len(remote) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get_file(key, str(target))
+    files_cache().mkdir(parents=True, exist_ok=True)
+    prefix = f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{os.getpid()}-"
+    local = Path(tempfile.mkdtemp(prefix=prefix, dir=files_cache()))
+    try:
+        for key, target in mirror_targets(fs.find(remote), remote, local, url):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(key, str(target))
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
     try:
         yield GroupFiles(local, url)
     finally:
+        _upload(fs, local, remote, url)
+        shutil.rmtree(local, ignore_errors=True)  # only once uploaded: else the files stay for a look
+
+
+def _upload(fs, local: Path, remote: str, url: str) -> None:
+    """Every file of the mirror ``local`` to the prefix ``remote``; a failure is logged with
+    the mirror's path (its files stay there) and raised."""
+    try:
         for file in sorted(p for p in local.rglob("*") if p.is_file()):
             fs.put_file(str(file), f"{remote}/{file.relative_to(local).as_posix()}")
+    except BaseException:
+        log.error("%s: uploading the stage's files failed; they stay in %s", url, local)
+        raise
+
+
+def mirror_targets(keys: list[str], remote: str, local: Path, url: str) -> list[tuple[str, Path]]:
+    """(key, local path) of each object under the prefix ``remote``, every one inside the mirror
+    folder ``local``; a key outside the prefix or whose relative path leaves the mirror (``..``
+    parts, an absolute path) is a ValueError naming it, before anything is downloaded."""
+    found = []
+    root = local.resolve()
+    for key in keys:
+        relative = key[len(remote) + 1 :] if key.startswith(f"{remote}/") else ""
+        target = (local / relative).resolve()
+        if not relative or ".." in relative.split("/") or target == root or not target.is_relative_to(root):
+            raise ValueError(
+                f"{url}: refusing object key '{key}': expected '{remote}/<relative path>' without '..' parts, "
+                f"so that its copy lands inside the local mirror {local}"
+            )
+        found.append((key, target))
+    return found
 
 
 def _move(fs, src: str, dst: str) -> None:
