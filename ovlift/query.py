@@ -27,6 +27,7 @@ from ovlift.cache_schema.groups.predict import PREDICT_SPEC
 from ovlift.cache_schema.groups.project import PROJECT_SPEC
 from ovlift.errors import StageInputError, name_list
 from ovlift.models.text import TextEncoderConfig
+from ovlift.names import file_part
 from ovlift.pipeline.text_cache import TextCache
 
 
@@ -93,11 +94,6 @@ def query_scene(
     if seen is not None:
         similarity = np.where(seen, similarity, np.nan)
     return QueryResult(similarity, label)
-
-
-def file_part(text: str) -> str:
-    """``text`` made safe as part of a file name (scene ids and queries may hold '/', spaces, ...)."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_.")
 
 
 def write_query_outputs(

@@ -246,16 +246,17 @@ def test_cli_ingest_run_status(tmp_path):
     assert result.exit_code == 2 and "toy_0009" in result.output
 
 
-def test_gc_on_the_command_line_needs_keep_and_reports_bytes_freed(tmp_path):
+def test_gc_on_the_command_line_is_a_dry_run_without_yes_and_reports_bytes_freed(tmp_path):
     data = toy_plan_dict(tmp_path / "s.zarr", num_scenes=1)
     for name, frames in (("a", 4), ("b", 3)):
         data["dataset"]["num_frames"] = frames
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
         assert CliRunner().invoke(app, ["run", str(tmp_path / f"{name}.yaml")]).exit_code == 0
-    refused = CliRunner().invoke(app, ["gc", str(tmp_path / "a.yaml")])
-    assert refused.exit_code == 2 and "--keep" in refused.output
+    dry = CliRunner().invoke(app, ["gc", str(tmp_path / "a.yaml")])
+    assert dry.exit_code == 0 and "would remove scenes/toy_0000/input/" in dry.output and "--yes" in dry.output
+    assert " MiB)" in dry.output  # each entry with its size
     assert len(Store(tmp_path / "s.zarr").versions("scenes/toy_0000/input")) == 2
-    done = CliRunner().invoke(app, ["gc", "--keep", str(tmp_path / "a.yaml")])
+    done = CliRunner().invoke(app, ["gc", "--yes", str(tmp_path / "a.yaml")])
     assert done.exit_code == 0, done.output
     assert "removed scenes/toy_0000/input/" in done.output and "2 entries, freed" in done.output
     assert len(Store(tmp_path / "s.zarr").versions("scenes/toy_0000/input")) == 1

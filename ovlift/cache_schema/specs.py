@@ -13,6 +13,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from ovlift.names import check_name
+
 IGNORE_LABEL = -1
 """Label value of points and pixels without a class (ScanNet's "unannotated")."""
 
@@ -137,12 +139,19 @@ class GroupSpec:
         if (scene_id is None) != (self.scope is Scope.GLOBAL):
             need = "no scene" if self.scope is Scope.GLOBAL else "a scene id"
             raise ValueError(f"{self.scope} stage '{self.stage}' needs {need}, got scene {scene_id!r}")
+        if scene_id is not None:
+            check_name(scene_id, "scene id")
+        if variant is not None:
+            check_name(variant, f"variant of stage '{self.stage}'")
+        return self._join(scene_id, variant)
+
+    def _join(self, scene_id: str | None, variant: str | None) -> str:
         head = f"{SCENES}/{scene_id}" if scene_id is not None else GLOBAL
         return f"{head}/{self.stage}" + (f"/{variant}" if variant is not None else "")
 
     def path_pattern(self) -> str:
         """``path`` with placeholders, as documents show it."""
-        return self.path(None if self.scope is Scope.GLOBAL else "<scene_id>", self.variant and f"<{self.variant}>")
+        return self._join(None if self.scope is Scope.GLOBAL else "<scene_id>", self.variant and f"<{self.variant}>")
 
     def array(self, name: str) -> ArraySpec:
         for spec in self.arrays:

@@ -19,7 +19,7 @@ A version is never modified or replaced: a reader resolves a pointer once and
 reads that version to the end, whatever publishes meanwhile. A writer killed
 before its pointers leaves only an unreferenced version, which ``gc`` removes.
 
-Versions stay until ``ovlift gc --keep PLAN...``: switching a config back to an
+Versions stay until ``ovlift gc PLAN... --yes``: switching a config back to an
 earlier value finds its version through ``refs/<fingerprint>`` (a cache hit),
 and ``--force`` publishes a new version beside the old one. Nothing but ``gc``
 deletes results.
@@ -292,10 +292,11 @@ class Store:
         return sorted(n for n in names if n.endswith(MANIFEST_SUFFIX))
 
     def _children(self, path: str) -> list[str]:
-        """Names of the folders directly under ``path``."""
+        """Names of the folders directly under ``path``; a symbolic link is not one (nothing
+        that lists the store, gc above all, ever follows a link out of it)."""
         if self.local_root is not None:
             try:
-                return sorted(e.name for e in os.scandir(self.local_root / path) if e.is_dir())
+                return sorted(e.name for e in os.scandir(self.local_root / path) if e.is_dir(follow_symlinks=False))
             except (FileNotFoundError, NotADirectoryError):
                 return []
         try:
@@ -305,11 +306,13 @@ class Store:
         return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory")
 
     def _remove(self, path: str) -> None:
-        """Delete a folder or file of the store."""
+        """Delete a folder or file of the store: never through a link, never outside it."""
         if self.local_root is not None:
             target = self.local_root / path
-            if target.is_dir():
-                shutil.rmtree(target)
+            if not target.parent.resolve().is_relative_to(self.local_root) or ".." in Path(path).parts:
+                raise StoreFormatError(f"refusing to delete '{target}': it is not inside the store {self.local_root}")
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)  # rmtree unlinks the links inside, never follows them
             else:
                 target.unlink(missing_ok=True)
         elif self._fs.exists(self._key(path)):
@@ -443,11 +446,11 @@ class Store:
         """Whether ``verify --repair`` moved this version aside."""
         return self.read_bytes(f"{DAMAGED}/{path}/{version}.damage.json") is not None
 
-    def gc(self, keep: Mapping[str, set[str]], dry_run: bool = False) -> tuple[list[str], int]:
+    def gc(self, keep: Mapping[str, set[str]], dry_run: bool = False) -> list[tuple[str, int]]:
         """Remove every version but the current one of each kept (path, fingerprint), with
-        the pointers to them; return what went (or would) and the bytes freed. Cached
-        text embeddings stay. Do not run it while runs write to the store."""
-        removed, freed = [], 0
+        the pointers to them; return what went (or would), each with its bytes. Cached text
+        embeddings stay. ``ovlift.pipeline.gc`` refuses to call it while runs write."""
+        removed: list[tuple[str, int]] = []
         for path in [p for s in self.scene_ids() for p in self.stage_groups(s)] + self.global_groups():
             wanted = keep.get(path, set())
             refs = self.refs(path)
@@ -458,8 +461,7 @@ class Store:
             orphans = [m for m in self._manifests(path) if m.removesuffix(MANIFEST_SUFFIX) not in versions]
             gone += [f"{path}/{m}" for m in orphans]  # of a writer killed before its move
             gone += [f"{path}/{REFS}/{fp}" for fp in refs if fp not in kept]
-            removed += gone
-            freed += sum(self._size(p) + self._size(p + MANIFEST_SUFFIX) for p in gone)
+            removed += [(p, self._size(p) + self._size(p + MANIFEST_SUFFIX)) for p in gone]
             if dry_run:
                 continue
             if not kept:
@@ -471,13 +473,16 @@ class Store:
             for p in gone:
                 self._remove(p)
                 self._remove(p + MANIFEST_SUFFIX)  # a version's manifest goes with it
-        return removed, freed
+        return removed
 
     def _size(self, path: str) -> int:
         if self.local_root is not None:
             target = self.local_root / path
-            files = [target] if target.is_file() else [f for f in target.rglob("*") if f.is_file()]
-            return sum(f.stat().st_size for f in files)
+            if target.is_symlink() or not target.exists():
+                return 0
+            if target.is_file():
+                return target.stat().st_size
+            return sum(f.lstat().st_size for f in target.rglob("*") if f.is_file() and not f.is_symlink())
         return int(self._fs.du(self._key(path))) if self._fs.exists(self._key(path)) else 0
 
     # -- writing -------------------------------------------------------------------
@@ -536,35 +541,19 @@ class Store:
         Entries of live processes (possibly writing now) and of other hosts are
         kept: only their owner can know they are dead.
         """
-        if self.local_root is None:
-            return []
         host = socket.gethostname()
         removed = []
-        for area in (STAGING,):
-            folder = self.local_root / area
-            if not folder.is_dir():
-                continue
-            for entry in folder.iterdir():
-                if not entry.is_dir():
-                    continue  # the area's own zarr.json
-                owner_host, _, rest = entry.name.rpartition("-")[0].rpartition("-")
-                pid = int(rest) if rest.isdigit() else None
-                if owner_host == host and pid is not None and not _pid_alive(pid):
-                    shutil.rmtree(entry, ignore_errors=True)
-                    removed.append(f"{area}/{entry.name}")
+        for name in self._children(STAGING):
+            owner_host, _, rest = name.rpartition("-")[0].rpartition("-")
+            pid = int(rest) if rest.isdigit() else None
+            if owner_host == host and pid is not None and not _pid_alive(pid):
+                self._discard(f"{STAGING}/{name}")
+                removed.append(f"{STAGING}/{name}")
         return removed
 
     def leftovers(self) -> list[str]:
-        """Staging entries present now (of any process)."""
-        if self.local_root is None:
-            return []
-        return [
-            f"{area}/{e.name}"
-            for area in (STAGING,)
-            if (self.local_root / area).is_dir()
-            for e in (self.local_root / area).iterdir()
-            if e.is_dir()
-        ]
+        """Staging entries present now (of any process, on any host)."""
+        return [f"{STAGING}/{name}" for name in self._children(STAGING)]
 
 
 def _pid_alive(pid: int) -> bool:

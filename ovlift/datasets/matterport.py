@@ -59,6 +59,7 @@ from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource, read_json_key
 from ovlift.datasets.category_table import CategoryTable, label_indices
 from ovlift.datasets.images import StoredImageSize, read_color, read_uint16_image, resized_frame
+from ovlift.names import contained
 from ovlift.ply import PlyMesh, read_ply
 from ovlift.vocabularies import MATTERPORT21, SCANNET20_NYU40_IDS, get_vocabulary
 
@@ -217,11 +218,12 @@ class MatterportDataset(Dataset[MatterportConfig]):
                 f"{mesh.points.min(axis=0).tolist()}..{mesh.points.max(axis=0).tolist()} (nearest_views=0)"
             )
         scan = files["conf"].parent.parent
+        where = f"scene '{scene_id}': {files['conf'].name} names the"
         return mesh, [
             (
                 cameras.images[i],
-                scan / cameras.color_directory / cameras.images[i].color_name,
-                scan / cameras.depth_directory / cameras.images[i].depth_name,
+                contained(scan, f"{cameras.color_directory}/{cameras.images[i].color_name}", f"{where} image"),
+                contained(scan, f"{cameras.depth_directory}/{cameras.images[i].depth_name}", f"{where} image"),
             )
             for i in chosen[:: self.config.frame_stride]
         ]

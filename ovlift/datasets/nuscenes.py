@@ -64,6 +64,7 @@ from ovlift.config import FrozenConfig, LocalPath
 from ovlift.datasets.base import Dataset, Frame, SceneSource
 from ovlift.datasets.images import read_image, resized_color
 from ovlift.errors import StageInputError
+from ovlift.names import contained
 from ovlift.vocabularies import NUSCENES16
 
 NUSCENES_CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_FRONT_LEFT")
@@ -233,7 +234,7 @@ class NuScenesDataset(Dataset[NuScenesConfig]):
         return _KeyFrame(lidar, [nusc.get("sample_data", sample["data"][c]) for c in cfg.cameras], lidarseg)
 
     def _file(self, scene_id: str, relative: str) -> Path:
-        path = Path(self.config.dataroot) / relative
+        path = contained(Path(self.config.dataroot), relative, f"scene '{scene_id}': the nuScenes tables list the file")
         if not path.is_file():
             raise StageInputError(f"scene '{scene_id}': file '{path}' is missing (listed in the nuScenes tables)")
         return path

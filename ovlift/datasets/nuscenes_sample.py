@@ -42,6 +42,7 @@ from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource, scene_folders
 from ovlift.datasets.nuscenes import NUSCENES_CAMERAS, NUSCENES_IMAGE_HW, camera_frame, read_lidar_bin
 from ovlift.errors import StageInputError
+from ovlift.names import contained
 from ovlift.vocabularies import NUSCENES16
 
 SAMPLE_FILE = "sample.json"
@@ -110,7 +111,7 @@ class NuScenesSampleDataset(Dataset[NuScenesSampleConfig]):
         return sample, {index: name for name, index in categories.items()}
 
     def _file(self, scene_id: str, name: str) -> Path:
-        path = self._folders[scene_id] / name
+        path = contained(self._folders[scene_id], name, f"scene '{scene_id}': {SAMPLE_FILE} names the file")
         if not path.is_file():
             raise StageInputError(f"scene '{scene_id}': file '{path}' is missing (named in {SAMPLE_FILE})")
         return path

@@ -16,6 +16,7 @@ from rich.table import Table
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ovlift.cache_schema import Store, short
+from ovlift.names import UnsafeNameError
 from ovlift.pipeline.plan import PlanError, load_plan
 from ovlift.pipeline.runner import Runner, RunReport, StaleUpstream
 from ovlift.pipeline.status import StageStatus, State, store_status
@@ -96,6 +97,9 @@ def _run(
     except KeyError as err:
         err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
         raise typer.Exit(2) from None
+    except UnsafeNameError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -164,20 +168,25 @@ def print_status(rows: list[StageStatus]) -> None:
 @app.command()
 def gc(
     plans: Annotated[list[Path], typer.Argument(help="Plans whose results to keep.", exists=True, dir_okay=False)],
-    keep: Annotated[bool, typer.Option("--keep", help="Required: keep only what these plans reference.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would go; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Delete (without it: list what would go, with sizes).")] = False,
+    overrides: SetOpt = None,
 ) -> None:
-    """Remove every result of the plans' stores that none of the plans references now."""
-    from ovlift.pipeline.gc import collect
+    """Remove every result of the plans' stores that none of the plans references now. A dry
+    run unless --yes; refuses, deleting nothing, when the plans may not be what made the store."""
+    from ovlift.pipeline.gc import GcRefused, collect
 
-    if not keep:
-        err_console.print("[red]error:[/red] say --keep: gc deletes everything these plans do not reference now")
-        raise typer.Exit(2)
-    for result in collect([_load(p) for p in plans], dry_run):
+    try:
+        results = collect([_load(p, overrides) for p in plans], dry_run=not yes)
+    except GcRefused as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    for result in results:
         for path in result.removed:
-            typer.echo(f"{'would remove' if dry_run else 'removed'} {path}")
-        verb = "would free" if dry_run else "freed"
+            typer.echo(f"{'removed' if yes else 'would remove'} {path} ({result.sizes[path] / 2**20:.1f} MiB)")
+        verb = "freed" if yes else "would free"
         typer.echo(f"{result.store}: {len(result.removed)} entries, {verb} {result.bytes_freed / 2**20:.1f} MiB")
+    if not yes and any(r.removed for r in results):
+        typer.echo("a dry run: nothing was deleted; add --yes to delete")
 
 
 @app.command()

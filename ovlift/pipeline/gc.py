@@ -1,4 +1,4 @@
-"""``ovlift gc --keep PLAN...``: the only way results leave a store.
+"""``ovlift gc PLAN... [--yes]``: the only way results leave a store.
 
 Published versions are immutable and stay when superseded (``--force``, a config
 change, a concurrent writer), so that readers never lose what they opened and a
@@ -6,20 +6,42 @@ config switched back is a cache hit. ``gc`` keeps, for every group a given plan
 would use now, the current version of that fingerprint; it removes every other
 version, the pointers to them, and their plain files beside the store
 (checkpoints of other fingerprints, and files a ``--force`` moved aside).
-Cached text embeddings stay. Run it when no run writes to the store.
+Cached text embeddings stay.
+
+What it keeps is recomputed from the plans at gc time, so it refuses (``GcRefused``,
+deleting nothing) whenever that recomputation may not be what made the store:
+
+* an input a plan names is missing (a model folder not mounted: its fingerprint would
+  change, and every group after it would look superseded);
+* the store holds scenes the plans' datasets do not (a dataset folder with fewer scenes);
+* a group the plans would use is not in the store at the fingerprint they give now (the
+  plans were not run as given: other ``--set`` overrides, another environment, a change
+  not run yet: run them first, or pass the same ``--set``);
+* staging entries exist (a run is writing, or one on another host died: only its owner
+  can tell).
+
+It never follows a symbolic link and removes nothing outside the store (``Store._remove``).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 
+from fsspec.implementations.local import LocalFileSystem
+
 from ovlift.cache_schema import Store, short
 from ovlift.cache_schema.store import url_to_fs
+from ovlift.errors import name_list
 from ovlift.pipeline.plan import Plan
-from ovlift.pipeline.status import expected_fingerprints
+from ovlift.pipeline.status import Expected, expected_fingerprints
 
 _FILES_DIR = re.compile(r"^[0-9a-f]{12}(\.before-force-.+)?$")
+
+
+class GcRefused(RuntimeError):
+    """gc would delete on evidence it cannot trust; nothing was deleted."""
 
 
 @dataclass
@@ -27,26 +49,68 @@ class Collected:
     store: str
     removed: list[str] = field(default_factory=list)
     """Store paths and files folders removed (or that would be, in a dry run)."""
-    bytes_freed: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Bytes of each removed entry."""
+
+    @property
+    def bytes_freed(self) -> int:
+        return sum(self.sizes.values())
+
+    def add(self, entry: str, size: int) -> None:
+        self.removed.append(entry)
+        self.sizes[entry] = size
 
 
 def collect(plans: list[Plan], dry_run: bool = False) -> list[Collected]:
-    """Garbage-collect each store the plans use, keeping what any of them references."""
+    """Garbage-collect each store the plans use, keeping what any of them references.
+    Every store is checked before anything is deleted (``GcRefused`` names why not)."""
     by_store: dict[str, list[Plan]] = {}
     for plan in plans:
         by_store.setdefault(plan.store, []).append(plan)
-    results = []
+    checked = []
     for url, store_plans in by_store.items():
         store = Store(url)
+        expected = [expected_fingerprints(plan, store) for plan in store_plans]
+        refusals = _refusals(store, store_plans, expected)
+        if refusals:
+            raise GcRefused(f"gc of {url} refused, nothing deleted:\n  " + "\n  ".join(refusals))
         keep: dict[str, set[str]] = {}
-        for plan in store_plans:
-            for path, expected in expected_fingerprints(plan, store).items():
-                keep.setdefault(path, set()).add(expected.fingerprint)
-        removed, freed = store.gc(keep, dry_run)
-        result = Collected(url, removed, freed)
+        for found in expected:
+            for path, e in found.items():
+                keep.setdefault(path, set()).add(e.fingerprint)
+        checked.append((store, keep))
+    results = []
+    for store, keep in checked:
+        result = Collected(store.url)
+        for entry, size in store.gc(keep, dry_run):
+            result.add(entry, size)
         _collect_files(store.files_url, keep, result, dry_run)
         results.append(result)
     return results
+
+
+def _refusals(store: Store, plans: list[Plan], expected: list[dict[str, Expected]]) -> list[str]:
+    store.clean_stale()  # this host's dead writers' staging: never a live run's
+    refusals = []
+    if leftovers := store.leftovers():
+        refusals.append(
+            f"staging entries exist (a run writing now, or one that died on another host): {name_list(leftovers)}"
+        )
+    known = {s for plan in plans for s in plan.dataset.scene_ids()}
+    if extra := sorted(set(store.scene_ids()) - known):
+        refusals.append(f"the store holds scenes the plans' datasets do not: {name_list(extra)}")
+    for plan, found in zip(plans, expected, strict=True):
+        missing = sorted({f"{path}: {k}" for path, e in found.items() for k, v in e.inputs.items() if v == "missing"})
+        if missing:
+            refusals.append(f"{plan.source}: inputs missing (a folder not mounted?): {name_list(missing, 5)}")
+            continue
+        absent = [path for path, e in found.items() if store.read(path, fingerprint=e.fingerprint) is None]
+        if absent:
+            refusals.append(
+                f"{plan.source}: {len(absent)} groups it would use are not in the store at the fingerprints it gives "
+                f"now ({name_list(absent, 3)}): run it first, or pass the --set overrides it ran with"
+            )
+    return refusals
 
 
 def _collect_files(url: str, keep: dict[str, set[str]], result: Collected, dry_run: bool) -> None:
@@ -67,7 +131,14 @@ def _collect_files(url: str, keep: dict[str, set[str]], result: Collected, dry_r
         if name in {short(fp) for fp in keep.get(path, ())}:
             continue
         target = f"{root.rstrip('/')}/{folder}"
-        result.removed.append(target if "://" not in url else fs.unstrip_protocol(target))
-        result.bytes_freed += size
+        if isinstance(fs, LocalFileSystem) and not _inside(target, root):
+            continue  # reached through a link: not the store's to delete
+        result.add(target if "://" not in url else fs.unstrip_protocol(target), size)
         if not dry_run:
             fs.rm(target, recursive=True)
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies inside ``root`` with no symbolic link on the way."""
+    real_root = os.path.realpath(root)
+    return os.path.realpath(path).startswith(real_root + os.sep) and not os.path.islink(path)

@@ -21,8 +21,12 @@ Every section is validated against the registered class's typed Config; an
 unknown key or a wrong type fails with the file and the key path. Each
 configured stage (variant) gets a *key*: its name, or ``name/variant``. Any
 string may hold ``${NAME}`` or ``${NAME:-default}``, taken from the environment
-(e.g. ``paths: ["${OVLIFT_DATA}/7scenes-redkitchen"]``). Commented plans to copy
-are in the repository's ``plans/`` folder; ``ovlift validate PLAN`` checks one.
+(e.g. ``paths: ["${OVLIFT_DATA}/7scenes-redkitchen"]``), for variables named
+``OVLIFT_*`` and those the plan declares under its top-level key ``environment``
+(``environment: [SCANNET_ROOT]``); any other variable is an error, so a plan cannot
+copy a secret (``AWS_SECRET_ACCESS_KEY``) into store attributes, logs or Prefect
+artifacts. Commented plans to copy are in the repository's ``plans/`` folder;
+``ovlift validate PLAN`` checks one.
 """
 
 from __future__ import annotations
@@ -33,19 +37,23 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from ovlift.cache_schema import StageGroup, fingerprint
 from ovlift.config import FrozenConfig
 from ovlift.datasets.base import Dataset
+from ovlift.names import UnsafeNameError, check_name
 from ovlift.pipeline.registry import dataset_class, stage_class, stage_classes, stage_order
 from ovlift.stages.base import Stage
 from ovlift.vocabularies import get_vocabulary
 
-VARIANT_NAME = r"^[A-Za-z0-9_.-]+$"
+ENV_VAR = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
+ENV_NAME = r"\w+"
+ENV_PREFIX = "OVLIFT_"
+"""Variables every plan may read; others must be declared (``PlanFile.environment``)."""
 ConfigT = TypeVar("ConfigT", bound=FrozenConfig)
 
 
@@ -160,18 +168,34 @@ class PlanFile(FrozenConfig):
     splits: dict[str, list[str] | str] = {}
     """Named non-empty lists of scene ids (e.g. train, val), or the name of one of the
     dataset's own splits (nuScenes: ``train: train``, ``val: val``)."""
+    environment: list[Annotated[str, Field(pattern=f"^{ENV_NAME}$")]] = []
+    """Environment variables besides ``OVLIFT_*`` that the plan's ``${NAME}`` may read
+    (``[SCANNET_ROOT]``); read before the rest of the plan is expanded (``declared_environment``)."""
 
 
-ENV_VAR = re.compile(r"\$\$|\$\{(\w+)(?::-([^}]*))?\}")
+def declared_environment(data: Mapping[str, Any], source: str) -> frozenset[str]:
+    """The variable names of a plan's ``environment`` key (``PlanFile.environment``), checked
+    here because ``${NAME}`` is expanded before the plan is validated."""
+    names = data.get("environment")
+    if names is None:
+        return frozenset()
+    if not isinstance(names, list) or not all(isinstance(n, str) and re.fullmatch(ENV_NAME, n) for n in names):
+        raise PlanError(
+            f"{source}: environment: expected a list of environment variable names (e.g. [SCANNET_ROOT]), "
+            f"found {names!r}"
+        )
+    return frozenset(names)
 
 
-def expand_env(value: Any, source: str, key: str = "") -> Any:
+def expand_env(value: Any, source: str, key: str = "", declared: frozenset[str] = frozenset()) -> Any:
     """``${NAME}`` and ``${NAME:-default}`` in every string of a plan, from the environment,
-    as a shell does (the default also when NAME is empty); ``$$`` is a literal ``$``."""
+    as a shell does (the default also when NAME is empty); ``$$`` is a literal ``$``. Only
+    ``OVLIFT_*`` variables and ``declared`` ones may be read: any other is a PlanError, so a
+    plan never copies an unrelated variable (a secret) into the store, logs or artifacts."""
     if isinstance(value, dict):
-        return {k: expand_env(v, source, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, source, f"{key}.{k}" if key else str(k), declared) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, source, f"{key}[{i}]", declared) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -179,6 +203,12 @@ def expand_env(value: Any, source: str, key: str = "") -> Any:
         if match.group(0) == "$$":
             return "$"
         name, default = match.group(1), match.group(2)
+        if not name.startswith(ENV_PREFIX) and name not in declared:
+            raise PlanError(
+                f"{source}: {key}: '{match.group(0)}' reads environment variable '{name}', which the plan "
+                f"does not declare: plans read {ENV_PREFIX}* variables and those listed in the top-level key "
+                f"'environment' (add: environment: [{name}])"
+            )
         if os.environ.get(name):
             return os.environ[name]
         if default is None:
@@ -245,7 +275,7 @@ def plan_from_dict(
     ``check_paths`` also requires every local path of the plan (data, models) to exist."""
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a mapping with keys store, dataset, stages")
-    data = expand_env(data, source)
+    data = expand_env(data, source, declared=declared_environment(data, source))
     context = {"base_dir": str(base_dir), "check_paths": check_paths}
     top = validate_config(PlanFile, data, context, source)
     store = _store_url(top.store, base_dir)
@@ -320,8 +350,10 @@ def _stage_entries(name: str, entry: dict[str, Any], source: str) -> Iterator[tu
     if not entry:
         raise PlanError(f"{source}: stages.{name}: expected a mapping of variant name to config")
     for variant, config in entry.items():
-        if not re.match(VARIANT_NAME, variant):
-            raise PlanError(f"{source}: stages.{name}: variant name '{variant}' must match {VARIANT_NAME}")
+        try:
+            check_name(variant, "variant name")  # it becomes a folder of the store
+        except UnsafeNameError as err:
+            raise PlanError(f"{source}: stages.{name}: {err}") from None
         if config is not None and not isinstance(config, dict):
             raise PlanError(f"{source}: stages.{name}.{variant}: expected a mapping of config fields")
         yield variant, dict(config or {}), f"{source}: stages.{name}.{variant}"

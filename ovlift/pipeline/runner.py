@@ -28,6 +28,7 @@ from enum import StrEnum
 from ovlift.cache_schema import GLOBAL, GroupMeta, StageGroup, Store, oracles_of, short
 from ovlift.cache_schema.files import group_files
 from ovlift.errors import name_list
+from ovlift.names import check_name
 from ovlift.pipeline.plan import Plan, StagePlan, external_inputs
 from ovlift.pipeline.status import State, store_status
 from ovlift.pipeline.text_cache import TextCache
@@ -204,6 +205,8 @@ class Runner:
 
     def select_scenes(self, scenes: Sequence[str] | None) -> list[str]:
         available = self.plan.dataset.scene_ids()
+        for scene_id in available:  # ids from dataset files become folders of the store
+            check_name(scene_id, f"dataset '{self.plan.dataset.name}' gives the scene id")
         if not scenes:
             return available
         unknown = [s for s in scenes if s not in available]

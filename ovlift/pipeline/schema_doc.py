@@ -80,8 +80,9 @@ manifest's SHA-256 (`digest`). `ovlift verify STORE` checks every version a run
 may reuse against its manifest and decodes every chunk; `--repair` moves damaged
 versions to `{DAMAGED}/` (with what was wrong), so that the next run recomputes
 them and, through `input_versions`, what read them.
-Only `ovlift gc --keep PLAN...` removes versions (those no given plan
-references) and reports the bytes freed. Staging leftovers of killed processes
+Only `ovlift gc PLAN... --yes` removes versions (those no given plan
+references) and reports the bytes freed; it refuses while staging entries exist
+or when the plans may not be what made the store. Staging leftovers of killed processes
 are removed by the next run on the same host.
 
 Label value `{IGNORE_LABEL}` means "no class" in every label array.

@@ -42,6 +42,7 @@ from ovlift.models.generators.registry import GENERATORS
 from ovlift.models.loading import model_inputs
 from ovlift.models.teachers.base import Teacher, TeacherInput, resize_nearest
 from ovlift.models.text import TextEncoderConfig, text_space
+from ovlift.names import file_part
 from ovlift.progress import progress
 from ovlift.stages.base import PluginStage, Stage, StageContext
 from ovlift.vocabularies import Vocabulary, get_vocabulary
@@ -49,7 +50,7 @@ from ovlift.vocabularies import Vocabulary, get_vocabulary
 
 def capability_scene(class_name: str) -> str:
     """The scene id a class's images have for the teachers (``capability-shower-curtain``)."""
-    return "capability-" + "-".join(class_name.split())
+    return "capability-" + file_part("-".join(class_name.split()))  # a vocabulary file's names: never a path
 
 
 def image_name(index: int) -> str:
