@@ -51,3 +51,18 @@ def test_two_runs_of_one_group_get_mirrors_of_their_own(bucket):
         assert not (second.local / "a.txt").exists()
     assert not first.local.exists() and not second.local.exists()
     assert fs.cat(f"{root}/files/g/v/a.txt") == b"a" and fs.cat(f"{root}/files/g/v/b.txt") == b"b"
+
+
+def test_checkpoints_are_written_through_a_temporary_name_of_their_own(tmp_path, monkeypatch):
+    """Two runs of one group on a shared files folder never write the same temporary file."""
+    import torch
+
+    from ovlift.models import training
+
+    written = []
+    real_save = torch.save
+    monkeypatch.setattr(training.torch, "save", lambda obj, f: (written.append(f), real_save(obj, f)))
+    for _ in range(2):
+        training.save_atomically({"epoch": 1}, tmp_path / "epoch_0001.pt")
+    assert len(set(written)) == 2 and tmp_path / "epoch_0001.tmp" not in written
+    assert [p.name for p in tmp_path.iterdir()] == ["epoch_0001.pt"]

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,7 +408,9 @@ def resume(
 
 
 def save_atomically(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
+    """``torch.save`` through a temporary name of this process's own (two runs of one group on a
+    shared folder never write one file), then a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
