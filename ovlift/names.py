@@ -2,7 +2,8 @@
 plans, the command line) and again where store paths are built (``GroupSpec.path``).
 
 A scene id, variant or other name is a single path component of ``[A-Za-z0-9_.-]``, not
-``.`` or ``..``, at most ``MAX_LENGTH`` characters: nothing a dataset file, a plan or a
+starting with ``.`` (so never ``.`` or ``..``, nor hidden), not ``refs`` or ``HEAD`` (the
+store's own names in a slot), at most ``MAX_LENGTH`` characters: nothing a dataset file, a plan or a
 command line holds can then address a folder outside the store. Free text that names a file
 (a query, a class name in a contact sheet's name) is made safe with ``file_part`` instead.
 """
@@ -14,7 +15,9 @@ import re
 from pathlib import Path
 
 MAX_LENGTH = 128
-_SAFE = re.compile(r"[A-Za-z0-9_.-]+")
+_SAFE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+RESERVED = frozenset({"refs", "HEAD"})
+"""Names the store's layout uses inside a group's slot (``cache_schema.store``)."""
 
 
 class UnsafeNameError(ValueError):
@@ -23,10 +26,10 @@ class UnsafeNameError(ValueError):
 
 def check_name(name: object, what: str) -> str:
     """``name`` if it is one safe path component; else an error naming ``what`` it is."""
-    if not isinstance(name, str) or not _SAFE.fullmatch(name) or name in {".", ".."} or len(name) > MAX_LENGTH:
+    if not isinstance(name, str) or not _SAFE.fullmatch(name) or name in RESERVED or len(name) > MAX_LENGTH:
         raise UnsafeNameError(
-            f"{what} {name!r} cannot name a folder: use letters, digits, '_', '.' and '-' "
-            f"(not '.' or '..', at most {MAX_LENGTH} characters)"
+            f"{what} {name!r} cannot name a folder: use letters, digits, '_', '.' and '-', not first a '.' "
+            f"(so never '.' or '..'), not {' or '.join(sorted(RESERVED))}, at most {MAX_LENGTH} characters"
         )
     return name
 

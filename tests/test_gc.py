@@ -110,3 +110,10 @@ def test_gc_on_the_command_line_with_a_linked_version_neither_fails_nor_follows_
     result = CliRunner().invoke(app, ["gc", "--yes", str(path)])
     assert result.exit_code == 0, result.output
     assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_scenes_not_run_yet_do_not_refuse(tmp_path):
+    """gc deletes nothing where nothing was written: a plan run on some of its scenes collects."""
+    plan = make_plan(tmp_path / "s.zarr", toy={"num_scenes": 3})
+    Runner(plan).run(scenes=["toy_0000"], fail_fast=True)
+    assert collect([plan])[0].removed == []

@@ -177,3 +177,37 @@ def test_force_on_a_held_out_scene_reruns_that_scene_and_what_reads_it_not_disti
     ran_now = {(o.scene_id, o.stage) for o in report.outcomes if o.status == "ran"}
     assert ran_now == {("toy_0002", "denoise"), ("toy_0002", "predict"), ("global", "evaluate")}
     assert ("global", "distill") in {(o.scene_id, o.stage) for o in report.outcomes}  # looked at, cached
+    # a val room's denoise is what early stopping read: distill retrains, from scratch
+    report = Runner(plan).run(scenes=["toy_0001"], force=["denoise"], fail_fast=True)
+    assert ("global", "distill") in {(o.scene_id, o.stage) for o in report.outcomes if o.status == "ran"}
+    files = Store(plan.store).files_root / "global" / "distill"
+    assert any(".before-force-" in p.name for p in files.iterdir())  # not resumed from the last run's checkpoints
+
+
+def test_a_damaged_group_metadata_is_found_and_recomputed_not_a_crash(ran):
+    plan, store = ran
+    meta = head_folder(store, "scenes/toy_0000/height") / "zarr.json"
+    meta.write_text(meta.read_text().replace('"node_type"', '"node_typd"'))  # valid JSON, not a group
+    assert found(verify(store)) == {("scenes/toy_0000/height", GROUP_METADATA, "zarr.json")}
+    report = Runner(plan).run(fail_fast=True)
+    assert {(o.scene_id, o.stage) for o in report.outcomes if o.status == "ran"} == {
+        ("toy_0000", "height"),
+        ("toy_0000", "histogram"),
+    }
+
+
+def test_groups_published_before_versions_were_recorded_rerun_when_an_input_is_newer(ran):
+    import time
+
+    import zarr
+
+    plan, store = ran
+    for scene in ("toy_0000", "toy_0001"):
+        attrs = zarr.open_group(str(head_folder(store, f"scenes/{scene}/histogram")), mode="r+").attrs
+        attrs.put({k: v for k, v in attrs.asdict().items() if k != "input_versions"})
+    time.sleep(1.1)  # written_at has whole seconds
+    report = Runner(plan).run(scenes=["toy_0000"], force=["height"], fail_fast=True)
+    assert {(o.scene_id, o.stage) for o in report.outcomes if o.status == "ran"} == {
+        ("toy_0000", "height"),
+        ("toy_0000", "histogram"),
+    }

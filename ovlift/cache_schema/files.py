@@ -11,7 +11,9 @@ object store a stage writes into a local mirror of its prefix (under
 downloaded first (a checkpoint to resume from) and the mirror is uploaded when the
 stage ends, also when it fails (so a rerun resumes from its last checkpoint). A
 checkpoint written during training reaches the object store only then: after a
-kill, the rerun starts from what the prefix holds.
+kill, the next run of the group on the same machine uploads the killed run's mirror
+first (so it resumes from its checkpoints); on another machine it starts from what
+the prefix holds.
 
 Each run of a stage has a mirror of its own, ``<sha256(url)[:16]>-<pid>-<random>``
 (created by ``mkdtemp``: owner-only, never an existing folder), removed once it is
@@ -36,7 +38,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from ovlift.cache_schema.store import url_to_fs
+from ovlift.cache_schema.store import pid_alive, url_to_fs
 
 log = logging.getLogger("ovlift")
 
@@ -69,6 +71,9 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
     aside to ``<name>.before-force-<time>-<pid>``, never reused or deleted."""
     fs, root = url_to_fs(root_url)
     remote = f"{root.rstrip('/')}/{path}/{name}"
+    group = hashlib.sha256(fs.unstrip_protocol(remote).encode()).hexdigest()[:16]
+    if not isinstance(fs, LocalFileSystem):
+        _adopt_dead_mirrors(fs, group, remote)  # before a force moves the prefix aside, with them
     if force and fs.exists(remote):
         aside = f"{remote}.before-force-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         _move(fs, remote, aside)
@@ -78,8 +83,7 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
         return
     url = fs.unstrip_protocol(remote)
     files_cache().mkdir(parents=True, exist_ok=True)
-    prefix = f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{os.getpid()}-"
-    local = Path(tempfile.mkdtemp(prefix=prefix, dir=files_cache()))
+    local = Path(tempfile.mkdtemp(prefix=f"{group}-{os.getpid()}-", dir=files_cache()))
     try:
         for key, target in mirror_targets(fs.find(remote), remote, local, url):
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +96,18 @@ def group_files(root_url: str, path: str, name: str, force: bool) -> Iterator[Gr
     finally:
         _upload(fs, local, remote, url)
         shutil.rmtree(local, ignore_errors=True)  # only once uploaded: else the files stay for a look
+
+
+def _adopt_dead_mirrors(fs, group: str, remote: str) -> None:
+    """Upload, then remove, the mirrors of this group that killed processes of this machine
+    left (``<group>-<pid>-*``): what the killed run would have uploaded at its end, so that
+    a rerun here resumes from its checkpoints and no mirror is left behind."""
+    for folder in sorted(files_cache().glob(f"{group}-*-*")):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            _upload(fs, folder, remote, fs.unstrip_protocol(remote))
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("uploaded and removed the mirror of a killed process: %s", folder)
 
 
 def _upload(fs, local: Path, remote: str, url: str) -> None:

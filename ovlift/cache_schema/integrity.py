@@ -53,7 +53,7 @@ def crc32c(data: bytes) -> int:
 
 def manifest_bytes(files: Iterable[tuple[str, bytes]]) -> bytes:
     """The manifest of a version's files (path relative to the version, content)."""
-    entries = {rel: [len(data), crc32c(data)] for rel, data in sorted(files)}
+    entries = {rel: [len(data), crc32c(data)] for rel, data in files}  # one file in memory at a time
     return json.dumps({"format": 1, "files": entries}, sort_keys=True).encode()
 
 
@@ -102,6 +102,8 @@ def decode_damage(array: zarr.Array) -> Iterable[tuple[str, str]]:
     for index in np.ndindex(*array.cdata_shape):
         try:
             array.blocks[index]
+        except (OSError, TimeoutError):  # the disk or the network, not the chunk: never called damage
+            raise
         except Exception as err:  # noqa: BLE001 - any decoder's error: zstd, crc32c, a truncated buffer
             yield chunk_key(array, index), f"{type(err).__name__}: {err}"
 
@@ -117,7 +119,10 @@ def verify_version(store: Store, path: str, version: str, recorded_digest: str |
     containers = {rel.rsplit("/", 1)[0] for rel in files if rel.endswith("/" + METADATA)}
     raw = store.read_bytes(f"{path}/{version}{MANIFEST_SUFFIX}")
     nbytes = _check_files(store, f"{path}/{version}", files, containers, raw, recorded_digest, add)
-    group = store.open_version(path, version)
+    try:
+        group = store.open_version(path, version)
+    except Exception:  # noqa: BLE001 - whatever Zarr raises on metadata it cannot take
+        group = None
     if group is None:
         add(GROUP_METADATA, METADATA, "the group's metadata does not open")
         return list(found.values()), nbytes
@@ -211,7 +216,7 @@ class CheckedArray:
     def _checked(self, read: Callable[[], Any]) -> Any:
         try:
             return read()
-        except (IndexError, TypeError):  # a bad selection, not damage
+        except (IndexError, TypeError, OSError, TimeoutError):  # a bad selection, or I/O (retried): not damage
             raise
         except Exception as err:  # re-raised unless a chunk is found damaged
             damaged = next(iter(decode_damage(self._array)), None)

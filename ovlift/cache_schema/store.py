@@ -138,6 +138,8 @@ class StageGroup:
     """The version folder read (``<fp12>-<token>``), fixed for this reader."""
     store_url: str = ""
     """The store it was read from (named in errors)."""
+    digest: str | None = None
+    """Its manifest's digest, as its pointer records it (None before checksums)."""
 
     @property
     def fingerprint(self) -> str:
@@ -231,7 +233,7 @@ class Store:
             node = zarr.open_group(self._zstore, path=path, mode="r")
         except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             return None
-        except json.JSONDecodeError:
+        except (ValueError, TypeError):  # damaged metadata: bad JSON or UTF-8, a key renamed by a flipped bit
             return None
         return node
 
@@ -350,15 +352,16 @@ class Store:
             return None
         if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
             return None
-        return StageGroup(path=path, attrs=attrs, group=node, version=ref["version"], store_url=self.url)
+        return StageGroup(
+            path=path, attrs=attrs, group=node, version=ref["version"], store_url=self.url, digest=ref.get("digest")
+        )
 
     def set_head(self, group: StageGroup) -> None:
         """Make ``group``'s version the one plain reads (and downstream stages) get."""
         head = self._read_pointer(f"{group.path}/{REFS}/{HEAD}")
         if head is None or head["version"] != group.version:
-            self._write_pointer(
-                f"{group.path}/{REFS}/{HEAD}", {"version": group.version, "fingerprint": group.fingerprint}
-            )
+            ref = {"version": group.version, "fingerprint": group.fingerprint}
+            self._write_pointer(f"{group.path}/{REFS}/{HEAD}", ref | ({"digest": group.digest} if group.digest else {}))
 
     def scene_ids(self) -> list[str]:
         return self._children(SCENES)
@@ -546,7 +549,7 @@ class Store:
         for name in self._children(STAGING):
             owner_host, _, rest = name.rpartition("-")[0].rpartition("-")
             pid = int(rest) if rest.isdigit() else None
-            if owner_host == host and pid is not None and not _pid_alive(pid):
+            if owner_host == host and pid is not None and not pid_alive(pid):
                 self._discard(f"{STAGING}/{name}")
                 removed.append(f"{STAGING}/{name}")
         return removed
@@ -556,7 +559,7 @@ class Store:
         return [f"{STAGING}/{name}" for name in self._children(STAGING)]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

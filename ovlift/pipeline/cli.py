@@ -16,7 +16,7 @@ from rich.table import Table
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ovlift.cache_schema import Store, short
-from ovlift.names import UnsafeNameError
+from ovlift.names import UnsafeNameError, check_name
 from ovlift.pipeline.plan import PlanError, load_plan
 from ovlift.pipeline.runner import Runner, RunReport, StaleUpstream
 from ovlift.pipeline.status import StageStatus, State, store_status
@@ -149,7 +149,11 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
 ) -> None:
     """Which stage is cached, stale or missing for which scene."""
-    rows = store_status(_open_store(store), _load(plan) if plan else None)
+    try:
+        rows = store_status(_open_store(store), _load(plan) if plan else None)
+    except UnsafeNameError as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
     if as_json:
         for row in rows:
             print(json.dumps(row.to_json()))
@@ -177,7 +181,7 @@ def gc(
 
     try:
         results = collect([_load(p, overrides) for p in plans], dry_run=not yes)
-    except GcRefused as err:
+    except (GcRefused, UnsafeNameError) as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     for result in results:
@@ -400,7 +404,17 @@ def validate(
             err_console.print(f"[red]invalid:[/red] {escape(str(err))}")
             bad += 1
             continue
-        scenes = f", {len(plan.dataset.scene_ids())} scenes" if check_paths else ""
+        try:
+            ids = (
+                [check_name(s, f"{path}: dataset gives the scene id") for s in plan.dataset.scene_ids()]
+                if check_paths
+                else []
+            )
+        except UnsafeNameError as err:
+            err_console.print(f"[red]invalid:[/red] {escape(str(err))}")
+            bad += 1
+            continue
+        scenes = f", {len(ids)} scenes" if check_paths else ""
         console.print(f"[green]ok:[/green] {path} ({len(plan.stages)} stages{scenes})")
     if bad:
         raise typer.Exit(1)

@@ -14,11 +14,14 @@ deleting nothing) whenever that recomputation may not be what made the store:
 * an input a plan names is missing (a model folder not mounted: its fingerprint would
   change, and every group after it would look superseded);
 * the store holds scenes the plans' datasets do not (a dataset folder with fewer scenes);
-* a group the plans would use is not in the store at the fingerprint they give now (the
-  plans were not run as given: other ``--set`` overrides, another environment, a change
-  not run yet: run them first, or pass the same ``--set``);
+* a group the plans would use holds versions, but none at the fingerprint they give now
+  (the plans were not run as given: other ``--set`` overrides, another environment, a
+  change not run yet: run them first, or pass the same ``--set``); a group never written
+  (a scene not run yet, or failing) is no reason, as gc deletes nothing there;
 * staging entries exist (a run is writing, or one on another host died: only its owner
-  can tell).
+  can tell). This host's dead writers' entries are removed first (also in a dry run), as
+  every run does.
+* ``scenes/`` or ``global/`` is a symbolic link.
 
 It never follows a symbolic link and removes nothing outside the store (``Store._remove``).
 """
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 
 from fsspec.implementations.local import LocalFileSystem
 
-from ovlift.cache_schema import Store, short
+from ovlift.cache_schema import GLOBAL, SCENES, Store, short
 from ovlift.cache_schema.store import url_to_fs
 from ovlift.errors import name_list
 from ovlift.pipeline.plan import Plan
@@ -96,15 +99,23 @@ def _refusals(store: Store, plans: list[Plan], expected: list[dict[str, Expected
         refusals.append(
             f"staging entries exist (a run writing now, or one that died on another host): {name_list(leftovers)}"
         )
+    if store.local_root is not None and (
+        linked := [a for a in (SCENES, GLOBAL) if (store.local_root / a).is_symlink()]
+    ):
+        refusals.append(f"{', '.join(linked)} in the store is a symbolic link: gc never deletes through one")
     known = {s for plan in plans for s in plan.dataset.scene_ids()}
     if extra := sorted(set(store.scene_ids()) - known):
-        refusals.append(f"the store holds scenes the plans' datasets do not: {name_list(extra)}")
+        refusals.append(
+            f"the store holds scenes the plans' datasets do not: {name_list(extra)} (if they are gone for good, "
+            f"delete their folders under {store.url}/{SCENES}/ by hand)"
+        )
     for plan, found in zip(plans, expected, strict=True):
         missing = sorted({f"{path}: {k}" for path, e in found.items() for k, v in e.inputs.items() if v == "missing"})
         if missing:
             refusals.append(f"{plan.source}: inputs missing (a folder not mounted?): {name_list(missing, 5)}")
             continue
-        absent = [path for path, e in found.items() if store.read(path, fingerprint=e.fingerprint) is None]
+        # only where gc would delete: a slot holding versions, none of them at the plan's fingerprint
+        absent = [p for p, e in found.items() if store.refs(p) and store.read(p, fingerprint=e.fingerprint) is None]
         if absent:
             refusals.append(
                 f"{plan.source}: {len(absent)} groups it would use are not in the store at the fingerprints it gives "

@@ -257,6 +257,8 @@ class Runner:
                     "(run without --no-upstream to update them first):\n  " + "\n  ".join(stale)
                 )
         options = RunOptions(frozenset(self.plan.keys_for(list(force))), fail_fast)
+        if idle := sorted(options.force - set(selected)):
+            log.warning("--force %s: not among the stages this run runs (%s): nothing forced there", idle, selected)
         for name in self.store.clean_stale():
             log.info("removed leftover of a killed process: %s", name)
         report = RunReport()
@@ -341,36 +343,36 @@ class Runner:
 
     def input_fingerprints(
         self, scene_id: str | None, stage_plan: StagePlan
-    ) -> tuple[dict[str, str], dict[str, StageGroup], dict[str, dict[str, StageGroup]], dict[str, str]]:
+    ) -> tuple[dict[str, str], dict[str, StageGroup], dict[str, dict[str, StageGroup]], dict[str, StageGroup]]:
         """Fingerprints of what the stage reads, its global/own-scene input groups,
-        (global stages) the per-scene groups of each scene of its split, and the
-        version of each input group read."""
+        (global stages) the per-scene groups of each scene of its split, and every
+        input group read by its path."""
         fps: dict[str, str] = {}
-        versions: dict[str, str] = {}
+        read: dict[str, StageGroup] = {}
         groups: dict[str, StageGroup] = {}
         per_scene: dict[str, dict[str, StageGroup]] = {}
         for upstream in self.plan.upstream(stage_plan.key):
             if stage_plan.is_global and not self.plan.stages[upstream].is_global:
                 for scene in self.plan.scenes_for(stage_plan.key):
                     path, group = self._upstream_group(scene, stage_plan.key, upstream)
-                    fps[path], versions[path] = group.fingerprint, group.version
+                    fps[path], read[path] = group.fingerprint, group
                     per_scene.setdefault(scene, {})[upstream] = group
                 continue
             path, group = self._upstream_group(scene_id, stage_plan.key, upstream)
-            fps[path], versions[path] = group.fingerprint, group.version
+            fps[path], read[path] = group.fingerprint, group
             groups[upstream] = group
         fps.update(external_inputs(self.plan, stage_plan.key, scene_id, groups))
-        return fps, groups, per_scene, versions
+        return fps, groups, per_scene, read
 
     def run_stage(self, scene_id: str | None, stage_plan: StagePlan, force: bool = False) -> Outcome:
         stage = stage_plan.stage
         path = stage_plan.group_path(scene_id)
-        inputs, groups, per_scene, versions = self.input_fingerprints(scene_id, stage_plan)
+        inputs, groups, per_scene, read = self.input_fingerprints(scene_id, stage_plan)
         fp = stage_plan.fingerprint(inputs)
         cached = None if force else self.store.read(path, fingerprint=fp)
-        if cached is not None and (recomputed := _recomputed_inputs(cached, versions)):
+        if cached is not None and (recomputed := _recomputed_inputs(cached, read)):
             log.info("%s: rerun: %s recomputed since it was made", path, name_list(recomputed))
-            cached = None
+            cached, force = None, True  # its files (checkpoints) are that run's: never resumed from
         if cached is not None:
             self.store.set_head(cached)  # e.g. a config switched back: downstream reads this version
             log.debug("%s: cached (%s)", path, short(fp))
@@ -385,7 +387,7 @@ class Runner:
             fingerprint=fp,
             info={},
             oracles=oracles_of([*groups.values(), *(g for s in per_scene.values() for g in s.values())], stage.oracle),
-            input_versions=versions,
+            input_versions={p: g.version for p, g in read.items()},
         )
         where = f"scene '{scene_id}', stage '{stage_plan.key}'" if scene_id else f"global stage '{stage_plan.key}'"
         with ExitStack() as stack:
@@ -412,8 +414,11 @@ class Runner:
         return Outcome(scene_id or GLOBAL, stage_plan.key, Status.RAN, seconds, fp)
 
 
-def _recomputed_inputs(group: StageGroup, versions: dict[str, str]) -> list[str]:
-    """Input groups whose current version is not the one ``group`` read (groups published
-    before versions were recorded count as made from the current ones)."""
-    recorded = group.attrs.get("input_versions", {})
-    return sorted(p for p, v in recorded.items() if versions.get(p, v) != v)
+def _recomputed_inputs(group: StageGroup, read: dict[str, StageGroup]) -> list[str]:
+    """Input groups whose current version is not the one ``group`` read. A group published
+    before versions were recorded counts as stale when an input was written after it."""
+    recorded = group.attrs.get("input_versions")
+    if recorded is None:
+        made = group.attrs.get("written_at", "")
+        return sorted(p for p, g in read.items() if g.attrs.get("written_at", "") > made)
+    return sorted(p for p, v in recorded.items() if p in read and read[p].version != v)

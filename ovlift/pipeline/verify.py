@@ -53,13 +53,19 @@ def selected_groups(store: Store, scenes: Sequence[str] | None, stages: Sequence
     if not wanted or GLOBAL in wanted:
         paths += store.global_groups()
     if stages:
-        paths = [p for p in paths if _stage_of(p) in set(stages)]
+        keys = {p: _keys_of(p) for p in paths}
+        unknown = set(stages) - {k for found in keys.values() for k in found}
+        if unknown:
+            found = sorted({k for ks in keys.values() for k in ks})
+            raise KeyError(f"stages {sorted(unknown)} have no group in store '{store.url}'; it has {found}")
+        paths = [p for p in paths if keys[p] & set(stages)]
     return paths
 
 
-def _stage_of(path: str) -> str:
-    parts = path.split("/")
-    return parts[2] if parts[0] == SCENES else parts[1]
+def _keys_of(path: str) -> set[str]:
+    """The stage name and the plan key (``name/variant``) of a slot."""
+    parts = path.split("/")[2 if path.startswith(f"{SCENES}/") else 1 :]
+    return {parts[0], "/".join(parts)}
 
 
 def verify(
