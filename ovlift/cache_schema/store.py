@@ -326,15 +326,16 @@ class Store:
         """The HEAD pointer of a slot (``version``, ``fingerprint``, ``digest``); None if none."""
         return self._read_pointer(f"{path}/{REFS}/{HEAD}")
 
-    def inspect(self, path: str) -> tuple[GroupState, dict[str, Any]]:
-        """State of the stage group at ``path`` (its HEAD version) and its attrs (empty when missing)."""
-        head = self._read_pointer(f"{path}/{REFS}/{HEAD}")
+    def inspect(self, path: str) -> tuple[GroupState, dict[str, Any], str]:
+        """State of the stage group at ``path`` (its HEAD version), its attrs (empty when missing)
+        and that version's name (empty when there is none)."""
+        head = self.head(path)
         if head is None:
-            return GroupState.MISSING, {}
+            return GroupState.MISSING, {}, ""
         node = self._open(f"{path}/{head['version']}")
         if node is None or node.attrs.get("complete") is not True:
-            return GroupState.INCOMPLETE, dict(node.attrs) if node is not None else {}
-        return GroupState.COMPLETE, dict(node.attrs)
+            return GroupState.INCOMPLETE, dict(node.attrs) if node is not None else {}, head["version"]
+        return GroupState.COMPLETE, dict(node.attrs), head["version"]
 
     def read(self, path: str, fingerprint: str | None = None) -> StageGroup | None:
         """The group at ``path``: the version of that fingerprint if given, else the HEAD

@@ -48,8 +48,8 @@ def store_status(store: Store, plan: Plan | None = None) -> list[StageStatus]:
     for path, scene_id in [(p, s) for s in store.scene_ids() for p in store.stage_groups(s)] + [
         (p, GLOBAL) for p in store.global_groups()
     ]:
-        recorded[path], owner[path] = store.inspect(path), scene_id
-        heads[path] = (store.head(path) or {}).get("version", "")
+        state, attrs, heads[path] = store.inspect(path)
+        recorded[path], owner[path] = (state, attrs), scene_id
     expected = expected_fingerprints(plan, store) if plan else {}
     for path, e in expected.items():
         owner.setdefault(path, e.owner)
