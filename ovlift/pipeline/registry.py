@@ -13,6 +13,7 @@ from ovlift.datasets.base import Dataset
 from ovlift.datasets.matterport import MatterportDataset
 from ovlift.datasets.nuscenes import NuScenesDataset
 from ovlift.datasets.nuscenes_sample import NuScenesSampleDataset
+from ovlift.datasets.openscene import OpenSceneDataset
 from ovlift.datasets.rgbd_folder import RGBDFolderDataset
 from ovlift.datasets.s3dis import S3DISDataset
 from ovlift.datasets.scannet import ScanNetDataset
@@ -61,6 +62,7 @@ DATASETS: dict[str, type[Dataset]] = {
     "scannet": ScanNetDataset,
     "matterport3d": MatterportDataset,
     "s3dis": S3DISDataset,
+    "openscene": OpenSceneDataset,
 }
 
 
