@@ -23,10 +23,18 @@ class FrozenConfig(BaseModel):
 
         This is what fingerprints hash. Fields declared with ``runtime_field``
         (device, batch sizes) change how a result is computed, not what it is,
-        so they are left out: changing them is still a cache hit.
+        so they are left out: changing them is still a cache hit. Fields declared with
+        ``added_field`` are left out while they hold their default (the behaviour from
+        before they existed).
         """
-        runtime = {name for name, f in type(self).model_fields.items() if (f.json_schema_extra or {}).get("runtime")}
-        return self.model_dump(mode="json", exclude=runtime)
+        fields = type(self).model_fields
+        left_out = {
+            name
+            for name, f in fields.items()
+            if (f.json_schema_extra or {}).get("runtime")
+            or ((f.json_schema_extra or {}).get("added") and getattr(self, name) == f.default)
+        }
+        return self.model_dump(mode="json", exclude=left_out)
 
     def fingerprinted(self) -> dict[str, Any]:
         """``normalised()`` without ``ModelPath`` fields, at any depth: what a stage's
@@ -56,6 +64,12 @@ class FrozenConfig(BaseModel):
 def runtime_field(default: Any, **kwargs: Any) -> Any:
     """A config field that does not change results (left out of fingerprints)."""
     return Field(default, json_schema_extra={"runtime": True}, **kwargs)
+
+
+def added_field(default: Any, **kwargs: Any) -> Any:
+    """A field added to an existing config whose default keeps the old behaviour: left out of
+    fingerprints while it holds that default, so adding it reruns nothing cached."""
+    return Field(default, json_schema_extra={"added": True}, **kwargs)
 
 
 def _resolve_path(value: str, info: ValidationInfo) -> str:

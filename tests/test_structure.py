@@ -185,6 +185,14 @@ def test_fingerprints_change_only_on_purpose(tmp_path):
     assert current_fingerprints(tmp_path) == json.loads(PINNED.read_text())
 
 
+def test_an_added_field_at_its_default_keeps_fingerprints_and_otherwise_changes_them():
+    from ovlift.stages.denoise import DenoiseConfig
+
+    default, fused = DenoiseConfig(), DenoiseConfig(observations="fused")
+    assert "observations" not in default.fingerprinted()  # the pins above hold the field's absence
+    assert fused.fingerprinted() == {**default.fingerprinted(), "observations": "fused"}
+
+
 def documented_paths() -> dict[str, str]:
     """stage -> the path pattern docs/cache_schema.md gives for its groups."""
     text = (REPO / "docs" / "cache_schema.md").read_text()

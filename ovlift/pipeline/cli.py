@@ -387,6 +387,30 @@ def query(
 
 
 @app.command()
+def export(
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write OpenScene's files into.")],
+    scenes: ScenesOpt = None,
+    what: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--what", help="fused, denoised, multi-fused, student, predictions (repeat or comma-separate; default all)."
+        ),
+    ] = None,
+) -> None:
+    """Write a store's features and predictions in OpenScene's formats (fused .pt, saved_feature .npy)."""
+    from ovlift.pipeline.export import EXPORTS, export_store
+    from ovlift.query import QueryError
+
+    try:
+        written = export_store(_open_store(store), out, _split(scenes), _split(what) or EXPORTS)
+    except (QueryError, UnsafeNameError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    console.print(f"wrote {len(written)} files under {out}")
+
+
+@app.command()
 def validate(
     plans: Annotated[list[Path], typer.Argument(help="Plan YAML files.", exists=True, dir_okay=False)],
     check_paths: Annotated[

@@ -33,12 +33,13 @@ from ovlift.stages.input import InputStage
 from ovlift.stages.objects import ObjectsStage
 from ovlift.stages.predict import PredictStage
 from ovlift.stages.project import ProjectStage
+from ovlift.stages.project_released import ReleasedFeaturesStage
 from ovlift.stages.segment import SegmentStage
 
 STAGES: dict[str, dict[str, type[Stage]]] = {
     "input": {"canonical": InputStage},
     "extract2d": dict.fromkeys(TEACHERS, Extract2DStage),  # one stage class; the implementations are teachers
-    "project": {"openscene": ProjectStage},
+    "project": {"openscene": ProjectStage, "released": ReleasedFeaturesStage},
     "segment": {"scannet": SegmentStage},
     "objects": {"cus3d": ObjectsStage},
     "capability": dict.fromkeys(GENERATORS, CapabilityStage),  # one stage class; the implementations are generators

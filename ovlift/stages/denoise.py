@@ -6,6 +6,10 @@ per object (``objects``); see ``ovlift.kernels.denoise`` for the rule. Views are
 streamed frame batch by frame batch, twice (vote, then keep), so memory is one
 batch of 2D features plus (N, C). Points outside objects keep their fused
 feature from ``project``.
+
+``observations: fused`` votes with each point's fused feature as its one observation,
+for features imported without their views (``project`` implementation ``released``):
+the same object-level rule, a point a view of its own.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.denoise import DENOISE_SPEC
 from ovlift.cache_schema.groups.extract2d import TeacherFeatures, teachers_in
 from ovlift.cache_schema.groups.project import fused_teacher
-from ovlift.config import FrozenConfig, runtime_field
+from ovlift.config import FrozenConfig, added_field, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
 from ovlift.kernels.denoise import ObjectDenoiser
@@ -38,6 +42,9 @@ class DenoiseConfig(FrozenConfig):
     """Classes the views are labelled with (CUS3D: ScanNet's 20)."""
     templates: Literal["single", "ensemble"] = "single"
     """Prompt templates of the class embeddings."""
+    observations: Literal["views", "fused"] = added_field("views")
+    """What is voted: every (point, view) feature re-read from ``extract2d`` (CUS3D), or each
+    point's fused feature once (imported features, which have no views)."""
     frames_per_batch: int = runtime_field(8, ge=1)
     """Frames whose features are read at once; bounds memory, does not change results."""
     device: str | None = runtime_field(None)
@@ -55,12 +62,14 @@ class DenoiseStage(Stage[DenoiseConfig]):
     optional_reads = ("extract2d",)
 
     def select_inputs(self, name: str, keys: list[str]) -> list[str]:
-        if name != "extract2d" or self.config.teacher is None:
+        if name != "extract2d" or (self.config.teacher is None and self.config.observations == "views"):
             return keys
+        if self.config.observations == "fused":
+            return []
         return [k for k in keys if k.split("/", 1)[1] == self.config.teacher]
 
     def check_inputs(self, keys: list[str]) -> None:
-        if not any(k.startswith("extract2d/") for k in keys):
+        if self.config.observations == "views" and not any(k.startswith("extract2d/") for k in keys):
             raise ValueError(f"needs the extract2d teacher '{self.config.teacher or '(any)'}' configured")
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
@@ -68,10 +77,6 @@ class DenoiseStage(Stage[DenoiseConfig]):
         device = torch.device(cfg.device or ctx.device)
         project, objects_group = ctx.inputs["project"], ctx.inputs["objects"]
         name = fused_teacher(project, cfg.teacher, ctx.where())
-        groups = teachers_in(ctx.inputs)
-        if name not in groups:
-            raise StageInputError(f"{ctx.where()}: denoise reads teacher '{name}', which is not among {sorted(groups)}")
-        teacher = TeacherFeatures(groups[name])
         text_encoder = project.info["teachers"][name]["text_encoder"]
         vocab = get_vocabulary(cfg.vocabulary)
         prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
@@ -84,8 +89,16 @@ class DenoiseStage(Stage[DenoiseConfig]):
             raise StageInputError(
                 f"{ctx.where()}: array 'objects' has {len(objects)} points, project's features {len(fused)}"
             )
-        denoiser = ObjectDenoiser(objects, len(vocab.classes), teacher.channels)
-        views = SceneViews(project, teacher, cfg.frames_per_batch, device)
+        if cfg.observations == "fused":
+            views: SceneViews | FusedViews = FusedViews(fused, fused_seen)
+        else:
+            groups = teachers_in(ctx.inputs)
+            if name not in groups:
+                raise StageInputError(
+                    f"{ctx.where()}: denoise reads teacher '{name}', which is not among {sorted(groups)}"
+                )
+            views = SceneViews(project, TeacherFeatures(groups[name]), cfg.frames_per_batch, device)
+        denoiser = ObjectDenoiser(objects, len(vocab.classes), fused.shape[1])
         labels = torch.full((views.count,), -1, dtype=torch.int16, device=device)
         for rows, point_index, features in views.chunks(f"{ctx.scene_id}: denoise (vote)"):
             labels[rows] = classify(features, prompts, prompt_class)[1].to(torch.int16)
@@ -108,6 +121,19 @@ class DenoiseStage(Stage[DenoiseConfig]):
         out.write("object_vote_share", share.to(torch.float32).cpu().numpy())
         out.write("object_votes", votes.to(torch.int32).cpu().numpy())
         out.set_info(teacher=name, text_encoder=text_encoder, classes=list(vocab.classes), filtered_views=filtered)
+
+
+class FusedViews:
+    """Each seen point's fused feature as its one observation, in chunks of points."""
+
+    def __init__(self, fused: torch.Tensor, seen: torch.Tensor, chunk: int = 1 << 16) -> None:
+        self.fused, self.points, self.chunk = fused, seen.nonzero()[:, 0], chunk
+        self.count = len(self.points)
+
+    def chunks(self, what: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for start in progress(range(0, self.count, self.chunk), what, unit="chunk"):
+            rows = torch.arange(start, min(start + self.chunk, self.count), device=self.points.device)
+            yield rows, self.points[rows], self.fused[self.points[rows]].float()
 
 
 class SceneViews:

@@ -40,6 +40,7 @@ PROJECT_SPEC = GroupSpec(
         "feature_size": "[rows, cols] of the image grid that pixel indexes",
         "frames": "input frame indices that were projected (after frame_stride, valid poses only)",
         "teachers": "teacher -> {channels, text_encoder} of each fused teacher",
+        "imported": "teacher -> the files its features were imported from (implementation 'released'; no views)",
     },
 )
 
