@@ -25,7 +25,6 @@ from rich.table import Table
 
 from ovlift.cache_schema import StageGroup
 from ovlift.cache_schema.groups.evaluate import predictor_names
-from ovlift.datasets.furniture import CLASS_COLORS
 from ovlift.kernels.metrics import scores
 from ovlift.pipeline.plan import plan_from_dict
 from ovlift.pipeline.runner import Runner
@@ -117,13 +116,15 @@ def print_metrics(
 def write_outputs(runner: Runner, folder: Path, evaluate: StageGroup, held_out: list[str]) -> Path:
     """The evaluation report and plots, the training log, and per held-out scene the
     student's labels and a query, in one folder."""
+    from ovlift.plots import class_palette
+
     folder.mkdir(parents=True, exist_ok=True)
     for file in Path(evaluate.info["report"]).iterdir():
         shutil.copy(file, folder / file.name)
     distill = runner.store.read(runner.plan.stages["distill"].group_path(None))
     for name in ("training_curves.png", "training_log.csv"):
         shutil.copy(Path(distill.info["checkpoints"]) / name, folder / name)
-    palette = np.array([CLASS_COLORS.get(c, (128, 128, 128)) for c in evaluate.info["classes"]], dtype=np.uint8)
+    palette = class_palette(evaluate.info["classes"])
     for scene in held_out:
         points = runner.store.read(runner.plan.stages["input"].group_path(scene)).load("points")
         labels = runner.store.read(runner.plan.stages["predict"].group_path(scene)).load("labels_3d")

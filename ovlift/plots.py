@@ -3,6 +3,7 @@ matrices, point clouds coloured by a query (matplotlib, headless)."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +11,8 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from ovlift.datasets.furniture import CLASS_COLORS
 
 LOSS_NAMES = {
     "cosine_loss": "1 - cos",
@@ -119,6 +122,16 @@ def colormap(values: np.ndarray) -> np.ndarray:
     colors = (matplotlib.colormaps["viridis"](scaled)[:, :3] * 255).round().astype(np.uint8)
     colors[~finite] = 128
     return colors
+
+
+def class_palette(names: list[str]) -> np.ndarray:
+    """(K, 3) uint8 colour per class name: ScanNet's benchmark colours where the name is one of
+    them, else a tab20 colour chosen by the name, so that a class keeps its colour across
+    label sets and scenes."""
+    tab20 = (matplotlib.colormaps["tab20"](np.arange(20))[:, :3] * 255).round().astype(np.uint8)
+    return np.array([CLASS_COLORS.get(n) or tab20[zlib.crc32(n.encode()) % 20] for n in names], dtype=np.uint8).reshape(
+        -1, 3
+    )
 
 
 def ablation_bars(rows: list[dict], path: Path, title: str) -> Path:

@@ -26,7 +26,7 @@ from ovlift.cache_schema.groups.lifted import lifted_features
 from ovlift.cache_schema.groups.predict import PREDICT_SPEC
 from ovlift.cache_schema.groups.project import PROJECT_SPEC
 from ovlift.errors import StageInputError, name_list
-from ovlift.models.text import TextEncoderConfig
+from ovlift.models.text import TextEmbedder, TextEncoderConfig
 from ovlift.names import file_part
 from ovlift.pipeline.text_cache import TextCache
 
@@ -41,6 +41,20 @@ class QueryResult:
     """(N,) cosine similarity per point, NaN where unseen."""
     source: str
     """Which features answered, e.g. ``fused/teacher_a``."""
+
+
+@dataclass
+class SourceFeatures:
+    """A scene's per-point features of one source, loaded once and queried by many texts."""
+
+    unit: torch.Tensor
+    """(N, D) float32 features scaled to unit length (rows of unseen points stay 0)."""
+    seen: np.ndarray | None
+    """(N,) bool: points with a feature (None: every point, the student's)."""
+    text_encoder: dict
+    """The encoder of the features' space, as the group recorded it (to embed texts alike)."""
+    label: str
+    """Which features these are, e.g. ``fused/teacher_a`` or ``student``."""
 
 
 QUERY_SOURCES = {"student": PREDICT_SPEC, "fused": PROJECT_SPEC, "denoised": DENOISE_SPEC, "multi-fused": FUSE_SPEC}
@@ -61,18 +75,9 @@ def check_scene(store: Store, scene_id: str) -> None:
         raise QueryError(f"no scene '{scene_id}' in {store.url}; scenes: {name_list(scenes)}")
 
 
-def query_scene(
-    store: Store,
-    scene_id: str,
-    text: str,
-    source: str = "fused",
-    teacher: str | None = None,
-    templates: str = "single",
-    device: str = "cpu",
-) -> QueryResult:
-    """Similarity of each point to ``text``, from the features of ``source`` (a key of
-    ``QUERY_SOURCES``); ``teacher`` chooses among a ``project`` group's fused teachers."""
-    name = query_words(text)
+def source_features(store: Store, scene_id: str, source: str = "fused", teacher: str | None = None) -> SourceFeatures:
+    """The features of ``source`` (a key of ``QUERY_SOURCES``) for a scene, unit length;
+    ``teacher`` chooses among a ``project`` group's fused teachers."""
     if source not in QUERY_SOURCES:
         raise QueryError(f"unknown query source '{source}'; one of {', '.join(QUERY_SOURCES)}")
     check_scene(store, scene_id)
@@ -88,12 +93,34 @@ def query_scene(
         except StageInputError as err:
             raise QueryError(str(err)) from None
         features, seen, encoder, label = lifted.features, lifted.seen, lifted.text_encoder, f"{source}/{lifted.teacher}"
-    encoder_config = TextEncoderConfig(**{**encoder, "templates": templates})
-    query = TextCache(store, device)(encoder_config, [name])[0]  # cached: repeated queries skip the model
-    similarity = (F.normalize(torch.from_numpy(features.astype(np.float32)), dim=-1) @ query).numpy()
-    if seen is not None:
-        similarity = np.where(seen, similarity, np.nan)
-    return QueryResult(similarity, label)
+    unit = F.normalize(torch.from_numpy(features.astype(np.float32)), dim=-1)
+    return SourceFeatures(unit, seen, encoder, label)
+
+
+def text_similarity(features: SourceFeatures, text: str, embed: TextEmbedder, templates: str = "single") -> np.ndarray:
+    """(N,) cosine of each point's feature to ``text`` embedded in the features' space by
+    ``embed`` (a ``TextCache``), NaN where unseen."""
+    config = TextEncoderConfig(**{**features.text_encoder, "templates": templates})
+    query = embed(config, [query_words(text)])[0]
+    similarity = (features.unit @ query).numpy()
+    return similarity if features.seen is None else np.where(features.seen, similarity, np.nan)
+
+
+def query_scene(
+    store: Store,
+    scene_id: str,
+    text: str,
+    source: str = "fused",
+    teacher: str | None = None,
+    templates: str = "single",
+    device: str = "cpu",
+) -> QueryResult:
+    """Similarity of each point to ``text``, from the features of ``source`` (a key of
+    ``QUERY_SOURCES``); ``teacher`` chooses among a ``project`` group's fused teachers."""
+    query_words(text)  # a blank text fails before the features are read
+    features = source_features(store, scene_id, source, teacher)
+    # TextCache: repeated queries skip the model
+    return QueryResult(text_similarity(features, text, TextCache(store, device), templates), features.label)
 
 
 def write_query_outputs(

@@ -411,6 +411,61 @@ def export(
 
 
 @app.command()
+def view(
+    store: Annotated[str, typer.Argument(help="Store path or fsspec URL.")],
+    scene: Annotated[
+        str | None, typer.Option("--scene", help="Scene to show first (default: one with features).")
+    ] = None,
+    port: Annotated[int, typer.Option("--port", help="Port of the page (the next free one if taken).")] = 8080,
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Interface to listen on; beyond 127.0.0.1 anyone who reaches it sees the store."),
+    ] = "127.0.0.1",
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write the scene as one self-contained HTML file instead of serving.")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="With --html: the features of the vocabulary's similarities.")
+    ] = None,
+) -> None:
+    """Look at a scene in the browser: points coloured by RGB, by class or by similarity to a text
+    typed into the page (docs/cli.md#look-at-a-scene). Serves until Ctrl-C; with --html writes one
+    file that opens without a server."""
+    from ovlift.query import QueryError
+    from ovlift.viewer.session import ViewerError
+
+    try:
+        if html is not None:
+            from ovlift.viewer.static_html import write_html
+
+            console.print(f"wrote {write_html(_open_store(store), html, scene, source)}")
+            return
+        _serve_viewer(_open_store(store), scene, host, port)
+    except (ViewerError, QueryError, UnsafeNameError) as err:
+        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+
+
+def _serve_viewer(store: Store, scene: str | None, host: str, port: int) -> None:
+    import time
+
+    from ovlift.viewer.server import is_loopback, page_url, start
+
+    if not is_loopback(host):
+        err_console.print(
+            f"[yellow]warning:[/yellow] listening on {escape(host)} (as asked): whoever reaches it can read "
+            "every scene of the store (no TLS, no authentication)"
+        )
+    server = start(store, scene, host, port)
+    console.print(f"ovlift view: {page_url(host, server.get_port())} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.stop()
+
+
+@app.command()
 def validate(
     plans: Annotated[list[Path], typer.Argument(help="Plan YAML files.", exists=True, dir_okay=False)],
     check_paths: Annotated[
