@@ -189,3 +189,11 @@ def test_a_run_into_a_pipe_logs_progress_as_whole_lines(tmp_path):
     env["OVLIFT_PROGRESS"] = "0"
     quiet = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert quiet.returncode == 0 and "scenes:" not in quiet.stderr and "cached" in quiet.stdout
+
+
+def test_a_long_path_in_a_message_is_never_broken_into_lines(tmp_path):
+    """Messages are soft-wrapped: a path stays on one line whatever the terminal's width, so it
+    can be copied, and found in a log (rich once broke one in CI and a test missed it)."""
+    store = tmp_path / ("a-folder-name-long-enough-to-cross-any-terminal-width-" * 3) / "store.zarr"
+    result = CliRunner().invoke(app, ["status", "--store", str(store)], env={"COLUMNS": "40"})
+    assert result.exit_code == 2 and f"no store at '{store}'" in result.output, result.output

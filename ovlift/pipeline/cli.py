@@ -35,8 +35,10 @@ def _every_command() -> None:
     quiet_library_bars()
 
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# soft_wrap: a message is never broken into lines at the terminal's width, so a path in it
+# stays whole (to copy, and to grep in a log); the terminal wraps it for display.
+console = Console(stderr=False, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 PlanArg = Annotated[Path, typer.Argument(help="Plan YAML (dataset, store, stages).", exists=True, dir_okay=False)]
 ScenesOpt = Annotated[list[str] | None, typer.Option("--scenes", help="Only these scenes (repeat or comma-separate).")]
