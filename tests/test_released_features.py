@@ -155,6 +155,15 @@ def test_released_features_run_through_denoise_distill_predict_evaluate(tmp_path
         scored = seen & (truth >= 0)
         assert (fused_labels[scored] == truth[scored]).mean() > 0.99
         assert (fused_labels[~seen] < 0).all()
+    from ovlift.query import query_scene
+
+    chair = query_scene(store, "toy_0000", "a chair", source="fused")  # the text space the plan named
+    truth, seen = store.read("scenes/toy_0000/input").load("labels"), np.isfinite(chair.similarity)
+    assert chair.source == "fused/openseg" and np.array_equal(
+        seen, store.read("scenes/toy_0000/project").load("fused/openseg/seen")
+    )
+    best = np.argsort(-np.where(seen, chair.similarity, -2))[:100]
+    assert (truth[best] == list(store.read("scenes/toy_0000/input").info["class_names"]).index("chair")).all()
     metrics = store.read("global/evaluate").info["metrics"]
     assert set(metrics) == {"fused_2d", "2d", "3d", "ensemble"} and metrics["2d"]["miou"] > 0.8
 
