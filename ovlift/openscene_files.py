@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovlift.atomic_files import write_atomically
 from ovlift.datasets.openscene_points import load_array_file
 from ovlift.errors import StageInputError
 
@@ -108,8 +109,6 @@ def read_fused(paths: list[Path], n_points: int, channels: int, where: str) -> t
 
 def write_fused(path: Path, features: np.ndarray, seen: np.ndarray) -> None:
     """One file in OpenScene's layout holding every seen point (its validation-split form)."""
-    from ovlift.models.training import save_atomically  # not at the top: it imports spconv (10 s)
-
     mask = torch.from_numpy(np.asarray(seen, dtype=bool))
     feat = torch.from_numpy(np.asarray(features)[mask.numpy()]).to(torch.float16)
-    save_atomically({"feat": feat, "mask_full": mask}, path)
+    write_atomically(path, lambda tmp: torch.save({"feat": feat, "mask_full": mask}, tmp))

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from plyfile import PlyData, PlyElement, PlyParseError
 
+from ovlift.atomic_files import write_atomically
+
 FACE_LISTS = ("vertex_indices", "vertex_index")
 TRIANGLES = {"face": dict.fromkeys(FACE_LISTS, 3)}
 """plyfile's ``known_list_len``: faces of three vertices."""
@@ -243,10 +245,4 @@ def write_ply(
         face = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
         face["vertex_indices"] = faces
         elements.append(PlyElement.describe(face, "face"))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        PlyData(elements, text=False, byte_order="<").write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomically(path, lambda tmp: PlyData(elements, text=False, byte_order="<").write(str(tmp)))

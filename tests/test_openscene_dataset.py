@@ -147,6 +147,7 @@ RGB = openscene_colors(np.full((4, 3), 200))
         ((POINTS, np.full((4, 3), 0.3), np.zeros(4)), r"found \[0.3, 0.3, 0.3\] at row 0"),  # [0, 1] colours
         ((POINTS, RGB, np.array([0, 1, 20, 255.0])), r"labels expected scannet20 classes 0..19 or 255.*found \[20\]"),
         ((POINTS, RGB, np.array([0, 0.5, 0, 0])), r"found \[0.5\]"),
+        ((POINTS, RGB, np.array([0, np.nan, np.inf, 0])), r"found \[inf, nan\]"),
         ((POINTS + np.nan, RGB, np.zeros(4)), r"coords hold NaN"),
     ],
 )

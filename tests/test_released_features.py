@@ -5,6 +5,7 @@ evaluation, exported and imported again."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -191,7 +192,17 @@ def test_export_then_import_gives_the_same_features(tmp_path, released, clip768)
     first = released[3]
     out = tmp_path / "export"
     written = export_store(first.store, out, None)
-    assert {p.relative_to(out).parts[0] for p in written} == {"fused", "denoised", "saved_feature", "predictions"}
+    assert {p.relative_to(out).parts[0] for p in written} == {
+        "fused",
+        "denoised",
+        "saved_feature",
+        "predictions",
+        "labelset.json",
+    }
+    assert (
+        json.loads((out / "labelset.json").read_text())["classes"]
+        == first.store.read("scenes/toy_0000/predict").info["classes"]
+    )
 
     second = Runner(load_plan(released_plan(tmp_path / "second.yaml", out / "fused" / "openseg", clip768, False)))
     assert not second.run().failed
@@ -218,6 +229,15 @@ def test_export_then_import_gives_the_same_features(tmp_path, released, clip768)
 
     result = CliRunner().invoke(app, ["export", first.store.url, str(tmp_path / "cli"), "--what", "fused,student"])
     assert result.exit_code == 0 and "wrote 6 files" in result.output, result.output
+    result = CliRunner().invoke(
+        app, ["export", first.store.url, str(tmp_path / "nu"), "--what", "fused", "--plain-names"]
+    )
+    assert (
+        result.exit_code == 0 and (tmp_path / "nu" / "fused" / "openseg" / "toy_0002.pt").is_file()
+    )  # nuScenes' names
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(app, ["export", first.store.url, str(tmp_path / "file" / "out")])
+    assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, result.output
     result = CliRunner().invoke(app, ["export", first.store.url, str(tmp_path / "cli"), "--scenes", "../x"])
     assert result.exit_code == 2 and "scene id '../x' cannot name a folder" in result.output, result.output
 

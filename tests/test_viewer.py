@@ -243,9 +243,12 @@ def test_the_html_export_is_one_file_that_fetches_nothing(store, tmp_path):
     assert (codes[labels == 1] == 255).all()
 
 
-def test_a_name_from_the_store_cannot_end_the_export_s_script():
-    page = render({"scene": "room", "labelSets": {"x": {"classes": ["</script><script>alert(1)//"]}}})
-    assert page.count("</script>") == 2 and _data(page)["labelSets"]["x"]["classes"][0].startswith("</script>")
+@pytest.mark.parametrize("name", ["</script><script>alert(1)//", "<!--<script>", "__DATA__", "a & b > c"])
+def test_a_name_from_the_store_cannot_end_the_export_s_script(name):
+    page = render({"scene": "__DATA__", "labelSets": {"x": {"classes": [name]}}})
+    assert page.count("</script>") == 2 and page.count("<!--") == 1  # the template's own comment
+    assert "<title>ovlift: __DATA__</title>" in page  # a placeholder in a name is never filled
+    assert _data(page)["labelSets"]["x"]["classes"] == [name] and _data(page)["scene"] == "__DATA__"
 
 
 @pytest.mark.parametrize(

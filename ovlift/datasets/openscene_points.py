@@ -22,6 +22,7 @@ OpenScene's files were written by NumPy 1). No object arrays, so a hostile file 
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -130,7 +131,7 @@ def _labels(labels: np.ndarray, num_classes: int, label_set: str, where: str) ->
     ignored = np.isin(values, IGNORE_VALUES)
     bad = values[~ignored & ((values != np.round(values)) | (values < 0) | (values >= num_classes))]
     if len(bad):
-        found = [int(v) if v == round(v) else float(v) for v in bad[:10].tolist()]
+        found = [int(v) if math.isfinite(v) and v == round(v) else float(v) for v in bad[:10].tolist()]
         raise StageInputError(
             f"{where}: labels expected {label_set} classes 0..{num_classes - 1} or 255 (ignore), found {found} "
             "(set label_set to the file's: OpenScene's matterport_3d_40/80/160 hold matterport40/80/160)"

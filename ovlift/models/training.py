@@ -26,7 +26,6 @@ import hashlib
 import logging
 import math
 import os
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ovlift.atomic_files import write_atomically
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.text import TextEmbedder, TextEncoderConfig
@@ -410,9 +410,7 @@ def resume(
 def save_atomically(obj: object, path: Path) -> None:
     """``torch.save`` through a temporary name of this process's own (two runs of one group on a
     shared folder never write one file), then a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 @contextmanager

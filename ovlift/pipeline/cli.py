@@ -399,14 +399,17 @@ def export(
             "--what", help="fused, denoised, multi-fused, student, predictions (repeat or comma-separate; default all)."
         ),
     ] = None,
+    plain_names: Annotated[
+        bool, typer.Option("--plain-names", help="Name feature files <scene>.pt, as OpenScene's nuScenes loader opens.")
+    ] = False,
 ) -> None:
     """Write a store's features and predictions in OpenScene's formats (fused .pt, saved_feature .npy)."""
     from ovlift.pipeline.export import EXPORTS, export_store
     from ovlift.query import QueryError
 
     try:
-        written = export_store(_open_store(store), out, _split(scenes), _split(what) or EXPORTS)
-    except (QueryError, UnsafeNameError) as err:
+        written = export_store(_open_store(store), out, _split(scenes), _split(what) or EXPORTS, plain_names)
+    except (QueryError, UnsafeNameError, OSError) as err:
         err_console.print(f"[red]error:[/red] {escape(str(err))}")
         raise typer.Exit(2) from None
     console.print(f"wrote {len(written)} files under {out}")

@@ -17,12 +17,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 
+from ovlift.atomic_files import write_atomically
 from ovlift.cache_schema import Store
 from ovlift.plots import class_palette
 from ovlift.query import QueryError, SourceFeatures, text_similarity
@@ -54,11 +56,8 @@ def write_html(
         data["similarity"] = similarity_payload(scene, features, library)
     elif source is not None:
         raise QueryError(f"scene '{scene.scene_id}' has no features or no vocabulary to compare '{source}' with")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.tmp")  # a crash leaves no half page under the name
-    partial.write_text(render(data), encoding="utf-8")
-    partial.replace(out)
-    return out
+    page = render(data)
+    return write_atomically(out, lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def _b64(array: np.ndarray) -> str:
@@ -105,8 +104,12 @@ def similarity_payload(scene: SceneData, features: SourceFeatures, library: Libr
 
 
 def render(data: dict) -> str:
-    """The page: the template with the data inlined (``</`` escaped: names cannot end the script)."""
+    """The page: the template with the data inlined. Every ``<``, ``>`` and ``&`` of the JSON is
+    a ``\\u`` escape, so no name can end or confuse the script block (``</script>``, ``<!--``);
+    both placeholders are filled in one pass, so a name holding one is never filled in."""
     template = resources.files("ovlift.viewer").joinpath("static_page.html").read_text()
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
-    title = f"ovlift: {data['scene']}"
-    return template.replace("__TITLE__", html.escape(title)).replace("__DATA__", payload)
+    payload = json.dumps(data, separators=(",", ":"))
+    for char in "<>&":
+        payload = payload.replace(char, f"\\u{ord(char):04x}")
+    fills = {"__TITLE__": html.escape(f"ovlift: {data['scene']}"), "__DATA__": payload}
+    return re.sub("__TITLE__|__DATA__", lambda m: fills[m.group(0)], template)
