@@ -31,7 +31,6 @@ beyond this machine is warned about.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
@@ -56,6 +55,7 @@ from prefect.types.entrypoint import EntrypointType
 from prefect_dask import DaskTaskRunner
 
 from ovlift.cache_schema.files import read_text
+from ovlift.network import is_loopback_host
 from ovlift.pipeline.plan import Plan, load_plan
 from ovlift.pipeline.runner import Outcome, Runner, RunOptions, RunReport, Status, failures
 from ovlift.progress import progress
@@ -246,12 +246,7 @@ def is_loopback(address: str) -> bool:
         host = address[1 : address.find("]")]
     else:
         host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback_host(host)
 
 
 def join_cluster(address: str) -> DaskTaskRunner:

@@ -13,12 +13,13 @@ from test_cli import words
 from typer.testing import CliRunner
 from viewer_store import write_viewer_store
 
+from ovlift.network import is_loopback_host as is_loopback
 from ovlift.pipeline.cli import app
 from ovlift.pipeline.text_cache import TextCache
 from ovlift.query import query_scene
 from ovlift.viewer import session as session_module
 from ovlift.viewer.scene_data import load_scene, overview, point_size
-from ovlift.viewer.server import _md, is_loopback, page_url
+from ovlift.viewer.server import _md, page_url
 from ovlift.viewer.session import MAX_TEXT, Library, Session, apply
 from ovlift.viewer.static_html import render, write_html
 

@@ -454,9 +454,10 @@ def view(
 def _serve_viewer(store: Store, scene: str | None, host: str, port: int) -> None:
     import time
 
-    from ovlift.viewer.server import is_loopback, page_url, start
+    from ovlift.network import is_loopback_host
+    from ovlift.viewer.server import page_url, start
 
-    if not is_loopback(host):
+    if not is_loopback_host(host):
         err_console.print(
             f"[yellow]warning:[/yellow] listening on {escape(host)} (as asked): whoever reaches it can read "
             "every scene of the store (no TLS, no authentication)"

@@ -18,7 +18,6 @@ new point size one number.
 from __future__ import annotations
 
 import html
-import ipaddress
 import re
 import threading
 from collections.abc import Callable
@@ -34,16 +33,6 @@ LOOPBACK = "127.0.0.1"
 FRUSTUM_COLOUR = (90, 90, 110)
 NOTHING = "(none)"
 """Dropdown entry where a scene has no sources or no label sets (viser needs one option)."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (a name other than localhost is not)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def page_url(host: str, port: int) -> str:
