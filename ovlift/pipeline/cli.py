@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -48,6 +48,12 @@ SetOpt = Annotated[
 ]
 
 
+def _fail(message: str) -> NoReturn:
+    """End a command on bad input: one "error:" line, exit status 2, no traceback."""
+    err_console.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(2) from None
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
@@ -62,15 +68,13 @@ def _load(plan_path: Path, overrides: list[str] | None = None):
     try:
         return load_plan(plan_path, overrides=overrides or ())
     except PlanError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
 
 
 def _open_store(url: str) -> Store:
     """An existing store (opening a missing local path would create an empty one)."""
     if "://" not in url and not Path(url).exists():
-        err_console.print(f"[red]error:[/red] no store at '{escape(url)}'")
-        raise typer.Exit(2)
+        _fail(f"no store at '{url}'")
     return Store(url)
 
 
@@ -94,14 +98,11 @@ def _run(
         with logging_redirect_tqdm():
             return runner.run(stages=stages, scenes=scenes, force=force, fail_fast=fail_fast, upstream=upstream)
     except StaleUpstream as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
-        raise typer.Exit(2) from None
+        _fail(str(err.args[0]))
     except UnsafeNameError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
 
 
 @app.command()
@@ -154,8 +155,7 @@ def status(
     try:
         rows = store_status(_open_store(store), _load(plan) if plan else None)
     except UnsafeNameError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
     if as_json:
         for row in rows:
             print(json.dumps(row.to_json()))
@@ -184,8 +184,7 @@ def gc(
     try:
         results = collect([_load(p, overrides) for p in plans], dry_run=not yes)
     except (GcRefused, UnsafeNameError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
     for result in results:
         for path in result.removed:
             typer.echo(f"{'removed' if yes else 'would remove'} {path} ({result.sizes[path] / 2**20:.1f} MiB)")
@@ -212,8 +211,7 @@ def verify(
     try:
         report = verify_store(_open_store(store), _split(scenes), _split(stages), repair)
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
-        raise typer.Exit(2) from None
+        _fail(str(err.args[0]))
     if as_json:
         for d in report.damage:
             print(json.dumps(d.to_json()))
@@ -282,8 +280,7 @@ def flow(
     try:  # fail early, before starting Prefect, on a bad plan or scene
         Runner(_load(plan)).select_scenes(_split(scenes))
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err.args[0]))}")
-        raise typer.Exit(2) from None
+        _fail(str(err.args[0]))
     _flow_logging(plan, verbose, log_file)
     from ovlift.flows import run_dataset_flow  # Prefect is imported only here
 
@@ -317,10 +314,7 @@ def deploy(
     PREFECT_API_URL; a work pool's workers run it (without --work-pool, `ovlift serve` does)."""
     _load(plan)
     if not os.environ.get("PREFECT_API_URL"):
-        err_console.print(
-            "[red]error:[/red] set PREFECT_API_URL to the server to deploy to (docs/scale.md, Prefect server)"
-        )
-        raise typer.Exit(2)
+        _fail("set PREFECT_API_URL to the server to deploy to (docs/scale.md, Prefect server)")
     from ovlift.flows import deploy as deploy_flow
 
     selection = {"stages": _split(stages), "scenes": _split(scenes), "force": _split(force)}
@@ -345,8 +339,7 @@ def serve(
     """Serve the plans' dataset flows as deployments from this process until Ctrl-C: for
     users without a work pool. Runs are triggered from the UI, the schedule or the client."""
     if name and len(plans) > 1:
-        err_console.print("[red]error:[/red] --name names one deployment; serve several plans without it")
-        raise typer.Exit(2)
+        _fail("--name names one deployment; serve several plans without it")
     for path in plans:
         _load(path)
     _flow_logging(plans[0], verbose, log_file)
@@ -381,8 +374,7 @@ def query(
         query_words(text)  # a blank query fails before the store or a model is opened
         paths, top = write_query_outputs(_open_store(store), scene, text, source, teacher, templates, out)
     except (QueryError, KeyError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
     console.print(f"wrote {paths[0]} and {paths[1]}")
     if top:
         console.print("classes of the 100 most similar points: " + ", ".join(f"{c} {n}" for c, n in top))
@@ -410,8 +402,7 @@ def export(
     try:
         written = export_store(_open_store(store), out, _split(scenes), _split(what) or EXPORTS, plain_names)
     except (QueryError, UnsafeNameError, OSError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
     console.print(f"wrote {len(written)} files under {out}")
 
 
@@ -447,8 +438,7 @@ def view(
             return
         _serve_viewer(_open_store(store), scene, host, port)
     except (ViewerError, QueryError, UnsafeNameError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
 
 
 def _serve_viewer(store: Store, scene: str | None, host: str, port: int) -> None:
@@ -538,8 +528,7 @@ def train_teachers(
     try:
         train(spec, _split(only), force, echo=console.print)
     except PlanError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
 
 
 @app.command()
@@ -555,8 +544,7 @@ def demo(
         with logging_redirect_tqdm():
             run_demo(workdir, console, quick)
     except (FileNotFoundError, PlanError) as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
-        raise typer.Exit(2) from None
+        _fail(str(err))
 
 
 if __name__ == "__main__":
