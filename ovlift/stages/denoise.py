@@ -23,7 +23,7 @@ import torch
 from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.denoise import DENOISE_SPEC
 from ovlift.cache_schema.groups.extract2d import TeacherFeatures, teachers_in
-from ovlift.cache_schema.groups.project import fused_teacher
+from ovlift.cache_schema.groups.project import fused_features, fused_teacher
 from ovlift.config import FrozenConfig, added_field, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
@@ -83,7 +83,7 @@ class DenoiseStage(Stage[DenoiseConfig]):
         prompts, prompt_class = prompts.to(device), torch.tensor(vocab.prompt_class, device=device)
 
         objects = torch.from_numpy(objects_group.load("objects")).to(device)
-        fused = torch.from_numpy(project.load(f"fused/{name}/features")).to(device)
+        fused = torch.from_numpy(fused_features(project, name)).to(device)
         fused_seen = torch.from_numpy(project.load(f"fused/{name}/seen")).to(device)
         if len(objects) != len(fused):
             raise StageInputError(

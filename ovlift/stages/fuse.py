@@ -20,6 +20,7 @@ from pydantic import Field, field_validator
 from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.capability import CAPABILITY_SPEC
 from ovlift.cache_schema.groups.fuse import FUSE_SPEC
+from ovlift.cache_schema.groups.project import fused_features
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.teacher_fusion import (
@@ -119,7 +120,7 @@ class FuseStage(Stage[FuseConfig]):
         vocab = get_vocabulary(cfg.vocabulary)
         prompts = ctx.text(TextEncoderConfig(**{**text_encoder, "templates": cfg.templates}), list(vocab.prompts))
         capability, capability_source = self._capability(ctx, names, vocab, text_encoder)
-        features = [project.load(f"fused/{n}/features") for n in names]
+        features = [fused_features(project, n) for n in names]
         seen = np.stack([project.load(f"fused/{n}/seen") for n in names])
         channels = {n: f.shape[1] for n, f in zip(names, features)}
         if len(set(channels.values())) > 1:

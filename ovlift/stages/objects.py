@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 
 from ovlift.cache_schema import GroupWriter
 from ovlift.cache_schema.groups.objects import OBJECTS_SPEC
-from ovlift.cache_schema.groups.project import fused_teacher
+from ovlift.cache_schema.groups.project import fused_features, fused_teacher
 from ovlift.config import FrozenConfig
 from ovlift.errors import StageInputError
 from ovlift.stages.base import Stage, StageContext
@@ -78,7 +78,7 @@ class ObjectsStage(Stage[ObjectsConfig]):
             objects = grow_regions(
                 scene.load("points"),
                 ctx.inputs["segment"].load("superpoints").astype(np.int64),
-                project.load(f"fused/{teacher}/features"),
+                fused_features(project, teacher),
                 project.load(f"fused/{teacher}/seen"),
                 cfg,
             )

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.extract2d import TeacherFeatures, teachers_in
-from ovlift.cache_schema.groups.project import PROJECT_SPEC
+from ovlift.cache_schema.groups.project import PROJECT_SPEC, write_fused
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, project_and_fuse
@@ -129,8 +129,7 @@ class ProjectStage(Stage[ProjectConfig]):
         out.write("view_count", view_count.to(torch.int32).numpy())
         for name, fusion in fusions.items():
             fused, count = fusion.result()
-            out.write(f"fused/{name}/features", fused.to(torch.float16).cpu().numpy())
-            out.write(f"fused/{name}/seen", (count > 0).cpu().numpy())
+            write_fused(out, name, fused.to(torch.float16).cpu().numpy(), (count > 0).cpu().numpy())
         out.set_info(
             feature_size=list(feature_hw),
             frames=cameras.frames.tolist(),

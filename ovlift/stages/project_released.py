@@ -41,7 +41,7 @@ import numpy as np
 from pydantic import AfterValidator, Field
 
 from ovlift.cache_schema import GroupWriter, StageGroup
-from ovlift.cache_schema.groups.project import PROJECT_SPEC
+from ovlift.cache_schema.groups.project import PROJECT_SPEC, write_fused
 from ovlift.config import FrozenConfig, ModelPath
 from ovlift.content_hash import file_digests
 from ovlift.errors import StageInputError
@@ -117,8 +117,7 @@ class ReleasedFeaturesStage(Stage[ReleasedFeaturesConfig]):
         out.write("frame_index", np.zeros(0, dtype=np.int32))
         out.write("pixel", np.zeros((0, 2), dtype=np.int16))
         out.write("view_count", seen.astype(np.int32))
-        out.write(f"fused/{cfg.teacher}/features", features)
-        out.write(f"fused/{cfg.teacher}/seen", seen)
+        write_fused(out, cfg.teacher, features, seen)
         out.set_info(
             feature_size=None,
             frames=[],

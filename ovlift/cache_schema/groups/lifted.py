@@ -9,7 +9,7 @@ from typing import Literal
 
 import numpy as np
 
-from ovlift.cache_schema.groups.project import fused_teacher
+from ovlift.cache_schema.groups.project import fused_features, fused_teacher
 from ovlift.cache_schema.store import StageGroup
 from ovlift.errors import StageInputError
 
@@ -39,7 +39,7 @@ def lifted_features(
         info = groups["project"].info["teachers"][name]
         project = groups["project"]
         return LiftedFeatures(
-            project.load(f"fused/{name}/features"), project.load(f"fused/{name}/seen"), name, info["text_encoder"]
+            fused_features(project, name), project.load(f"fused/{name}/seen"), name, info["text_encoder"]
         )
     group = groups[source]
     if teacher is not None and group.info["teacher"] != teacher:
