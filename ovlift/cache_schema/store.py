@@ -51,7 +51,7 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore
 
 from ovlift.cache_schema.integrity import (
-    CHUNK_CODECS,
+    CODEC_CHAINS,
     MANIFEST_SUFFIX,
     CheckedArray,
     Damage,
@@ -621,7 +621,7 @@ class GroupWriter:
             dtype=np_dtype,
             chunks=chunks if first_chunk is None else (first_chunk, *chunks[1:]),
             fill_value=0,
-            compressors=CHUNK_CODECS,
+            compressors=CODEC_CHAINS[spec.codec],
         )
         self.written.add(name)
         return array

@@ -90,8 +90,9 @@ INPUT_SPEC = GroupSpec(
             ("T", "H_depth", "W_depth"),
             (1, None, None),
             "frames/depth in the sensor's integer units (info depth_units_per_m), 0 = invalid; "
-            "metres = raw.astype(float32) / float32(depth_units_per_m), exactly",
+            "metres = raw.astype(float32) / float32(depth_units_per_m), exactly; byte-shuffled, then zstd",
             required=False,
+            codec="shuffled-zstd",
         ),
         ArraySpec(
             "frames/intrinsics",
