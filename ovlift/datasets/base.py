@@ -56,8 +56,8 @@ class Frame:
     ``depth_intrinsics``); None: identity (the two cameras share a centre)."""
     color_file: bytes | None = None
     """The colour image's file (JPEG or PNG) where ``color`` is exactly its decoding
-    (``cache_schema.groups.frames.decode_color``), resized to ``color``'s size if that is
-    smaller (``resize_color``): the store keeps the file instead of the pixels. None: no
+    (``cache_schema.groups.frames.decode_color``), resized to ``color``'s size where that
+    differs (``resize_color``): the store keeps the file instead of the pixels. None: no
     such file (synthetic frames)."""
     depth_raw: RawDepth | None = None
     """The depth as the sensor stored it, where ``depth`` is exactly ``depth_raw.metres()``:

@@ -44,7 +44,8 @@ class InputConfig(FrozenConfig):
     ``raw``: the pixels. ``jpeg``: a published JPEG at the stored size as ``auto``, any
     other frame re-encoded as JPEG at ``jpeg_quality`` (lossy: colours change a little)."""
     jpeg_quality: int = added_field(95, ge=1, le=100)
-    """Quality of the frames ``color_codec: jpeg`` re-encodes (95: mean error under 1 level)."""
+    """Quality of the frames ``color_codec: jpeg`` re-encodes (95: mean error 1-1.5 grey levels,
+    PSNR 41-44 dB, on 3DMatch's PNG frames)."""
 
     @model_validator(mode="after")
     def _quality_needs_jpeg(self) -> InputConfig:

@@ -6,8 +6,8 @@ Two forms of each (``INPUT_SPEC``):
 
 * colour: ``frames/color``, the pixels; or ``frames/color_bytes`` + ``frames/color_extent``,
   each frame's image file (JPEG or PNG) back to back, decoded here with Pillow as the
-  dataset readers decode them (``decode_color``), then resized to the stored size when the
-  file is larger (``resize_color``, the resize the readers store smaller frames with). So
+  dataset readers decode them (``decode_color``), then resized to the stored size where the
+  file has another (``resize_color``, the resize the readers store smaller frames with). So
   a file kept as the dataset published it decodes to exactly the pixels the reader gave;
   ``frames/color_checksum`` (CRC-32C of those pixels, taken at ingest) makes a decoder that
   gives other pixels (another libjpeg, say) an error instead of a silent change.
