@@ -38,13 +38,10 @@ def read_uint16_image(path: Path, scene_id: str, expected: str) -> np.ndarray:
     return raw
 
 
-def read_color(path: Path, expected: str = "a colour image (JPEG or PNG)") -> np.ndarray:
-    return read_image(path, "RGB", expected).astype(np.uint8)
-
-
 def read_color_file(path: Path, expected: str = "a colour image (JPEG or PNG)") -> tuple[np.ndarray, bytes | None]:
-    """A colour image's pixels (as ``read_color``) decoded from its bytes, and those bytes
-    where the file is a JPEG or PNG (``Frame.color_file``: the store keeps them); else None."""
+    """A colour image's (H, W, 3) uint8 RGB pixels, decoded from its bytes as the store decodes
+    them, and those bytes where the file is a JPEG or PNG (``Frame.color_file``: the store
+    keeps them); else None. An unreadable file is a ValueError naming it and ``expected``."""
     try:
         data = path.read_bytes()
     except OSError as err:
