@@ -240,6 +240,7 @@ def print_row(r: dict) -> None:
 
 
 def seven_scenes_inputs(args: argparse.Namespace) -> dict:
+    from ovlift.cache_schema.groups.frames import FrameImages
     from ovlift.kernels.projection import resize_depth, rigid_inverse, scale_intrinsics
     from ovlift.pipeline.plan import plan_from_dict
     from ovlift.pipeline.runner import Runner
@@ -264,7 +265,7 @@ def seven_scenes_inputs(args: argparse.Namespace) -> dict:
         "intrinsics": scale_intrinsics(
             torch.from_numpy(group.load("frames/intrinsics")[frames]).double(), image_hw, hw
         ),
-        "depth": resize_depth(torch.from_numpy(group.array("frames/depth").oindex[frames]), hw),
+        "depth": resize_depth(torch.from_numpy(FrameImages(group).depth(frames)), hw),
         "hw": hw,
     }
 

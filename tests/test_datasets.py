@@ -8,6 +8,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.datasets.furniture import Part
 from ovlift.datasets.rgbd_folder import RGBDFolderConfig, RGBDFolderDataset
 from ovlift.datasets.toy import ToyConfig, ToyDataset
@@ -268,7 +269,8 @@ def test_rgbd_folder_reads_a_separate_colour_camera_and_builds_the_cloud_in_the_
     runner = Runner(plan)
     runner.run(fail_fast=True)
     group = runner.store.read("scenes/room/input")
-    assert group.load("frames/color").shape[1:3] == (97, 130) and group.load("frames/depth").shape[1:] == (48, 64)
+    images, every = FrameImages(group), range(group.dims["T"])
+    assert images.color(every).shape[1:3] == (97, 130) and images.depth(every).shape[1:] == (48, 64)
     np.testing.assert_allclose(group.load("frames/cam_to_world"), [v.color.cam_to_world for v in room.views], atol=1e-9)
     np.testing.assert_allclose(group.load("frames/depth_intrinsics")[0], room.depth_intrinsics, rtol=1e-6)
     points = group.load("points").astype(np.float64)
@@ -311,7 +313,7 @@ def test_7scenes_points_agree_with_a_held_out_frames_depth(tmp_path):
     distances = []
     for held_out in (1, 25, 51, 77, 99):  # odd ingested frames: not in the cloud
         measured, _ = backproject_depth(
-            torch.from_numpy(group.array("frames/depth")[held_out]).double(),
+            torch.from_numpy(FrameImages(group).depth([held_out])[0]).double(),
             torch.from_numpy(group.array("frames/intrinsics")[held_out]).double(),
             torch.from_numpy(group.array("frames/cam_to_world")[held_out]),
             min_depth=0.1,

@@ -11,6 +11,7 @@ import scipy.linalg
 from conftest import shared_data, toy_plan_dict
 
 from ovlift.cache_schema import SchemaError, Store
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.datasets.toy import ToyDataset
 from ovlift.errors import StageInputError
 from ovlift.pipeline.plan import Plan, plan_from_dict
@@ -220,7 +221,7 @@ def test_a_slightly_non_rigid_pose_is_stored_as_the_rigid_transform_the_cloud_wa
     np.testing.assert_allclose(rot, scipy.linalg.polar(pose[:3, :3])[0], atol=1e-12)  # the nearest rotation
     np.testing.assert_array_equal(stored[3], [0, 0, 0, 1])
     # the cloud (frame 0's depth alone) projected back with the stored pose lands on its pixels
-    k, depth = group.load("frames/intrinsics")[0].astype(np.float64), group.load("frames/depth")[0]
+    k, depth = group.load("frames/intrinsics")[0].astype(np.float64), FrameImages(group).depth([0])[0]
     cam = (group.load("points").astype(np.float64) - stored[:3, 3]) @ rot
     col, row = k[0, 0] * cam[:, 0] / cam[:, 2] + k[0, 2], k[1, 1] * cam[:, 1] / cam[:, 2] + k[1, 2]
     assert np.abs(col - col.round()).max() < 1e-3 and np.abs(row - row.round()).max() < 1e-3

@@ -8,6 +8,7 @@ from layout_scene import layout_scene
 from matterport_layout import MAPPING_ROWS, write_mapping_table, write_matterport_scan, write_region_ply
 from PIL import Image
 
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.datasets.category_table import CategoryTable
 from ovlift.datasets.matterport import MatterportConfig, MatterportDataset, read_conf, row_classes
 from ovlift.pipeline.plan import plan_from_dict
@@ -299,7 +300,8 @@ def test_input_and_project_pair_vertices_with_pixels_of_their_class(written, tmp
     runner = Runner(plan)
     runner.run(fail_fast=True)
     group = runner.store.read(f"scenes/{REGION0}/input")
-    assert group.load("frames/color").shape[1:3] == (96, 120) and group.load("frames/depth").shape[1:] == (96, 120)
+    images, every = FrameImages(group), range(group.dims["T"])
+    assert images.color(every).shape[1:3] == (96, 120) and images.depth(every).shape[1:] == (96, 120)
     labels = group.load("labels")
     project = runner.store.read(f"scenes/{REGION0}/project")
     point, frame, pixel = project.load("point_index"), project.load("frame_index"), project.load("pixel")

@@ -28,6 +28,7 @@ from scannet_layout import (
 )
 from sensordata_reference import SensorData
 
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.datasets.scannet import ScanNetConfig, ScanNetDataset
 from ovlift.datasets.scannet_sens import SensError, SensFile
 from ovlift.pipeline.plan import plan_from_dict
@@ -354,7 +355,8 @@ def test_input_and_project_through_the_runner_put_mesh_vertices_on_pixels_of_the
     runner = Runner(plan)
     assert runner.run(fail_fast=True).counts()["ran"] == 2
     scene = runner.store.read(f"scenes/{SCENE}/input")
-    assert scene.load("frames/color").shape == (5, 97, 130, 3) and scene.load("frames/depth").shape == (5, 48, 64)
+    images, every = FrameImages(scene), range(scene.dims["T"])
+    assert images.color(every).shape == (5, 97, 130, 3) and images.depth(every).shape == (5, 48, 64)
     assert scene.load("frames/pose_valid").tolist() == [i != INVALID_POSE_FRAME for i in range(5)]
     np.testing.assert_allclose(scene.load("frames/depth_to_color")[0], layout.depth_to_color, atol=1e-6)
     group = runner.store.read(f"scenes/{SCENE}/project")

@@ -68,6 +68,29 @@ def test_missing_required_array_is_an_error(tmp_path):
     assert store.read("scenes/s/demo") is None
 
 
+def test_an_appended_array_grows_in_its_spec_chunks_and_set_dims_joins_the_group_dims(tmp_path):
+    spec = GroupSpec(
+        "demo",
+        "test group",
+        (
+            ArraySpec("bytes", "uint8", ("B",), (4,), "appended"),
+            ArraySpec("labels", "int16", ("N",), (4,), "class", required=False),
+        ),
+    )
+    store = Store(tmp_path / "s.zarr")
+    pieces = [np.arange(k, k + size, dtype=np.uint8) for k, size in ((0, 8), (8, 3), (11, 2))]
+    with store.writer("scenes/s/demo", spec, meta(), "scene 's'") as out:
+        for piece in pieces:
+            out.append("bytes", piece)
+        out.set_dims(N=6, H=2)
+        out.write("labels", np.zeros(6, np.int16))
+        with pytest.raises(SchemaError, match="dimension N=5, but an array of the group has N=6"):
+            out.set_dims(N=5)
+    group = store.read("scenes/s/demo")
+    assert group.dims == {"B": 13, "N": 6, "H": 2} and group.array("bytes").chunks == (4,)
+    np.testing.assert_array_equal(group.load("bytes"), np.arange(13))
+
+
 def test_undeclared_info_is_an_error(tmp_path):
     store = Store(tmp_path / "s.zarr")
     with pytest.raises(SchemaError, match="not declared"):

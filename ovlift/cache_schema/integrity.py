@@ -4,8 +4,9 @@ reads that name the damaged chunk.
 Three layers, each catching what the one before cannot:
 
 * **Chunk codecs** (``CHUNK_CODECS``): every array is written through zstd with its frame
-  checksum and then Zarr v3's ``crc32c`` codec, so a flipped byte in a chunk fails its read
-  ("Stored and computed checksum do not match") instead of decoding to wrong numbers.
+  checksum (integer images: Blosc's shuffle and zstd, ``SHUFFLED_CODECS``) and then Zarr
+  v3's ``crc32c`` codec, so a flipped byte in a chunk fails its read ("Stored and computed
+  checksum do not match") instead of decoding to wrong numbers.
 * **A manifest per version**: at publish, ``<slot>/<version>.files.json`` lists every file of
   the version with its size and CRC-32C (the group's and arrays' ``zarr.json`` included), and
   both pointers to the version record the manifest's SHA-256 (``digest``). A deleted chunk
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 if TYPE_CHECKING:
     from ovlift.cache_schema.store import StageGroup, Store
@@ -42,9 +43,17 @@ GROUP_METADATA = "(group metadata)"
 METADATA = "zarr.json"
 
 CHUNK_CODECS = (ZstdCodec(level=0, checksum=True), Crc32cCodec())
-"""Compressors of every array the store writes: zstd (level 0 is Zarr's default) with its
-content checksum, then a CRC-32C of the compressed bytes (``benchmarks/store_integrity.py``
-measures their cost)."""
+"""Compressors of every array the store writes but integer images: zstd (level 0 is Zarr's
+default) with its content checksum, then a CRC-32C of the compressed bytes
+(``benchmarks/store_integrity.py`` measures their cost)."""
+SHUFFLED_CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle), Crc32cCodec())
+"""Compressors of integer images (uint16 depth): each value's bytes regrouped by significance
+(Blosc's byte shuffle) before zstd, 6 % smaller than ``CHUNK_CODECS`` on real Kinect depth
+and 11 % on noisy depth at about its speed, where bit shuffle loses 60 % on the Kinect depth
+and zstd level 9 is 4x slower to write (``benchmarks/frame_bytes.py``). Blosc has no content
+checksum; the CRC-32C after it still catches a flipped byte."""
+CODEC_CHAINS = {"zstd": CHUNK_CODECS, "shuffled-zstd": SHUFFLED_CODECS}
+"""``ArraySpec.codec`` -> compressors."""
 
 
 def crc32c(data: bytes) -> int:

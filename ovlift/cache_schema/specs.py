@@ -13,6 +13,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from ovlift.cache_schema.integrity import CODEC_CHAINS
 from ovlift.names import check_name
 
 IGNORE_LABEL = -1
@@ -53,10 +54,15 @@ class ArraySpec:
     """One line: what the array holds, with units."""
     required: bool = True
     """Whether every group of this stage has the array."""
+    codec: str = "zstd"
+    """Its chunks' compressors (``integrity.CODEC_CHAINS``): ``zstd``, or ``shuffled-zstd``
+    for integer images."""
 
     def __post_init__(self) -> None:
         if len(self.chunks) != len(self.dims):
             raise ValueError(f"spec {self.name}: chunks {self.chunks} do not match dims {self.dims}")
+        if self.codec not in CODEC_CHAINS:
+            raise ValueError(f"spec {self.name}: codec '{self.codec}' is not one of {sorted(CODEC_CHAINS)}")
         np.dtype(self.dtype)  # fails early on a typo
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, dims: dict[str, int], where: str) -> None:

@@ -51,7 +51,7 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore
 
 from ovlift.cache_schema.integrity import (
-    CHUNK_CODECS,
+    CODEC_CHAINS,
     MANIFEST_SUFFIX,
     CheckedArray,
     Damage,
@@ -605,22 +605,52 @@ class GroupWriter:
 
     def create(self, name: str, shape: tuple[int, ...], dtype: str | None = None) -> zarr.Array:
         """Create an array to be filled piece by piece (e.g. one frame per chunk)."""
+        return self._create(name, shape, dtype, None)
+
+    def _create(self, name: str, shape: tuple[int, ...], dtype: str | None, first_chunk: int | None) -> zarr.Array:
         spec = self.spec.array(name)
         np_dtype = np.dtype(dtype or spec.dtype)
         spec.check(tuple(shape), np_dtype, self.dims, self.where)
         if name in self.written:
             raise SchemaError(f"{self.where}: array '{name}' written twice")
         assert self._group is not None
+        chunks = spec.chunk_shape(tuple(shape))
         array = self._group.create_array(
             name,
             shape=tuple(shape),
             dtype=np_dtype,
-            chunks=spec.chunk_shape(tuple(shape)),
+            chunks=chunks if first_chunk is None else (first_chunk, *chunks[1:]),
             fill_value=0,
-            compressors=CHUNK_CODECS,
+            compressors=CODEC_CHAINS[spec.codec],
         )
         self.written.add(name)
         return array
+
+    def append(self, name: str, value: np.ndarray) -> None:
+        """Append ``value`` along the first axis of ``name``, created on the first call: an array
+        whose length is known only at the end (the frames' image files, back to back). Its
+        first dimension must be its own (no other array's); chunk-aligned appends are fastest."""
+        value = np.asarray(value)
+        assert self._group is not None
+        if name not in self.written:
+            spec = self.spec.array(name)
+            if not isinstance(spec.chunks[0], int):
+                raise SchemaError(f"{self.where}: array '{name}' is appended to, so its spec needs a chunk length")
+            self._create(name, (0, *value.shape[1:]), str(value.dtype), spec.chunks[0])
+        array = self._group[name]
+        assert isinstance(array, zarr.Array)
+        array.append(value)
+        self.dims[str(self.spec.array(name).dims[0])] = array.shape[0]
+
+    def set_dims(self, **sizes: int) -> None:
+        """Named dimensions that no written array's shape carries: ``H`` and ``W`` of frames
+        stored as image files (``frames/color_bytes`` decodes to (T, H, W, 3)). A size that
+        disagrees with an array's is a SchemaError, as between arrays."""
+        for dim, size in sizes.items():
+            if self.dims.setdefault(dim, size) != size:
+                raise SchemaError(
+                    f"{self.where}: dimension {dim}={size}, but an array of the group has {dim}={self.dims[dim]}"
+                )
 
     def write(self, name: str, value: np.ndarray) -> None:
         """Write a whole array at once."""

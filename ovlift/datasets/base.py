@@ -11,7 +11,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ovlift.cache_schema.groups.frames import depth_metres
 from ovlift.config import ConfigT, Configurable
+
+
+@dataclass(frozen=True)
+class RawDepth:
+    """Depth as a sensor stores it: integers in ``units_per_m``, 0 = no measurement."""
+
+    values: np.ndarray
+    """(h, w) uint16."""
+    units_per_m: float
+
+    def metres(self) -> np.ndarray:
+        """float32 metres, the one conversion (``cache_schema.groups.frames.depth_metres``)."""
+        return depth_metres(self.values, self.units_per_m)
 
 
 @dataclass
@@ -40,6 +54,14 @@ class Frame:
     depth_to_color: np.ndarray | None = None
     """(4, 4) rigid transform from depth-camera to colour-camera coordinates, metres (only with
     ``depth_intrinsics``); None: identity (the two cameras share a centre)."""
+    color_file: bytes | None = None
+    """The colour image's file (JPEG or PNG) where ``color`` is exactly its decoding
+    (``cache_schema.groups.frames.decode_color``), resized to ``color``'s size where that
+    differs (``resize_color``): the store keeps the file instead of the pixels. None: no
+    such file (synthetic frames)."""
+    depth_raw: RawDepth | None = None
+    """The depth as the sensor stored it, where ``depth`` is exactly ``depth_raw.metres()``:
+    the store keeps these integers instead of float metres. None: float depth only."""
 
 
 @dataclass

@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
+from ovlift.cache_schema.groups.frames import decode_color, depth_metres, image_file_format, resize_color
 from ovlift.config import FrozenConfig
-from ovlift.datasets.base import Frame
+from ovlift.datasets.base import Frame, RawDepth
 from ovlift.kernels.projection import resize_depth, scale_intrinsics
 
 
@@ -37,8 +38,34 @@ def read_uint16_image(path: Path, scene_id: str, expected: str) -> np.ndarray:
     return raw
 
 
-def read_color(path: Path, expected: str = "a colour image (JPEG or PNG)") -> np.ndarray:
-    return read_image(path, "RGB", expected).astype(np.uint8)
+def read_color_file(path: Path, expected: str = "a colour image (JPEG or PNG)") -> tuple[np.ndarray, bytes | None]:
+    """A colour image's (H, W, 3) uint8 RGB pixels, decoded from its bytes as the store decodes
+    them, and those bytes where the file is a JPEG or PNG (``Frame.color_file``: the store
+    keeps them); else None. An unreadable file is a ValueError naming it and ``expected``."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read image '{path}' (expected {expected}): {err}") from None
+    try:
+        color = decode_color(data)
+    except ValueError as err:
+        raise ValueError(f"cannot read image '{path}' (expected {expected}): {err}") from None
+    return color, data if image_file_format(data) else None
+
+
+def raw_depth(raw: np.ndarray, units_per_m: float, missing: int | None = None) -> tuple[np.ndarray, RawDepth | None]:
+    """A depth image in integer units as (float32 metres, ``RawDepth``): 0 and ``missing`` mean
+    no measurement (0 m). The ``RawDepth`` (the store keeps it) is None where the values do not
+    fit uint16."""
+    if missing is not None:
+        raw = np.where(raw == missing, 0, raw)
+    fits = raw.dtype == np.uint16 or (
+        np.issubdtype(raw.dtype, np.integer) and (raw.size == 0 or (raw.min() >= 0 and raw.max() <= 65535))
+    )
+    if not fits:
+        return depth_metres(raw, units_per_m), None
+    stored = RawDepth(raw.astype(np.uint16), float(units_per_m))
+    return stored.metres(), stored
 
 
 def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -57,7 +84,7 @@ def resized_color(color: np.ndarray, intrinsics: np.ndarray, size: tuple[int, in
     image_hw = color.shape[:2]
     if tuple(image_hw) == tuple(size):
         return color, intrinsics
-    resized = np.asarray(Image.fromarray(color).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    resized = resize_color(color, size)
     return resized, scale_intrinsics(torch.from_numpy(np.asarray(intrinsics)), image_hw, size).numpy()
 
 
@@ -65,7 +92,8 @@ def resized_frame(frame: Frame, size: tuple[int, int] | None) -> Frame:
     """``frame`` stored at ``size`` (rows, cols): colour bilinear with its intrinsics
     (``resized_color``); labels, instances and registered depth to the nearest pixel centre
     (never blending across an edge or with invalid depth). A depth camera of its own keeps
-    its depth as it is. None: unchanged."""
+    its depth as it is. The colour file stays (the store resizes its decoding the same way).
+    None: unchanged."""
     if size is None or tuple(frame.color.shape[:2]) == tuple(size):
         return frame
     color, intrinsics = resized_color(frame.color, frame.intrinsics, size)
@@ -77,20 +105,24 @@ def resized_frame(frame: Frame, size: tuple[int, int] | None) -> Frame:
         resized = resize_depth(torch.from_numpy(np.asarray(image, np.float32))[None], size)[0].numpy()
         return resized.astype(np.asarray(image).dtype)
 
-    depth = frame.depth if frame.depth_intrinsics is not None else nearest(frame.depth)
+    own_camera = frame.depth_intrinsics is not None
+    depth_raw = frame.depth_raw
+    if depth_raw is not None and not own_camera:
+        depth_raw = replace(depth_raw, values=nearest(depth_raw.values))
     return replace(
         frame,
         color=color,
         intrinsics=intrinsics,
-        depth=depth,
+        depth=frame.depth if own_camera else nearest(frame.depth),
+        depth_raw=depth_raw,
         labels=nearest(frame.labels),
         instances=nearest(frame.instances),
     )
 
 
 class StoredImageSize(FrozenConfig):
-    """Config of readers that can store frames smaller than the sensor's (a store of full-size
-    frames can be larger than the dataset: colour is stored decoded)."""
+    """Config of readers that can store frames smaller than the sensor's (the store keeps the
+    published colour file and resizes its decoding on reading; see ``resized_frame``)."""
 
     image_height: int | None = Field(None, ge=8)
     """Rows the frames are stored at (None: as published); see ``resized_frame``."""

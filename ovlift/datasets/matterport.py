@@ -58,7 +58,7 @@ from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource, read_json_key
 from ovlift.datasets.category_table import CategoryTable, label_indices
-from ovlift.datasets.images import StoredImageSize, read_color, read_uint16_image, resized_frame
+from ovlift.datasets.images import StoredImageSize, raw_depth, read_color_file, read_uint16_image, resized_frame
 from ovlift.names import contained
 from ovlift.ply import PlyMesh, read_ply
 from ovlift.vocabularies import MATTERPORT21, SCANNET20_NYU40_IDS, get_vocabulary
@@ -242,7 +242,7 @@ class MatterportDataset(Dataset[MatterportConfig]):
 
         def read_frame(i: int) -> Frame:
             image, color_path, depth_path = frames[i]
-            color = read_color(color_path)
+            color, color_file = read_color_file(color_path)
             expected = f"Matterport's single-channel uint16 depth, undistorted ({depth_scale:g} per metre)"
             raw = read_uint16_image(depth_path, scene_id, expected)
             if raw.shape != color.shape[:2]:
@@ -250,10 +250,13 @@ class MatterportDataset(Dataset[MatterportConfig]):
                     f"scene '{scene_id}': {depth_path} is {raw.shape} but {color_path.name} is {color.shape[:2]}; "
                     "expected Matterport's undistorted depth at the colour image's size"
                 )
+            depth, depth_raw = raw_depth(raw, depth_scale)  # 0 stays 0: no measurement
             frame = Frame(
                 name=color_path.stem,
                 color=color,
-                depth=raw.astype(np.float32) / depth_scale,  # 0 stays 0: no measurement
+                color_file=color_file,
+                depth=depth,
+                depth_raw=depth_raw,
                 intrinsics=image.intrinsics.copy(),
                 cam_to_world=image.cam_to_world @ OPENGL_TO_OPENCV,
             )

@@ -62,7 +62,7 @@ from pydantic import Field
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.images import read_image, resized_color
+from ovlift.datasets.images import read_color_file, resized_color
 from ovlift.errors import StageInputError
 from ovlift.names import contained
 from ovlift.vocabularies import NUSCENES16
@@ -355,9 +355,16 @@ def camera_frame(
     size: tuple[int, int],
 ) -> Frame:
     """A camera image as a depth-less frame, resized to ``size`` (rows, cols) with its intrinsics."""
-    color, intrinsics = resized_color(read_image(path, "RGB").astype(np.uint8), intrinsics, size)
+    color, color_file = read_color_file(path, "an image file")
+    color, intrinsics = resized_color(color, intrinsics, size)
     return Frame(
-        name=name, color=color, depth=None, intrinsics=intrinsics, cam_to_world=cam_to_world, timestamp=timestamp
+        name=name,
+        color=color,
+        color_file=color_file,
+        depth=None,
+        intrinsics=intrinsics,
+        cam_to_world=cam_to_world,
+        timestamp=timestamp,
     )
 
 

@@ -71,7 +71,7 @@ from pydantic import Field, field_validator, model_validator
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
 from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.images import StoredImageSize, read_color, read_uint16_image, resized_frame
+from ovlift.datasets.images import StoredImageSize, raw_depth, read_color_file, read_uint16_image, resized_frame
 from ovlift.datasets.matterport import cameras_in_box
 from ovlift.datasets.openscene_points import read_point_file
 from ovlift.errors import StageInputError
@@ -335,8 +335,8 @@ class OpenSceneDataset(Dataset[OpenSceneConfig]):
         ]
 
     def _read_frame(self, scene_id: str, files: FrameFiles) -> Frame:
-        color = read_color(files.color)
-        depth = None
+        color, color_file = read_color_file(files.color)
+        depth = depth_raw = None
         if files.depth is not None:
             scale = self.config.depth_scale or DEPTH_SCALE[self.config.variant]
             raw = read_uint16_image(files.depth, scene_id, f"OpenScene's uint16 depth PNG ({scale:g} per metre)")
@@ -345,7 +345,7 @@ class OpenSceneDataset(Dataset[OpenSceneConfig]):
                     f"scene '{scene_id}': {files.depth} is {raw.shape} but {files.color.name} is {color.shape[:2]}; "
                     "expected OpenScene's depth at its colour image's size"
                 )
-            depth = raw.astype(np.float32) / np.float32(scale)  # 0 stays 0: no measurement
+            depth, depth_raw = raw_depth(raw, scale)  # 0 stays 0: no measurement
         if files.intrinsics is None:
             if color.shape[:2] != (240, 320):
                 raise StageInputError(
@@ -356,7 +356,15 @@ class OpenSceneDataset(Dataset[OpenSceneConfig]):
         else:
             intrinsics = read_matrix(scene_id, files.intrinsics, (3, 3), "intrinsics")
         pose = read_matrix(scene_id, files.pose, (4, 4), "camera-to-world pose")
-        return Frame(name=files.name, color=color, depth=depth, intrinsics=intrinsics, cam_to_world=pose)
+        return Frame(
+            name=files.name,
+            color=color,
+            color_file=color_file,
+            depth=depth,
+            depth_raw=depth_raw,
+            intrinsics=intrinsics,
+            cam_to_world=pose,
+        )
 
 
 def read_matrix(scene_id: str, path: Path, shape: tuple[int, int], what: str) -> np.ndarray:

@@ -37,8 +37,8 @@ from pydantic import Field
 
 from ovlift.config import FrozenConfig, LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource, scene_folders
-from ovlift.datasets.images import read_color, read_image, read_matrix
+from ovlift.datasets.base import Dataset, Frame, RawDepth, SceneSource, scene_folders
+from ovlift.datasets.images import raw_depth, read_color_file, read_image, read_matrix
 from ovlift.kernels.geometry import backproject_depth, rigid_poses
 from ovlift.kernels.projection import project_points, rigid_inverse
 from ovlift.kernels.voxel import voxel_downsample
@@ -130,10 +130,14 @@ class RGBDFolderDataset(Dataset[RGBDFolderConfig]):
         def read_frame(i: int) -> Frame:
             name, prefix = frames[i]
             pose = read_matrix(prefix.with_name(prefix.name + ".pose.txt"), (4, 4))
+            color, color_file = read_color_file(_color_path(prefix))
+            depth, depth_raw = _read_depth(prefix.with_name(prefix.name + ".depth.png"), self.config)
             return Frame(
                 name=name,
-                color=read_color(_color_path(prefix)),
-                depth=_read_depth(prefix.with_name(prefix.name + ".depth.png"), self.config),
+                color=color,
+                color_file=color_file,
+                depth=depth,
+                depth_raw=depth_raw,
                 intrinsics=color_k if color_k is not None else intrinsics,
                 cam_to_world=pose @ color_from_depth_pose if separate else pose,
                 depth_intrinsics=intrinsics if separate else None,
@@ -202,10 +206,8 @@ def _color_path(prefix: Path) -> Path:
     raise FileNotFoundError(f"no colour image {prefix.name}.color.jpg or .color.png in {prefix.parent}")
 
 
-def _read_depth(path: Path, config: RGBDFolderConfig) -> np.ndarray:
+def _read_depth(path: Path, config: RGBDFolderConfig) -> tuple[np.ndarray, RawDepth | None]:
     raw = read_image(path, expected=f"a uint16 depth PNG ({config.depth_scale:g} per metre)").astype(np.int64)
     if raw.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel depth image, found shape {raw.shape}")
-    depth = raw.astype(np.float32) / np.float32(config.depth_scale)
-    depth[(raw == 0) | (raw == config.invalid_depth_raw)] = 0.0
-    return depth
+    return raw_depth(raw, config.depth_scale, missing=config.invalid_depth_raw)

@@ -85,8 +85,15 @@ from pydantic import Field, field_validator
 from ovlift.cache_schema import IGNORE_LABEL
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource
-from ovlift.datasets.images import StoredImageSize, read_color, read_image, read_uint16_image, resized_frame
+from ovlift.datasets.base import Dataset, Frame, RawDepth, SceneSource
+from ovlift.datasets.images import (
+    StoredImageSize,
+    raw_depth,
+    read_color_file,
+    read_image,
+    read_uint16_image,
+    resized_frame,
+)
 from ovlift.vocabularies import S3DIS13
 
 log = logging.getLogger(__name__)
@@ -315,10 +322,14 @@ class S3DISDataset(Dataset[S3DISConfig]):
             cam_to_world = np.linalg.inv(world_to_cam) if np.isfinite(world_to_cam).all() else np.full((4, 4), np.nan)
             if image_area == "area_5b" and self.config.correct_area_5b:
                 cam_to_world = AREA_5B_TO_AREA_5 @ cam_to_world
+            color, color_file = read_color_file(files["rgb"], FRAME_FILES["rgb"][1])
+            depth, depth_raw = read_depth(files["depth"], scene_id)
             frame = Frame(
                 name=f"{image_area}/{stem}",
-                color=read_color(files["rgb"], FRAME_FILES["rgb"][1]),
-                depth=read_depth(files["depth"], scene_id),
+                color=color,
+                color_file=color_file,
+                depth=depth,
+                depth_raw=depth_raw,
                 intrinsics=intrinsics,
                 cam_to_world=to_aligned @ cam_to_world,
                 labels=None if label_lut is None else read_semantic(files["semantic"], label_lut, scene_id),
@@ -448,14 +459,12 @@ def read_pose(path: Path, scene_id: str) -> tuple[np.ndarray, np.ndarray]:
     return matrices[0], world_to_cam
 
 
-def read_depth(path: Path, scene_id: str) -> np.ndarray:
-    """Metres (float32), 0 where 2D-3D-S has no reading (65535)."""
+def read_depth(path: Path, scene_id: str) -> tuple[np.ndarray, RawDepth | None]:
+    """Metres (float32), 0 where 2D-3D-S has no reading (65535), and the raw values."""
     raw = read_uint16_image(
         path, scene_id, f"single-channel uint16 depth, 1/{DEPTH_UNITS_PER_M:.0f} m ({DEPTH_MISSING}: no reading)"
     )
-    depth = raw.astype(np.float32) / np.float32(DEPTH_UNITS_PER_M)
-    depth[raw == DEPTH_MISSING] = 0.0
-    return depth
+    return raw_depth(raw, DEPTH_UNITS_PER_M, missing=DEPTH_MISSING)
 
 
 def read_label_names(path: Path, scene_id: str) -> np.ndarray:

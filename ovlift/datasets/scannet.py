@@ -46,9 +46,9 @@ from pydantic import Field
 
 from ovlift.config import LocalPath
 from ovlift.content_hash import file_digests
-from ovlift.datasets.base import Dataset, Frame, SceneSource, read_json_key, scene_folders
+from ovlift.datasets.base import Dataset, Frame, RawDepth, SceneSource, read_json_key, scene_folders
 from ovlift.datasets.category_table import CategoryTable, label_indices
-from ovlift.datasets.images import StoredImageSize, read_color, read_image, read_matrix, resized_frame
+from ovlift.datasets.images import StoredImageSize, raw_depth, read_color_file, read_image, read_matrix, resized_frame
 from ovlift.datasets.scannet_sens import SensFile
 from ovlift.ply import read_ply
 from ovlift.vocabularies import NYU40, NYU40_IDS, SCANNET20, SCANNET20_NYU40_IDS, SCANNET200, SCANNET200_IDS
@@ -65,7 +65,8 @@ LABEL_SETS = {
 
 class ScanNetConfig(StoredImageSize):
     """``image_height``/``image_width`` store the 1296x968 colour smaller (its intrinsics scaled;
-    depth keeps its own 640x480 camera): 2.4 MB a frame in the store at full size."""
+    depth keeps its own 640x480 camera). The store keeps each frame's JPEG and raw depth
+    either way (``docs/datasets.md``: bytes per frame)."""
 
     paths: tuple[LocalPath, ...] = Field(min_length=1)
     """Scene folders, or folders whose subfolders are scenes (ScanNet's ``scans/``)."""
@@ -246,8 +247,8 @@ class ScanNetDataset(Dataset[ScanNetConfig]):
 
         def read_frame(k: int) -> Frame:
             frame = sens.frame(kept[k])
-            depth = frame.depth_raw.astype(np.float32) / np.float32(h.depth_shift)  # raw 0 stays 0: invalid
-            return cameras.frame(str(kept[k]), frame.color, depth, frame.camera_to_world)
+            depth = raw_depth(frame.depth_raw, h.depth_shift)  # raw 0 stays 0: invalid
+            return cameras.frame(str(kept[k]), (frame.color, frame.color_file), depth, frame.camera_to_world)
 
         return [str(i) for i in kept], read_frame
 
@@ -289,8 +290,8 @@ class ScanNetDataset(Dataset[ScanNetConfig]):
                     f"scene '{scene_id}': {depth_path}: expected a single-channel uint16 depth image, "
                     f"found shape {raw.shape}"
                 )
-            depth = raw.astype(np.float32) / scale
-            color = read_color(folder / "color" / f"{i}.jpg")
+            depth = raw_depth(raw, scale)
+            color = read_color_file(folder / "color" / f"{i}.jpg")
             return cameras.frame(str(i), color, depth, read_matrix(folder / "pose" / f"{i}.txt", (4, 4)))
 
         return [str(i) for i in kept], read_frame
@@ -322,7 +323,14 @@ class _Cameras:
         e = np.asarray(self.extrinsic_color, np.float64)
         return None if np.array_equal(e, np.eye(4)) else e
 
-    def frame(self, name: str, color: np.ndarray, depth: np.ndarray, pose: np.ndarray) -> Frame:
+    def frame(
+        self,
+        name: str,
+        color: tuple[np.ndarray, bytes | None],
+        depth: tuple[np.ndarray, RawDepth | None],
+        pose: np.ndarray,
+    ) -> Frame:
+        """A frame of (pixels, file) colour and (metres, raw) depth."""
         pose = np.asarray(pose, np.float64)
         if self.rig_to_color is not None:
             pose = pose @ np.linalg.inv(self.rig_to_color)
@@ -331,8 +339,10 @@ class _Cameras:
         )
         return Frame(
             name=name,
-            color=color,
-            depth=depth,
+            color=color[0],
+            color_file=color[1],
+            depth=depth[0],
+            depth_raw=depth[1],
             intrinsics=np.asarray(self.intrinsic_color, np.float64)[:3, :3],
             cam_to_world=pose,
             depth_intrinsics=np.asarray(self.intrinsic_depth, np.float64)[:3, :3],

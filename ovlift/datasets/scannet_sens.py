@@ -87,6 +87,8 @@ class SensFrame:
     """(H, W, 3) uint8 RGB at the colour size."""
     depth_raw: np.ndarray
     """(h, w) uint16 at the depth size, ``depth_shift`` units per metre, 0 invalid."""
+    color_file: bytes | None = None
+    """The JPEG or PNG that ``color`` was decoded from (None for raw colour)."""
 
 
 class SensFile:
@@ -198,6 +200,7 @@ class SensFile:
             timestamp_depth=int(self.timestamps[i, 1]),
             color=self._color(color_blob, i, offset),
             depth_raw=self._depth(depth_blob, i, offset + color_bytes),
+            color_file=None if self.header.color_compression == "raw" else color_blob,
         )
 
     def _color(self, blob: bytes, i: int, offset: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import torch
 
 from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
 from ovlift.models.teachers.base import Teacher, TeacherConfig, TeacherInput
 from ovlift.models.teachers.registry import TEACHERS
@@ -61,9 +62,8 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
         hw = (cfg.feature_height, cfg.feature_width)
         frames = np.arange(0, scene.dims["T"], cfg.frame_stride, dtype=np.int32)
         names = scene.info.get("class_names")
-        optional = {
-            key: scene.array(f"frames/{key}") for key in ("depth", "labels", "instances") if f"frames/{key}" in scene
-        }
+        images = FrameImages(scene)
+        optional = {key: scene.array(f"frames/{key}") for key in ("labels", "instances") if f"frames/{key}" in scene}
         sink = (
             DenseSink(out, len(frames), hw, teacher.dim)
             if cfg.encoding == "dense"
@@ -73,11 +73,13 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
         for start in progress(range(0, len(frames), batch), f"{ctx.scene_id}: {self.variant}", unit="batch"):
             sel = frames[start : start + batch]
             extra = {key: torch.from_numpy(array.oindex[sel]) for key, array in optional.items()}
+            if images.depth_array is not None:
+                extra["depth"] = torch.from_numpy(images.depth(sel))
             result = teacher(
                 TeacherInput(
                     scene_id=ctx.scene_id,
                     frame_index=sel,
-                    color=torch.from_numpy(scene.array("frames/color").oindex[sel]),
+                    color=torch.from_numpy(images.color(sel)),
                     feature_hw=hw,
                     class_names=tuple(names) if names else None,
                     frame_names=tuple(scene.info["frame_names"][i] for i in sel),

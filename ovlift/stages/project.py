@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
 
 from ovlift.cache_schema import GroupWriter, StageGroup
 from ovlift.cache_schema.groups.extract2d import TeacherFeatures, teachers_in
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.cache_schema.groups.project import PROJECT_SPEC, write_fused
 from ovlift.config import FrozenConfig, runtime_field
 from ovlift.errors import StageInputError
@@ -28,9 +29,6 @@ from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, proje
 from ovlift.kernels.projection import DepthCamera, VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.progress import progress
 from ovlift.stages.base import Stage, StageContext
-
-if TYPE_CHECKING:
-    import zarr
 
 
 class ProjectConfig(FrozenConfig):
@@ -149,7 +147,8 @@ class ProjectStage(Stage[ProjectConfig]):
         intrinsics = scale_intrinsics(
             torch.from_numpy(scene.load("frames/intrinsics")).double()[frames], image_hw, feature_hw
         )
-        depth = scene.array("frames/depth") if "frames/depth" in scene else None
+        images = FrameImages(scene)
+        depth = images if images.depth_array is not None else None
         depth_camera = None
         if depth is not None and "frames/depth_intrinsics" in scene:
             # the depth camera's own (ScanNet: 640x480 beside 1296x968 colour): depth stays at its size
@@ -176,7 +175,7 @@ class ProjectStage(Stage[ProjectConfig]):
             rows = slice(start, start + batch)
             depth = None
             if cameras.depth is not None:
-                depth = torch.from_numpy(cameras.depth.oindex[sel.numpy()])
+                depth = torch.from_numpy(cameras.depth.depth(sel.numpy()))
                 depth = (depth if cameras.depth_camera else resize_depth(depth, feature_hw)).to(device)
             batch_teachers = {}
             for name, features in teachers.items():
@@ -198,7 +197,7 @@ class Cameras:
     world_to_cam: torch.Tensor
     intrinsics: torch.Tensor
     """(T', 3, 3) at the pixel grid."""
-    depth: zarr.Array | None
-    """The ``frames/depth`` array (read per batch), None for scenes without depth."""
+    depth: FrameImages | None
+    """The scene's frames, their depth read per batch; None for scenes without depth."""
     depth_camera: DepthCamera | None
     """The depth camera, where it is not the colour camera."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ovlift.cache_schema import Store
+from ovlift.cache_schema.groups.frames import FrameImages
 from ovlift.cache_schema.groups.input import INPUT_SPEC
 from ovlift.cache_schema.groups.predict import PREDICT_SPEC
 from ovlift.cache_schema.store import StageGroup
@@ -131,7 +132,7 @@ def cameras(scene: StageGroup, limit: int = MAX_CAMERAS) -> list[Camera]:
         valid = valid[np.linspace(0, len(valid) - 1, limit).round().astype(int)]
     if not len(valid):
         return []
-    _, height, width, _ = scene.array("frames/color").shape
+    height, width = FrameImages(scene).color_hw
     xyzw = Rotation.from_matrix(poses[valid, :3, :3]).as_quat()
     return [
         Camera(poses[i, :3, 3], np.roll(q, 1), float(2 * np.arctan2(height / 2, intrinsics[i, 1, 1])), width / height)

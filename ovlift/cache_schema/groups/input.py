@@ -5,6 +5,7 @@ from __future__ import annotations
 from ovlift.cache_schema.specs import IGNORE_LABEL, ArraySpec, GroupSpec
 
 POINT_CHUNK = 1 << 18
+COLOR_BYTES_CHUNK = 1 << 20
 
 
 INPUT_SPEC = GroupSpec(
@@ -40,15 +41,58 @@ INPUT_SPEC = GroupSpec(
             required=False,
         ),
         ArraySpec("faces", "int32", ("F", 3), (POINT_CHUNK, None), "mesh triangles indexing points", required=False),
-        ArraySpec("frames/color", "uint8", ("T", "H", "W", 3), (1, None, None, None), "RGB image, one frame per chunk"),
+        ArraySpec(
+            "frames/color",
+            "uint8",
+            ("T", "H", "W", 3),
+            (1, None, None, None),
+            "RGB image, one frame per chunk; absent where frames/color_bytes holds the frames as image files",
+            required=False,
+        ),
+        ArraySpec(
+            "frames/color_bytes",
+            "uint8",
+            ("B_color",),
+            (COLOR_BYTES_CHUNK,),
+            "each frame's colour image file (JPEG or PNG; as the dataset published it, or re-encoded: "
+            "color_codec) back to back; decodes (Pillow, RGB; bilinear resize to H x W where the file is of "
+            "another size) to (T, H, W, 3) uint8 (read with cache_schema.groups.frames.FrameImages)",
+            required=False,
+        ),
+        ArraySpec(
+            "frames/color_extent",
+            "int64",
+            ("T", 2),
+            (None, None),
+            "[start, stop) of each frame's file in frames/color_bytes (present with it)",
+            required=False,
+        ),
+        ArraySpec(
+            "frames/color_checksum",
+            "uint32",
+            ("T",),
+            (None,),
+            "CRC-32C of each frame's decoded RGB pixels as ingested (present with frames/color_bytes)",
+            required=False,
+        ),
         ArraySpec(
             "frames/depth",
             "float32",
             ("T", "H_depth", "W_depth"),
             (1, None, None),
             "z-depth of the depth camera, metres, 0 = invalid; the colour image's size unless "
-            "frames/depth_intrinsics is present; absent for LiDAR-camera data",
+            "frames/depth_intrinsics is present; absent for LiDAR-camera data and where frames/depth_raw holds it",
             required=False,
+        ),
+        ArraySpec(
+            "frames/depth_raw",
+            "uint16",
+            ("T", "H_depth", "W_depth"),
+            (1, None, None),
+            "frames/depth in the sensor's integer units (info depth_units_per_m), 0 = invalid; "
+            "metres = raw.astype(float32) / float32(depth_units_per_m), exactly; byte-shuffled, then zstd",
+            required=False,
+            codec="shuffled-zstd",
         ),
         ArraySpec(
             "frames/intrinsics",
@@ -111,5 +155,6 @@ INPUT_SPEC = GroupSpec(
         "class_names": "label set that labels index into (null when unlabelled)",
         "ignore_label": "label value meaning 'no class'",
         "frame_names": "source name of each frame, e.g. 'seq-01/frame-000010'",
+        "depth_units_per_m": "units per metre of frames/depth_raw (absent without it)",
     },
 )
