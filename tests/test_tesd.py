@@ -220,6 +220,42 @@ def test_tesd_resumes_bit_identically_after_a_kill_past_the_switch_epoch(tmp_pat
         assert [p.name for p in (tmp_path / d / "tesd_bank").iterdir()] == ["epoch_0003"]
 
 
+def test_tesd_resumes_from_a_checkpoint_that_held_the_bank_and_names_a_missing_bank_file(tmp_path, monkeypatch):
+    """A checkpoint written before the bank moved to files held it whole: a run resumed from one writes
+    it out and ends where an uninterrupted run ends. A bank generation lacking a scene is an error."""
+    import shutil
+
+    from ovlift.models import training
+
+    tesd = tesd_config(start_epoch=1, alpha=0.5, bank_dtype=torch.float32)
+    model, rows = run_train(tmp_path / "reference", tesd, epochs=3)
+    save = training.save_atomically
+
+    def killed_after_epoch_1(obj, path):
+        save(obj, path)
+        if obj["epoch"] == 1:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(training, "save_atomically", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path / "killed", tesd, epochs=3)
+    monkeypatch.setattr(training, "save_atomically", save)
+    (tmp_path / "old").mkdir()
+    shutil.copy(tmp_path / "killed" / "epoch_0000.pt", tmp_path / "old")
+    state = torch.load(tmp_path / "killed" / "epoch_0001.pt", weights_only=True)
+    state["tesd_bank"] = checkpoint_bank(tmp_path / "killed" / "epoch_0001.pt")
+    del state["tesd_bank_epoch"]
+    torch.save(state, tmp_path / "old" / "epoch_0001.pt")
+    resumed_model, resumed_rows = run_train(tmp_path / "old", tesd, epochs=3)
+    assert resumed_rows == rows and rows[-1]["tesd_loss"] > 0
+    for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    (tmp_path / "killed" / "tesd_bank" / "epoch_0001" / "scene_000001.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks 1 of 2 scenes .first: scene_000001.pt"):
+        run_train(tmp_path / "killed", tesd, epochs=3)
+
+
 def tesd_plan(tmp_path: Path, **distill) -> dict:
     data = yaml.safe_load(tiny_pipeline_plan(tmp_path / "plan.yaml", epochs=2).read_text())
     del data["stages"]["predict"], data["stages"]["evaluate"]

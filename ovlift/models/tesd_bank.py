@@ -39,9 +39,7 @@ class BankFiles:
         return torch.load(self.path(epoch, scene), weights_only=True)
 
     def write(self, epoch: int, scene: int, entry: torch.Tensor) -> None:
-        target = self.path(epoch, scene)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(target, lambda tmp: torch.save(entry.clone(), tmp))  # clone: a view saves its whole base
+        write_atomically(self.path(epoch, scene), lambda tmp: torch.save(entry, tmp))
 
     def check(self, epoch: int, scenes: int) -> None:
         """That generation ``epoch`` (named by a checkpoint) holds every scene's entry."""
@@ -50,7 +48,7 @@ class BankFiles:
             raise FileNotFoundError(
                 f"TESD bank {self.generation(epoch)}: the checkpoint of epoch {epoch} names it, but it lacks "
                 f"{len(missing)} of {scenes} scenes (first: {self.path(epoch, missing[0]).name}); "
-                "remove that checkpoint to resume from the one before, or rerun with --force"
+                "rerun the stage with --force to train from the start"
             )
 
     def remove_before(self, epoch: int) -> None:
