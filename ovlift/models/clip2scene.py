@@ -343,27 +343,9 @@ def train_clip2scene(
         for epoch in progress(range(start, run.epochs), "distill (clip2scene)", unit="epoch"):
             if validation is not None and validation[1].done():
                 break
-            generator = epoch_generator(run.seed, epoch)
-            order = torch.randperm(len(scenes), generator=generator).tolist()
             model.train()
             local_head.train()
-            per_epoch = math.ceil(len(scenes) / run.batch_size)
-            steps = [order[step * run.batch_size : (step + 1) * run.batch_size] for step in range(per_epoch)]
-            read = prefetched(partial(scenes_of, scenes), steps, run.prefetch_steps)
-            with closing(read):
-                for step, batch in enumerate(steps):  # next(): no reference to a past step's scenes stays
-                    rows.append(
-                        train_step(
-                            run_on_device,
-                            next(read),
-                            batch,
-                            (model, local_head),
-                            optimizer,
-                            (epoch, step, per_epoch),
-                            generator,
-                            device,
-                        )
-                    )
+            rows += train_epoch(run_on_device, scenes, (model, local_head), optimizer, epoch, device)
             if validation is not None:
                 validation[1].record(validation_loss(run_on_device, validation[0], modules, device), modules)
                 rows[-1]["val_loss"] = validation[1].losses[-1]
@@ -374,6 +356,27 @@ def train_clip2scene(
         if validation is not None:
             validation[1].publish(modules)
         return model, rows
+
+
+def train_epoch(
+    run: Clip2SceneRun,
+    scenes: SceneSource[SweepScene],
+    modules: tuple[MinkUNet, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    device: torch.device,
+) -> list[dict]:
+    """The epoch's steps, in an order drawn from (seed, epoch), each on the scenes it reads; their log rows."""
+    generator = epoch_generator(run.seed, epoch)
+    order = torch.randperm(len(scenes), generator=generator).tolist()
+    per_epoch = math.ceil(len(scenes) / run.batch_size)
+    steps = [order[step * run.batch_size : (step + 1) * run.batch_size] for step in range(per_epoch)]
+    read = prefetched(partial(scenes_of, scenes), steps, run.prefetch_steps)
+    with closing(read):  # next(): no reference to a past step's scenes stays
+        return [
+            train_step(run, next(read), batch, modules, optimizer, (epoch, step, per_epoch), generator, device)
+            for step, batch in enumerate(steps)
+        ]
 
 
 def scenes_of(scenes: SceneSource[SweepScene], batch: list[int]) -> dict[int, SweepScene]:
