@@ -30,7 +30,7 @@ Each sweep is its own sample in the sparse batch with its own augmentation
 input" row). Ground-truth labels are never read here.
 
 Scenes come as a ``SceneSource`` and each step reads only its own (``prefetch_steps``
-ahead in a background thread): what a step builds and its cells are the step's scenes'.
+ahead in a background thread): a step's samples and grid cells come from its own scenes.
 """
 
 from __future__ import annotations

@@ -518,7 +518,7 @@ class Trainer:
         self.bank = BankFiles(checkpoints)
         self.bank_epoch: int | None = state.get("tesd_bank_epoch")
         """The bank generation the next epoch reads (None: TESD has not started)."""
-        if state.get("tesd_bank") is not None:  # a checkpoint that held the bank itself (ovlift before 2027-01)
+        if state.get("tesd_bank") is not None:  # a checkpoint written when checkpoints held the bank whole
             for i, entry in enumerate(state["tesd_bank"]):
                 self.bank.write(state["epoch"], i, entry.cpu())
             self.bank_epoch = state["epoch"]
