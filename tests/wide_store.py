@@ -2,7 +2,8 @@
 with its peak resident memory measured in a fresh process: for the memory test and for
 ``benchmarks/scale.py``.
 
-Each scene ``wide_XXXX`` has ``points`` points in a 4 m box and a fused teacher ``t`` with
+Each scene ``wide_XXXX`` has ``points`` points in an 8 x 4 x 4 m box (the student's four levels
+at 0.25 m voxels keep two voxels of one scene alone) and a fused teacher ``t`` with
 ``channels`` float16 channels on every tenth point, one of 8 random directions per 1 m cell,
 0 elsewhere: the store compresses them and is quick to write, in memory they take their full
 size, and a step's loss works on a tenth of its points (the data, not the step, dominates).
@@ -54,7 +55,7 @@ def write_wide_store(path: Path, scenes: int, points: int = 20_000, channels: in
     for i, scene_id in enumerate(ids):
         if store.read(PROJECT_SPEC.path(scene_id)) is not None:
             continue
-        xyz = np.random.default_rng(i).uniform(0, 4, (points, 3)).astype(np.float32)
+        xyz = (np.random.default_rng(i).random((points, 3)) * [8, 4, 4]).astype(np.float32)
         arrays = {
             "points": xyz,
             "frames/color": np.zeros((1, 4, 4, 3), np.uint8),
