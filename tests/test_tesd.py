@@ -14,6 +14,7 @@ import yaml
 from conftest import TINY_STUDENT, tiny_pipeline_plan
 
 from ovlift.models.student_config import StudentConfig
+from ovlift.models.tesd_bank import checkpoint_bank
 from ovlift.models.training import (
     Augment,
     ClassText,
@@ -205,18 +206,54 @@ def test_tesd_resumes_bit_identically_after_a_kill_past_the_switch_epoch(tmp_pat
         run_train(tmp_path / "killed", tesd)
     monkeypatch.setattr(training, "save_atomically", save)
     assert sorted(p.name for p in (tmp_path / "killed").glob("epoch_*.pt"))[-1] == "epoch_0002.pt"
+    at_switch = checkpoint_bank(tmp_path / "killed" / "epoch_0002.pt")  # the bank files after the switch epoch
     resumed_model, resumed_rows = run_train(tmp_path / "killed", tesd)
 
     assert resumed_rows == rows
     for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
-    final = [
-        torch.load(tmp_path / d / "epoch_0003.pt", weights_only=True)["tesd_bank"] for d in ("reference", "killed")
-    ]
-    assert all(torch.equal(a, b) for a, b in zip(*final))
-    at_switch = torch.load(tmp_path / "reference" / "epoch_0002.pt", weights_only=True)["tesd_bank"]
+    final = [checkpoint_bank(tmp_path / d / "epoch_0003.pt") for d in ("reference", "killed")]
+    assert len(final[0]) == len(final[1]) == 2 and all(torch.equal(a, b) for a, b in zip(*final))
     assert all(not torch.equal(a, b) for a, b in zip(at_switch, final[0]))  # the bank moves with each visit
-    assert torch.load(tmp_path / "reference" / "epoch_0001.pt", weights_only=True)["tesd_bank"] is None
+    assert checkpoint_bank(tmp_path / "reference" / "epoch_0001.pt") is None
+    for d in ("reference", "killed"):  # older generations go once a newer checkpoint names its own
+        assert [p.name for p in (tmp_path / d / "tesd_bank").iterdir()] == ["epoch_0003"]
+
+
+def test_tesd_resumes_from_a_checkpoint_that_held_the_bank_and_names_a_missing_bank_file(tmp_path, monkeypatch):
+    """A checkpoint written before the bank moved to files held it whole: a run resumed from one writes
+    it out and ends where an uninterrupted run ends. A bank generation lacking a scene is an error."""
+    import shutil
+
+    from ovlift.models import training
+
+    tesd = tesd_config(start_epoch=1, alpha=0.5, bank_dtype=torch.float32)
+    model, rows = run_train(tmp_path / "reference", tesd, epochs=3)
+    save = training.save_atomically
+
+    def killed_after_epoch_1(obj, path):
+        save(obj, path)
+        if obj["epoch"] == 1:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(training, "save_atomically", killed_after_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(tmp_path / "killed", tesd, epochs=3)
+    monkeypatch.setattr(training, "save_atomically", save)
+    (tmp_path / "old").mkdir()
+    shutil.copy(tmp_path / "killed" / "epoch_0000.pt", tmp_path / "old")
+    state = torch.load(tmp_path / "killed" / "epoch_0001.pt", weights_only=True)
+    state["tesd_bank"] = checkpoint_bank(tmp_path / "killed" / "epoch_0001.pt")
+    del state["tesd_bank_epoch"]
+    torch.save(state, tmp_path / "old" / "epoch_0001.pt")
+    resumed_model, resumed_rows = run_train(tmp_path / "old", tesd, epochs=3)
+    assert resumed_rows == rows and rows[-1]["tesd_loss"] > 0
+    for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    (tmp_path / "killed" / "tesd_bank" / "epoch_0001" / "scene_000001.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks 1 of 2 scenes .first: scene_000001.pt"):
+        run_train(tmp_path / "killed", tesd, epochs=3)
 
 
 def tesd_plan(tmp_path: Path, **distill) -> dict:
@@ -262,7 +299,7 @@ def test_distill_stage_runs_sas_with_segment_superpoints_and_reports_tesd(tmp_pa
     column = log[0].split(",").index("tesd_loss")
     tesd_loss = [float(line.split(",")[column]) for line in log[1:]]
     assert tesd_loss[:2] == [0.0, 0.0] and all(x > 0 for x in tesd_loss[2:])
-    bank = torch.load(Path(group.info["checkpoints"]) / "epoch_0001.pt", weights_only=True)["tesd_bank"]
+    bank = checkpoint_bank(Path(group.info["checkpoints"]) / "epoch_0001.pt")
     sizes = [runner.store.read(f"scenes/{s}/segment").info["count"] for s in group.info["train_scenes"]]
     assert [b.shape for b in bank] == [(n, 20) for n in sizes] and bank[0].dtype == torch.float16
 
@@ -270,7 +307,7 @@ def test_distill_stage_runs_sas_with_segment_superpoints_and_reports_tesd(tmp_pa
 @pytest.mark.slow
 def test_tesd_bank_is_shared_by_two_cpu_processes(tmp_path):
     """DDP (Gloo): each rank updates the scenes it trained on and sends them to the other, so rank 0's
-    checkpoint holds every scene's update (3 scenes in batches of 2: rank 1 trains on one scene an epoch)."""
+    bank files hold every scene's update (3 scenes in batches of 2: rank 1 trains on one scene an epoch)."""
     data = tesd_plan(tmp_path, epochs=3, tesd_start=0.34, tesd_alpha=0.5, tesd_bank_dtype="float32", batch_size=2)
     data["splits"]["train"] = ["toy_0000", "toy_0001", "toy_0002"]
     plan_path = tmp_path / "ddp.yaml"
@@ -288,6 +325,7 @@ def test_tesd_bank_is_shared_by_two_cpu_processes(tmp_path):
     group = Runner(load_plan(plan_path)).store.read("global/distill")
     assert group.info["tesd"]["start_epoch"] == 1
     files = Path(group.info["checkpoints"])
-    banks = [torch.load(files / f"epoch_{e:04d}.pt", weights_only=True)["tesd_bank"] for e in (1, 2)]
-    assert [len(b) for b in banks] == [3, 3] and all(torch.isfinite(b).all() for b in banks[0])
-    assert all(not torch.equal(a, b) for a, b in zip(*banks))  # rank 1's scene too
+    bank = checkpoint_bank(files / "epoch_0002.pt")
+    assert bank is not None and len(bank) == 3 and all(torch.isfinite(b).all() for b in bank)
+    written = [(files / "tesd_bank" / "epoch_0002" / f"scene_{i:06d}.pt").stat().st_mtime_ns for i in range(3)]
+    assert min(written) > (files / "epoch_0001.pt").stat().st_mtime_ns  # in epoch 2: rank 1's scene too

@@ -28,13 +28,18 @@ others at random, as CLIP2Scene's loader does - and trains on them with:
 Each sweep is its own sample in the sparse batch with its own augmentation
 (code), or the K sweeps merged into one sample (the paper's "3 sweeps as one
 input" row). Ground-truth labels are never read here.
+
+Scenes come as a ``SceneSource`` and each step reads only its own (``prefetch_steps``
+ahead in a background thread): a step's samples and grid cells come from its own scenes.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from contextlib import closing
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovlift.kernels.scatter import scatter_softmax
+from ovlift.models.scene_stream import SceneSource, prefetched
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.training import (
@@ -116,6 +122,8 @@ class Clip2SceneRun:
     epochs: int
     batch_size: int
     seed: int
+    prefetch_steps: int = 0
+    """Steps whose scenes a background thread reads while the current one trains (0: none)."""
 
 
 def choose_sweeps(available: list[int], k: int, generator: torch.Generator) -> list[int]:
@@ -194,7 +202,9 @@ class StepBatch:
     """Per sample, its scene."""
 
 
-def build_step(run: Clip2SceneRun, scenes: list[SweepScene], batch: list[int], generator: torch.Generator) -> StepBatch:
+def build_step(
+    run: Clip2SceneRun, scenes: SceneSource[SweepScene], batch: list[int], generator: torch.Generator
+) -> StepBatch:
     samples, rows, owners = [], [], []
     for i in batch:
         scene = scenes[i]
@@ -211,7 +221,7 @@ def build_step(run: Clip2SceneRun, scenes: list[SweepScene], batch: list[int], g
 
 def terms_of_step(
     run: Clip2SceneRun,
-    scenes: list[SweepScene],
+    scenes: SceneSource[SweepScene],
     step: StepBatch,
     trunk: torch.Tensor,
     maps: list[torch.Tensor],
@@ -267,7 +277,7 @@ def semantic_term(
 
 def ssr_term(
     run: Clip2SceneRun,
-    scenes: list[SweepScene],
+    scenes: SceneSource[SweepScene],
     step: StepBatch,
     voxel_local: torch.Tensor,
     point_voxel: torch.Tensor,
@@ -292,7 +302,7 @@ def ssr_term(
 
 
 def kept_pixel_features(
-    run: Clip2SceneRun, scenes: list[SweepScene], step: StepBatch, kept: torch.Tensor
+    run: Clip2SceneRun, scenes: SceneSource[SweepScene], step: StepBatch, kept: torch.Tensor
 ) -> torch.Tensor:
     """(n, D) float32 pixel features of the step's points ``kept`` (indices over all its samples),
     gathered per sample rather than over all rows."""
@@ -307,11 +317,11 @@ def kept_pixel_features(
 
 
 def train_clip2scene(
-    scenes: list[SweepScene],
+    scenes: SceneSource[SweepScene],
     run: Clip2SceneRun,
     device: torch.device,
     checkpoints: Path,
-    validation: tuple[list[SweepScene], Validation] | None = None,
+    validation: tuple[SceneSource[SweepScene], Validation] | None = None,
 ) -> tuple[MinkUNet, list[dict]]:
     """Train (or resume from the last epoch checkpoint) and return the student and the log rows;
     with ``validation`` (held-out scenes and their record) the loss on them after every epoch,
@@ -333,17 +343,9 @@ def train_clip2scene(
         for epoch in progress(range(start, run.epochs), "distill (clip2scene)", unit="epoch"):
             if validation is not None and validation[1].done():
                 break
-            generator = epoch_generator(run.seed, epoch)
-            order = torch.randperm(len(scenes), generator=generator).tolist()
             model.train()
             local_head.train()
-            for step in range(math.ceil(len(scenes) / run.batch_size)):
-                batch = order[step * run.batch_size : (step + 1) * run.batch_size]
-                rows.append(
-                    train_step(
-                        run_on_device, scenes, batch, (model, local_head), optimizer, epoch, step, generator, device
-                    )
-                )
+            rows += train_epoch(run_on_device, scenes, (model, local_head), optimizer, epoch, device)
             if validation is not None:
                 validation[1].record(validation_loss(run_on_device, validation[0], modules, device), modules)
                 rows[-1]["val_loss"] = validation[1].losses[-1]
@@ -356,43 +358,76 @@ def train_clip2scene(
         return model, rows
 
 
+def train_epoch(
+    run: Clip2SceneRun,
+    scenes: SceneSource[SweepScene],
+    modules: tuple[MinkUNet, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    device: torch.device,
+) -> list[dict]:
+    """The epoch's steps, in an order drawn from (seed, epoch), each on the scenes it reads; their log rows."""
+    generator = epoch_generator(run.seed, epoch)
+    order = torch.randperm(len(scenes), generator=generator).tolist()
+    per_epoch = math.ceil(len(scenes) / run.batch_size)
+    steps = [order[step * run.batch_size : (step + 1) * run.batch_size] for step in range(per_epoch)]
+    read = prefetched(partial(scenes_of, scenes), steps, run.prefetch_steps)
+    with closing(read):  # next(): no reference to a past step's scenes stays
+        return [
+            train_step(run, next(read), batch, modules, optimizer, (epoch, step, per_epoch), generator, device)
+            for step, batch in enumerate(steps)
+        ]
+
+
+def scenes_of(scenes: SceneSource[SweepScene], batch: list[int]) -> dict[int, SweepScene]:
+    """The scenes ``batch``, read, by their index (what a step's terms number their cells by)."""
+    return {i: scenes[i] for i in batch}
+
+
 @torch.no_grad()
 def validation_loss(
-    run: Clip2SceneRun, scenes: list[SweepScene], modules: dict[str, nn.Module], device: torch.device
+    run: Clip2SceneRun, scenes: SceneSource[SweepScene], modules: dict[str, nn.Module], device: torch.device
 ) -> float:
     """The semantic and spatial-temporal terms (no self-training: its targets are the model's own)
-    on each validation scene, unaugmented, with the same K sweeps every epoch; their mean."""
+    on each validation scene, unaugmented, with the same K sweeps every epoch, read one at a time;
+    their mean."""
     model, local_head = modules["model"], modules["local_head"]
     model.eval()
     local_head.eval()
     still = replace(run, augment=Augment(rotate_z=False, flip=False, scale=(1.0, 1.0)))
-    losses = []
-    for i in range(len(scenes)):
-        generator = torch.Generator().manual_seed(i)
-        built = build_step(still, scenes, [i], generator)
-        x, maps = sparse_input(built.samples, run.student, device)
-        heads = (model.head, local_head)
-        total = terms_of_step(still, scenes, built, model.trunk(x), maps, heads, False, generator, device)[0]
-        losses.append(total.item())
+    read = prefetched(partial(scenes_of, scenes), [[i] for i in range(len(scenes))], run.prefetch_steps)
+    with closing(read):
+        losses = [scene_validation_loss(still, next(read), i, (model, local_head), device) for i in range(len(scenes))]
     model.train()
     local_head.train()
     return sum(losses) / max(len(losses), 1)
 
 
+def scene_validation_loss(
+    run: Clip2SceneRun, scene: dict[int, SweepScene], i: int, modules: tuple[nn.Module, nn.Module], device: torch.device
+) -> float:
+    model, local_head = modules
+    generator = torch.Generator().manual_seed(i)
+    built = build_step(run, scene, [i], generator)
+    x, maps = sparse_input(built.samples, run.student, device)
+    heads = (model.head, local_head)
+    return terms_of_step(run, scene, built, model.trunk(x), maps, heads, False, generator, device)[0].item()
+
+
 def train_step(
     run: Clip2SceneRun,
-    scenes: list[SweepScene],
+    scenes: SceneSource[SweepScene],
     batch: list[int],
     modules: tuple[MinkUNet, nn.Module],
     optimizer: torch.optim.Optimizer,
-    epoch: int,
-    step: int,
+    when: tuple[int, int, int],
     generator: torch.Generator,
     device: torch.device,
 ) -> dict:
-    """One optimiser step on the scenes ``batch``; returns its log row."""
+    """One optimiser step on the scenes ``batch`` (``scenes`` holds them) at ``when``: (epoch, step,
+    steps per epoch); returns its log row."""
     model, local_head = modules
-    steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
+    epoch, step, steps_per_epoch = when
     global_step = epoch * steps_per_epoch + step
     lr = run.schedule.apply(optimizer, global_step, steps_per_epoch * run.epochs)
     built = build_step(run, scenes, batch, generator)

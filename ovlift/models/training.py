@@ -11,12 +11,20 @@ DistributedDataParallel (NCCL on CUDA, Gloo on CPU) and each global batch of
 scenes is split across ranks (see ``rank_share`` for an uneven last batch); rank 0
 writes checkpoints. One CPU process runs the same code with a world of one.
 
+Memory: the scenes come as a ``SceneSource`` (a list, or the store's scenes read when
+indexed); each step reads only its scenes (under DDP, this rank's share), optionally
+``prefetch_steps`` ahead in a background thread (``scene_stream.prefetched``), so peak
+memory does not grow with the number of training scenes. An epoch's augmentations are
+drawn up front in its scene order and applied when a scene is read.
+
 SAS's TESD (``Tesd``): from its start epoch on, an exponential moving average of
 the student's class scores per point (or per superpoint) gives pseudo labels. The
 bank is initialised at the start epoch from the model in eval mode on each whole,
 unaugmented scene, updated on every visit of a scene from that visit's forward
-pass, saved in the checkpoints (a resumed run restores it) and, under DDP, sent
-from the rank that visited a scene to all others after each step.
+pass, and kept per scene on disk beside the checkpoints (``tesd_bank.BankFiles``),
+whose checkpoints name its generation (a resumed run reads it). Under DDP each
+step's updated entries are sent from the rank that visited a scene to all others,
+and every rank writes them to its own files folder (shared or not).
 """
 
 from __future__ import annotations
@@ -26,8 +34,9 @@ import hashlib
 import logging
 import math
 import os
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -37,8 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovlift.atomic_files import write_atomically
+from ovlift.models.scene_stream import SceneSource, prefetched
 from ovlift.models.student import MinkUNet, sparse_input
 from ovlift.models.student_config import StudentConfig
+from ovlift.models.tesd_bank import BankFiles
 from ovlift.models.text import TextEmbedder, TextEncoderConfig
 from ovlift.models.validation import Validation
 from ovlift.progress import progress
@@ -101,7 +112,14 @@ class Augment:
     scale: tuple[float, float] = (0.9, 1.1)
 
     def __call__(self, points: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        r = torch.rand(4, generator=generator, dtype=torch.float64)
+        return self.apply(points, self.draw(generator))
+
+    def draw(self, generator: torch.Generator) -> torch.Tensor:
+        """One augmentation's random numbers (4, whatever is on): taken apart from ``apply`` so that
+        an epoch draws every scene's in its order before any scene is read."""
+        return torch.rand(4, generator=generator, dtype=torch.float64)
+
+    def apply(self, points: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         centre = points.mean(0)
         p = (points - centre).to(torch.float64)
         if self.rotate_z:
@@ -329,26 +347,23 @@ def pseudo_labels(
 
 
 @torch.no_grad()
-def initial_bank(
-    model: MinkUNet, scenes: list[SceneData], tesd: Tesd, device: torch.device, rank: int, size: int
-) -> list[torch.Tensor]:
-    """The bank at the switch epoch: the model's class scores in eval mode on each whole, unaugmented
-    scene (SAS code); scene i is computed by rank i % size and sent to the others."""
+def initial_entry(model: MinkUNet, scene: SceneData, tesd: Tesd, device: torch.device) -> torch.Tensor:
+    """A scene's bank entry at the switch epoch: the model's class scores in eval mode on the whole,
+    unaugmented scene (SAS code)."""
     model.eval()
-    text = tesd.text.to(device)
-    bank = []
-    for i, scene in enumerate(scenes):
-        n, k = len(scene.points), text.num_classes
-        entry = torch.empty((superpoint_count(scene.superpoints, n) if tesd.bank == "superpoint" else n, k))
-        if i % size == rank:
-            x, (point_map,) = sparse_input([(scene.points, scene.colors)], model.config, device)
-            scores = text.logits(F.normalize(model(x), dim=1), 1.0)[point_map].cpu()
-            entry = bank_entry(scores, scene.superpoints, tesd)
-        bank.append(entry.to(tesd.bank_dtype))
-        if size > 1:
-            broadcast_(bank[i], i % size, device)
+    x, (point_map,) = sparse_input([(scene.points, scene.colors)], model.config, device)
+    scores = tesd.text.to(device).logits(F.normalize(model(x), dim=1), 1.0)[point_map].cpu()
     model.train()
-    return bank
+    return bank_entry(scores, scene.superpoints, tesd).to(tesd.bank_dtype)
+
+
+def share_entry(entry: torch.Tensor | None, src: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Rank ``src``'s ``entry`` on every rank (its shape first: the others have not read its scene)."""
+    shape = torch.tensor(entry.shape if entry is not None else (0, 0), dtype=torch.int64)
+    broadcast_(shape, src, device)
+    shared = entry if entry is not None else torch.empty(tuple(shape.tolist()), dtype=dtype)
+    broadcast_(shared, src, device)
+    return shared
 
 
 def broadcast_(tensor: torch.Tensor, src: int, device: torch.device) -> None:
@@ -443,14 +458,16 @@ class TrainRun:
     text: ClassText | None = None
     """The label loss's classes."""
     tesd: Tesd | None = None
+    prefetch_steps: int = 0
+    """Steps whose scenes a background thread reads while the current one trains (0: none)."""
 
 
 def train(
-    scenes: list[SceneData],
+    scenes: SceneSource[SceneData],
     run: TrainRun,
     device: torch.device,
     checkpoints: Path,
-    validation: tuple[list[SceneData], Validation] | None = None,
+    validation: tuple[SceneSource[SceneData], Validation] | None = None,
 ) -> tuple[MinkUNet, list[dict]]:
     """Train (or resume from the last epoch checkpoint in ``checkpoints``) and return the model
     and the per-step log rows; with ``validation`` (held-out scenes and their record) the loss
@@ -466,17 +483,28 @@ def train(
         return trainer.model, trainer.rows
 
 
+class StepScene(NamedTuple):
+    """A scene as a step takes it, read with what is derived from it alone."""
+
+    scene: SceneData
+    superpoints: SuperpointBatch | None
+    """Its teacher superpoints (superpoint loss)."""
+    bank: torch.Tensor | None
+    """Its TESD bank entry before this visit."""
+
+
 class Trainer:
     """One distillation run: the model (DDP-wrapped under torchrun), its optimiser, the log rows
-    and TESD's bank, resumed from the last checkpoint if there is one."""
+    and TESD's bank files, resumed from the last checkpoint if there is one. It holds a step's
+    scenes at a time (and ``prefetch_steps`` more), never the split's."""
 
     def __init__(
         self,
-        scenes: list[SceneData],
+        scenes: SceneSource[SceneData],
         run: TrainRun,
         device: torch.device,
         checkpoints: Path,
-        validation: tuple[list[SceneData], Validation] | None = None,
+        validation: tuple[SceneSource[SceneData], Validation] | None = None,
     ) -> None:
         self.scenes, self.run, self.device, self.checkpoints = scenes, run, device, checkpoints
         self.val_scenes, self.validation = validation if validation is not None else ([], None)
@@ -487,19 +515,21 @@ class Trainer:
         self.model = MinkUNet(run.student, run.channels, device).to(device)
         self.optimizer = run.schedule.optimizer_for(self.model.parameters())
         self.rows, self.start, state = resume(checkpoints, device, self.optimizer, run.epochs, model=self.model)
-        self.bank: list[torch.Tensor] | None = None
-        if state.get("tesd_bank") is not None:
-            self.bank = [b.cpu() for b in state["tesd_bank"]]
+        self.bank = BankFiles(checkpoints)
+        self.bank_epoch: int | None = state.get("tesd_bank_epoch")
+        """The bank generation the next epoch reads (None: TESD has not started)."""
+        if state.get("tesd_bank") is not None:  # a checkpoint written when checkpoints held the bank whole
+            for i, entry in enumerate(state["tesd_bank"]):
+                self.bank.write(state["epoch"], i, entry.cpu())
+            self.bank_epoch = state["epoch"]
+        if self.bank_epoch is not None:
+            self.bank.check(self.bank_epoch, len(scenes))
         if self.validation is not None:
             self.validation.resume(state.get("validation"))
         self.ddp: nn.Module = nn.parallel.DistributedDataParallel(self.model) if self.size > 1 else self.model
         self.steps_per_epoch = math.ceil(len(scenes) / run.batch_size)
         self.text = run.text.to(device) if run.text is not None else None
         self.tesd_text = run.tesd.text.to(device) if run.tesd is not None else None
-        self.teacher_superpoints = [
-            superpoint_targets(s) if run.losses.superpoint_weight > 0 and s.superpoints is not None else None
-            for s in [*scenes, *self.val_scenes]
-        ]
 
     def epoch(self, epoch: int) -> None:
         """The epoch's steps in an order and with augmentations drawn from (seed, epoch), then
@@ -507,43 +537,67 @@ class Trainer:
         run = self.run
         generator = epoch_generator(run.seed, epoch)
         order = torch.randperm(len(self.scenes), generator=generator).tolist()
-        augmented = {i: run.augment(self.scenes[i].points, generator) for i in order}  # same draws on every rank
+        draws = {i: run.augment.draw(generator) for i in order}  # same draws on every rank
         tesd_on = run.tesd is not None and epoch >= run.tesd.start_epoch
-        if tesd_on and self.bank is None:  # the switch epoch (a run resumed after it has the bank)
-            assert run.tesd is not None
-            self.bank = initial_bank(self.model, self.scenes, run.tesd, self.device, self.rank, self.size)
+        if tesd_on and self.bank_epoch is None:  # the switch epoch (a run resumed after it has the bank)
+            self.initial_bank(epoch - 1)
+            self.bank_epoch = epoch - 1
             log.info("distill: TESD from epoch %d on", epoch)
         self.ddp.train()
-        for step in range(self.steps_per_epoch):
-            self.step(epoch, step, order[step * run.batch_size : (step + 1) * run.batch_size], augmented, tesd_on)
+        steps = [order[step * run.batch_size : (step + 1) * run.batch_size] for step in range(self.steps_per_epoch)]
+        shares = [rank_share(scenes_in_step, self.rank, self.size)[0] for scenes_in_step in steps]
+        read = partial(self.read, self.bank_epoch if tesd_on else None)
+        with closing(prefetched(read, shares, run.prefetch_steps)) as loaded:
+            for step, scenes_in_step in enumerate(steps):  # next(): no reference to a past step's scenes stays
+                self.step(epoch, step, scenes_in_step, next(loaded), draws, tesd_on)
         if self.validation is not None:
             self.validation.record(self.validation_loss(), {"model": self.model})
             self.rows[-1]["val_loss"] = self.validation.losses[-1]
         if self.rank == 0:
             state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-            state |= {"epoch": epoch, "rows": self.rows, "tesd_bank": self.bank}
+            state |= {"epoch": epoch, "rows": self.rows, "tesd_bank_epoch": epoch if tesd_on else None}
             state |= {"validation": self.validation.state() if self.validation is not None else None}
             save_atomically(state, self.checkpoints / f"epoch_{epoch:04d}.pt")
         if self.size > 1:
             dist.barrier()
+        if tesd_on:  # after the checkpoint naming the new generation (the barrier: on every rank)
+            self.bank_epoch = epoch
+            self.bank.remove_before(epoch)
+
+    def read(self, bank_epoch: int | None, batch: list[int]) -> dict[int, StepScene]:
+        """The scenes ``batch`` as a step takes them, their bank entries from generation ``bank_epoch``."""
+        return {
+            i: self.prepared(self.scenes[i], self.bank.read(bank_epoch, i) if bank_epoch is not None else None)
+            for i in batch
+        }
+
+    def prepared(self, scene: SceneData, bank: torch.Tensor | None = None) -> StepScene:
+        with_superpoints = self.run.losses.superpoint_weight > 0 and scene.superpoints is not None
+        return StepScene(scene, superpoint_targets(scene) if with_superpoints else None, bank)
 
     def step(
-        self, epoch: int, step: int, scenes_in_step: list[int], augmented: dict[int, torch.Tensor], tesd_on: bool
+        self,
+        epoch: int,
+        step: int,
+        scenes_in_step: list[int],
+        loaded: dict[int, StepScene],
+        draws: dict[int, torch.Tensor],
+        tesd_on: bool,
     ) -> None:
-        run, scenes = self.run, self.scenes
+        run = self.run
         batch, weights = rank_share(scenes_in_step, self.rank, self.size)
+        scenes = [loaded[i].scene for i in batch]
         real = sum(weights)
         global_step = epoch * self.steps_per_epoch + step
         lr = run.schedule.apply(self.optimizer, global_step, self.steps_per_epoch * run.epochs)
-        x, maps = sparse_input([(augmented[i], scenes[i].colors) for i in batch], run.student, self.device)
-        point_voxel, target, labels = self.targets(batch, maps)
-        superpoints = superpoint_batch([self.teacher_superpoints[i] for i in batch], self.device)
-        tesd_batch = None
+        augmented = [(run.augment.apply(s.points, draws[i]), s.colors) for i, s in zip(batch, scenes)]
+        x, maps = sparse_input(augmented, run.student, self.device)
+        point_voxel, target, labels = scene_targets(scenes, maps, self.device)
+        superpoints = superpoint_batch([loaded[i].superpoints for i in batch], self.device)
+        tesd_batch, entries = None, [loaded[i].bank for i in batch]
         if tesd_on:
-            assert run.tesd is not None and self.tesd_text is not None and self.bank is not None
-            tesd_batch = tesd_step_batch(
-                [scenes[i] for i in batch], [self.bank[i] for i in batch], maps, run.tesd, self.tesd_text, self.device
-            )
+            assert run.tesd is not None and self.tesd_text is not None
+            tesd_batch = tesd_step_batch(scenes, entries, maps, run.tesd, self.tesd_text, self.device)
         voxels = self.ddp(x)
         terms = run.losses(voxels, point_voxel, target, labels, self.text, superpoints, tesd_batch)
         self.optimizer.zero_grad(set_to_none=True)
@@ -553,43 +607,44 @@ class Trainer:
         (terms.total * (real * self.size / len(scenes_in_step))).backward()
         self.optimizer.step()
         if tesd_on:
-            self.update_bank(voxels.detach(), batch, weights, maps, scenes_in_step)
+            assert run.tesd is not None and self.tesd_text is not None
+            updated = updated_entries(entries, voxels.detach(), weights, maps, scenes, run.tesd, self.tesd_text)
+            self.write_bank(epoch, dict(zip(batch, updated)), scenes_in_step)
         self.rows.append({"epoch": epoch, "step": global_step, "lr": lr, **self.logged(terms, real)})
 
-    def targets(
-        self, batch: list[int], maps: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The step's points with teacher features: their voxel, feature and (label loss) class."""
-        return scene_targets([self.scenes[i] for i in batch], maps, self.device)
+    def initial_bank(self, generation: int) -> None:
+        """The switch epoch's bank, written as generation ``generation``: scene i computed by rank
+        i % size, which reads only its own scenes."""
+        assert self.run.tesd is not None
+        tesd = self.run.tesd
+        mine = range(self.rank, len(self.scenes), self.size)
+        with closing(prefetched(self.scenes.__getitem__, mine, self.run.prefetch_steps)) as loaded:
+            for i in range(len(self.scenes)):
+                entry = None
+                if i % self.size == self.rank:
+                    entry = initial_entry(self.model, next(loaded), tesd, self.device)
+                if self.size > 1:
+                    entry = share_entry(entry, i % self.size, tesd.bank_dtype, self.device)
+                assert entry is not None
+                self.bank.write(generation, i, entry)
 
     @torch.no_grad()
     def validation_loss(self) -> float:
         """The objective's teacher terms (TESD's self-produced ones left out) on each whole,
-        unaugmented validation scene, model in eval mode; their mean over the scenes."""
+        unaugmented validation scene, read one at a time, model in eval mode; their mean."""
         self.model.eval()
-        losses = []
-        for scene, sp in zip(self.val_scenes, self.teacher_superpoints[len(self.scenes) :]):
-            x, maps = sparse_input([(scene.points, scene.colors)], self.run.student, self.device)
-            point_voxel, target, labels = scene_targets([scene], maps, self.device)
-            terms = self.run.losses(
-                self.model(x), point_voxel, target, labels, self.text, superpoint_batch([sp], self.device)
-            )
-            losses.append(terms.total.item())
+        scenes = self.val_scenes
+        read = prefetched(lambda i: self.prepared(scenes[i]), range(len(scenes)), self.run.prefetch_steps)
+        with closing(read):
+            losses = [self.validation_term(next(read)) for _ in range(len(scenes))]
         self.model.train()
         return sum(losses) / max(len(losses), 1)
 
-    def update_bank(
-        self, voxels: torch.Tensor, batch: list[int], weights: list[float], maps: list[torch.Tensor], step: list[int]
-    ) -> None:
-        """TESD's EMA from this visit; under DDP every rank then holds the whole bank, each visited
-        scene sent from the rank that visited it."""
-        assert self.run.tesd is not None and self.tesd_text is not None and self.bank is not None
-        update_bank(self.bank, voxels, batch, weights, maps, self.scenes, self.run.tesd, self.tesd_text)
-        if self.size > 1:
-            for owner in range(self.size):
-                for i, w in zip(*rank_share(step, owner, self.size)):
-                    if w:
-                        broadcast_(self.bank[i], owner, self.device)
+    def validation_term(self, loaded: StepScene) -> float:
+        x, maps = sparse_input([(loaded.scene.points, loaded.scene.colors)], self.run.student, self.device)
+        point_voxel, target, labels = scene_targets([loaded.scene], maps, self.device)
+        superpoints = superpoint_batch([loaded.superpoints], self.device)
+        return self.run.losses(self.model(x), point_voxel, target, labels, self.text, superpoints).total.item()
 
     def logged(self, terms: LossTerms, real: float) -> dict[str, float]:
         """The step's loss terms as logged: under DDP every rank logs (and publishes) the same
@@ -601,6 +656,21 @@ class Trainer:
             logged = summed[:-1] / summed[-1]
         names = ("loss", "cosine_loss", "label_loss", "superpoint_loss", "tesd_loss")
         return {name: value.item() for name, value in zip(names, logged)}
+
+    def write_bank(self, epoch: int, updated: dict[int, torch.Tensor | None], step: list[int]) -> None:
+        """This visit's entries into generation ``epoch``; under DDP each visited scene's is sent from
+        the rank that visited it to every other, and each rank writes them all."""
+        assert self.run.tesd is not None
+        if self.size == 1:
+            for i, entry in updated.items():
+                if entry is not None:
+                    self.bank.write(epoch, i, entry)
+            return
+        for owner in range(self.size):
+            for i, w in zip(*rank_share(step, owner, self.size)):
+                if w:
+                    mine = updated[i] if owner == self.rank else None
+                    self.bank.write(epoch, i, share_entry(mine, owner, self.run.tesd.bank_dtype, self.device))
 
 
 def scene_targets(
@@ -671,24 +741,27 @@ def tesd_step_batch(
 
 
 @torch.no_grad()
-def update_bank(
-    bank: list[torch.Tensor],
+def updated_entries(
+    entries: list[torch.Tensor],
     voxels: torch.Tensor,
-    batch: list[int],
     weights: list[float],
     maps: list[torch.Tensor],
     scenes: list[SceneData],
     tesd: Tesd,
     text: ClassText,
-) -> None:
-    """bank = alpha bank + (1 - alpha) current (Eq. 11) for this rank's real scenes of the step, current
-    being the class scores of this visit's (augmented, training-mode) forward pass."""
+) -> list[torch.Tensor | None]:
+    """bank = alpha bank + (1 - alpha) current (Eq. 11) for this rank's real scenes of the step (None
+    for padding: the scene's own rank updates it), current being the class scores of this visit's
+    (augmented, training-mode) forward pass."""
     scores = text.logits(F.normalize(voxels, dim=1), 1.0)
-    for i, w, point_map in zip(batch, weights, maps):
-        if not w:  # padding: the scene's own rank updates it
+    updated: list[torch.Tensor | None] = []
+    for entry, w, point_map, scene in zip(entries, weights, maps, scenes):
+        if not w:
+            updated.append(None)
             continue
-        current = bank_entry(scores[point_map], scenes[i].superpoints, tesd).cpu()
-        bank[i] = (tesd.alpha * bank[i].float() + (1 - tesd.alpha) * current).to(tesd.bank_dtype)
+        current = bank_entry(scores[point_map], scene.superpoints, tesd).cpu()
+        updated.append((tesd.alpha * entry.float() + (1 - tesd.alpha) * current).to(tesd.bank_dtype))
+    return updated
 
 
 LOG_FIELDS = ("epoch", "step", "loss", "cosine_loss", "label_loss", "lr", "superpoint_loss", "tesd_loss", "val_loss")

@@ -61,6 +61,9 @@ class TrainingConfig(FrozenConfig):
     """Seeds initialisation, scene order and augmentation (and each objective's own draws)."""
     device: str | None = runtime_field(None)
     """Torch device; None: the plan's."""
+    prefetch_steps: int = runtime_field(0, ge=0)
+    """Steps whose scenes a background thread reads from the store while one trains (0: each step reads
+    its own when it starts); memory holds this many steps' scenes more. Results do not depend on it."""
 
     @model_validator(mode="after")
     def _check_validation(self) -> TrainingConfig:

@@ -20,6 +20,7 @@ gives point and superpoint pseudo labels, whose cross-entropy terms join
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -27,7 +28,7 @@ from pydantic import Field, model_validator
 
 from ovlift.cache_schema import GroupWriter
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC, write_student
-from ovlift.cache_schema.groups.lifted import FeatureSource, TrainingScene, training_scenes
+from ovlift.cache_schema.groups.lifted import FeatureSource, TrainingScene, TrainingScenes
 from ovlift.errors import StageInputError
 from ovlift.kernels.classify import classify
 from ovlift.models.training_config import TrainingConfig
@@ -36,6 +37,7 @@ from ovlift.stages.base import Stage, StageContext
 from ovlift.vocabularies import get_vocabulary
 
 if TYPE_CHECKING:  # the training loop imports spconv, which takes seconds: imported when run
+    from ovlift.models.scene_stream import MappedScenes
     from ovlift.models.training import ClassText, SceneData, Tesd
 
 
@@ -92,7 +94,7 @@ class DistillStage(Stage[DistillConfig]):
     version = "3"  # 2: losses regrouped per voxel (same value, other rounding); 3: epoch_val_loss
     spec = DISTILL_SPEC
     computes_on_device = True
-    memory_gb = 8.0  # every training scene in memory
+    memory_gb = 8.0  # a step's scenes (and prefetch_steps more), the student and its activations: not the split
     reads = ("input", "project")
     optional_reads = ("denoise", "fuse", "segment")
     writes_files = True
@@ -114,19 +116,14 @@ class DistillStage(Stage[DistillConfig]):
 
         cfg = self.config
         superpoints = cfg.superpoints == "segment"
-        loaded = training_scenes(ctx.scene_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.split)
-        scenes = self._scene_data(loaded, ctx)
-        validation = self._validation(ctx, superpoints)
-        lifted = loaded[-1].lifted
-        text = self._class_text(ctx, cfg.vocabulary, lifted.text_encoder) if cfg.label_weight > 0 else None
-        if text is not None:
-            for s in [*scenes, *(validation[0] if validation else [])]:
-                s.labels = classify(s.targets, text.prompts, text.prompt_class)[1]
-        tesd, tesd_info = self._tesd(ctx, lifted.text_encoder)
-        channels = int(scenes[0].targets.shape[1])
+        stored = TrainingScenes(ctx.scene_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.split)
+        text = self._class_text(ctx, cfg.vocabulary, stored.text_encoder) if cfg.label_weight > 0 else None
+        scenes = self._scene_data(stored, ctx, text)
+        validation = self._validation(ctx, superpoints, text)
+        tesd, tesd_info = self._tesd(ctx, stored.text_encoder)
         run = TrainRun(
             cfg.student,
-            channels,
+            stored.channels,
             cfg.optimisation(),
             cfg.augmentation(),
             Losses(cfg.cosine_weight, cfg.label_weight, cfg.label_temperature, cfg.superpoint_weight),
@@ -135,59 +132,69 @@ class DistillStage(Stage[DistillConfig]):
             cfg.seed,
             text,
             tesd,
+            cfg.prefetch_steps,
         )
         assert ctx.files is not None
         model, rows = train(scenes, run, torch.device(cfg.device or ctx.device), ctx.files, validation)
         write_log(rows, ctx.files)
         write_student(out, model.state_dict(), rows)
         out.set_info(
-            teacher=lifted.teacher,
+            teacher=stored.teacher,
             source=cfg.source,
-            channels=channels,
-            text_encoder=lifted.text_encoder,
+            channels=stored.channels,
+            text_encoder=stored.text_encoder,
             student=cfg.student.normalised(),
-            train_scenes=[s.scene_id for s in scenes],
+            train_scenes=stored.scene_ids,
             checkpoints=ctx.files_url,
             superpoints=cfg.superpoints,
             tesd=tesd_info,
             validation=validation[1].info() if validation else None,
         )
 
-    def _validation(self, ctx: StageContext, superpoints: bool) -> tuple[list[SceneData], Validation] | None:
+    def _validation(
+        self, ctx: StageContext, superpoints: bool, text: ClassText | None
+    ) -> tuple[MappedScenes[TrainingScene, SceneData], Validation] | None:
         """The validation scenes, prepared as the training scenes are, and their record (None: no val_split)."""
         cfg = self.config
         if cfg.val_split is None:
             return None
-        held_out = training_scenes(
+        held_out = TrainingScenes(
             ctx.validation_inputs, cfg.source, cfg.teacher, superpoints, ctx.where(), cfg.val_split
         )
-        return self._scene_data(held_out, ctx), Validation(cfg.val_split, list(ctx.validation_inputs), cfg.patience)
+        record = Validation(cfg.val_split, list(ctx.validation_inputs), cfg.patience)
+        return self._scene_data(held_out, ctx, text), record
 
-    def _scene_data(self, loaded: list[TrainingScene], ctx: StageContext) -> list[SceneData]:
-        """The scenes as the training loop takes them; with ``superpoint_targets`` each point's
-        target is its superpoint's mean teacher feature (the label loss classifies these too)."""
+    def _scene_data(
+        self, stored: TrainingScenes, ctx: StageContext, text: ClassText | None
+    ) -> MappedScenes[TrainingScene, SceneData]:
+        """The scenes as the training loop takes them, each read when the loop asks for it."""
+        from ovlift.models.scene_stream import MappedScenes
+
+        if self.config.student.use_color and not stored.have_colors():
+            raise StageInputError(f"{ctx.where()}: student.use_color needs point colours, which some scenes lack")
+        return MappedScenes(stored, partial(self._prepared, text=text))
+
+    def _prepared(self, loaded: TrainingScene, text: ClassText | None) -> SceneData:
+        """One scene as the training loop takes it; with ``superpoint_targets`` each point's target is
+        its superpoint's mean teacher feature, and with ``text`` (the label loss) its class is that of
+        its target."""
         from ovlift.models.training import SceneData, superpoint_targets
 
-        if self.config.student.use_color and any(s.colors is None for s in loaded):
-            raise StageInputError(f"{ctx.where()}: student.use_color needs point colours, which some scenes lack")
-        scenes = [
-            SceneData(
-                scene_id=s.scene_id,
-                points=torch.from_numpy(s.points),
-                colors=None if s.colors is None else torch.from_numpy(s.colors),
-                targets=torch.from_numpy(s.lifted.features),
-                seen=torch.from_numpy(s.lifted.seen),
-                superpoints=None if s.superpoints is None else torch.from_numpy(s.superpoints),
-            )
-            for s in loaded
-        ]
-        if self.config.superpoint_targets:
-            for s in scenes:
-                if s.superpoints is not None:
-                    sp = superpoint_targets(s)
-                    s.targets = torch.zeros_like(s.targets)
-                    s.targets[s.seen] = sp.targets[sp.point_superpoint].to(s.targets.dtype)
-        return scenes
+        s = SceneData(
+            scene_id=loaded.scene_id,
+            points=torch.from_numpy(loaded.points),
+            colors=None if loaded.colors is None else torch.from_numpy(loaded.colors),
+            targets=torch.from_numpy(loaded.lifted.features),
+            seen=torch.from_numpy(loaded.lifted.seen),
+            superpoints=None if loaded.superpoints is None else torch.from_numpy(loaded.superpoints),
+        )
+        if self.config.superpoint_targets and s.superpoints is not None:
+            sp = superpoint_targets(s)
+            s.targets = torch.zeros_like(s.targets)
+            s.targets[s.seen] = sp.targets[sp.point_superpoint].to(s.targets.dtype)
+        if text is not None:
+            s.labels = classify(s.targets, text.prompts, text.prompt_class)[1]
+        return s
 
     def _class_text(self, ctx: StageContext, vocabulary: str, text_encoder: dict) -> ClassText:
         from ovlift.models.training import ClassText

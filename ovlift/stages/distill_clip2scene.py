@@ -21,6 +21,7 @@ switch from epoch 10 (0-based; the code's ``epoch > 10`` starts one later).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -29,7 +30,7 @@ from pydantic import Field
 
 from ovlift.cache_schema import GroupWriter
 from ovlift.cache_schema.groups.distill import DISTILL_SPEC, write_student
-from ovlift.cache_schema.groups.lifted import TrainingScene, training_scenes
+from ovlift.cache_schema.groups.lifted import TrainingScene, TrainingScenes
 from ovlift.kernels.classify import classify
 from ovlift.models.student_config import StudentConfig
 from ovlift.models.training_config import TrainingConfig
@@ -97,40 +98,43 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
     version = "3"  # 2: semantic CE from per-voxel label counts (same value, other rounding); 3: epoch_val_loss
     spec = DISTILL_SPEC
     computes_on_device = True
-    memory_gb = 8.0  # every training scene in memory
+    memory_gb = 8.0  # a step's scenes (and prefetch_steps more), the student and its activations: not the split
     reads = ("input", "project")
     writes_files = True
 
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         from ovlift.models.clip2scene import LOG_FIELDS, train_clip2scene
+        from ovlift.models.scene_stream import MappedScenes
         from ovlift.models.training import write_log
 
         cfg = self.config
-        loaded = training_scenes(
+        stored = TrainingScenes(
             dict(sorted(ctx.scene_inputs.items())), "project", cfg.teacher, False, ctx.where(), cfg.split
         )
-        lifted = loaded[-1].lifted
-        run = self._run_config(ctx, lifted.text_encoder, int(lifted.features.shape[1]))
-        scenes = [sweep_scene(s, run.text) for s in loaded]
+        run = self._run_config(ctx, stored.text_encoder, stored.channels)
+        scenes = MappedScenes(stored, partial(sweep_scene, text=run.text))
         validation = None
         if cfg.val_split is not None:
             inputs = dict(sorted(ctx.validation_inputs.items()))
-            held_out = training_scenes(inputs, "project", cfg.teacher, False, ctx.where(), cfg.val_split)
+            held_out = TrainingScenes(inputs, "project", cfg.teacher, False, ctx.where(), cfg.val_split)
             record = Validation(cfg.val_split, list(inputs), cfg.patience)
-            validation = ([sweep_scene(s, run.text) for s in held_out], record)
+            validation = (MappedScenes(held_out, partial(sweep_scene, text=run.text)), record)
         assert ctx.files is not None
         model, rows = train_clip2scene(scenes, run, torch.device(cfg.device or ctx.device), ctx.files, validation)
         write_log(rows, ctx.files, LOG_FIELDS)
         write_student(out, model.state_dict(), rows)
-        paired = sum(int((s.pixel_labels >= 0).sum()) for s in scenes)
+        paired = points = 0  # a point is paired where it has a pixel feature (sweep_scene): read alone, per scene
+        for i in range(len(stored)):
+            seen = stored.seen(i)
+            paired, points = paired + int(seen.sum()), points + len(seen)
         vocab = get_vocabulary(cfg.vocabulary)
         out.set_info(
-            teacher=lifted.teacher,
+            teacher=stored.teacher,
             source="project",
             channels=run.channels,
-            text_encoder=lifted.text_encoder,
+            text_encoder=stored.text_encoder,
             student=cfg.student.normalised(),
-            train_scenes=[s.scene_id for s in scenes],
+            train_scenes=stored.scene_ids,
             checkpoints=ctx.files_url,
             superpoints="none",
             tesd=None,
@@ -140,7 +144,7 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
             clip2scene={
                 "vocabulary": vocab.key,
                 "classes": list(vocab.classes),
-                "paired_fraction": paired / max(sum(len(s.points) for s in scenes), 1),
+                "paired_fraction": paired / max(points, 1),
             },
         )
 
@@ -177,6 +181,7 @@ class Clip2SceneDistillStage(Stage[Clip2SceneDistillConfig]):
             epochs=cfg.epochs,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            prefetch_steps=cfg.prefetch_steps,
         )
 
 
