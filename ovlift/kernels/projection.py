@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ovlift.kernels import native
+
 ToleranceKind = Literal["relative", "absolute"]
 
 
@@ -104,6 +106,9 @@ class Correspondences:
         pixel_out = torch.empty(total, 2, dtype=pixel_dtype)
         while parts:
             part = parts.pop(0)
+            if native.available("cpu"):
+                native.place_by_point(cursor, part.point_index, part.frame_index, part.pixel, frame_out, pixel_out)
+                continue
             point = part.point_index.to(torch.int64)
             ordered, order = torch.sort(point, stable=True)
             rank = torch.arange(len(ordered)) - torch.searchsorted(ordered, ordered)
@@ -182,7 +187,8 @@ def visible_correspondences(
     pose_valid: torch.Tensor | None = None,
     depth_camera: DepthCamera | None = None,
 ) -> Correspondences:
-    """Visible (point, frame, pixel) triples for a batch of B frames.
+    """Visible (point, frame, pixel) triples for a batch of B frames, sorted by point,
+    frames ascending within a point.
 
     Args:
         points: (N, 3) world coordinates.
@@ -192,7 +198,6 @@ def visible_correspondences(
         pose_valid: (B,) bool; frames with False are skipped.
         depth_camera: the depth image's own camera, when it is not the colour camera.
     """
-    height, width = image_hw
     keep = None
     if pose_valid is not None:
         keep = torch.nonzero(pose_valid, as_tuple=True)[0]
@@ -201,22 +206,47 @@ def visible_correspondences(
         world_to_cam, intrinsics = world_to_cam[keep], intrinsics[keep]
         depth = depth[keep] if depth is not None else None
         depth_camera = depth_camera.select(keep) if depth_camera is not None else None
+    if depth is None and rule.zbuffer_px is not None:
+        z, x, y = project_points(points, world_to_cam, intrinsics)
+        depth = points_zbuffer(z, torch.round(y), torch.round(x), image_hw, rule.zbuffer_px)
+    if native.available(points.device):
+        camera = None if depth_camera is None else (depth_camera.world_to_depth, depth_camera.intrinsics)
+        relative = rule.tolerance_kind == "relative"
+        point, frame, row_i, col_i = native.visible_pairs(
+            points, world_to_cam, intrinsics, image_hw, rule.cut_bound, depth, camera, rule.depth_tolerance, relative
+        )
+    else:
+        point, frame, row_i, col_i = _visible_pairs(
+            points, world_to_cam, intrinsics, image_hw, rule, depth, depth_camera
+        )
+    if keep is not None:
+        frame = keep[frame]
+    return Correspondences(point, frame, torch.stack([row_i, col_i], dim=1))
+
+
+def _visible_pairs(
+    points: torch.Tensor,
+    world_to_cam: torch.Tensor,
+    intrinsics: torch.Tensor,
+    image_hw: tuple[int, int],
+    rule: VisibilityRule,
+    depth: torch.Tensor | None,
+    depth_camera: DepthCamera | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``native.visible_pairs`` in torch ops (CUDA, or no C++ kernels): (point, frame, row, col)."""
+    height, width = image_hw
     z, x, y = project_points(points, world_to_cam, intrinsics)
     col = torch.round(x)
     row = torch.round(y)
     cut = rule.cut_bound
-    if depth is None and rule.zbuffer_px is not None:
-        depth = points_zbuffer(z, row, col, image_hw, rule.zbuffer_px)
     mask = (z > 0) & (col >= cut) & (row >= cut) & (col < width - cut) & (row < height - cut)
-    frame, point = torch.nonzero(mask, as_tuple=True)
+    point, frame = torch.nonzero(mask.T, as_tuple=True)  # by point, then frame
     row_i = row[frame, point].to(torch.int64)
     col_i = col[frame, point].to(torch.int64)
     if depth is not None:
         ok = _depth_agrees(points, z, (frame, point, row_i, col_i), depth, depth_camera, rule)
-        frame, point, row_i, col_i = frame[ok], point[ok], row_i[ok], col_i[ok]
-    if keep is not None:
-        frame = keep[frame]
-    return Correspondences(point, frame, torch.stack([row_i, col_i], dim=1))
+        point, frame, row_i, col_i = point[ok], frame[ok], row_i[ok], col_i[ok]
+    return point, frame, row_i, col_i
 
 
 def _depth_agrees(

@@ -1,0 +1,121 @@
+"""The CPU's projection and fusion loops in C++ (``native.cpp``), compiled on first use.
+
+Why C++: on the CPU these loops are memory-bound, and torch ops cannot fuse them. The
+projection streams some forty (frames, points) float64 intermediates through memory per
+batch, and the fusion converts each gathered float16 row to float32 and adds it with
+``index_add_``, which dispatches once per row: measured on the 7-Scenes benchmark
+(``benchmarks/project_fuse.py``), the best torch-only variant we found (views sorted by
+point, then index_add_) was 1.1-1.3x today's, where these loops are several times faster
+and keep the results bit-identical (``native.cpp`` says how).
+
+Why compiled at run time: the build needs only what ``make setup`` already needs for
+torch-scatter (a C++ compiler, ninja); torch's extension cache (``TORCH_EXTENSIONS_DIR``,
+by default ``~/.cache/torch_extensions``) keeps the build, so a machine compiles it once
+(about a minute on two cores). Where it cannot be built, ovlift warns once and runs the
+torch ops, which give the same results, slower; ``OVLIFT_NATIVE=0`` asks for them. CUDA
+tensors always take the torch ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("native.cpp")
+FOLD_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""Feature dtypes ``fold_rows`` reads directly (others are converted to float32 rows first)."""
+
+log = logging.getLogger("ovlift")
+
+
+@functools.cache
+def _loaded() -> bool:
+    if os.environ.get("OVLIFT_NATIVE", "1") == "0":
+        return False
+    from torch.utils import cpp_extension
+
+    log.info("loading ovlift's C++ CPU kernels (the first time on a machine compiles them, about a minute)")
+    try:
+        cpp_extension.load(
+            "ovlift_native",
+            [str(SOURCE)],
+            extra_cflags=["-O3", "-ffp-contract=off"],  # no fused multiply-add: float64 as the torch ops round it
+            is_python_module=False,
+        )
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
+        warnings.warn(
+            f"ovlift: the C++ CPU kernels could not be built ({exc}); projection and fusion run as torch ops "
+            "(same results, several times slower)",
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def available(device: torch.device | str) -> bool:
+    """Whether tensors on ``device`` take the C++ kernels (CPU, built, not switched off)."""
+    return torch.device(device).type == "cpu" and _loaded()
+
+
+def visible_pairs(
+    points: torch.Tensor,
+    world_to_cam: torch.Tensor,
+    intrinsics: torch.Tensor,
+    image_hw: tuple[int, int],
+    cut_bound: int,
+    depth: torch.Tensor | None,
+    depth_camera: tuple[torch.Tensor, torch.Tensor] | None,
+    tolerance: float,
+    relative: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(point, frame, row, col) int64 of the visible pairs, by point, frames ascending within a
+    point: ``projection.visible_correspondences``'s rules (its depth image, if any, already made)."""
+
+    def f64(t: torch.Tensor) -> torch.Tensor:
+        return t.to(torch.float64).contiguous()
+
+    if depth is not None and depth.dtype == torch.float32:
+        depth = depth.contiguous()  # read as float32 (half the cache of float64)
+    elif depth is not None:
+        depth = f64(depth)
+
+    return torch.ops.ovlift.visible_pairs(
+        f64(points),
+        f64(world_to_cam),
+        f64(intrinsics),
+        image_hw[0],
+        image_hw[1],
+        cut_bound,
+        depth,
+        None if depth_camera is None else f64(depth_camera[0]),
+        None if depth_camera is None else f64(depth_camera[1]),
+        tolerance,
+        relative,
+    )
+
+
+def fold_rows(accumulator: torch.Tensor, table: torch.Tensor, point: torch.Tensor, row: torch.Tensor, reduce: str):
+    """accumulator[point[i]] = op(accumulator[point[i]], table[row[i]]) for each i in order, op
+    the sum or the maximum; ``point`` sorted, so that each row is one worker's."""
+    torch.ops.ovlift.fold_rows(accumulator, table.contiguous(), point.contiguous(), row.contiguous(), reduce == "max")
+
+
+def place_by_point(
+    cursor: torch.Tensor,
+    point: torch.Tensor,
+    frame: torch.Tensor,
+    pixel: torch.Tensor,
+    frame_out: torch.Tensor,
+    pixel_out: torch.Tensor,
+) -> None:
+    """For each i in order: d = cursor[point[i]]; frame_out[d], pixel_out[d] = frame[i], pixel[i];
+    cursor[point[i]] += 1 (the placing pass of a counting sort by point, stable)."""
+    torch.ops.ovlift.place_by_point(
+        cursor, point.to(torch.int64).contiguous(), frame.contiguous(), pixel.contiguous(), frame_out, pixel_out
+    )
