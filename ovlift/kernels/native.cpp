@@ -115,7 +115,7 @@ struct DepthTest {
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> visible_pairs(
+std::tuple<Tensor, Tensor, Tensor> visible_pairs(
     const Tensor& points, const Tensor& world_to_cam, const Tensor& intrinsics, int64_t height, int64_t width,
     int64_t cut, const std::optional<Tensor>& depth, const std::optional<Tensor>& depth_world_to_cam,
     const std::optional<Tensor>& depth_intrinsics, double tolerance, bool relative) {
@@ -166,19 +166,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> visible_pairs(
   for (int64_t b = 0; b < blocks; b++) start[b + 1] = start[b] + static_cast<int64_t>(found[b].size());
   auto options = points.options().dtype(at::kLong);
   Tensor point = at::empty({start[blocks]}, options), frame = at::empty_like(point);
-  Tensor row = at::empty_like(point), col = at::empty_like(point);
+  Tensor pixel = at::empty({start[blocks], 2}, options);
   int64_t *pp = point.data_ptr<int64_t>(), *pf = frame.data_ptr<int64_t>();
-  int64_t *pr = row.data_ptr<int64_t>(), *pc = col.data_ptr<int64_t>();
+  int64_t* px = pixel.data_ptr<int64_t>();
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; b++) {
       for (size_t j = 0; j < found[b].size(); j++) {
         const Pair& q = found[b][j];
         const int64_t o = start[b] + static_cast<int64_t>(j);
-        pp[o] = q.point, pf[o] = q.frame, pr[o] = q.row, pc[o] = q.col;
+        pp[o] = q.point, pf[o] = q.frame, px[2 * o] = q.row, px[2 * o + 1] = q.col;
       }
     }
   });
-  return {point, frame, row, col};
+  return {point, frame, pixel};
 }
 
 // -- fusion -----------------------------------------------------------------------------
@@ -335,7 +335,7 @@ TORCH_LIBRARY(ovlift, m) {
   m.def(
       "visible_pairs(Tensor points, Tensor world_to_cam, Tensor intrinsics, int height, int width, int cut, "
       "Tensor? depth, Tensor? depth_world_to_cam, Tensor? depth_intrinsics, float tolerance, bool relative) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "-> (Tensor, Tensor, Tensor)");
   m.def("fold_rows(Tensor(a!) acc, Tensor table, Tensor point, Tensor row, bool max) -> ()");
   m.def(
       "place_by_point(Tensor(a!) cursor, Tensor point, Tensor frame, Tensor pixel, Tensor(b!) frame_out, "

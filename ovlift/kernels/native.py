@@ -21,7 +21,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -38,9 +40,17 @@ log = logging.getLogger("ovlift")
 def _loaded() -> bool:
     if os.environ.get("OVLIFT_NATIVE", "1") == "0":
         return False
-    from torch.utils import cpp_extension
-
+    quiet = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found": not needed here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        quiet.setLevel(level)
     log.info("loading ovlift's C++ CPU kernels (the first time on a machine compiles them, about a minute)")
+    venv_bin = Path(sys.executable).parent  # make setup's ninja, when the venv is not activated
+    if shutil.which("ninja") is None and (venv_bin / "ninja").exists():
+        os.environ["PATH"] = f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
         cpp_extension.load(
             "ovlift_native",
@@ -49,9 +59,11 @@ def _loaded() -> bool:
             is_python_module=False,
         )
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        why = next((line for line in lines if "error" in line.lower()), lines[0])  # not the whole build log
         warnings.warn(
-            f"ovlift: the C++ CPU kernels could not be built ({exc}); projection and fusion run as torch ops "
-            "(same results, several times slower)",
+            f"ovlift: the C++ CPU kernels could not be built ({why.strip()}); projection and fusion run as "
+            "torch ops (same results, several times slower)",
             stacklevel=3,
         )
         return False
@@ -73,9 +85,10 @@ def visible_pairs(
     depth_camera: tuple[torch.Tensor, torch.Tensor] | None,
     tolerance: float,
     relative: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(point, frame, row, col) int64 of the visible pairs, by point, frames ascending within a
-    point: ``projection.visible_correspondences``'s rules (its depth image, if any, already made)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M,) point, (M,) frame and (M, 2) (row, col) int64 of the visible pairs, by point, frames
+    ascending within a point: ``projection.visible_correspondences``'s rules (its depth image, if
+    any, already made)."""
 
     def f64(t: torch.Tensor) -> torch.Tensor:
         return t.to(torch.float64).contiguous()

@@ -212,16 +212,14 @@ def visible_correspondences(
     if native.available(points.device):
         camera = None if depth_camera is None else (depth_camera.world_to_depth, depth_camera.intrinsics)
         relative = rule.tolerance_kind == "relative"
-        point, frame, row_i, col_i = native.visible_pairs(
+        point, frame, pixel = native.visible_pairs(
             points, world_to_cam, intrinsics, image_hw, rule.cut_bound, depth, camera, rule.depth_tolerance, relative
         )
     else:
-        point, frame, row_i, col_i = _visible_pairs(
-            points, world_to_cam, intrinsics, image_hw, rule, depth, depth_camera
-        )
+        point, frame, pixel = _visible_pairs(points, world_to_cam, intrinsics, image_hw, rule, depth, depth_camera)
     if keep is not None:
         frame = keep[frame]
-    return Correspondences(point, frame, torch.stack([row_i, col_i], dim=1))
+    return Correspondences(point, frame, pixel)
 
 
 def _visible_pairs(
@@ -232,8 +230,8 @@ def _visible_pairs(
     rule: VisibilityRule,
     depth: torch.Tensor | None,
     depth_camera: DepthCamera | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``native.visible_pairs`` in torch ops (CUDA, or no C++ kernels): (point, frame, row, col)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``native.visible_pairs`` in torch ops (CUDA, or no C++ kernels): point, frame, (row, col)."""
     height, width = image_hw
     z, x, y = project_points(points, world_to_cam, intrinsics)
     col = torch.round(x)
@@ -246,7 +244,7 @@ def _visible_pairs(
     if depth is not None:
         ok = _depth_agrees(points, z, (frame, point, row_i, col_i), depth, depth_camera, rule)
         point, frame, row_i, col_i = point[ok], frame[ok], row_i[ok], col_i[ok]
-    return point, frame, row_i, col_i
+    return point, frame, torch.stack([row_i, col_i], dim=1)
 
 
 def _depth_agrees(
