@@ -52,7 +52,7 @@ class DenseFeatures:
 
     def rows(self, linear: torch.Tensor, buffers: FeatureBuffers) -> torch.Tensor:
         """(n, C) float32 features at flat pixel indices ``linear`` (b * h * w + row * w + col)."""
-        flat = self.images.reshape(-1, self.channels)
+        flat = self.table()
         gathered = torch.index_select(flat, 0, linear, out=buffers.get(flat.dtype, len(linear)))
         if gathered.dtype != torch.float32:
             gathered = buffers.get(torch.float32, len(linear)).copy_(gathered)
