@@ -141,3 +141,33 @@ def test_half_pixels_round_to_even_at_the_borders(kernel_backend):
     expected = reference_visibility(points, w2c.numpy(), k, (height, width), rule)
     assert as_tuples(got) == expected and 0 < len(expected) < len(points)
     assert {c for _, _, _, c in expected} == {2, 8} and {r for _, _, r, _ in expected} == {2, 4, 6, 7}
+
+
+def test_the_cpu_loops_give_the_same_results_on_one_thread_or_several():
+    """Workers split the views (and the points) between them: a point's views must stay one worker's."""
+    if not native.available("cpu"):
+        pytest.skip("the C++ kernels are switched off")
+    rng = np.random.default_rng(5)
+    point = torch.from_numpy(np.sort(rng.integers(0, 300, 40_000)))  # ~130 views a point: segments cross chunks
+    row = torch.from_numpy(rng.integers(0, 500, 40_000))
+    table = torch.from_numpy(rng.normal(size=(500, 70))).half()
+    points, w2c, k, depth, _, hw = random_scene(4, n=20_000, hw=(48, 64))
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            acc = torch.zeros(300, 70)
+            native.fold_rows(acc, table, point, row, "mean")
+            rule = VisibilityRule(0.25, "relative", 1)
+            pairs_ = pairs(
+                visible_correspondences(
+                    torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule, torch.from_numpy(depth)
+                )
+            )
+            results.append((acc, pairs_))
+    finally:
+        torch.set_num_threads(threads)
+    for acc, pairs_ in results[1:]:
+        assert torch.equal(acc, results[0][0]) and torch.equal(pairs_, results[0][1])
+    assert len(results[0][1]) > 5000

@@ -59,7 +59,10 @@ def _loaded() -> bool:
         cpp_extension.load(
             "ovlift_native",
             [str(SOURCE)],
-            extra_cflags=["-O3", "-ffp-contract=off"],  # no fused multiply-add: float64 as the torch ops round it
+            # -ffp-contract=off: no fused multiply-add, float64 rounded as the torch ops round it;
+            # -fopenmp: at::parallel_for is OpenMP pragmas in torch's headers (the process's libgomp, torch's)
+            extra_cflags=["-O3", "-ffp-contract=off", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
         )
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
