@@ -40,9 +40,13 @@ $(VENV)/.scatter: $(VENV)/.torch
 # dependencies it would downgrade numpy under torch. So it goes in --no-deps,
 # after the project, and the imports it needs (pyquaternion, opencv, ...) are
 # listed in pyproject.toml.
+# Last, ovlift's C++ CPU kernels (ovlift/kernels/native.cpp) are compiled into torch's
+# extension cache, about a minute, so that no first run or test pays for it; they need the
+# compiler and ninja that torch-scatter needed.
 $(VENV)/.ovlift: $(VENV)/.scatter pyproject.toml constraints.txt
 	$(PIP) install $(PINS) -e '.[dev]'
 	$(PIP) install $(PINS) --no-deps nuscenes-devkit==1.2.0
+	$(PY) -c "from ovlift.kernels import native; assert native.available('cpu'), 'the C++ CPU kernels did not build'"
 	touch $@
 
 demo: setup

@@ -57,6 +57,22 @@ def scannet_miou(truth: np.ndarray, predicted: np.ndarray, k: int) -> float:
     return float(np.mean(ious))
 
 
+@pytest.fixture(params=["native", "torch"])
+def kernel_backend(request, monkeypatch):
+    """A test of the projection and fusion kernels, run on the C++ CPU loops and on the torch ops
+    that stand in for them on CUDA and where no compiler is found. The C++ ones must build,
+    unless ``OVLIFT_NATIVE=0`` switches them off."""
+    from ovlift.kernels import native
+
+    if request.param == "torch":
+        monkeypatch.setattr(native, "available", lambda device: False)
+    elif os.environ.get("OVLIFT_NATIVE") == "0":
+        pytest.skip("OVLIFT_NATIVE=0 switches the C++ kernels off")
+    else:
+        assert native.available("cpu"), "the C++ CPU kernels did not build (see the warning above)"
+    return request.param
+
+
 @pytest.fixture(autouse=True)
 def _prefect_home(tmp_path_factory, monkeypatch):
     """Keep Prefect's database and the file digest cache out of the home directory."""

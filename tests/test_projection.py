@@ -129,7 +129,7 @@ def noisy_depth(points, w2c, intrinsics, hw, rng):
         VisibilityRule(0.02, "absolute", 0),
     ],
 )
-def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule):
+def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule, kernel_backend):
     points, w2c, k, depth, pose_valid, hw = random_scene(seed)
     args = (torch.from_numpy(points), w2c, torch.from_numpy(k), hw, rule)
     got = visible_correspondences(*args, depth=torch.from_numpy(depth), pose_valid=torch.from_numpy(pose_valid))
@@ -141,7 +141,7 @@ def test_kernel_matches_the_reference_loop_exactly_with_depth(seed, rule):
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("rule", [VisibilityRule(0.25, "relative", 2), VisibilityRule(0.1, "absolute", 0)])
-def test_kernel_matches_the_reference_loop_with_a_separate_depth_camera(seed, rule):
+def test_kernel_matches_the_reference_loop_with_a_separate_depth_camera(seed, rule, kernel_backend):
     """ScanNet-like: the depth image has its own size, intrinsics and a small offset from the
     colour camera; pixels come from colour, the depth test from the depth camera."""
     points, w2c, k, _, pose_valid, hw = random_scene(seed)
@@ -194,7 +194,7 @@ def reference_zbuffer(points, world_to_cam, intrinsics, hw, radius):
 
 @pytest.mark.parametrize("seed", [5, 6])
 @pytest.mark.parametrize("radius", [0, 1, 2])
-def test_lidar_zbuffer_equals_the_depth_test_against_the_points_own_depth_image(seed, radius):
+def test_lidar_zbuffer_equals_the_depth_test_against_the_points_own_depth_image(seed, radius, kernel_backend):
     points, w2c, k, _, _, hw = random_scene(seed)
     valid = torch.ones(len(w2c), dtype=torch.bool)
     valid[[2, 4]] = False  # invalid poses: their rows of w2c are identity stand-ins
@@ -208,7 +208,7 @@ def test_lidar_zbuffer_equals_the_depth_test_against_the_points_own_depth_image(
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_kernel_matches_the_reference_loop_exactly_without_depth(seed):
+def test_kernel_matches_the_reference_loop_exactly_without_depth(seed, kernel_backend):
     points, w2c, k, _, pose_valid, hw = random_scene(seed)
     rule = VisibilityRule(cut_bound=1)
     got = visible_correspondences(
@@ -294,7 +294,7 @@ def random_features(shape, encoding, rng):
 
 @pytest.mark.parametrize("encoding", ["dense", "masks"])
 @pytest.mark.parametrize("reduce", ["mean", "max"])
-def test_streamed_fusion_matches_a_loop_over_correspondences(reduce, encoding):
+def test_streamed_fusion_matches_a_loop_over_correspondences(reduce, encoding, kernel_backend):
     points, w2c, k, depth, pose_valid, hw = random_scene(6)
     valid = np.flatnonzero(pose_valid)
     rng = np.random.default_rng(0)
@@ -334,7 +334,7 @@ def test_vote_counts_match_a_loop():
     np.testing.assert_array_equal(votes.numpy(), expected)
 
 
-def test_merge_by_point_equals_a_stable_sort_of_the_concatenation():
+def test_merge_by_point_equals_a_stable_sort_of_the_concatenation(kernel_backend):
     rng = np.random.default_rng(2)
     parts, frame = [], 0
     for size in (0, 50, 200, 1, 120):  # frame-ordered parts, as batches produce them
@@ -422,7 +422,7 @@ def test_mask_features_decode_to_the_weighted_sum_of_their_masks():
         np.testing.assert_allclose(dense[b, r, c], expected if np.ndim(expected) else np.zeros(4), rtol=1e-5, atol=1e-5)
 
 
-def test_fusing_masks_equals_fusing_their_decoded_maps_and_skips_frames_a_teacher_lacks():
+def test_fusing_masks_equals_fusing_their_decoded_maps_and_skips_frames_a_teacher_lacks(kernel_backend):
     points, w2c, k, depth, pose_valid, hw = random_scene(7)
     valid = np.flatnonzero(pose_valid)
     rng = np.random.default_rng(4)
