@@ -97,20 +97,22 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
 
     def _fit_pca(self, teacher: Teacher, scene: StageGroup, scene_id: str | None, frames: np.ndarray) -> PCABasis:
         """The scene's basis, fitted on ``pca_fit_frames`` frames spread evenly over ``frames``
-        (a first, short pass: fitting on every frame would run the teacher twice over the scene)."""
+        (a first, short pass: fitting on every frame would run the teacher twice over the scene),
+        every k-th of their valid pixels (at most ``PCA_FIT_PIXELS``), on the teacher's device."""
         cfg = self.config
         spread = np.linspace(0, len(frames) - 1, min(cfg.pca_fit_frames, len(frames)))
         sample = frames[np.unique(spread.round().astype(np.int64))]
+        step = -(-len(sample) * cfg.feature_height * cfg.feature_width // PCA_FIT_PIXELS)
         pixels = []
         for start in range(0, len(sample), cfg.frames_per_batch):
             result = run_teacher(teacher, scene, scene_id, sample[start : start + cfg.frames_per_batch])
             dense = result.images if isinstance(result, DenseFeatures) else result.decode()
-            pixels.append(dense[result.coverage().to(dense.device)].float().cpu())
+            pixels.append(dense[result.coverage().to(dense.device)][::step].float())
         found = torch.cat(pixels)
         if not len(found):
             raise StageInputError(f"scene '{scene_id}': teacher '{self.variant}' has no feature on the PCA fit frames")
-        step = -(-len(found) // PCA_FIT_PIXELS)
-        return fit_pca(found[::step], cfg.pca_channels)
+        basis = fit_pca(found, cfg.pca_channels)
+        return PCABasis(basis.components.cpu(), basis.mean.cpu())
 
     def features(self, group: StageGroup, ctx: StageContext) -> TeacherFeatures:
         """The reader of this teacher's group: its stored maps, or, for a streamed group, the
@@ -118,7 +120,8 @@ class Extract2DStage(PluginStage[TeacherConfig, Teacher]):
         reader = TeacherFeatures(group)
         if not reader.streamed:
             return reader
-        if group.attrs["implementation"] != self.implementation or group.attrs["config"] != self.config.normalised():
+        made_by = type(self.config).model_validate(group.attrs["config"]).fingerprinted()
+        if group.attrs["implementation"] != self.implementation or made_by != self.config.fingerprinted():
             raise StageInputError(
                 f"{ctx.where()}: '{group.path}' was streamed by another config than the plan's "
                 f"extract2d '{self.variant}': rerun extract2d"
