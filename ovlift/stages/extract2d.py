@@ -200,12 +200,12 @@ class FrameSink:
         self.masks = 0
 
     def add(self, start: int, encoded: dict[str, np.ndarray]) -> None:
+        per_frame = {name: value for name, value in encoded.items() if name != "mask_embeddings"}
         if "mask_embeddings" in encoded:
-            embeddings = encoded.pop("mask_embeddings")
-            encoded["mask_ids"] = _renumber(encoded["mask_ids"], self.masks)
-            self.embeddings.append(embeddings)
-            self.masks += len(embeddings)
-        for name, value in encoded.items():
+            per_frame["mask_ids"] = _renumber(encoded["mask_ids"], self.masks)
+            self.embeddings.append(encoded["mask_embeddings"])
+            self.masks += len(encoded["mask_embeddings"])
+        for name, value in per_frame.items():
             if name not in self.arrays:
                 self.arrays[name] = self.out.create(name, (self.frames, *value.shape[1:]))
             self.arrays[name][start : start + len(value)] = value
@@ -258,7 +258,8 @@ class StreamedFeatures(TeacherFeatures):
 def _streamed_input(group: StageGroup, ctx: StageContext) -> StageGroup:
     """The ``input`` group a streamed group was extracted from (the version its fingerprint names)."""
     path = INPUT_SPEC.path(ctx.scene_id)
-    scene = Store(group.store_url).read(path, fingerprint=group.attrs["input_fingerprints"].get(path))
+    fingerprint = group.attrs["input_fingerprints"].get(path)
+    scene = Store(group.store_url).read(path, fingerprint=fingerprint) if fingerprint else None
     if scene is None:
         raise StageInputError(
             f"{ctx.where()}: '{group.path}' streams from '{path}' as it was when extracted, which is no "
