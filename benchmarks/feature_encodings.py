@@ -152,6 +152,8 @@ def compact(args: argparse.Namespace, tmp: str) -> None:
         "maskclip": {"implementation": "maskclip", "clip_path": str(clip), "normalize": False, "templates": "single"},
     }
     for name, teacher in teachers.items():
+        if name not in args.teachers:
+            continue
         variants = {"dense": {}, "streamed": {"maps": "stream"}, **COMPACT}
         plan = plan_from_dict(
             {
@@ -231,6 +233,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("sizes", "compact", "all"), default="all")
     parser.add_argument("--stride", type=int, default=10, help="every k-th 7-Scenes frame for --part compact")
     parser.add_argument("--clip-path", type=Path, help="a real CLIP folder for maskclip (default: random weights)")
+    parser.add_argument("--teachers", nargs="+", default=["trained", "maskclip"], help="for --part compact")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.part in ("sizes", "all"):

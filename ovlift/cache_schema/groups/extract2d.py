@@ -143,10 +143,13 @@ def decode(encoding: str, arrays: Mapping[str, np.ndarray], device: torch.device
     t = {name: torch.from_numpy(value).to(device) for name, value in arrays.items()}
     if encoding == "dense":
         return DenseFeatures(t["features"], t["valid"])
+    # the compact codes decode frame by frame: a batch's float32 temporaries would double its memory
     if encoding == "dense-int8":
-        return DenseFeatures(dequantize_int8(t["feature_codes"], t["feature_scale"]), t["valid"])
+        codes, scale = t["feature_codes"], t["feature_scale"]
+        return DenseFeatures(torch.stack([dequantize_int8(c, s) for c, s in zip(codes, scale)]), t["valid"])
     if encoding == "dense-pca":
-        return DenseFeatures(PCABasis(t["pca_components"], t["pca_mean"]).decode(t["pca_coefficients"]), t["valid"])
+        basis = PCABasis(t["pca_components"], t["pca_mean"])
+        return DenseFeatures(torch.stack([basis.decode(c) for c in t["pca_coefficients"]]), t["valid"])
     return MaskFeatures(t["mask_ids"], t["mask_weights"], t["mask_embeddings"])
 
 
