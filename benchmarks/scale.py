@@ -5,9 +5,11 @@ ScanNet-sized scenes: N copies of the real 7-Scenes kitchen (folders of symlinks
 depth), each with 84 frames (every 6th of its 500; ScanNet's 1-in-20 over its average 1,650
 frames a scan is 83) and a point cloud voxelised to about 150,000 points; a dense 512-channel
 teacher (MaskCLIP on a random-weight CLIP, 320x240 maps: its values are not CLIP's, its sizes
-are) streamed into ``project``; ``distill`` one epoch (N/2 steps of 2 scenes) of a small
-student. For N = 5, 10, 20, 40 (each N adds scenes to one store, so ingest and project run on
-the new scenes only; distill trains on all N): the time and peak resident memory of each phase
+are) streamed into ``project``; ``distill`` of a small student for about the same number of
+steps at every N (2 scenes a step; max(N) / N epochs: glibc keeps freed memory for the first
+dozen steps or so, so peaks are compared at equal steps). For N = 5, 10, 20, 40 (each N adds
+scenes to one store, so ingest and project run on the new scenes only; distill trains on all
+N): the time and peak resident memory of each phase
 (its own process; peak = VmHWM, libraries included) and the store's bytes. The same teacher with
 its per-pixel maps kept (``maps: store``) is measured on one scene: those maps do not fit this
 disk for more.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,7 +82,7 @@ def kitchen_plan(args: argparse.Namespace, n: int, store: Path, maps: dict) -> d
             "project": {},
             "distill": {
                 "split": "train",
-                "epochs": 1,
+                "epochs": math.ceil(max(args.scenes) / n),  # about the same number of steps for every N
                 "batch_size": 2,
                 "templates": "single",
                 "student": {

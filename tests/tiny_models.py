@@ -28,7 +28,8 @@ def tiny_text_config(vocab_size: int) -> dict:
     )
 
 
-def clip_folder(path: Path, projection_dim: int = 24, seed: int = 0) -> Path:
+def clip_folder(path: Path, projection_dim: int = 24, seed: int = 0, vision: dict | None = None) -> Path:
+    """A random-weight CLIP; ``vision`` overrides its image tower's sizes (e.g. ViT-B/16's)."""
     from tokenizers import pre_tokenizers
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
@@ -48,7 +49,8 @@ def clip_folder(path: Path, projection_dim: int = 24, seed: int = 0) -> Path:
             num_attention_heads=2,
             image_size=32,
             patch_size=8,
-        ),
+        )
+        | (vision or {}),
         projection_dim=projection_dim,
     )
     CLIPModel(config).save_pretrained(path)

@@ -154,6 +154,12 @@ class Stage(ABC, Configurable[ConfigT]):
         """Turn the input groups into this stage's arrays, written through ``out``."""
 
 
+def teacher_stages(stages: Mapping[str, Stage]) -> dict[str, Stage]:
+    """The plan's ``extract2d`` stages by variant (teacher name), for the stages that run a
+    teacher (``capability``) or read its group through it (``features``: ``project``, ``denoise``)."""
+    return {s.variant: s for s in stages.values() if s.name == "extract2d" and s.variant is not None}
+
+
 class PluginStage(Stage[ConfigT], Generic[ConfigT, PluginT]):
     """A stage whose implementations are plug-ins: ``extract2d`` runs a 2D teacher, ``capability`` an
     image generator. One stage class serves them all; the plan's ``implementation`` names the plug-in,

@@ -44,7 +44,7 @@ from ovlift.models.teachers.base import Teacher, TeacherInput, resize_nearest
 from ovlift.models.text import TextEncoderConfig, text_space
 from ovlift.names import file_part
 from ovlift.progress import progress
-from ovlift.stages.base import PluginStage, Stage, StageContext
+from ovlift.stages.base import PluginStage, Stage, StageContext, teacher_stages
 from ovlift.vocabularies import Vocabulary, get_vocabulary
 
 
@@ -76,7 +76,7 @@ class CapabilityStage(PluginStage[GeneratorConfig, ImageGenerator]):
         self._plan_teachers: list[str] = []
 
     def bind(self, stages: Mapping[str, Stage]) -> None:
-        found = {s.variant: s for s in stages.values() if s.name == "extract2d"}
+        found = teacher_stages(stages)
         self._plan_teachers = list(found)
         wanted = self.config.teachers or tuple(found)
         self.teacher_stages = {name: found[name] for name in wanted if name in found}

@@ -14,7 +14,7 @@ the same object-level rule, a point a view of its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Literal
 
 import numpy as np
@@ -31,7 +31,7 @@ from ovlift.kernels.denoise import ObjectDenoiser
 from ovlift.kernels.fusion import FeatureBuffers, pixel_views
 from ovlift.models.text import TextEncoderConfig
 from ovlift.progress import progress
-from ovlift.stages.base import Stage, StageContext
+from ovlift.stages.base import Stage, StageContext, teacher_stages
 from ovlift.vocabularies import get_vocabulary
 
 
@@ -61,6 +61,14 @@ class DenoiseStage(Stage[DenoiseConfig]):
     reads = ("project", "objects")
     optional_reads = ("extract2d",)
 
+    def __init__(self, config: DenoiseConfig, variant: str | None = None) -> None:
+        super().__init__(config, variant)
+        self.teacher_stages: dict[str, Stage] = {}
+        """The plan's extract2d stages by variant: they read their groups (``features``)."""
+
+    def bind(self, stages: Mapping[str, Stage]) -> None:
+        self.teacher_stages = teacher_stages(stages)
+
     def select_inputs(self, name: str, keys: list[str]) -> list[str]:
         if name != "extract2d" or (self.config.teacher is None and self.config.observations == "views"):
             return keys
@@ -89,15 +97,7 @@ class DenoiseStage(Stage[DenoiseConfig]):
             raise StageInputError(
                 f"{ctx.where()}: array 'objects' has {len(objects)} points, project's features {len(fused)}"
             )
-        if cfg.observations == "fused":
-            views: SceneViews | FusedViews = FusedViews(fused, fused_seen)
-        else:
-            groups = teachers_in(ctx.inputs)
-            if name not in groups:
-                raise StageInputError(
-                    f"{ctx.where()}: denoise reads teacher '{name}', which is not among {sorted(groups)}"
-                )
-            views = SceneViews(project, TeacherFeatures(groups[name]), cfg.frames_per_batch, device)
+        views = FusedViews(fused, fused_seen) if cfg.observations == "fused" else self._views(ctx, name, device)
         denoiser = ObjectDenoiser(objects, len(vocab.classes), fused.shape[1])
         labels = torch.full((views.count,), -1, dtype=torch.int16, device=device)
         for rows, point_index, features in views.chunks(f"{ctx.scene_id}: denoise (vote)"):
@@ -121,6 +121,14 @@ class DenoiseStage(Stage[DenoiseConfig]):
         out.write("object_vote_share", share.to(torch.float32).cpu().numpy())
         out.write("object_votes", votes.to(torch.int32).cpu().numpy())
         out.set_info(teacher=name, text_encoder=text_encoder, classes=list(vocab.classes), filtered_views=filtered)
+
+    def _views(self, ctx: StageContext, name: str, device: torch.device) -> SceneViews:
+        """Every (point, view) correspondence of ``project`` with teacher ``name``'s feature there."""
+        groups = teachers_in(ctx.inputs)
+        if name not in groups:
+            raise StageInputError(f"{ctx.where()}: denoise reads teacher '{name}', which is not among {sorted(groups)}")
+        teacher = self.teacher_stages[name].features(groups[name], ctx)
+        return SceneViews(ctx.inputs["project"], teacher, self.config.frames_per_batch, device)
 
 
 class FusedViews:

@@ -12,7 +12,7 @@ the depth camera (``kernels.projection.DepthCamera``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +28,7 @@ from ovlift.errors import StageInputError
 from ovlift.kernels.fusion import FeatureFusion, FrameBatch, TeacherBatch, project_and_fuse
 from ovlift.kernels.projection import DepthCamera, VisibilityRule, resize_depth, rigid_inverse, scale_intrinsics
 from ovlift.progress import progress
-from ovlift.stages.base import Stage, StageContext
+from ovlift.stages.base import Stage, StageContext, teacher_stages
 
 
 class ProjectConfig(FrozenConfig):
@@ -80,6 +80,14 @@ class ProjectStage(Stage[ProjectConfig]):
     reads = ("input",)
     optional_reads = ("extract2d",)
 
+    def __init__(self, config: ProjectConfig, variant: str | None = None) -> None:
+        super().__init__(config, variant)
+        self.teacher_stages: dict[str, Stage] = {}
+        """The plan's extract2d stages by variant: they read their groups (``features``)."""
+
+    def bind(self, stages: Mapping[str, Stage]) -> None:
+        self.teacher_stages = teacher_stages(stages)
+
     def select_inputs(self, name: str, keys: list[str]) -> list[str]:
         if name != "extract2d" or self.config.teachers is None:
             return keys
@@ -112,7 +120,9 @@ class ProjectStage(Stage[ProjectConfig]):
     def run(self, ctx: StageContext, out: GroupWriter) -> None:
         scene = ctx.inputs["input"]
         device = torch.device(self.config.device or ctx.device)
-        teachers = {name: TeacherFeatures(group) for name, group in teachers_in(ctx.inputs).items()}
+        teachers = {
+            name: self.teacher_stages[name].features(group, ctx) for name, group in teachers_in(ctx.inputs).items()
+        }
         feature_hw = self.feature_hw(ctx, teachers)
         cameras = self._cameras(scene, feature_hw, device)
         points = torch.from_numpy(scene.load("points")).to(device)

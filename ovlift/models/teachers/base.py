@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ovlift.config import FrozenConfig, Plugin, runtime_field
+from ovlift.config import FrozenConfig, Plugin, added_field, runtime_field
 from ovlift.kernels.fusion import DenseFeatures, MaskFeatures
 from ovlift.kernels.mask_vote import Fallback, Overlap, mask_weights
 from ovlift.models.loading import model_inputs
@@ -36,12 +36,24 @@ class TeacherConfig(FrozenConfig):
     """Columns of the stored feature maps."""
     frame_stride: int = Field(1, ge=1)
     """Extract every k-th frame (the others get no features from this teacher)."""
-    encoding: Literal["dense", "masks"] = "dense"
-    """Storage: ``dense`` (T, h, w, C) float16, or ``masks`` (top-k mask ids and
-    weights per pixel + one embedding per mask; mask-based teachers only)."""
+    encoding: Literal["dense", "dense-int8", "dense-pca", "masks"] = "dense"
+    """Storage: ``dense`` (T, h, w, C) float16; ``dense-int8`` (int8 codes and a float16
+    scale per pixel: about half of ``dense``); ``dense-pca`` (float16 coefficients on a
+    per-scene basis of ``pca_channels`` components: about C / P times smaller); or ``masks``
+    (top-k mask ids and weights per pixel + one embedding per mask; mask-based teachers only).
+    The compact two cost accuracy: ``docs/stages/extract2d.md`` states how much."""
     top_k: int = Field(4, ge=1)
     """Masks kept per pixel in the ``masks`` encoding; where the 2D filter keeps more
     (``overlap: all``, say), the most probable ``top_k`` of them, in either encoding."""
+    pca_channels: int = added_field(64, ge=1)
+    """Components of the ``dense-pca`` basis (at most C)."""
+    pca_fit_frames: int = added_field(16, ge=1)
+    """``dense-pca``: frames, spread evenly over the extracted ones, whose pixels fit the basis."""
+    maps: Literal["store", "stream"] = runtime_field("store")
+    """``store`` the per-frame maps, or ``stream`` them: store only what describes them
+    (and the PCA basis), and let ``project`` and ``denoise`` run the teacher on the frames
+    they read. The same results either way, so a group written one way is a cache hit for
+    the other (``docs/stages/extract2d.md``)."""
     frames_per_batch: int = runtime_field(4, ge=1)
     """Frames sent through the model at once."""
     device: str | None = runtime_field(None)
