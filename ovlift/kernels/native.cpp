@@ -1,8 +1,9 @@
-// The CPU's projection and fusion loops, one pass each (ovlift/kernels/native.py compiles
-// and loads this file; the torch ops in projection.py and fusion.py are the reference and
-// the CUDA path). Torch ops stream every intermediate of these loops through memory and
-// index_add_ pays a dispatch per row; here each point is projected in registers and each
-// accumulator row is read and written once per frame batch.
+// The CPU's projection, fusion and merge loops, one pass each (ovlift/kernels/native.py
+// compiles and loads this file; the torch ops in projection.py and fusion.py are the
+// reference and the CUDA path). Torch ops stream every intermediate of these loops through
+// memory and index_add_ pays a dispatch per row; here each point is projected in registers,
+// each accumulator row is read and written once per frame batch, and each batch's pairs are
+// placed at their final offsets in one pass.
 //
 // Exactness: the arithmetic is projection.py's, operation by operation, in float64
 // (built with -ffp-contract=off: no fused multiply-add), and each accumulator row adds
@@ -19,7 +20,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <initializer_list>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -64,8 +64,8 @@ inline double round_even(double t) { return (t + 0x1.8p52) - 0x1.8p52; }
 
 inline bool inside(double r, int64_t lo, int64_t hi) { return (r >= lo) & (r < hi); }  // false for NaN
 
-// Rounded pixel (col, row) of n points in one camera, or col = -1 where z <= 0 or the pixel
-// falls outside [cut, size - cut): a loop the compiler vectorises (AVX2 where the CPU has it).
+// Rounded pixel (col, row) of n points in one camera, or -1 where z <= 0 or the pixel falls
+// outside [cut, size - cut): a loop the compiler vectorises (AVX2 where the CPU has it).
 #if defined(__x86_64__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -78,7 +78,7 @@ void pixels(const Camera& c, const double* p, int64_t n, int64_t height, int64_t
     const bool near = (zi > 0) & (x > cut - 1.0) & (x < width - cut + 1.0) & (y > cut - 1.0) & (y < height - cut + 1.0);
     const double cx = round_even(x), cy = round_even(y);
     const bool ok = near & inside(cx, cut, width - cut) & inside(cy, cut, height - cut);  // & : no branches
-    z[i] = zi, col[i] = ok ? cx : -1.0, row[i] = cy;
+    z[i] = zi, col[i] = ok ? cx : -1.0, row[i] = ok ? cy : -1.0;
   }
 }
 
@@ -122,6 +122,7 @@ std::tuple<Tensor, Tensor, Tensor> visible_pairs(
   TORCH_CHECK(points.scalar_type() == at::kDouble && points.is_contiguous() && points.size(1) == 3);
   TORCH_CHECK(world_to_cam.scalar_type() == at::kDouble && world_to_cam.is_contiguous());
   TORCH_CHECK(intrinsics.scalar_type() == at::kDouble && intrinsics.is_contiguous());
+  TORCH_CHECK(cut >= 0, "visible_pairs: cut_bound ", cut, " < 0");
   const int64_t n = points.size(0), frames = world_to_cam.size(0);
   const std::vector<Camera> colour = cameras(world_to_cam, intrinsics);
   DepthTest test;
@@ -148,7 +149,8 @@ std::tuple<Tensor, Tensor, Tensor> visible_pairs(
         double *zf = &z[f * block], *cf = &col[f * block], *rf = &row[f * block];
         pixels(colour[f], p + 3 * i0, count, height, width, cut, zf, cf, rf);
         for (int64_t i = 0; test.any() && i < count; i++) {
-          if (cf[i] >= 0 && !test.agrees(f, p + 3 * (i0 + i), zf[i], static_cast<int64_t>(rf[i]), static_cast<int64_t>(cf[i]))) cf[i] = -1;
+          const int64_t r = static_cast<int64_t>(rf[i]), c = static_cast<int64_t>(cf[i]);
+          if (c >= 0 && !test.agrees(f, p + 3 * (i0 + i), zf[i], r, c)) cf[i] = rf[i] = -1;
         }
       }
       size_t kept = 0;  // compaction without branches: write every pair, advance past the visible
@@ -162,22 +164,15 @@ std::tuple<Tensor, Tensor, Tensor> visible_pairs(
       found[b].assign(scratch.begin(), scratch.begin() + kept);
     }
   });
-  std::vector<int64_t> start(blocks + 1, 0);
-  for (int64_t b = 0; b < blocks; b++) start[b + 1] = start[b] + static_cast<int64_t>(found[b].size());
+  int64_t total = 0;
+  for (const auto& pairs : found) total += static_cast<int64_t>(pairs.size());
   auto options = points.options().dtype(at::kLong);
-  Tensor point = at::empty({start[blocks]}, options), frame = at::empty_like(point);
-  Tensor pixel = at::empty({start[blocks], 2}, options);
-  int64_t *pp = point.data_ptr<int64_t>(), *pf = frame.data_ptr<int64_t>();
-  int64_t* px = pixel.data_ptr<int64_t>();
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; b++) {
-      for (size_t j = 0; j < found[b].size(); j++) {
-        const Pair& q = found[b][j];
-        const int64_t o = start[b] + static_cast<int64_t>(j);
-        pp[o] = q.point, pf[o] = q.frame, px[2 * o] = q.row, px[2 * o + 1] = q.col;
-      }
-    }
-  });
+  Tensor point = at::empty({total}, options), frame = at::empty_like(point), pixel = at::empty({total, 2}, options);
+  int64_t *pp = point.data_ptr<int64_t>(), *pf = frame.data_ptr<int64_t>(), *px = pixel.data_ptr<int64_t>();
+  int64_t o = 0;  // one thread: a copy is not worth a second parallel region (a wait where cores are shared)
+  for (const auto& pairs : found) {
+    for (const Pair& q : pairs) pp[o] = q.point, pf[o] = q.frame, px[2 * o] = q.row, px[2 * o + 1] = q.col, o++;
+  }
   return {point, frame, pixel};
 }
 
@@ -249,7 +244,7 @@ void fold_typed(Tensor& acc, const Tensor& table, const Tensor& point, const Ten
     while (s > 0 && s < end && pt[s] == pt[s - 1]) s++;
     while (s < end) {
       const int64_t p = pt[s];
-      TORCH_CHECK(p >= 0 && p < points && (s == 0 || pt[s - 1] < p), "fold_rows: point indices must be sorted and in range");
+      TORCH_CHECK(p >= 0 && p < points && (s == 0 || pt[s - 1] < p), "fold_rows: points must be sorted and in range");
       views.clear();
       for (; s < n && pt[s] == p; s++) {
         TORCH_CHECK(rw[s] >= 0 && rw[s] < rows, "fold_rows: row index out of range");
@@ -266,21 +261,21 @@ void fold_typed(Tensor& acc, const Tensor& table, const Tensor& point, const Ten
   });
 }
 
+template <typename T>
+void fold_dtype(Tensor& acc, const Tensor& table, const Tensor& point, const Tensor& row, bool max) {
+  return max ? fold_typed<T, true>(acc, table, point, row) : fold_typed<T, false>(acc, table, point, row);
+}
+
 void fold_rows(Tensor acc, const Tensor& table, const Tensor& point, const Tensor& row, bool max) {
   TORCH_CHECK(acc.scalar_type() == at::kFloat && acc.is_contiguous() && acc.dim() == 2);
   TORCH_CHECK(table.is_contiguous() && table.dim() == 2 && table.size(1) == acc.size(1));
   TORCH_CHECK(point.scalar_type() == at::kLong && row.scalar_type() == at::kLong && point.numel() == row.numel());
   TORCH_CHECK(point.is_contiguous() && row.is_contiguous());
   switch (table.scalar_type()) {
-    case at::kHalf:
-      return max ? fold_typed<c10::Half, true>(acc, table, point, row) : fold_typed<c10::Half, false>(acc, table, point, row);
-    case at::kBFloat16:
-      return max ? fold_typed<c10::BFloat16, true>(acc, table, point, row)
-                 : fold_typed<c10::BFloat16, false>(acc, table, point, row);
-    case at::kFloat:
-      return max ? fold_typed<float, true>(acc, table, point, row) : fold_typed<float, false>(acc, table, point, row);
-    default:
-      TORCH_CHECK(false, "fold_rows: features must be float16, bfloat16 or float32, not ", table.scalar_type());
+    case at::kHalf: return fold_dtype<c10::Half>(acc, table, point, row, max);
+    case at::kBFloat16: return fold_dtype<c10::BFloat16>(acc, table, point, row, max);
+    case at::kFloat: return fold_dtype<float>(acc, table, point, row, max);
+    default: TORCH_CHECK(false, "fold_rows: features must be float16, bfloat16 or float32, not ", table.scalar_type());
   }
 }
 
@@ -315,18 +310,20 @@ void place_by_point(Tensor cursor, const Tensor& point, const Tensor& frame, con
                     Tensor pixel_out) {
   TORCH_CHECK(cursor.scalar_type() == at::kLong && point.scalar_type() == at::kLong);
   TORCH_CHECK(frame.scalar_type() == frame_out.scalar_type() && pixel.scalar_type() == pixel_out.scalar_type());
-  TORCH_CHECK(pixel.dim() == 2 && pixel.size(1) == 2 && point.numel() == frame.numel() && point.numel() == pixel.size(0));
-  for (const Tensor* t : std::initializer_list<const Tensor*>{&cursor, &point, &frame, &pixel, &frame_out, &pixel_out}) {
-    TORCH_CHECK(t->is_contiguous());
-  }
+  TORCH_CHECK(pixel.dim() == 2 && pixel.size(1) == 2);
+  TORCH_CHECK(point.numel() == frame.numel() && point.numel() == pixel.size(0));
+  const Tensor* all[] = {&cursor, &point, &frame, &pixel, &frame_out, &pixel_out};
+  for (const Tensor* t : all) TORCH_CHECK(t->is_contiguous());
   const int64_t fb = frame.element_size(), xb = 2 * pixel.element_size();
-  const auto args = std::make_tuple(cursor.data_ptr<int64_t>(), point.data_ptr<int64_t>(),
-                                    static_cast<const char*>(frame.data_ptr()), static_cast<const char*>(pixel.data_ptr()),
-                                    static_cast<char*>(frame_out.data_ptr()), static_cast<char*>(pixel_out.data_ptr()),
-                                    point.numel(), cursor.numel(), frame_out.numel());
-  if (fb == 4) return std::apply([&](auto... a) { place_pixels<4>(xb, a...); }, args);
-  TORCH_CHECK(fb == 8, "place_by_point: frame indices of ", fb, " bytes");
-  std::apply([&](auto... a) { place_pixels<8>(xb, a...); }, args);
+  int64_t* c = cursor.data_ptr<int64_t>();
+  const int64_t* p = point.data_ptr<int64_t>();
+  const auto* f = static_cast<const char*>(frame.data_ptr());
+  const auto* x = static_cast<const char*>(pixel.data_ptr());
+  auto *fo = static_cast<char*>(frame_out.data_ptr()), *xo = static_cast<char*>(pixel_out.data_ptr());
+  const int64_t m = point.numel(), points = cursor.numel(), total = frame_out.numel();
+  TORCH_CHECK(fb == 4 || fb == 8, "place_by_point: frame indices of ", fb, " bytes");
+  if (fb == 4) return place_pixels<4>(xb, c, p, f, x, fo, xo, m, points, total);
+  place_pixels<8>(xb, c, p, f, x, fo, xo, m, points, total);
 }
 
 }  // namespace

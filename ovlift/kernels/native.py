@@ -67,7 +67,8 @@ def _loaded() -> bool:
         )
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as exc:
         lines = str(exc).splitlines() or [type(exc).__name__]
-        why = next((line for line in lines if "error" in line.lower()), lines[0])  # not the whole build log
+        errors = [line for line in lines if "error:" in line] or lines  # the compiler's, not the whole log
+        why = errors[0]
         warnings.warn(
             f"ovlift: the C++ CPU kernels could not be built ({why.strip()}); projection and fusion run as "
             "torch ops (same results, several times slower)",
