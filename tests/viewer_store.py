@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from store_groups import publish_group
 
-from ovlift.cache_schema import GroupMeta, Store
+from ovlift.cache_schema import Store
 from ovlift.cache_schema.groups.input import INPUT_SPEC
 from ovlift.cache_schema.groups.predict import PREDICT_SPEC
 from ovlift.cache_schema.groups.project import PROJECT_SPEC
@@ -21,15 +22,6 @@ from ovlift.models.text import TextEncoderConfig, load_text_encoder
 
 CLASSES = ["chair", "table"]
 CENTRES = np.array([[-1.0, 0.0, 0.4], [1.0, 0.0, 0.4]], np.float32)
-
-
-def _publish(store: Store, spec, scene_id: str, arrays: dict, info: dict) -> None:
-    path = spec.path(scene_id)
-    meta = GroupMeta(spec.stage, "test", "1", {}, {}, f"{path}-fp", {})
-    with store.writer(path, spec, meta, path) as out:
-        for name, value in arrays.items():
-            out.write(name, value)
-        out.set_info(**info)
 
 
 def _look_at(eye: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -58,7 +50,7 @@ def _input(store: Store, scene_id: str, points: np.ndarray, labels: np.ndarray |
     if labels is not None:
         arrays["labels"] = labels.astype(np.int16)
     info = {"dataset": "viewer-test", "class_names": CLASSES if labels is not None else None, "ignore_label": -1}
-    _publish(store, INPUT_SPEC, scene_id, arrays, {**info, "frame_names": [f"f{i}" for i in range(frames)]})
+    publish_group(store, INPUT_SPEC, scene_id, arrays, {**info, "frame_names": [f"f{i}" for i in range(frames)]})
 
 
 def write_viewer_store(path: Path, points_per_cluster: int = 3000, seed: int = 0) -> Store:
@@ -72,7 +64,7 @@ def write_viewer_store(path: Path, points_per_cluster: int = 3000, seed: int = 0
     embeddings = load_text_encoder(encoder).embed_names(CLASSES).numpy()
     features = embeddings[labels] + rng.normal(0, 0.01, (len(labels), embeddings.shape[1]))
     n, encoder_info = len(labels), encoder.normalised()
-    _publish(
+    publish_group(
         store,
         PREDICT_SPEC,
         "room",
@@ -88,7 +80,7 @@ def write_viewer_store(path: Path, points_per_cluster: int = 3000, seed: int = 0
         {"classes": CLASSES, "teacher": "t", "source": "project", "text_encoder": encoder_info},
     )
     seen = labels == 0
-    _publish(
+    publish_group(
         store,
         PROJECT_SPEC,
         "room",

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from store_groups import publish_group
 
 from ovlift.cache_schema import GroupMeta, Store
 from ovlift.cache_schema.groups.input import INPUT_SPEC
@@ -36,15 +37,6 @@ TINY_STUDENT = {
     "voxel_size_m": 0.25,
 }
 """A tiny student on coarse voxels: what is measured is the data's memory, not the network's."""
-
-
-def _publish(store: Store, spec, scene_id: str, arrays: dict, info: dict) -> None:
-    path = spec.path(scene_id)
-    meta = GroupMeta(spec.stage, "test", "1", {}, {}, f"{path}-fp", {})
-    with store.writer(path, spec, meta, path) as out:
-        for name, value in arrays.items():
-            out.write(name, value)
-        out.set_info(**info)
 
 
 def write_wide_store(path: Path, scenes: int, points: int = 20_000, channels: int = 512) -> list[str]:
@@ -64,7 +56,7 @@ def write_wide_store(path: Path, scenes: int, points: int = 20_000, channels: in
             "frames/pose_valid": np.ones(1, bool),
         }
         info = {"dataset": "wide", "class_names": None, "ignore_label": -1, "frame_names": ["f0"]}
-        _publish(store, INPUT_SPEC, scene_id, arrays, info)
+        publish_group(store, INPUT_SPEC, scene_id, arrays, info)
         cell = (xyz[:, 0].astype(np.int64) + 2 * xyz[:, 1].astype(np.int64)) % len(directions)
         seen = np.arange(points) % 10 == 0
         fused = {
@@ -76,7 +68,9 @@ def write_wide_store(path: Path, scenes: int, points: int = 20_000, channels: in
             f"fused/{TEACHER}/seen": seen,
         }
         teachers = {TEACHER: {"channels": channels, "text_encoder": TEXT_ENCODER}}
-        _publish(store, PROJECT_SPEC, scene_id, fused, {"feature_size": [4, 4], "frames": [0], "teachers": teachers})
+        publish_group(
+            store, PROJECT_SPEC, scene_id, fused, {"feature_size": [4, 4], "frames": [0], "teachers": teachers}
+        )
     return ids
 
 
