@@ -40,6 +40,7 @@ import torch
 
 from ovlift.cache_schema import iter_arrays
 from ovlift.cache_schema.groups.extract2d import EXTRACT2D_SPEC, TeacherFeatures
+from ovlift.cache_schema.groups.project import fused_features
 from ovlift.kernels.classify import classify
 from ovlift.models.text import TextEncoderConfig
 from ovlift.pipeline.plan import plan_from_dict
@@ -187,13 +188,13 @@ def compare(runner: Runner, scene: str, variants: list[str]) -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     seen = project.load("fused/dense/seen")
-    reference = torch.from_numpy(project.load("fused/dense/features")[seen]).float()
+    reference = torch.from_numpy(fused_features(project, "dense")[seen]).float()
     for variant in variants:
         group = runner.store.read(EXTRACT2D_SPEC.path(scene, variant))
         raw, stored, _ = per_frame(runner, scene, variant)
-        fused = torch.from_numpy(project.load(f"fused/{variant}/features")[seen]).float()
+        fused = torch.from_numpy(fused_features(project, variant)[seen]).float()
         if variant == "streamed":
-            same = project.load("fused/streamed/features").tobytes() == project.load("fused/dense/features").tobytes()
+            same = fused_features(project, "streamed").tobytes() == fused_features(project, "dense").tobytes()
             print(
                 f"| streamed | {raw / 2**10:,.1f} | {stored / 2**10:,.1f} | project output "
                 f"{'byte-identical to dense' if same else 'DIFFERS from dense'} | | | | | |"

@@ -62,6 +62,9 @@ def kitchen_plan(args: argparse.Namespace, n: int, store: Path, maps: dict) -> d
             "name": "rgbd-folder",
             "paths": folders,
             "frame_stride": args.frame_stride,
+            "cloud_frame_stride": max(
+                1, round(60 / args.frame_stride)
+            ),  # the cloud from every 60th frame at any stride
             "voxel_size_m": args.voxel_size,
         },
         "splits": {"train": [Path(f).name for f in folders]},

@@ -359,6 +359,7 @@ def test_capability_fusion_beats_each_teacher_on_their_weak_classes(tmp_path):
     tests/test_label_free.py.)"""
     from test_denoise import run_plan
 
+    from ovlift.cache_schema.groups.project import fused_features
     from ovlift.kernels.classify import classify
     from ovlift.models.text import TextEncoderConfig
     from ovlift.vocabularies import SCANNET20
@@ -377,7 +378,7 @@ def test_capability_fusion_beats_each_teacher_on_their_weak_classes(tmp_path):
                 features, seen = group.load("features"), group.load("seen")
             else:
                 group = store.read(f"scenes/{scene}/project")
-                features, seen = group.load(f"fused/{what}/features"), group.load(f"fused/{what}/seen")
+                features, seen = fused_features(group, what), group.load(f"fused/{what}/seen")
             label = classify(torch.from_numpy(features), prompts, prompt_class)[1].numpy()
             labels.append(np.where(seen, label, -1))
             truth.append(store.read(f"scenes/{scene}/input").load("labels"))

@@ -16,6 +16,7 @@ import yaml
 from conftest import TINY_STUDENT, toy_plan_dict
 from tiny_models import clip_folder
 
+from ovlift.cache_schema.groups.project import fused_features
 from ovlift.errors import StageInputError
 from ovlift.openscene_files import fused_files, read_fused, read_fused_file
 
@@ -143,8 +144,8 @@ def test_released_features_run_through_denoise_distill_predict_evaluate(tmp_path
         project = store.read(f"scenes/{scene_id}/project")
         want, want_seen = expected_union(folder, scene_id, len(seen))
         assert np.array_equal(project.load("fused/openseg/seen"), want_seen)
-        assert np.array_equal(project.load("fused/openseg/features"), want)
-        assert np.array_equal(project.load("fused/openseg/features")[want_seen], bank[want_seen])  # one bank
+        assert np.array_equal(fused_features(project, "openseg"), want)
+        assert np.array_equal(fused_features(project, "openseg")[want_seen], bank[want_seen])  # one bank
         assert project.info["imported"]["openseg"] == [p.name for p in fused_files(folder, scene_id)]
         assert project.info["teachers"]["openseg"]["channels"] == WIDTH
     denoise = store.read("scenes/toy_0000/denoise")
@@ -208,7 +209,8 @@ def test_export_then_import_gives_the_same_features(tmp_path, released, clip768)
     assert not second.run().failed
     for scene_id in ("toy_0000", "toy_0001", "toy_0002"):
         a, b = (r.store.read(f"scenes/{scene_id}/project") for r in (first, second))
-        for name in ("fused/openseg/features", "fused/openseg/seen", "view_count"):
+        assert np.array_equal(fused_features(a, "openseg"), fused_features(b, "openseg")), scene_id
+        for name in ("fused/openseg/seen", "view_count"):
             assert np.array_equal(a.load(name), b.load(name)), (scene_id, name)
         predict = first.store.read(f"scenes/{scene_id}/predict")
         student = np.load(out / "saved_feature" / f"{scene_id}_openscene_feat_distill.npy")

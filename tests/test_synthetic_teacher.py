@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO, toy_plan_dict
 
+from ovlift.cache_schema.groups.project import fused_features
 from ovlift.datasets.toy import ToyConfig, make_toy_scene
 from ovlift.models.teachers.base import TeacherInput
 from ovlift.models.teachers.synthetic import SyntheticConfig, SyntheticTeacher
@@ -157,7 +158,7 @@ def test_a_point_seen_only_where_the_teacher_has_no_feature_is_not_seen(tmp_path
     labels = runner.store.read("scenes/toy_0000/input").load("labels")
     project = runner.store.read("scenes/toy_0000/project")
     viewed, seen = project.load("view_count") > 0, project.load("fused/t/seen")
-    features = project.load("fused/t/features")
+    features = fused_features(project, "t")
     extract = runner.store.read("scenes/toy_0000/extract2d/t")
     has = extract.load("valid") if encoding == "dense" else (extract.load("mask_weights") > 0).any(-1)
     frame, pixel = project.load("frame_index"), project.load("pixel").astype(int)

@@ -9,6 +9,7 @@ import torch
 from conftest import toy_plan_dict
 from tiny_models import blip_folder, clip_folder, mask2former_folder, maskformer_folder, tagger_folder
 
+from ovlift.cache_schema.groups.project import fused_features
 from ovlift.models.pos_tagger import load_tagger
 from ovlift.pipeline.plan import PlanError, plan_from_dict
 from ovlift.pipeline.runner import Runner
@@ -196,7 +197,7 @@ def test_every_teacher_runs_through_the_stage_and_project_fuses_it(models, tmp_p
     np.add.at(total, point[view], along[frame[view], row[view], col[view]])
     seen = project.load("fused/t/seen")
     assert seen.any() and np.array_equal(seen, views > 0)
-    fused = project.load("fused/t/features").astype(np.float64) @ directions
+    fused = fused_features(project, "t").astype(np.float64) @ directions
     np.testing.assert_allclose(fused[seen], total[seen] / views[seen, None], atol=2e-3 * np.abs(along).max())
     assert project.info["teachers"]["t"]["channels"] == channels
     assert Runner(plan_from_dict(data)).run().counts() == {"cached": 3}
